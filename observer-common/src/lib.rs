@@ -1,0 +1,209 @@
+//! Types shared by the kernel programs and userspace.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding, because the same
+//! bytes are written by the eBPF programs and read back through the bpf
+//! syscall. A `user` feature adds `aya::Pod` impls for userspace.
+#![no_std]
+
+/// Name of the shared LRU hash holding one entry per flow.
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the per-CPU array of per-interface totals.
+pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
+/// Name of the per-CPU array of per-encapsulation totals.
+pub const ENCAP_TOTALS_MAP: &str = "ENCAP_TOTALS";
+/// Name of the per-CPU array of datapath counters (see [`Stat`]).
+pub const STATS_MAP: &str = "STATS";
+
+/// Default number of flow slots (the map is preallocated).
+pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Slots in the per-interface totals array; an interface uses slot
+/// `ifindex % IFACE_SLOTS`.
+pub const IFACE_SLOTS: u32 = 4096;
+
+/// UDP destination port of VXLAN (IANA; Calico's default).
+pub const VXLAN_PORT: u16 = 4789;
+/// UDP port of WireGuard (Calico's default).
+pub const WIREGUARD_PORT: u16 = 51820;
+
+/// The TC hook a packet was seen at. The API turns this into the pod's or
+/// node's point of view depending on the interface kind.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl Hook {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Ingress),
+            1 => Some(Self::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Encapsulation of a flow: known from the outer headers in the kernel, or
+/// from the device it was seen on (set by userspace for tunnel devices).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Encap {
+    None = 0,
+    Ipip = 1,
+    Vxlan = 2,
+    Wireguard = 3,
+}
+
+impl Encap {
+    pub const COUNT: u32 = 4;
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::None),
+            1 => Some(Self::Ipip),
+            2 => Some(Self::Vxlan),
+            3 => Some(Self::Wireguard),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Ipip => "ipip",
+            Self::Vxlan => "vxlan",
+            Self::Wireguard => "wireguard",
+        }
+    }
+}
+
+/// Address family of a flow key.
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Key of the flow map. IPv4 addresses are stored in the first four bytes
+/// of the 16-byte fields, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub ifindex: u32,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// [`Hook`] as u8.
+    pub hook: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// IP protocol number of the (inner) transport header.
+    pub protocol: u8,
+    /// [`Encap`] as u8, from outer headers.
+    pub encap: u8,
+}
+
+/// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
+/// operations, so memory does not multiply by the CPU count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    /// Socket buffers seen (a GSO super-packet is one).
+    pub skbs: u64,
+    /// Wire packets beyond one per skb (`gso_segs - 1` of GSO skbs), so
+    /// that packets on the wire = `skbs + extra_segments`. Kept apart so
+    /// the common non-GSO packet costs one atomic add less.
+    pub extra_segments: u64,
+    /// Bytes of the IP packets (inner ones for encapsulated traffic), as on
+    /// the wire: every segment with its headers.
+    pub bytes: u64,
+    /// Bytes of encapsulation headers around the inner IP packets.
+    pub overhead_bytes: u64,
+    /// `bpf_ktime_get_ns` at insert (CLOCK_MONOTONIC, ns).
+    pub first_seen_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` at the last packet (CLOCK_MONOTONIC_COARSE).
+    pub last_seen_ns: u64,
+    /// Union of the TCP flags seen (low 8 bits used).
+    pub tcp_flags: u32,
+    pub _pad: u32,
+}
+
+/// Totals of one direction on one interface slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Totals {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-interface totals slot: one [`Totals`] per hook, plus the ifindex that
+/// last wrote it (so userspace can notice two interfaces sharing a slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceTotals {
+    pub hook: [Totals; 2],
+    /// Packets that were not IP (ARP, LLDP, ...), counted but not in flows.
+    pub non_ip_packets: u64,
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Per-encapsulation totals (indexed by [`Encap`]), from outer headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EncapTotals {
+    pub packets: u64,
+    /// Inner IP bytes.
+    pub bytes: u64,
+    pub overhead_bytes: u64,
+}
+
+/// Datapath counters, indexes into the stats array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Packets that could not be parsed (truncated, bad header lengths,
+    /// unknown IP version); never dropped, only counted here.
+    Unparsed = 0,
+    /// New flow entries inserted.
+    FlowInserts = 1,
+    /// Flow entries that could not be inserted (accounting lost).
+    FlowInsertFailures = 2,
+    /// Frames that are not IP (ARP, ...), including inner non-IP frames.
+    NonIp = 3,
+}
+
+impl Stat {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [Stat; 4] = [
+        Stat::Unparsed,
+        Stat::FlowInserts,
+        Stat::FlowInsertFailures,
+        Stat::NonIp,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::Unparsed => "unparsed",
+            Stat::FlowInserts => "flow_inserts",
+            Stat::FlowInsertFailures => "flow_insert_failures",
+            Stat::NonIp => "non_ip",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: plain-old-data, repr(C), explicit padding, no invalid bit patterns.
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for Totals {}
+    unsafe impl aya::Pod for IfaceTotals {}
+    unsafe impl aya::Pod for EncapTotals {}
+}
+
+// Layout checks: the kernel and userspace must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
+const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 48);
+const _: () = assert!(core::mem::size_of::<EncapTotals>() == 24);

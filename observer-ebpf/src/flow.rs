@@ -1,0 +1,143 @@
+//! Map updates: the flow map (shared LRU hash, atomic adds), per-interface
+//! and per-encapsulation totals and datapath counters (per-CPU arrays).
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use observer_common::{
+    DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FlowKey, FlowStats, IFACE_SLOTS, IfaceTotals, Stat,
+};
+
+/// One entry per flow; values shared by all CPUs (memory does not grow
+/// with the CPU count). Capacity is set by userspace at load time.
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map(name = "IFACE_TOTALS")]
+static IFACE_TOTALS: PerCpuArray<IfaceTotals> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
+
+#[map(name = "ENCAP_TOTALS")]
+static ENCAP_TOTALS: PerCpuArray<EncapTotals> = PerCpuArray::with_max_entries(Encap::COUNT, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+const EEXIST: i64 = 17;
+
+/// What one skb adds to its flow.
+pub struct Delta {
+    pub segs: u64,
+    pub bytes: u64,
+    pub overhead: u64,
+    pub tcp_flags: u8,
+}
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(v) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+fn iface_slot(ifindex: u32) -> Option<*mut IfaceTotals> {
+    let slot = IFACE_TOTALS.get_ptr_mut(ifindex & (IFACE_SLOTS - 1))?;
+    // SAFETY: per-CPU slot.
+    unsafe { (*slot).ifindex = ifindex };
+    Some(slot)
+}
+
+#[inline(always)]
+pub fn count_non_ip(ifindex: u32) {
+    count(Stat::NonIp);
+    if let Some(slot) = iface_slot(ifindex) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*slot).non_ip_packets += 1 };
+    }
+}
+
+#[inline(always)]
+fn add(field: *mut u64, v: u64) {
+    // SAFETY: field points into a map value that lives as long as the map;
+    // other CPUs add to it concurrently, hence the atomic add (BPF_XADD;
+    // `AtomicU64::fetch_add` is not offered on the BPF target).
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+#[inline(always)]
+fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
+    // SAFETY: v is a live map value; see `add`.
+    unsafe {
+        add(&raw mut (*v).skbs, 1);
+        if d.segs > 1 {
+            add(&raw mut (*v).extra_segments, d.segs - 1);
+        }
+        add(&raw mut (*v).bytes, d.bytes);
+        if d.overhead != 0 {
+            add(&raw mut (*v).overhead_bytes, d.overhead);
+        }
+        (*v).last_seen_ns = now;
+        // Plain read-modify-write: only when a new flag appears, so the rare
+        // race loses at most a flag bit, never a count.
+        let flags = d.tcp_flags as u32;
+        if (*v).tcp_flags & flags != flags {
+            (*v).tcp_flags |= flags;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn account(key: &FlowKey, d: &Delta) {
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    if let Some(slot) = iface_slot(key.ifindex) {
+        let t = (key.hook & 1) as usize;
+        // SAFETY: per-CPU slot; index masked to 0..2.
+        unsafe {
+            (*slot).hook[t].packets += d.segs;
+            (*slot).hook[t].bytes += d.bytes;
+        }
+    }
+    if key.encap != Encap::None as u8
+        && let Some(e) = ENCAP_TOTALS.get_ptr_mut(key.encap as u32)
+    {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*e).packets += d.segs;
+            (*e).bytes += d.bytes;
+            (*e).overhead_bytes += d.overhead;
+        }
+    }
+
+    if let Some(v) = FLOWS.get_ptr_mut(key) {
+        add_to_flow(v, d, now);
+        return;
+    }
+    let fresh = FlowStats {
+        skbs: 1,
+        extra_segments: d.segs - 1,
+        bytes: d.bytes,
+        overhead_bytes: d.overhead,
+        first_seen_ns: now,
+        last_seen_ns: now,
+        tcp_flags: d.tcp_flags as u32,
+        _pad: 0,
+    };
+    match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
+        Ok(()) => count(Stat::FlowInserts),
+        // Another CPU inserted the same flow first: add to its entry.
+        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(v) => add_to_flow(v, d, now),
+            None => count(Stat::FlowInsertFailures),
+        },
+        Err(_) => count(Stat::FlowInsertFailures),
+    }
+}

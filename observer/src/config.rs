@@ -1,0 +1,140 @@
+//! Configuration of the daemon (`observer run`): flags and environment
+//! variables with the same names, validated at start.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use observer_common::{DEFAULT_FLOW_CAPACITY, Encap};
+
+use crate::{
+    datapath::{attach::AttachMode, links::LinkInfoView},
+    flows::InterfaceKind,
+};
+
+pub const DEFAULT_SOCKET: &str = "/run/observer/observer.sock";
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Unix socket of the JSON API (created with mode 0600).
+    #[arg(long, env = "OBSERVER_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+
+    /// Name patterns (glob) of Calico workload interfaces; like Felix's
+    /// FELIX_INTERFACEPREFIX, comma-separated.
+    #[arg(
+        long,
+        env = "OBSERVER_POD_INTERFACES",
+        value_delimiter = ',',
+        default_value = "cali*"
+    )]
+    pub pod_interfaces: Vec<String>,
+
+    /// Name patterns (glob) of tunnel devices, comma-separated.
+    #[arg(
+        long,
+        env = "OBSERVER_TUNNEL_INTERFACES",
+        value_delimiter = ',',
+        default_value = "tunl0,vxlan.calico,vxlan-v6.calico,wireguard.cali,wg-v6.cali"
+    )]
+    pub tunnel_interfaces: Vec<String>,
+
+    /// Name patterns (glob) of underlay NICs to watch too (encapsulation is
+    /// then read from outer headers), comma-separated; none by default.
+    #[arg(long, env = "OBSERVER_UNDERLAY", value_delimiter = ',')]
+    pub underlay: Vec<String>,
+
+    /// How often to read the kernel maps.
+    #[arg(long, env = "OBSERVER_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Flows without packets for this long are evicted from the kernel map
+    /// (their counts are kept).
+    #[arg(long, env = "OBSERVER_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Evicted flows stay visible in the API for this long.
+    #[arg(long, env = "OBSERVER_RETAIN", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retain: Duration,
+
+    /// Slots in the kernel flow map (preallocated; about 200 bytes each).
+    #[arg(long, env = "OBSERVER_FLOW_CAPACITY", default_value_t = DEFAULT_FLOW_CAPACITY)]
+    pub flow_capacity: u32,
+
+    /// How to attach to interfaces.
+    #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value = "auto")]
+    pub attach_mode: AttachMode,
+}
+
+/// Which interfaces to attach to, and as what.
+pub struct InterfaceSelector {
+    pod: Vec<glob::Pattern>,
+    tunnel: Vec<glob::Pattern>,
+    underlay: Vec<glob::Pattern>,
+}
+
+fn patterns(what: &str, list: &[String]) -> Result<Vec<glob::Pattern>> {
+    list.iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            glob::Pattern::new(p)
+                .with_context(|| format!("bad {what} pattern {p:?}: use a glob such as `cali*`"))
+        })
+        .collect()
+}
+
+impl InterfaceSelector {
+    pub fn new(args: &RunArgs) -> Result<Self> {
+        Ok(Self {
+            pod: patterns("--pod-interfaces", &args.pod_interfaces)?,
+            tunnel: patterns("--tunnel-interfaces", &args.tunnel_interfaces)?,
+            underlay: patterns("--underlay", &args.underlay)?,
+        })
+    }
+
+    /// The kind of a link we should attach to, or `None` to leave it alone.
+    pub fn classify(&self, link: &LinkInfoView) -> Option<InterfaceKind> {
+        let m = |ps: &[glob::Pattern]| ps.iter().any(|p| p.matches(&link.name));
+        if m(&self.pod) {
+            Some(InterfaceKind::Pod)
+        } else if m(&self.tunnel) {
+            Some(InterfaceKind::Tunnel(
+                link.tunnel.unwrap_or_else(|| encap_by_name(&link.name)),
+            ))
+        } else if m(&self.underlay) {
+            Some(InterfaceKind::Underlay)
+        } else {
+            None
+        }
+    }
+}
+
+/// Calico's device names, for tunnel devices whose link kind did not say.
+fn encap_by_name(name: &str) -> Encap {
+    if name.starts_with("vxlan") {
+        Encap::Vxlan
+    } else if name.starts_with("wireguard") || name.starts_with("wg") {
+        Encap::Wireguard
+    } else {
+        Encap::Ipip
+    }
+}
+
+impl RunArgs {
+    pub fn validate(&self) -> Result<()> {
+        if self.flow_capacity < 1024 {
+            bail!(
+                "--flow-capacity {} is too small: use at least 1024",
+                self.flow_capacity
+            );
+        }
+        if self.poll_interval < Duration::from_millis(100) {
+            bail!("--poll-interval must be at least 100ms");
+        }
+        if self.idle_timeout < self.poll_interval {
+            bail!("--idle-timeout must be at least --poll-interval");
+        }
+        InterfaceSelector::new(self)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! `observer run`: load the programs, keep them attached to the selected
+//! interfaces as they come and go, poll the maps into the flow table, and
+//! serve the JSON API; on SIGTERM/SIGINT detach and remove what we added.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use anyhow::{Result, bail};
+use observer_common::{Encap, EncapTotals, FlowKey, FlowStats, IfaceTotals, Stat};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::RwLock,
+    time::{MissedTickBehavior, interval},
+};
+
+use crate::{
+    config::{InterfaceSelector, RunArgs},
+    datapath::{
+        Datapath,
+        attach::{Attacher, LinkLayer, Via},
+        links::{self, LinkEvent, LinkInfoView},
+        monotonic_coarse_ns,
+    },
+    export::api,
+    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
+};
+
+/// An interface we attached to (or tried to).
+#[derive(Clone, Debug)]
+pub struct InterfaceState {
+    pub iface: Interface,
+    pub layer: LinkLayer,
+    pub via: Option<Via>,
+    pub attach_error: Option<String>,
+    pub totals: IfaceTotals,
+    /// Deleted; kept while flows seen on it are still shown.
+    pub gone: bool,
+}
+
+#[derive(Default)]
+pub struct DatapathStatus {
+    pub polls: u64,
+    pub last_poll_ms: f64,
+    pub kernel_flow_entries: u64,
+    pub flow_capacity: u32,
+    pub stats: [u64; Stat::COUNT as usize],
+    pub encap: [EncapTotals; Encap::COUNT as usize],
+    pub attach_mode_tcx: bool,
+}
+
+/// Everything the API shows; written by the poll loop.
+pub struct State {
+    pub table: FlowTable,
+    pub interfaces: BTreeMap<u32, InterfaceState>,
+    pub status: DatapathStatus,
+    pub clock: Clock,
+    pub started: std::time::SystemTime,
+}
+
+pub type Shared = Arc<RwLock<State>>;
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    args.validate()?;
+    let selector = InterfaceSelector::new(&args)?;
+    let mut dp = Datapath::load(args.flow_capacity)?;
+    let mut attacher = Attacher::new(args.attach_mode)?;
+    let state: Shared = Arc::new(RwLock::new(State {
+        table: FlowTable::default(),
+        interfaces: BTreeMap::new(),
+        status: DatapathStatus {
+            flow_capacity: args.flow_capacity,
+            ..Default::default()
+        },
+        clock: Clock::now(),
+        started: std::time::SystemTime::now(),
+    }));
+
+    let mut link_events = links::follow().await?;
+    let server = api::serve(&args.socket, state.clone()).await?;
+    tracing::info!(socket = %args.socket.display(), "observer running");
+
+    let mut tick = interval(args.poll_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let result: Result<()> = async {
+        loop {
+            tokio::select! {
+                ev = link_events.recv() => match ev {
+                    Some(ev) => on_link(&mut dp, &mut attacher, &selector, &state, ev).await,
+                    None => bail!("the rtnetlink event stream ended"),
+                },
+                _ = tick.tick() => poll(&dp, &attacher, &args, &state).await?,
+                _ = sigterm.recv() => return Ok(()),
+                _ = sigint.recv() => return Ok(()),
+            }
+        }
+    }
+    .await;
+
+    tracing::info!("shutting down: detaching");
+    attacher.detach_all(&mut dp.ebpf).await;
+    server.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    result
+}
+
+async fn on_link(
+    dp: &mut Datapath,
+    attacher: &mut Attacher,
+    selector: &InterfaceSelector,
+    state: &Shared,
+    ev: LinkEvent,
+) {
+    match ev {
+        LinkEvent::Present(link) => on_link_present(dp, attacher, selector, state, link).await,
+        LinkEvent::Gone { index } => {
+            if let Some(name) = attacher.forget(&mut dp.ebpf, index) {
+                tracing::info!(interface = %name, "interface gone, detached");
+            }
+            if let Some(s) = state.write().await.interfaces.get_mut(&index) {
+                s.gone = true;
+                s.via = None;
+            }
+        }
+    }
+}
+
+async fn on_link_present(
+    dp: &mut Datapath,
+    attacher: &mut Attacher,
+    selector: &InterfaceSelector,
+    state: &Shared,
+    link: LinkInfoView,
+) {
+    let Some(kind) = selector.classify(&link) else {
+        // Renamed away from our patterns: let it go.
+        if attacher.is_attached(link.index) {
+            attacher.forget(&mut dp.ebpf, link.index);
+            state.write().await.interfaces.remove(&link.index);
+        }
+        return;
+    };
+    if attacher.is_attached(link.index) {
+        return;
+    }
+    let result = attacher.attach(&mut dp.ebpf, link.index, &link.name, link.layer);
+    let via = attacher
+        .attached()
+        .find(|(i, _, _)| *i == link.index)
+        .map(|(_, _, v)| v);
+    match &result {
+        Ok(()) => tracing::info!(interface = %link.name, ?kind, ?via, "attached"),
+        Err(e) => tracing::warn!(interface = %link.name, "cannot attach: {e:#}"),
+    }
+    state.write().await.interfaces.insert(
+        link.index,
+        InterfaceState {
+            iface: Interface {
+                name: link.name,
+                kind,
+            },
+            layer: link.layer,
+            via,
+            attach_error: result.err().map(|e| format!("{e:#}")),
+            totals: IfaceTotals::default(),
+            gone: false,
+        },
+    );
+}
+
+async fn poll(dp: &Datapath, attacher: &Attacher, args: &RunArgs, state: &Shared) -> Result<()> {
+    let started = Instant::now();
+    let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
+    dp.read_flows(|k, v| entries.push((*k, *v)))?;
+    let stats = dp.stats()?;
+    let encap = dp.encap_totals()?;
+    let mut totals = Vec::new();
+    for (ifindex, _, _) in attacher.attached() {
+        totals.push((ifindex, dp.iface_totals(ifindex)?));
+    }
+
+    let now = monotonic_coarse_ns();
+    let idle_before = now.saturating_sub(args.idle_timeout.as_nanos() as u64);
+    let forget_before = now.saturating_sub(args.retain.as_nanos() as u64);
+    let mut st = state.write().await;
+    st.table.begin_poll();
+    for (k, v) in &entries {
+        st.table.observe(k, v);
+    }
+    let idle = st.table.end_poll(idle_before, forget_before);
+    for key in idle {
+        let last = dp.evict(&key)?;
+        st.table.retire(&key, last.as_ref());
+    }
+    for (ifindex, t) in totals {
+        if let Some(s) = st.interfaces.get_mut(&ifindex) {
+            s.totals = t;
+        }
+    }
+    // Deleted interfaces stay listed while their flows are shown.
+    let live: std::collections::HashSet<u32> = st.table.iter().map(|(k, _)| k.ifindex).collect();
+    st.interfaces.retain(|i, s| !s.gone || live.contains(i));
+    st.clock = Clock::now();
+    let status = &mut st.status;
+    status.polls += 1;
+    status.kernel_flow_entries = entries.len() as u64;
+    status.stats = stats;
+    status.encap = encap;
+    status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
+    status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
+    Ok(())
+}
+
+/// The interface of a flow for display: `None` once forgotten.
+pub fn interface_of(st: &State, ifindex: u32) -> Option<&Interface> {
+    st.interfaces.get(&ifindex).map(|s| &s.iface)
+}
+
+impl InterfaceKind {
+    pub fn label(&self) -> String {
+        match self {
+            InterfaceKind::Pod => "pod".into(),
+            InterfaceKind::Tunnel(e) => format!("tunnel/{}", e.name()),
+            InterfaceKind::Underlay => "underlay".into(),
+        }
+    }
+}

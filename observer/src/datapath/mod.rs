@@ -1,0 +1,125 @@
+//! The kernel side seen from userspace: load the object, attach it to
+//! interfaces, follow interfaces, and read (drain) its maps.
+
+pub mod attach;
+pub mod links;
+pub mod object;
+pub mod sys;
+pub mod testrun;
+
+use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuArray},
+};
+use observer_common::{
+    ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats, IFACE_SLOTS,
+    IFACE_TOTALS_MAP, IfaceTotals, STATS_MAP, Stat,
+};
+
+/// Elements per batch-lookup syscall.
+const BATCH: usize = 4096;
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    flows: MapData,
+    iface_totals: PerCpuArray<MapData, IfaceTotals>,
+    encap_totals: PerCpuArray<MapData, EncapTotals>,
+    stats: PerCpuArray<MapData, u64>,
+    pub capacity: u32,
+}
+
+impl Datapath {
+    pub fn load(capacity: u32) -> Result<Self> {
+        let mut ebpf = object::load(capacity)?;
+        let flows = match ebpf.take_map(FLOWS_MAP) {
+            Some(Map::LruHashMap(m)) => m,
+            _ => return Err(anyhow!("map {FLOWS_MAP} missing or not an LRU hash")),
+        };
+        let mut per_cpu = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing"))
+        };
+        let iface_totals = PerCpuArray::try_from(per_cpu(IFACE_TOTALS_MAP)?)?;
+        let encap_totals = PerCpuArray::try_from(per_cpu(ENCAP_TOTALS_MAP)?)?;
+        let stats = PerCpuArray::try_from(per_cpu(STATS_MAP)?)?;
+        Ok(Self {
+            ebpf,
+            flows,
+            iface_totals,
+            encap_totals,
+            stats,
+            capacity,
+        })
+    }
+
+    fn flows_fd(&self) -> RawFd {
+        self.flows.fd().as_fd().as_raw_fd()
+    }
+
+    /// Every flow entry in the kernel, with batch lookups.
+    pub fn read_flows(&self, each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
+        sys::lookup_batch(self.flows_fd(), BATCH, each).context("reading the flow map")
+    }
+
+    /// Removes a flow from the kernel map, returning its final counters.
+    pub fn evict(&self, key: &FlowKey) -> Result<Option<FlowStats>> {
+        sys::lookup_and_delete(self.flows_fd(), key).context("evicting a flow")
+    }
+
+    /// Datapath counters summed over CPUs, indexed by [`Stat`].
+    pub fn stats(&self) -> Result<[u64; Stat::COUNT as usize]> {
+        let mut out = [0u64; Stat::COUNT as usize];
+        for stat in Stat::ALL {
+            out[stat as usize] = self.stats.get(&(stat as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Per-encapsulation totals (from outer headers) summed over CPUs.
+    pub fn encap_totals(&self) -> Result<[EncapTotals; Encap::COUNT as usize]> {
+        let mut out = [EncapTotals::default(); Encap::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            for v in self.encap_totals.get(&(i as u32), 0)?.iter() {
+                slot.packets += v.packets;
+                slot.bytes += v.bytes;
+                slot.overhead_bytes += v.overhead_bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals of one interface summed over CPUs. A CPU's slot counts only if
+    /// it was last written for this ifindex (see `IFACE_SLOTS`).
+    pub fn iface_totals(&self, ifindex: u32) -> Result<IfaceTotals> {
+        let mut sum = IfaceTotals {
+            ifindex,
+            ..Default::default()
+        };
+        for v in self.iface_totals.get(&(ifindex % IFACE_SLOTS), 0)?.iter() {
+            if v.ifindex != ifindex {
+                continue;
+            }
+            for h in 0..2 {
+                sum.hook[h].packets += v.hook[h].packets;
+                sum.hook[h].bytes += v.hook[h].bytes;
+            }
+            sum.non_ip_packets += v.non_ip_packets;
+        }
+        Ok(sum)
+    }
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of the flows' timestamps.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

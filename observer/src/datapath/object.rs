@@ -1,0 +1,51 @@
+//! The embedded eBPF object and loading it into the kernel.
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use observer_common::FLOWS_MAP;
+
+/// The kernel programs, built from `observer-ebpf` by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Entry points, by link layer and TC hook.
+pub const ETH_INGRESS: &str = "eth_ingress";
+pub const ETH_EGRESS: &str = "eth_egress";
+pub const L3_INGRESS: &str = "l3_ingress";
+pub const L3_EGRESS: &str = "l3_egress";
+pub const PROGRAMS: [&str; 4] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS];
+
+/// Loads the object with a flow map of `flow_capacity` slots and loads every
+/// program into the kernel (verifier included), ready to attach or run.
+pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+    raise_memlock_limit();
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(FLOWS_MAP, flow_capacity)
+        .load(OBJECT)
+        .context("loading the eBPF object (are we root, with CAP_BPF and CAP_NET_ADMIN?)")?;
+    for name in PROGRAMS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("loading program {name} (verifier)"))?;
+    }
+    Ok(ebpf)
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so that
+/// large flow maps load there too. Harmless where memcg accounting is used.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,174 @@
+//! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
+//! shows comes from here.
+
+use std::{collections::BTreeMap, os::unix::fs::PermissionsExt as _, path::Path};
+
+use anyhow::{Context as _, Result};
+use axum::{Json, Router, extract::State as AxState, routing::get};
+use observer_common::{Encap, Hook, Stat};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+use crate::{
+    daemon::{Shared, interface_of},
+    flows::{direction, to_view, view::FlowView},
+};
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct InterfaceView {
+    pub name: String,
+    pub ifindex: u32,
+    /// `pod`, `tunnel/<encap>` or `underlay`.
+    pub kind: String,
+    /// `ethernet` or `l3`.
+    pub layer: String,
+    /// `tcx` or `clsact`; absent when not attached.
+    pub attached_via: Option<String>,
+    pub attach_error: Option<String>,
+    pub gone: bool,
+    /// Directions as for flows (the pod's view on pod interfaces).
+    pub ingress_packets: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
+    pub non_ip_packets: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct EncapView {
+    pub packets: u64,
+    pub bytes: u64,
+    pub overhead_bytes: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub attached_interfaces: usize,
+    pub polls: u64,
+    pub last_poll_ms: f64,
+    /// Entries in the kernel flow map at the last poll, and its size.
+    pub kernel_flow_entries: u64,
+    pub flow_capacity: u32,
+    /// Flows the API shows (live and recently evicted).
+    pub flows_tracked: usize,
+    /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
+    pub datapath: BTreeMap<String, u64>,
+    /// Kernel entries that vanished before we evicted them (map full).
+    pub lru_evictions: u64,
+    /// Per encapsulation, from outer headers on underlay devices.
+    pub encap: BTreeMap<String, EncapView>,
+}
+
+/// Binds the socket (replacing a stale one), restricts it to root, and
+/// serves until the returned task is aborted.
+pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding the API socket {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let app = Router::new()
+        .route("/v1/flows", get(flows))
+        .route("/v1/interfaces", get(interfaces))
+        .route("/v1/status", get(status))
+        .with_state(state);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("API server failed: {e}");
+        }
+    }))
+}
+
+async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
+    let st = state.read().await;
+    let mut out: Vec<FlowView> = st
+        .table
+        .iter()
+        .map(|(k, e)| to_view(k, e, interface_of(&st, k.ifindex), &st.clock))
+        .collect();
+    out.sort_by(|a, b| {
+        b.bytes
+            .cmp(&a.bytes)
+            .then_with(|| a.interface.cmp(&b.interface))
+    });
+    Json(out)
+}
+
+async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>> {
+    let st = state.read().await;
+    Json(
+        st.interfaces
+            .iter()
+            .map(|(ifindex, s)| {
+                let mut v = InterfaceView {
+                    name: s.iface.name.clone(),
+                    ifindex: *ifindex,
+                    kind: s.iface.kind.label(),
+                    layer: format!("{:?}", s.layer).to_lowercase(),
+                    attached_via: s.via.map(|v| format!("{v:?}").to_lowercase()),
+                    attach_error: s.attach_error.clone(),
+                    gone: s.gone,
+                    ingress_packets: 0,
+                    ingress_bytes: 0,
+                    egress_packets: 0,
+                    egress_bytes: 0,
+                    non_ip_packets: s.totals.non_ip_packets,
+                };
+                for hook in [Hook::Ingress, Hook::Egress] {
+                    let t = s.totals.hook[hook as usize];
+                    if direction(s.iface.kind, hook) == "ingress" {
+                        (v.ingress_packets, v.ingress_bytes) = (t.packets, t.bytes);
+                    } else {
+                        (v.egress_packets, v.egress_bytes) = (t.packets, t.bytes);
+                    }
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+async fn status(AxState(state): AxState<Shared>) -> Json<StatusView> {
+    let st = state.read().await;
+    let s = &st.status;
+    let encap = [Encap::Ipip, Encap::Vxlan, Encap::Wireguard]
+        .into_iter()
+        .map(|e| {
+            let t = s.encap[e as usize];
+            (
+                e.name().to_owned(),
+                EncapView {
+                    packets: t.packets,
+                    bytes: t.bytes,
+                    overhead_bytes: t.overhead_bytes,
+                },
+            )
+        })
+        .collect();
+    Json(StatusView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: st.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+        attached_interfaces: st.interfaces.values().filter(|i| i.via.is_some()).count(),
+        polls: s.polls,
+        last_poll_ms: s.last_poll_ms,
+        kernel_flow_entries: s.kernel_flow_entries,
+        flow_capacity: s.flow_capacity,
+        flows_tracked: st.table.len(),
+        datapath: Stat::ALL
+            .iter()
+            .map(|x| (x.name().to_owned(), s.stats[*x as usize]))
+            .collect(),
+        lru_evictions: st.table.lru_evictions,
+        encap,
+    })
+}

@@ -1,0 +1,3 @@
+//! What the daemon serves: the JSON API (Unix socket).
+
+pub mod api;

@@ -1,0 +1,166 @@
+//! Flows: the table of monotonic counters, and how a flow is shown.
+
+pub mod table;
+pub mod view;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    time::{Duration, SystemTime},
+};
+
+use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
+
+use self::{table::FlowEntry, view::FlowView};
+
+/// What an attached interface is, which decides whose point of view its
+/// directions take and which encapsulation its packets have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterfaceKind {
+    /// A Calico workload interface (host side of a pod's veth).
+    Pod,
+    /// A tunnel device: packets on it are (to be) encapsulated.
+    Tunnel(Encap),
+    /// The node's underlay NIC: encapsulation is read from outer headers.
+    Underlay,
+}
+
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub kind: InterfaceKind,
+}
+
+/// The direction of a flow: on pod interfaces the pod's point of view (TC
+/// ingress of the host-side veth carries what the pod sends), elsewhere the
+/// node's.
+pub fn direction(kind: InterfaceKind, hook: Hook) -> &'static str {
+    match (kind, hook) {
+        (InterfaceKind::Pod, Hook::Ingress) => "egress",
+        (InterfaceKind::Pod, Hook::Egress) => "ingress",
+        (_, Hook::Ingress) => "ingress",
+        (_, Hook::Egress) => "egress",
+    }
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        1 => "icmp".into(),
+        58 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+pub fn tcp_flags_string(flags: u32) -> String {
+    const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| flags & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
+    if key.family == FAMILY_IPV4 {
+        let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
+        (a(&key.src_addr), a(&key.dst_addr))
+    } else {
+        (
+            IpAddr::V6(Ipv6Addr::from(key.src_addr)),
+            IpAddr::V6(Ipv6Addr::from(key.dst_addr)),
+        )
+    }
+}
+
+/// Maps the kernel's CLOCK_MONOTONIC_COARSE timestamps to wall-clock time.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    /// Wall-clock time at monotonic time zero.
+    epoch: SystemTime,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = Duration::from_nanos(crate::datapath::monotonic_coarse_ns());
+        Self {
+            epoch: SystemTime::now() - mono,
+        }
+    }
+
+    pub fn wall(&self, mono_ns: u64) -> SystemTime {
+        self.epoch + Duration::from_nanos(mono_ns)
+    }
+
+    pub fn rfc3339(&self, mono_ns: u64) -> String {
+        humantime::format_rfc3339_millis(self.wall(mono_ns)).to_string()
+    }
+}
+
+/// Builds the shown form of a flow. `iface` is `None` for an interface we
+/// no longer know (its name is then `if<N>`).
+pub fn to_view(
+    key: &FlowKey,
+    entry: &FlowEntry,
+    iface: Option<&Interface>,
+    clock: &Clock,
+) -> FlowView {
+    let kind = iface.map_or(InterfaceKind::Underlay, |i| i.kind);
+    let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
+    let mut encap = Encap::from_u8(key.encap).unwrap_or(Encap::None);
+    if let (Encap::None, InterfaceKind::Tunnel(e)) = (encap, kind) {
+        encap = e;
+    }
+    let (src, dst) = key_addrs(key);
+    let icmp = key.protocol == 1 || key.protocol == 58;
+    let c = entry.counters();
+    FlowView {
+        interface: iface.map_or_else(|| format!("if{}", key.ifindex), |i| i.name.clone()),
+        ifindex: key.ifindex,
+        direction: direction(kind, hook).to_owned(),
+        src_ip: src.to_string(),
+        dst_ip: dst.to_string(),
+        src_port: if icmp { 0 } else { key.src_port },
+        dst_port: if icmp { 0 } else { key.dst_port },
+        protocol: protocol_name(key.protocol),
+        icmp_type: icmp.then_some(key.src_port as u8),
+        icmp_code: icmp.then_some(key.dst_port as u8),
+        encap: encap.name().to_owned(),
+        packets: c.packets,
+        bytes: c.bytes,
+        skbs: c.skbs,
+        overhead_bytes: c.overhead_bytes,
+        tcp_flags: if key.protocol == 6 {
+            tcp_flags_string(entry.tcp_flags)
+        } else {
+            String::new()
+        },
+        first_seen: clock.rfc3339(entry.first_seen_ns),
+        last_seen: clock.rfc3339(entry.last_seen_ns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_take_the_pods_view_on_pod_interfaces() {
+        assert_eq!(direction(InterfaceKind::Pod, Hook::Ingress), "egress");
+        assert_eq!(direction(InterfaceKind::Pod, Hook::Egress), "ingress");
+        assert_eq!(
+            direction(InterfaceKind::Tunnel(Encap::Vxlan), Hook::Egress),
+            "egress"
+        );
+        assert_eq!(direction(InterfaceKind::Underlay, Hook::Ingress), "ingress");
+    }
+
+    #[test]
+    fn tcp_flags_render_in_bit_order() {
+        assert_eq!(tcp_flags_string(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags_string(0x19), "FIN|PSH|ACK");
+        assert_eq!(tcp_flags_string(0), "");
+    }
+}

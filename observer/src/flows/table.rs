@@ -1,0 +1,225 @@
+//! The flow table: kernel counters turned into monotonic counters that
+//! survive eviction from the kernel map (ours, or the LRU's).
+
+use std::collections::HashMap;
+
+use observer_common::{FlowKey, FlowStats};
+
+/// Counters of one flow; all monotonic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub skbs: u64,
+    pub overhead_bytes: u64,
+}
+
+impl Counters {
+    pub fn from_kernel(s: &FlowStats) -> Self {
+        Self {
+            packets: s.skbs + s.extra_segments,
+            bytes: s.bytes,
+            skbs: s.skbs,
+            overhead_bytes: s.overhead_bytes,
+        }
+    }
+
+    fn add(&mut self, o: &Counters) {
+        self.packets += o.packets;
+        self.bytes += o.bytes;
+        self.skbs += o.skbs;
+        self.overhead_bytes += o.overhead_bytes;
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FlowEntry {
+    /// Counts of earlier kernel entries of this flow, already evicted.
+    retired: Counters,
+    /// The kernel entry's counts at the last read (zero if not in the map).
+    current: Counters,
+    /// CLOCK_MONOTONIC_COARSE ns.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub tcp_flags: u32,
+    in_kernel: bool,
+    seen_in_poll: u64,
+}
+
+impl FlowEntry {
+    pub fn counters(&self) -> Counters {
+        let mut c = self.retired;
+        c.add(&self.current);
+        c
+    }
+}
+
+#[derive(Default)]
+pub struct FlowTable {
+    entries: HashMap<FlowKey, FlowEntry>,
+    poll: u64,
+    /// Kernel entries that vanished without us evicting them (the LRU made
+    /// room): their packets after our last read were lost.
+    pub lru_evictions: u64,
+}
+
+impl FlowTable {
+    pub fn begin_poll(&mut self) {
+        self.poll += 1;
+    }
+
+    /// Takes one kernel entry read during the current poll.
+    pub fn observe(&mut self, key: &FlowKey, s: &FlowStats) {
+        let poll = self.poll;
+        let now = Counters::from_kernel(s);
+        let e = self.entries.entry(*key).or_insert_with(|| FlowEntry {
+            retired: Counters::default(),
+            current: Counters::default(),
+            first_seen_ns: s.first_seen_ns,
+            last_seen_ns: s.last_seen_ns,
+            tcp_flags: 0,
+            in_kernel: true,
+            seen_in_poll: poll,
+        });
+        // Fewer skbs than last time: the kernel entry was evicted and created
+        // anew since our last read, keep what the old one had counted.
+        if now.skbs < e.current.skbs {
+            e.retired.add(&e.current);
+        }
+        e.current = now;
+        e.last_seen_ns = e.last_seen_ns.max(s.last_seen_ns);
+        e.first_seen_ns = e.first_seen_ns.min(s.first_seen_ns);
+        e.tcp_flags |= s.tcp_flags;
+        e.in_kernel = true;
+        e.seen_in_poll = poll;
+    }
+
+    /// Ends a poll: entries the kernel no longer has are retired. Returns the
+    /// keys of kernel entries idle since `idle_before_ns`, to evict, and
+    /// forgets retired flows idle since `forget_before_ns`.
+    pub fn end_poll(&mut self, idle_before_ns: u64, forget_before_ns: u64) -> Vec<FlowKey> {
+        let poll = self.poll;
+        let mut idle = Vec::new();
+        let mut lru = 0;
+        self.entries.retain(|key, e| {
+            if e.in_kernel && e.seen_in_poll != poll {
+                lru += 1;
+                let cur = e.current;
+                e.retired.add(&cur);
+                e.current = Counters::default();
+                e.in_kernel = false;
+            }
+            if e.in_kernel && e.last_seen_ns < idle_before_ns {
+                idle.push(*key);
+            }
+            e.in_kernel || e.last_seen_ns >= forget_before_ns
+        });
+        self.lru_evictions += lru;
+        idle
+    }
+
+    /// Records the final counts of an entry we evicted from the kernel.
+    pub fn retire(&mut self, key: &FlowKey, last: Option<&FlowStats>) {
+        if let Some(s) = last {
+            self.observe(key, s);
+        }
+        if let Some(e) = self.entries.get_mut(key) {
+            let cur = e.current;
+            e.retired.add(&cur);
+            e.current = Counters::default();
+            e.in_kernel = false;
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(skbs: u64, bytes: u64, t: u64) -> FlowStats {
+        FlowStats {
+            skbs,
+            bytes,
+            first_seen_ns: t,
+            last_seen_ns: t,
+            ..Default::default()
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_port: port,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counters_stay_monotonic_across_our_eviction() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(3, 300, 10));
+        assert!(t.end_poll(5, 0).is_empty());
+        t.begin_poll();
+        t.observe(&key(1), &stats(5, 500, 20));
+        let idle = t.end_poll(100, 0);
+        assert_eq!(idle, vec![key(1)]);
+        // Evicted with two more packets counted since the read.
+        t.retire(&key(1), Some(&stats(7, 700, 30)));
+        // A new kernel entry for the same flow starts from zero.
+        t.begin_poll();
+        t.observe(&key(1), &stats(1, 100, 40));
+        t.end_poll(0, 0);
+        let c = t.iter().next().unwrap().1.counters();
+        assert_eq!((c.packets, c.bytes), (8, 800));
+    }
+
+    #[test]
+    fn lru_eviction_is_counted_and_keeps_counts() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(4, 400, 10));
+        t.end_poll(0, 0);
+        // Gone from the kernel without us evicting it.
+        t.begin_poll();
+        t.end_poll(0, 0);
+        assert_eq!(t.lru_evictions, 1);
+        assert_eq!(t.iter().next().unwrap().1.counters().packets, 4);
+        // Recreated in the kernel, smaller: counted on top.
+        t.begin_poll();
+        t.observe(&key(1), &stats(2, 200, 20));
+        t.end_poll(0, 0);
+        assert_eq!(t.iter().next().unwrap().1.counters().bytes, 600);
+    }
+
+    #[test]
+    fn recreated_between_reads_is_detected() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(10, 1000, 10));
+        t.end_poll(0, 0);
+        t.begin_poll();
+        t.observe(&key(1), &stats(3, 300, 20));
+        t.end_poll(0, 0);
+        assert_eq!(t.iter().next().unwrap().1.counters().packets, 13);
+    }
+
+    #[test]
+    fn retired_flows_are_forgotten_after_retention() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(1, 100, 10));
+        t.end_poll(0, 0);
+        t.retire(&key(1), None);
+        t.begin_poll();
+        t.end_poll(0, 11);
+        assert_eq!(t.len(), 0);
+    }
+}

@@ -1,0 +1,40 @@
+//! The flow as the API and the CLI show it.
+
+use serde::{Deserialize, Serialize};
+
+/// One flow on one interface in one direction, with monotonic counters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FlowView {
+    pub interface: String,
+    pub ifindex: u32,
+    /// `egress`/`ingress`: from the pod's point of view on pod interfaces,
+    /// from the node's on tunnel and underlay devices.
+    pub direction: String,
+    pub src_ip: String,
+    pub dst_ip: String,
+    /// 0 for protocols without ports (ICMP: see `icmp_type`).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or the protocol number.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// `none`, `ipip`, `vxlan` or `wireguard`.
+    pub encap: String,
+    /// Packets as on the wire (GSO segments counted one by one).
+    pub packets: u64,
+    /// Bytes of the IP packets (inner ones when encapsulated), as on the wire.
+    pub bytes: u64,
+    /// Socket buffers seen (a GSO super-packet is one).
+    pub skbs: u64,
+    /// Encapsulation header bytes around the counted packets.
+    pub overhead_bytes: u64,
+    /// TCP flags seen, e.g. `SYN|ACK|FIN`; empty for other protocols.
+    #[serde(default)]
+    pub tcp_flags: String,
+    /// RFC 3339 wall-clock times.
+    pub first_seen: String,
+    pub last_seen: String,
+}

@@ -1,0 +1,60 @@
+//! `observer`: an eBPF flow observer for Kubernetes clusters networked by
+//! Calico. One binary: the daemon (`run`), the client verbs, `replay` and
+//! the netns `lab`.
+
+mod cli;
+mod config;
+mod daemon;
+mod datapath;
+mod export;
+mod flows;
+mod lab;
+mod replay;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "observer", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: attach to Calico's interfaces and serve the API.
+    Run(config::RunArgs),
+    /// Flows seen by the daemon.
+    Flows(cli::QueryArgs),
+    /// Attached interfaces and their totals.
+    Interfaces(cli::QueryArgs),
+    /// The daemon's own state: polls, map fill, datapath counters.
+    Status(cli::QueryArgs),
+    /// Run the kernel classifier on a capture and show the flows it counts.
+    Replay(replay::ReplayArgs),
+    /// A Calico-shaped cluster from network namespaces on this machine.
+    Lab(lab::LabArgs),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OBSERVER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(args) => daemon::run(args).await,
+            Command::Flows(args) => cli::flows(args).await,
+            Command::Interfaces(args) => cli::interfaces(args).await,
+            Command::Status(args) => cli::status(args).await,
+            Command::Replay(args) => replay::main(args),
+            Command::Lab(args) => lab::run(args, std::env::current_exe()?).await,
+        }
+    })
+}
