@@ -2,17 +2,9 @@
 //! Calico. One binary: the daemon (`run`), the client verbs, `replay` and
 //! the netns `lab`.
 
-mod cli;
-mod config;
-mod daemon;
-mod datapath;
-mod export;
-mod flows;
-mod lab;
-mod replay;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use observer::{cli, config, daemon, lab, replay};
 
 #[derive(Parser, Debug)]
 #[command(name = "observer", version, about, propagate_version = true)]
@@ -41,9 +33,13 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("OBSERVER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // The netlink crate warns about every attribute newer than itself.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+                }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;

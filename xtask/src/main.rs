@@ -1,1 +1,121 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | lab | test`.
+//!
+//! `setup` installs what a fresh machine lacks (nightly rust-src,
+//! bpf-linker built against the nightly's LLVM, Debian packages the lab and
+//! tests use); it is idempotent and quick when everything is there, and
+//! `lab` and `test` run it first.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages this project needs.
+    Setup,
+    /// Build the eBPF programs alone (the observer build embeds them anyway).
+    BuildEbpf,
+    /// Set up, build, and run `observer lab` (extra arguments are passed on).
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then check formatting, lints and run every test.
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => {
+            setup::run()?;
+            cargo(&[
+                "+nightly",
+                "build",
+                "--package",
+                "observer-ebpf",
+                "--bins",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+        }
+        Task::Lab { args } => {
+            setup::run()?;
+            require_root("the lab creates network namespaces and loads eBPF programs")?;
+            cargo(&["build", "--release", "--package", "observer"])?;
+            let mut cmd = Command::new(workspace_root().join("target/release/observer"));
+            cmd.arg("lab").args(&args);
+            run(&mut cmd)
+        }
+        Task::Test { no_lint, args } => {
+            setup::run()?;
+            require_root("the tests load eBPF programs and build network namespaces")?;
+            if !no_lint {
+                cargo(&["fmt", "--all", "--check"])?;
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "observer-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])?;
+            }
+            let mut test = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+    }
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("this must run as root: {why} (try `sudo -E cargo xtask ...`)");
+    }
+    Ok(())
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(workspace_root());
+    run(&mut cmd)
+}

@@ -1,0 +1,14 @@
+//! `observer`: an eBPF flow observer for Kubernetes clusters networked by
+//! Calico. The library holds everything; `main.rs` is the command line.
+//!
+//! Data flows one way: kernel maps -> [`datapath`] drain -> [`flows`] table
+//! -> [`export`] (JSON API) -> [`cli`].
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod export;
+pub mod flows;
+pub mod lab;
+pub mod replay;

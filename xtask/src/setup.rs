@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: what a fresh machine of ours lacks, installed
+//! idempotently. Each step checks first, so a set-up machine costs a few
+//! hundred milliseconds.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The bpf-linker release that builds against the nightly's LLVM 22.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the lab, the tests and the benchmarks use.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip, tc, bridge: the lab's namespaces and links"),
+    ("iputils-ping", "ping between lab pods"),
+    ("nftables", "Service VIPs in the lab"),
+    ("tcpdump", "an independent decoder in the tests"),
+    ("iperf3", "throughput benchmarks"),
+    ("ethtool", "offload settings in the tests"),
+];
+
+pub fn run() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain");
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to nightly");
+        crate::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// The nightly's own LLVM shared library, e.g.
+/// `libLLVM.so.22.1-rust-1.97.0-nightly`, and its major version.
+fn nightly_llvm() -> Result<(PathBuf, u32)> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix("libLLVM.so.")
+            && let Some(major) = rest.split('.').next().and_then(|m| m.parse().ok())
+        {
+            return Ok((lib.join(&name), major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
+        })
+}
+
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    let (llvm, major) = nightly_llvm()?;
+    // bpf-linker links the LLVM it finds under LLVM_PREFIX/lib and keeps an
+    // rpath to it, so this directory must outlive the build.
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home).join(format!(".local/share/observer/llvm-{major}"));
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir).with_context(|| format!("creating {}", libdir.display()))?;
+    let file_name = llvm.file_name().context("LLVM library path")?;
+    for link in [libdir.join("libLLVM.so"), libdir.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (a few minutes, once)"
+    );
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !bpf_linker_ok() {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing Debian packages {missing:?}");
+    crate::run(Command::new("apt-get").args(["update", "-q"]))?;
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
