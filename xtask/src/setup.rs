@@ -20,6 +20,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("tcpdump", "an independent decoder in the tests"),
     ("iperf3", "throughput benchmarks"),
     ("ethtool", "offload settings in the tests"),
+    (
+        "bpftool",
+        "an independent view of attached programs in the tests",
+    ),
 ];
 
 pub fn run() -> Result<()> {

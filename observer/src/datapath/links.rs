@@ -55,7 +55,7 @@ fn view(msg: &LinkMessage) -> Option<LinkInfoView> {
         _ => LinkLayer::L3,
     };
     let tunnel = match kind {
-        Some(InfoKind::IpTun) | Some(InfoKind::SitTun) => Some(Encap::Ipip),
+        Some(InfoKind::IpIp) | Some(InfoKind::SitTun) | Some(InfoKind::Ip6Tnl) => Some(Encap::Ipip),
         Some(InfoKind::Vxlan) => Some(Encap::Vxlan),
         Some(InfoKind::Wireguard) => Some(Encap::Wireguard),
         _ => None,
