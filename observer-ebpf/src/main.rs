@@ -51,6 +51,12 @@ pub fn l3_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Does nothing: the baseline the benchmarks compare our cost with.
+#[classifier]
+pub fn empty(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     let skb: *mut __sk_buff = ctx.skb.skb;
