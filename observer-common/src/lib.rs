@@ -13,6 +13,8 @@ pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
 pub const ENCAP_TOTALS_MAP: &str = "ENCAP_TOTALS";
 /// Name of the per-CPU array of datapath counters (see [`Stat`]).
 pub const STATS_MAP: &str = "STATS";
+/// Name of the one-slot array the `clock` program writes a [`ClockSample`] to.
+pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default number of flow slots (the map is preallocated).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
@@ -82,14 +84,15 @@ impl Encap {
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
 
-/// Key of the flow map. IPv4 addresses are stored in the first four bytes
-/// of the 16-byte fields, the rest zero.
+/// Key of the flow map. Addresses are kept as the packet has them (network
+/// byte order) in 32-bit words, so the kernel copies them a word at a time;
+/// IPv4 uses the first word, the rest zero. See [`FlowKey::src_bytes`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub ifindex: u32,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
     pub src_port: u16,
     pub dst_port: u16,
     /// [`Hook`] as u8.
@@ -100,6 +103,41 @@ pub struct FlowKey {
     pub protocol: u8,
     /// [`Encap`] as u8, from outer headers.
     pub encap: u8,
+}
+
+impl FlowKey {
+    /// The source address as bytes in network order (first 4 for IPv4).
+    pub fn src_bytes(&self) -> [u8; 16] {
+        words_to_bytes(&self.src_addr)
+    }
+
+    pub fn dst_bytes(&self) -> [u8; 16] {
+        words_to_bytes(&self.dst_addr)
+    }
+
+    /// Sets addresses from network-order bytes (tests, userspace).
+    pub fn set_addrs(&mut self, src: [u8; 16], dst: [u8; 16]) {
+        self.src_addr = bytes_to_words(&src);
+        self.dst_addr = bytes_to_words(&dst);
+    }
+}
+
+// The words hold the packet's bytes in memory order, whatever the host's
+// endianness: convert with native-endian byte views.
+fn words_to_bytes(w: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    out
+}
+
+fn bytes_to_words(b: &[u8; 16]) -> [u32; 4] {
+    let mut out = [0u32; 4];
+    for (i, word) in out.iter_mut().enumerate() {
+        *word = u32::from_ne_bytes([b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]]);
+    }
+    out
 }
 
 /// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
@@ -118,13 +156,24 @@ pub struct FlowStats {
     pub bytes: u64,
     /// Bytes of encapsulation headers around the inner IP packets.
     pub overhead_bytes: u64,
-    /// `bpf_ktime_get_ns` at insert (CLOCK_MONOTONIC, ns).
-    pub first_seen_ns: u64,
-    /// `bpf_ktime_get_coarse_ns` at the last packet (CLOCK_MONOTONIC_COARSE).
-    pub last_seen_ns: u64,
+    /// Kernel jiffies at insert. Jiffies cost nothing to read where a
+    /// nanosecond clock costs a fifth of the per-packet budget; userspace
+    /// maps them to wall time with a [`ClockSample`].
+    pub first_seen_jiffies: u64,
+    /// Kernel jiffies at the last packet.
+    pub last_seen_jiffies: u64,
     /// Union of the TCP flags seen (low 8 bits used).
     pub tcp_flags: u32,
     pub _pad: u32,
+}
+
+/// The kernel's jiffies and CLOCK_MONOTONIC read together, so that
+/// userspace can turn the flows' jiffies into time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockSample {
+    pub jiffies: u64,
+    pub monotonic_ns: u64,
 }
 
 /// Totals of one direction on one interface slot.
@@ -200,6 +249,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for IfaceTotals {}
     unsafe impl aya::Pod for EncapTotals {}
+    unsafe impl aya::Pod for ClockSample {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.

@@ -5,12 +5,13 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
-    maps::{LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use observer_common::{
-    DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FlowKey, FlowStats, IFACE_SLOTS, IfaceTotals, Stat,
+    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FlowKey, FlowStats, IFACE_SLOTS,
+    IfaceTotals, Stat,
 };
 
 /// One entry per flow; values shared by all CPUs (memory does not grow
@@ -27,6 +28,21 @@ static ENCAP_TOTALS: PerCpuArray<EncapTotals> = PerCpuArray::with_max_entries(En
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+#[map(name = "CLOCK")]
+static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
+
+/// Writes jiffies and CLOCK_MONOTONIC side by side (for the `clock` program).
+#[inline(always)]
+pub fn sample_clock() {
+    if let Some(c) = CLOCK.get_ptr_mut(0) {
+        // SAFETY: helpers without preconditions; c points into the map.
+        unsafe {
+            (*c).jiffies = bpf_jiffies64();
+            (*c).monotonic_ns = bpf_ktime_get_ns();
+        }
+    }
+}
 
 const EEXIST: i64 = 17;
 
@@ -83,7 +99,7 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
         if d.overhead != 0 {
             add(&raw mut (*v).overhead_bytes, d.overhead);
         }
-        (*v).last_seen_ns = now;
+        (*v).last_seen_jiffies = now;
         // Plain read-modify-write: only when a new flag appears, so the rare
         // race loses at most a flag bit, never a count.
         let flags = d.tcp_flags as u32;
@@ -95,8 +111,9 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
 
 #[inline(always)]
 pub fn account(key: &FlowKey, d: &Delta) {
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: helper without preconditions; jiffies, because a nanosecond
+    // clock read costs as much as the rest of the update.
+    let now = unsafe { bpf_jiffies64() };
 
     if let Some(slot) = iface_slot(key.ifindex) {
         let t = (key.hook & 1) as usize;
@@ -126,8 +143,8 @@ pub fn account(key: &FlowKey, d: &Delta) {
         extra_segments: d.segs - 1,
         bytes: d.bytes,
         overhead_bytes: d.overhead,
-        first_seen_ns: now,
-        last_seen_ns: now,
+        first_seen_jiffies: now,
+        last_seen_jiffies: now,
         tcp_flags: d.tcp_flags as u32,
         _pad: 0,
     };

@@ -18,7 +18,6 @@ use crate::{
         Datapath,
         attach::{Attacher, LinkLayer, Via},
         links::{self, LinkEvent, LinkInfoView},
-        monotonic_coarse_ns,
     },
     export::api,
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
@@ -62,6 +61,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
     let mut dp = Datapath::load(args.flow_capacity)?;
+    let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
     let mut attacher = Attacher::new(args.attach_mode)?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             flow_capacity: args.flow_capacity,
             ..Default::default()
         },
-        clock: Clock::now(),
+        clock: Clock::new(dp.clock_sample()?, jiffy_ns),
         started: std::time::SystemTime::now(),
     }));
 
@@ -90,7 +90,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     Some(ev) => on_link(&mut dp, &mut attacher, &selector, &state, ev).await,
                     None => bail!("the rtnetlink event stream ended"),
                 },
-                _ = tick.tick() => poll(&dp, &attacher, &args, &state).await?,
+                _ = tick.tick() => poll(&dp, &attacher, &args, jiffy_ns, &state).await?,
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
             }
@@ -169,7 +169,13 @@ async fn on_link_present(
     );
 }
 
-async fn poll(dp: &Datapath, attacher: &Attacher, args: &RunArgs, state: &Shared) -> Result<()> {
+async fn poll(
+    dp: &Datapath,
+    attacher: &Attacher,
+    args: &RunArgs,
+    jiffy_ns: u64,
+    state: &Shared,
+) -> Result<()> {
     let started = Instant::now();
     let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
     dp.read_flows(|k, v| entries.push((*k, *v)))?;
@@ -180,9 +186,11 @@ async fn poll(dp: &Datapath, attacher: &Attacher, args: &RunArgs, state: &Shared
         totals.push((ifindex, dp.iface_totals(ifindex)?));
     }
 
-    let now = monotonic_coarse_ns();
-    let idle_before = now.saturating_sub(args.idle_timeout.as_nanos() as u64);
-    let forget_before = now.saturating_sub(args.retain.as_nanos() as u64);
+    // Sampled after the read, so every flow's last packet is before `now`.
+    let clock = Clock::new(dp.clock_sample()?, jiffy_ns);
+    let now = clock.now_jiffies();
+    let idle_before = now.saturating_sub(clock.jiffies_in(args.idle_timeout));
+    let forget_before = now.saturating_sub(clock.jiffies_in(args.retain));
     let mut st = state.write().await;
     st.table.begin_poll();
     for (k, v) in &entries {
@@ -201,7 +209,7 @@ async fn poll(dp: &Datapath, attacher: &Attacher, args: &RunArgs, state: &Shared
     // Deleted interfaces stay listed while their flows are shown.
     let live: std::collections::HashSet<u32> = st.table.iter().map(|(k, _)| k.ifindex).collect();
     st.interfaces.retain(|i, s| !s.gone || live.contains(i));
-    st.clock = Clock::now();
+    st.clock = clock;
     let status = &mut st.status;
     status.polls += 1;
     status.kernel_flow_entries = entries.len() as u64;

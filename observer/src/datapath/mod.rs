@@ -2,6 +2,7 @@
 //! interfaces, follow interfaces, and read (drain) its maps.
 
 pub mod attach;
+pub mod clock;
 pub mod links;
 pub mod object;
 pub mod sys;
@@ -12,11 +13,11 @@ use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
 };
 use observer_common::{
-    ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats, IFACE_SLOTS,
-    IFACE_TOTALS_MAP, IfaceTotals, STATS_MAP, Stat,
+    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
+    IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, STATS_MAP, Stat,
 };
 
 /// Elements per batch-lookup syscall.
@@ -29,6 +30,7 @@ pub struct Datapath {
     iface_totals: PerCpuArray<MapData, IfaceTotals>,
     encap_totals: PerCpuArray<MapData, EncapTotals>,
     stats: PerCpuArray<MapData, u64>,
+    clock: Array<MapData, ClockSample>,
     pub capacity: u32,
 }
 
@@ -39,14 +41,16 @@ impl Datapath {
             Some(Map::LruHashMap(m)) => m,
             _ => return Err(anyhow!("map {FLOWS_MAP} missing or not an LRU hash")),
         };
-        let mut per_cpu = |name: &str| {
+        let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))
         };
-        let iface_totals = PerCpuArray::try_from(per_cpu(IFACE_TOTALS_MAP)?)?;
-        let encap_totals = PerCpuArray::try_from(per_cpu(ENCAP_TOTALS_MAP)?)?;
-        let stats = PerCpuArray::try_from(per_cpu(STATS_MAP)?)?;
+        let iface_totals = PerCpuArray::try_from(take(IFACE_TOTALS_MAP)?)?;
+        let encap_totals = PerCpuArray::try_from(take(ENCAP_TOTALS_MAP)?)?;
+        let stats = PerCpuArray::try_from(take(STATS_MAP)?)?;
+        let clock = Array::try_from(take(CLOCK_MAP)?)?;
         Ok(Self {
+            clock,
             ebpf,
             flows,
             iface_totals,
@@ -111,15 +115,4 @@ impl Datapath {
         }
         Ok(sum)
     }
-}
-
-/// CLOCK_MONOTONIC_COARSE in ns: the clock of the flows' timestamps.
-pub fn monotonic_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -12,9 +12,11 @@ pub const ETH_INGRESS: &str = "eth_ingress";
 pub const ETH_EGRESS: &str = "eth_egress";
 pub const L3_INGRESS: &str = "l3_ingress";
 pub const L3_EGRESS: &str = "l3_egress";
+/// Writes jiffies and CLOCK_MONOTONIC to the clock map; never attached.
+pub const CLOCK: &str = "clock";
 /// An empty classifier, the baseline of the benchmarks; never attached.
 pub const EMPTY: &str = "empty";
-pub const PROGRAMS: [&str; 5] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS, EMPTY];
+pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS, CLOCK, EMPTY];
 
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.

@@ -3,14 +3,12 @@
 pub mod table;
 pub mod view;
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
 use self::{table::FlowEntry, view::FlowView};
+pub use crate::datapath::clock::Clock;
 
 /// What an attached interface is, which decides whose point of view its
 /// directions take and which encapsulation its packets have.
@@ -66,36 +64,12 @@ pub fn tcp_flags_string(flags: u32) -> String {
 pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
     if key.family == FAMILY_IPV4 {
         let a = |b: &[u8; 16]| IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]));
-        (a(&key.src_addr), a(&key.dst_addr))
+        (a(&key.src_bytes()), a(&key.dst_bytes()))
     } else {
         (
-            IpAddr::V6(Ipv6Addr::from(key.src_addr)),
-            IpAddr::V6(Ipv6Addr::from(key.dst_addr)),
+            IpAddr::V6(Ipv6Addr::from(key.src_bytes())),
+            IpAddr::V6(Ipv6Addr::from(key.dst_bytes())),
         )
-    }
-}
-
-/// Maps the kernel's CLOCK_MONOTONIC_COARSE timestamps to wall-clock time.
-#[derive(Clone, Copy, Debug)]
-pub struct Clock {
-    /// Wall-clock time at monotonic time zero.
-    epoch: SystemTime,
-}
-
-impl Clock {
-    pub fn now() -> Self {
-        let mono = Duration::from_nanos(crate::datapath::monotonic_coarse_ns());
-        Self {
-            epoch: SystemTime::now() - mono,
-        }
-    }
-
-    pub fn wall(&self, mono_ns: u64) -> SystemTime {
-        self.epoch + Duration::from_nanos(mono_ns)
-    }
-
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
-        humantime::format_rfc3339_millis(self.wall(mono_ns)).to_string()
     }
 }
 
@@ -137,8 +111,8 @@ pub fn to_view(
         } else {
             String::new()
         },
-        first_seen: clock.rfc3339(entry.first_seen_ns),
-        last_seen: clock.rfc3339(entry.last_seen_ns),
+        first_seen: clock.rfc3339(entry.first_seen),
+        last_seen: clock.rfc3339(entry.last_seen),
     }
 }
 

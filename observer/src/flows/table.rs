@@ -38,9 +38,9 @@ pub struct FlowEntry {
     retired: Counters,
     /// The kernel entry's counts at the last read (zero if not in the map).
     current: Counters,
-    /// CLOCK_MONOTONIC_COARSE ns.
-    pub first_seen_ns: u64,
-    pub last_seen_ns: u64,
+    /// Kernel jiffies (see `datapath::clock`).
+    pub first_seen: u64,
+    pub last_seen: u64,
     pub tcp_flags: u32,
     in_kernel: bool,
     seen_in_poll: u64,
@@ -75,8 +75,8 @@ impl FlowTable {
         let e = self.entries.entry(*key).or_insert_with(|| FlowEntry {
             retired: Counters::default(),
             current: Counters::default(),
-            first_seen_ns: s.first_seen_ns,
-            last_seen_ns: s.last_seen_ns,
+            first_seen: s.first_seen_jiffies,
+            last_seen: s.last_seen_jiffies,
             tcp_flags: 0,
             in_kernel: true,
             seen_in_poll: poll,
@@ -87,17 +87,17 @@ impl FlowTable {
             e.retired.add(&e.current);
         }
         e.current = now;
-        e.last_seen_ns = e.last_seen_ns.max(s.last_seen_ns);
-        e.first_seen_ns = e.first_seen_ns.min(s.first_seen_ns);
+        e.last_seen = e.last_seen.max(s.last_seen_jiffies);
+        e.first_seen = e.first_seen.min(s.first_seen_jiffies);
         e.tcp_flags |= s.tcp_flags;
         e.in_kernel = true;
         e.seen_in_poll = poll;
     }
 
     /// Ends a poll: entries the kernel no longer has are retired. Returns the
-    /// keys of kernel entries idle since `idle_before_ns`, to evict, and
-    /// forgets retired flows idle since `forget_before_ns`.
-    pub fn end_poll(&mut self, idle_before_ns: u64, forget_before_ns: u64) -> Vec<FlowKey> {
+    /// keys of kernel entries idle since `idle_before` (jiffies), to evict,
+    /// and forgets retired flows idle since `forget_before`.
+    pub fn end_poll(&mut self, idle_before: u64, forget_before: u64) -> Vec<FlowKey> {
         let poll = self.poll;
         let mut idle = Vec::new();
         let mut lru = 0;
@@ -109,10 +109,10 @@ impl FlowTable {
                 e.current = Counters::default();
                 e.in_kernel = false;
             }
-            if e.in_kernel && e.last_seen_ns < idle_before_ns {
+            if e.in_kernel && e.last_seen < idle_before {
                 idle.push(*key);
             }
-            e.in_kernel || e.last_seen_ns >= forget_before_ns
+            e.in_kernel || e.last_seen >= forget_before
         });
         self.lru_evictions += lru;
         idle
@@ -152,8 +152,8 @@ mod tests {
         FlowStats {
             skbs,
             bytes,
-            first_seen_ns: t,
-            last_seen_ns: t,
+            first_seen_jiffies: t,
+            last_seen_jiffies: t,
             ..Default::default()
         }
     }

@@ -142,7 +142,7 @@ pub fn replay(path: &Path, view: ReplayView) -> Result<ReplayReport> {
     })?;
     for (k, v) in large {
         let e = entries.entry(k).or_insert(FlowStats {
-            first_seen_ns: v.first_seen_ns,
+            first_seen_jiffies: v.first_seen_jiffies,
             ..Default::default()
         });
         e.skbs += v.skbs;
@@ -150,7 +150,7 @@ pub fn replay(path: &Path, view: ReplayView) -> Result<ReplayReport> {
         e.bytes += v.bytes;
         e.overhead_bytes += v.overhead_bytes;
         e.tcp_flags |= v.tcp_flags;
-        e.last_seen_ns = e.last_seen_ns.max(v.last_seen_ns);
+        e.last_seen_jiffies = e.last_seen_jiffies.max(v.last_seen_jiffies);
     }
     let mut table = FlowTable::default();
     table.begin_poll();
@@ -164,7 +164,11 @@ pub fn replay(path: &Path, view: ReplayView) -> Result<ReplayReport> {
             ReplayView::Node => InterfaceKind::Underlay,
         },
     };
-    let clock = Clock::now();
+    // The frames ran just now: anchoring the clock now is exact enough.
+    let clock = Clock::new(
+        dp.clock_sample()?,
+        dp.jiffy_ns(std::time::Duration::from_millis(20))?,
+    );
     let mut flows: Vec<FlowView> = table
         .iter()
         .map(|(k, e)| to_view(k, e, Some(&iface), &clock))
