@@ -31,8 +31,14 @@ pub fn load(flow_capacity: u32) -> Result<Ebpf> {
             .program_mut(name)
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()?;
-        prog.load()
-            .with_context(|| format!("loading program {name} (verifier)"))?;
+        if let Err(e) = prog.load() {
+            // The verifier's log can run to thousands of lines; its end says
+            // what it refused.
+            let text = format!("{e:#}");
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            anyhow::bail!("loading program {name}: the kernel refused it:\n{tail}");
+        }
     }
     Ok(ebpf)
 }
