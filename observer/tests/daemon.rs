@@ -363,3 +363,159 @@ fn follows_fifty_interfaces_coming_and_going() {
         assert_eq!(tc_state(&node, n), "", "{n} clean after shutdown");
     }
 }
+
+/// Packets and IP bytes per direction of one TCP connection, as tcpdump
+/// (an independent decoder) saw them: `(client_to_server, server_to_client)`.
+fn tcpdump_totals(pcap: &std::path::Path, client: &str) -> ((u64, u64), (u64, u64)) {
+    let text = sh(&[
+        "tcpdump",
+        "-r",
+        pcap.to_str().unwrap(),
+        "-t",
+        "-nn",
+        "-v",
+        "tcp",
+    ]);
+    let (mut up, mut down) = ((0, 0), (0, 0));
+    // -v prints "IP (tos 0x0, ttl 64, ..., length 52)" then, on the next
+    // line, "    10.99.0.2.40000 > 10.99.0.1.7000: Flags ...".
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        if !pair[0].starts_with("IP (") {
+            continue;
+        }
+        let Some(at) = pair[0].rfind(", length ") else {
+            continue;
+        };
+        let len: u64 = pair[0][at + 9..]
+            .trim_end_matches(')')
+            .parse()
+            .expect("IP length");
+        let side = if pair[1].trim_start().starts_with(client) {
+            &mut up
+        } else {
+            &mut down
+        };
+        side.0 += 1;
+        side.1 += len;
+    }
+    (up, down)
+}
+
+#[test]
+fn tcp_counts_match_tcpdump() {
+    common::require_root();
+    let node = Netns::new("tcpn");
+    let pod = Netns::new("tcpp");
+    let cali = "cali5e1f0c0ffee";
+    node.ip(&[
+        "link", "add", cali, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+    ]);
+    node.ip(&["addr", "add", "10.99.0.1/24", "dev", cali]);
+    node.ip(&["link", "set", cali, "up"]);
+    pod.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    // One skb per wire packet, so that tcpdump's frames are the packets.
+    node.exec(&[
+        "ethtool", "-K", cali, "tso", "off", "gso", "off", "gro", "off",
+    ]);
+    pod.exec(&[
+        "ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off",
+    ]);
+    let d = Daemon::start(&node, &[]);
+    d.wait_for(
+        |d| {
+            d.interfaces()
+                .iter()
+                .any(|i| i.name == cali && i.attached_via.is_some())
+        },
+        "attached",
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("tcp.pcap");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &pod.0,
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            "eth0",
+            "-U",
+            "-n",
+            "-w",
+        ])
+        .arg(&pcap)
+        .arg("tcp")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    // tcpdump says "listening on" once it captures.
+    {
+        use std::io::BufRead as _;
+        let mut line = String::new();
+        std::io::BufReader::new(dump.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening"), "tcpdump: {line}");
+    }
+
+    let listener = node.within(|| std::net::TcpListener::bind("10.99.0.1:7000").expect("listen"));
+    let server = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        got.len()
+    });
+    pod.within(|| {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect("10.99.0.1:7000").expect("connect");
+        c.write_all(&vec![0x42; 200_000]).expect("write");
+    });
+    assert_eq!(server.join().unwrap(), 200_000);
+
+    // Let the last ACKs pass, then stop the capture.
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(dump.id() as i32, libc::SIGINT) };
+    dump.wait().unwrap();
+    let (up, down) = tcpdump_totals(&pcap, "10.99.0.2.");
+    assert!(
+        up.0 > 100,
+        "tcpdump saw {up:?}: {}",
+        sh(&["tcpdump", "-r", pcap.to_str().unwrap(), "-nn", "-v", "tcp"])
+    );
+
+    fn tcp(dir: &'static str) -> impl Fn(&&FlowView) -> bool {
+        move |f| f.interface == "cali5e1f0c0ffee" && f.protocol == "tcp" && f.direction == dir
+    }
+    let counts = |d: &Daemon| {
+        let flows = d.flows();
+        let get = |dir| flows.iter().find(tcp(dir)).map(|f| (f.packets, f.bytes));
+        (get("egress"), get("ingress"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counts(&d) != (Some(up), Some(down)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        counts(&d),
+        (Some(up), Some(down)),
+        "daemon (egress, ingress) vs tcpdump"
+    );
+    let flows = d.flows();
+    let sent = flows.iter().find(tcp("egress")).unwrap();
+    assert_eq!(
+        (
+            sent.dst_port,
+            sent.tcp_flags.contains("SYN"),
+            sent.tcp_flags.contains("FIN")
+        ),
+        (7000, true, true)
+    );
+}
