@@ -12,3 +12,4 @@ pub mod export;
 pub mod flows;
 pub mod lab;
 pub mod replay;
+pub mod sources;

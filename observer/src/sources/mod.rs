@@ -1,0 +1,4 @@
+//! Where names come from: the node's routes, and (later) the Kubernetes
+//! API and IPVS.
+
+pub mod routes;
