@@ -74,7 +74,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         started: std::time::SystemTime::now(),
     }));
 
-    let mut link_events = links::follow().await?;
+    // Attach to what is there before answering: once the API answers, the
+    // interfaces present at start are watched.
+    let (present, mut link_events) = links::follow().await?;
+    for link in present {
+        on_link_present(&mut dp, &mut attacher, &selector, &state, link).await;
+    }
     let server = api::serve(&args.socket, state.clone()).await?;
     tracing::info!(socket = %args.socket.display(), "observer running");
 

@@ -69,9 +69,9 @@ fn view(msg: &LinkMessage) -> Option<LinkInfoView> {
 }
 
 /// Subscribes to link events, then dumps the current links, so that nothing
-/// is missed between the two (duplicates are harmless). Events arrive on
-/// the returned channel until it is dropped.
-pub async fn follow() -> Result<mpsc::Receiver<LinkEvent>> {
+/// is missed between the two (duplicates are harmless). Returns the links
+/// there are now, and the channel on which later events arrive.
+pub async fn follow() -> Result<(Vec<LinkInfoView>, mpsc::Receiver<LinkEvent>)> {
     let (mut conn, handle, mut messages) =
         rtnetlink::new_connection().context("opening an rtnetlink socket")?;
     conn.socket_mut()
@@ -85,16 +85,11 @@ pub async fn follow() -> Result<mpsc::Receiver<LinkEvent>> {
     let mut initial = Vec::new();
     while let Some(msg) = dump.try_next().await.context("dumping links")? {
         if let Some(v) = view(&msg) {
-            initial.push(LinkEvent::Present(v));
+            initial.push(v);
         }
     }
     tokio::spawn(async move {
         let _conn_task = AbortOnDrop(conn_task);
-        for ev in initial {
-            if tx.send(ev).await.is_err() {
-                return;
-            }
-        }
         while let Some((msg, _)) = messages.next().await {
             let ev = match msg.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
@@ -115,7 +110,7 @@ pub async fn follow() -> Result<mpsc::Receiver<LinkEvent>> {
         }
         tracing::error!("rtnetlink event stream ended");
     });
-    Ok(rx)
+    Ok((initial, rx))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

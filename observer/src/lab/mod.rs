@@ -1,10 +1,295 @@
-//! TEMPORARY STUB by the lead so the crate compiles; the lab helper replaces this file.
-use std::path::PathBuf;
-#[derive(clap::Args, Debug)]
-pub struct LabArgs {}
-pub async fn run(_args: LabArgs, _exe: PathBuf) -> anyhow::Result<()> {
-    anyhow::bail!("lab not yet written")
+//! `observer lab`: a Calico-shaped cluster built from network namespaces on
+//! one machine (nodes on an underlay bridge, pods behind `cali*` veths, VXLAN
+//! between nodes), with one `observer run` per node, like a DaemonSet.
+
+pub mod build;
+pub mod netns;
+pub mod plan;
+pub mod state;
+pub mod traffic;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::{
+    cli::{Output, client::Client, render},
+    flows::view::FlowView,
+};
+
+pub const DEFAULT_LAB: &str = "obslab";
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct LabArgs {
+    #[command(subcommand)]
+    pub command: Option<LabCommand>,
+    /// Plain `observer lab`: bring a lab up, send traffic and show what the
+    /// observers see until Ctrl-C, then tear it down.
+    #[command(flatten)]
+    pub shape: Shape,
+    /// Stop by itself after this many seconds (plain `observer lab`).
+    #[arg(long)]
+    pub duration: Option<u64>,
 }
-pub fn node_socket(_lab: &str, _node: &str) -> anyhow::Result<PathBuf> {
-    anyhow::bail!("lab not yet written")
+
+#[derive(Args, Debug, Clone)]
+pub struct Shape {
+    /// Name of the lab (prefix of its namespaces).
+    #[arg(long, default_value = DEFAULT_LAB)]
+    pub name: String,
+    #[arg(long, default_value_t = 2)]
+    pub nodes: u32,
+    #[arg(long, default_value_t = 2)]
+    pub pods_per_node: u32,
+    /// Dual-stack: IPv6 addresses, blocks and `vxlan-v6.calico` too.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Prefix length of each node's IPv4 block (Calico's default: 26).
+    #[arg(long, default_value_t = 26)]
+    pub block_size: u8,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    #[arg(long, default_value = DEFAULT_LAB)]
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct OutputArgs {
+    #[arg(long, default_value = DEFAULT_LAB)]
+    pub name: String,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Build the lab and start an observer per node.
+    Up(Shape),
+    /// Remove everything the lab made (also after a crash).
+    Down(NameArg),
+    /// Nodes and pods of a running lab.
+    Status(OutputArgs),
+    /// Send a known mix of traffic between pods and print what was sent.
+    Traffic(OutputArgs),
+}
+
+/// The API socket of a lab node's observer.
+pub fn node_socket(lab: &str, node: &str) -> Result<PathBuf> {
+    let plan = state::load(lab)?;
+    match plan.nodes.iter().find(|n| n.name == node) {
+        Some(n) => Ok(PathBuf::from(&n.api_socket)),
+        None => {
+            let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+            bail!(
+                "lab {lab:?} has no node {node:?}; its nodes are {}",
+                names.join(", ")
+            )
+        }
+    }
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the lab needs root: it creates network namespaces and loads eBPF programs (try sudo)"
+        );
+    }
+    Ok(())
+}
+
+pub async fn run(args: LabArgs, exe: PathBuf) -> Result<()> {
+    require_root()?;
+    // The lab shells out and blocks; keep that off the async workers.
+    tokio::task::spawn_blocking(move || match args.command {
+        Some(LabCommand::Up(shape)) => up(&shape, &exe),
+        Some(LabCommand::Down(n)) => build::down(&n.name),
+        Some(LabCommand::Status(o)) => status(&o),
+        Some(LabCommand::Traffic(o)) => traffic(&o),
+        None => interactive(&args.shape, args.duration, &exe),
+    })
+    .await?
+}
+
+fn up(shape: &Shape, exe: &Path) -> Result<()> {
+    if state::dir(&shape.name).join("state.json").exists()
+        || !netns::list(&format!("{}-", shape.name))?.is_empty()
+    {
+        bail!(
+            "lab {:?} is already up (or left over): `observer lab down --name {}` first",
+            shape.name,
+            shape.name
+        );
+    }
+    let dir = state::dir(&shape.name);
+    let plan = plan::plan(
+        &shape.name,
+        shape.nodes,
+        shape.pods_per_node,
+        shape.block_size,
+        shape.ipv6,
+        &dir.to_string_lossy(),
+    )?;
+    state::save(&plan)?;
+    if let Err(e) = build::up(&plan, exe) {
+        // Leave nothing half-built behind.
+        let _ = build::down(&shape.name);
+        return Err(e.context("building the lab failed; it was torn down"));
+    }
+    eprintln!(
+        "lab {:?} up: {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
+        plan.lab,
+        plan.nodes.len(),
+        plan.pods.len(),
+        plan.nodes[0].name
+    );
+    Ok(())
+}
+
+fn status(o: &OutputArgs) -> Result<()> {
+    let plan = state::load(&o.name)?;
+    if o.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.netns.clone(),
+                n.underlay_ip.to_string(),
+                n.blocks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                n.api_socket.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(
+            &["NODE", "NETNS", "UNDERLAY", "BLOCKS", "API SOCKET"],
+            &rows
+        )
+    );
+    println!();
+    let rows: Vec<Vec<String>> = plan
+        .pods
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{}/{}", p.namespace, p.name),
+                p.node.clone(),
+                p.ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                p.interface.clone(),
+                p.netns.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(&["POD", "NODE", "IPS", "INTERFACE", "NETNS"], &rows)
+    );
+    Ok(())
+}
+
+fn traffic(o: &OutputArgs) -> Result<()> {
+    let plan = state::load(&o.name)?;
+    let sent = traffic::mix(&plan)?;
+    if o.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&sent)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = sent
+        .iter()
+        .map(|s| {
+            vec![
+                s.protocol.clone(),
+                format!("{} ({})", s.src_pod, s.src_ip),
+                format!("{} ({}:{})", s.dst_pod, s.dst_ip, s.dst_port),
+                s.packets.map_or("-".into(), |p| p.to_string()),
+                render::bytes(s.payload_bytes),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        render::table(&["PROTO", "FROM", "TO", "PACKETS", "PAYLOAD"], &rows)
+    );
+    Ok(())
+}
+
+/// Plain `observer lab`: up, then traffic and the observers' view every few
+/// seconds until Ctrl-C (or `--duration`), then down.
+fn interactive(shape: &Shape, duration: Option<u64>, exe: &Path) -> Result<()> {
+    // A lab left over by a crash is replaced.
+    build::down(&shape.name)?;
+    up(shape, exe)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook_flag(sig, stop.clone())?;
+    }
+    let result = watch_loop(shape, duration, &stop);
+    eprintln!("tearing the lab down");
+    build::down(&shape.name)?;
+    result
+}
+
+fn watch_loop(
+    shape: &Shape,
+    duration: Option<u64>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let plan = state::load(&shape.name)?;
+    let started = std::time::Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    eprintln!("sending traffic and showing flows every 3 s; Ctrl-C to stop and tear down");
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| started.elapsed().as_secs() < d)
+    {
+        traffic::mix(&plan)?;
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        for node in &plan.nodes {
+            let flows: Vec<FlowView> =
+                rt.block_on(Client::new(&node.api_socket).get("/v1/flows"))?;
+            // Pod-to-pod traffic; the IPv6 link-local chatter is left out.
+            let shown: Vec<FlowView> = flows
+                .into_iter()
+                .filter(|f| !f.src_ip.starts_with("fe80") && !f.dst_ip.starts_with("ff02"))
+                .collect();
+            println!("== {} ({} flows)", node.name, shown.len());
+            print!("{}", render::flows_table(&shown, false));
+        }
+        println!();
+        for _ in 0..15 {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}
+
+/// Sets `flag` when `signal` arrives.
+fn signal_hook_flag(
+    signal: i32,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    signal_hook::flag::register(signal, flag)?;
+    Ok(())
 }

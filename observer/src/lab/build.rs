@@ -1,0 +1,399 @@
+//! Building and removing the lab: an underlay bridge, node namespaces with
+//! Calico's routes and VXLAN devices, pod namespaces with Calico's veths,
+//! and one `observer run` per node.
+
+use std::{
+    net::IpAddr,
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    netns::{self, ip, sysctl},
+    plan::{NodePlan, Plan, PodPlan},
+    state,
+};
+use crate::cli::client::Client;
+
+/// The bridge namespace joining the nodes' `eth0`s.
+pub fn underlay_ns(lab: &str) -> String {
+    format!("{lab}-underlay")
+}
+
+/// Calico's host-side veth MAC; pods reach it as fe80::ecee:eeff:feee:eeee.
+const HOST_VETH_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const HOST_VETH_LL: &str = "fe80::ecee:eeff:feee:eeee";
+const VXLAN_VNI: &str = "4096";
+const UNDERLAY_GATEWAY: &str = "172.30.0.1";
+const UNDERLAY_GATEWAY_CIDR: &str = "172.30.0.1/24";
+const VXLAN_PORT: &str = "4789";
+
+fn prefix_len(ip: &IpAddr) -> &'static str {
+    if ip.is_ipv4() { "32" } else { "128" }
+}
+
+pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
+    let ul = underlay_ns(&plan.lab);
+    netns::add(&ul)?;
+    ip(&ul, &["link", "add", "br0", "type", "bridge"])?;
+    ip(&ul, &["link", "set", "br0", "up"])?;
+    // The nodes' default gateway. Besides being realistic, proxy ARP for
+    // the pods' 169.254.1.1 only answers for addresses the node can route.
+    ip(&ul, &["addr", "add", UNDERLAY_GATEWAY_CIDR, "dev", "br0"])?;
+    for (k, node) in plan.nodes.iter().enumerate() {
+        build_node(plan, node, &ul, k)?;
+    }
+    for node in &plan.nodes {
+        routes_to_peers(plan, node)?;
+    }
+    for pod in &plan.pods {
+        build_pod(plan, pod)?;
+    }
+    for node in &plan.nodes {
+        start_daemon(plan, node, exe)?;
+    }
+    Ok(())
+}
+
+fn build_node(plan: &Plan, node: &NodePlan, ul: &str, k: usize) -> Result<()> {
+    let ns = &node.netns;
+    netns::add(ns)?;
+    for (key, value) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.default.rp_filter", "0"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        // Addresses usable at once, without duplicate address detection.
+        ("net.ipv6.conf.default.accept_dad", "0"),
+        ("net.ipv6.conf.all.accept_dad", "0"),
+    ] {
+        sysctl(ns, key, value)?;
+    }
+    let port = format!("n{k}");
+    ip(
+        ul,
+        &[
+            "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    ip(ul, &["link", "set", &port, "master", "br0", "up"])?;
+    let ul4 = format!("{}/24", node.underlay_ip);
+    ip(ns, &["addr", "add", &ul4, "dev", "eth0"])?;
+    if let Some(ul6) = node.underlay_ip6 {
+        ip(
+            ns,
+            &["addr", "add", &format!("{ul6}/64"), "dev", "eth0", "nodad"],
+        )?;
+    }
+    ip(ns, &["link", "set", "eth0", "up"])?;
+    ip(ns, &["route", "add", "default", "via", UNDERLAY_GATEWAY])?;
+
+    // Calico's VXLAN devices: VNI 4096, port 4789, no learning (Felix
+    // programs neighbours and FDB entries), 50 bytes under the underlay.
+    for (dev, local) in vxlan_devices(plan, node) {
+        ip(
+            ns,
+            &[
+                "link",
+                "add",
+                dev,
+                "type",
+                "vxlan",
+                "id",
+                VXLAN_VNI,
+                "dstport",
+                VXLAN_PORT,
+                "dev",
+                "eth0",
+                "local",
+                &local.to_string(),
+                "nolearning",
+            ],
+        )?;
+        ip(
+            ns,
+            &[
+                "link",
+                "set",
+                dev,
+                "address",
+                &node.vxlan_mac,
+                "mtu",
+                if local.is_ipv4() { "1450" } else { "1430" },
+                "up",
+            ],
+        )?;
+    }
+    for (tunnel, dev) in node
+        .tunnel_ips
+        .iter()
+        .zip(["vxlan.calico", "vxlan-v6.calico"])
+    {
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{tunnel}/{}", prefix_len(tunnel)),
+                "dev",
+                dev,
+            ],
+        )?;
+    }
+    for block in &node.blocks {
+        ip(ns, &["route", "add", "blackhole", &block.to_string()])?;
+    }
+    Ok(())
+}
+
+fn vxlan_devices(plan: &Plan, node: &NodePlan) -> Vec<(&'static str, IpAddr)> {
+    let mut v = vec![("vxlan.calico", node.underlay_ip)];
+    if plan.ipv6
+        && let Some(ul6) = node.underlay_ip6
+    {
+        v.push(("vxlan-v6.calico", ul6));
+    }
+    v
+}
+
+/// Felix's routes to the other nodes' blocks over VXLAN: a route via the
+/// peer's tunnel address, a permanent neighbour for it, and an FDB entry
+/// sending its MAC to the peer's underlay address.
+fn routes_to_peers(plan: &Plan, node: &NodePlan) -> Result<()> {
+    let ns = &node.netns;
+    for peer in plan.nodes.iter().filter(|p| p.name != node.name) {
+        let underlays = [Some(peer.underlay_ip), peer.underlay_ip6];
+        for (i, (block, tunnel)) in peer.blocks.iter().zip(&peer.tunnel_ips).enumerate() {
+            let dev = if i == 0 {
+                "vxlan.calico"
+            } else {
+                "vxlan-v6.calico"
+            };
+            let Some(dst) = underlays[i] else { continue };
+            let tunnel = tunnel.to_string();
+            ip(
+                ns,
+                &[
+                    "route",
+                    "add",
+                    &block.to_string(),
+                    "via",
+                    &tunnel,
+                    "dev",
+                    dev,
+                    "onlink",
+                ],
+            )?;
+            ip(
+                ns,
+                &[
+                    "neigh",
+                    "add",
+                    &tunnel,
+                    "lladdr",
+                    &peer.vxlan_mac,
+                    "dev",
+                    dev,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+            netns::run(&[
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "bridge",
+                "fdb",
+                "append",
+                &peer.vxlan_mac,
+                "dev",
+                dev,
+                "dst",
+                &dst.to_string(),
+                "self",
+                "permanent",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
+    let node = plan
+        .nodes
+        .iter()
+        .find(|n| n.name == pod.node)
+        .context("pod on an unknown node")?;
+    let (ns, host) = (&pod.netns, &node.netns);
+    netns::add(ns)?;
+    sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")?;
+    sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")?;
+    let cali = &pod.interface;
+    ip(
+        host,
+        &[
+            "link", "add", cali, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    ip(host, &["link", "set", cali, "address", HOST_VETH_MAC, "up"])?;
+    // Calico answers the pod's ARP for 169.254.1.1 by proxy ARP.
+    sysctl(host, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1")?;
+    sysctl(host, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0")?;
+    for addr in &pod.ips {
+        let len = prefix_len(addr);
+        ip(
+            ns,
+            &["addr", "add", &format!("{addr}/{len}"), "dev", "eth0"],
+        )?;
+        ip(
+            host,
+            &[
+                "route",
+                "add",
+                &format!("{addr}/{len}"),
+                "dev",
+                cali,
+                "scope",
+                "link",
+            ],
+        )?;
+    }
+    ip(ns, &["link", "set", "eth0", "up"])?;
+    ip(
+        ns,
+        &[
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+    )?;
+    ip(
+        ns,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ],
+    )?;
+    if pod.ips.iter().any(IpAddr::is_ipv6) {
+        ip(
+            ns,
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                HOST_VETH_LL,
+                "dev",
+                "eth0",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
+    let dir = state::dir(&plan.lab);
+    let log_path = dir.join(format!("{}.log", node.name));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(exe)
+        .args([
+            "run",
+            "--socket",
+            &node.api_socket,
+            "--poll-interval",
+            "1s",
+            "--underlay",
+            "eth0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: Ctrl-C on the lab does not reach it; `lab
+        // down` stops it.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the observer of {}", node.name))?;
+    wait_ready(&node.api_socket, &log_path)
+}
+
+/// Waits until a daemon's API answers; on time-out shows the end of its log.
+fn wait_ready(socket: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    while Instant::now() < deadline {
+        if rt
+            .block_on(Client::new(socket).get::<serde_json::Value>("/v1/status"))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+    bail!(
+        "the observer at {socket} did not answer within 20 s; end of {}:\n{}",
+        log.display(),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// Removes every namespace of the lab (daemons first, so they detach
+/// cleanly), whether or not its state file survived.
+pub fn down(lab: &str) -> Result<()> {
+    let prefix = format!("{lab}-");
+    let all = netns::list(&prefix)?;
+    // Nodes hold the daemons: stop those first and give them time to detach.
+    let mut victims: Vec<i32> = all.iter().flat_map(|ns| netns::pids(ns)).collect();
+    for pid in &victims {
+        // SAFETY: kill(2) on processes of the lab's namespaces.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !victims.is_empty() && Instant::now() < deadline {
+        // SAFETY: signal 0 only checks for existence.
+        victims.retain(|pid| unsafe { libc::kill(*pid, 0) } == 0);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in victims {
+        // SAFETY: as above; it did not stop in time.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mut errors = Vec::new();
+    for ns in &all {
+        if let Err(e) = netns::run(&["ip", "netns", "del", ns]) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    let dir = state::dir(lab);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    if !errors.is_empty() {
+        bail!(
+            "some namespaces could not be removed:\n{}",
+            errors.join("\n")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The lab's shape, computed before anything is built: names, addresses and
+//! blocks of every node and pod, as Calico would assign them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{Result, bail};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use sha1::{Digest as _, Sha1};
+
+pub const POOL_V4: &str = "10.244.0.0/16";
+pub const POOL_V6: &str = "fd00:10:244::/48";
+/// Calico's IPv6 block size.
+pub const BLOCK_V6: u8 = 122;
+/// The Kubernetes namespace of the lab's pods.
+pub const POD_NAMESPACE: &str = "default";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodePlan {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub underlay_ip6: Option<IpAddr>,
+    pub blocks: Vec<IpNet>,
+    /// The address of `vxlan.calico` (and `vxlan-v6.calico`), from the
+    /// node's block, as Calico allocates it.
+    pub tunnel_ips: Vec<IpAddr>,
+    /// MAC of the node's VXLAN devices (the static FDB entries point at it).
+    pub vxlan_mac: String,
+    pub api_socket: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    pub netns: String,
+    pub ips: Vec<IpAddr>,
+    pub interface: String,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub lab: String,
+    pub ipv6: bool,
+    pub nodes: Vec<NodePlan>,
+    pub pods: Vec<PodPlan>,
+}
+
+/// Calico's host-side interface name: `cali` + the first 11 hex digits of
+/// sha1("<namespace>.<pod>").
+pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..11])
+}
+
+fn nth_block_v4(pool: Ipv4Net, prefix: u8, n: u32) -> Result<Ipv4Net> {
+    let size = 1u32 << (32 - prefix);
+    let base = u32::from(pool.network()) + n * size;
+    let net = Ipv4Net::new(Ipv4Addr::from(base), prefix)?;
+    if !pool.contains(&net) {
+        bail!("the pool {pool} has no room for block {n} of /{prefix}");
+    }
+    Ok(net)
+}
+
+fn nth_block_v6(pool: Ipv6Net, prefix: u8, n: u32) -> Result<Ipv6Net> {
+    let size = 1u128 << (128 - prefix);
+    let base = u128::from(pool.network()) + n as u128 * size;
+    Ok(Ipv6Net::new(Ipv6Addr::from(base), prefix)?)
+}
+
+fn host_v4(net: Ipv4Net, i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(net.network()) + i))
+}
+
+fn host_v6(net: Ipv6Net, i: u32) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(u128::from(net.network()) + i as u128))
+}
+
+/// Plans a lab of `nodes` nodes with `pods` pods each.
+pub fn plan(
+    lab: &str,
+    nodes: u32,
+    pods: u32,
+    block_size: u8,
+    ipv6: bool,
+    state_dir: &str,
+) -> Result<Plan> {
+    if !(1..=50).contains(&nodes) {
+        bail!("--nodes must be between 1 and 50");
+    }
+    if !(20..=30).contains(&block_size) {
+        bail!("--block-size must be between 20 and 30 (Calico's default is 26)");
+    }
+    // The block's first address is the node's tunnel address.
+    let room = (1u32 << (32 - block_size)) - 2;
+    if pods == 0 || pods > room.min(60) {
+        bail!(
+            "--pods-per-node must be between 1 and {} for /{block_size} blocks",
+            room.min(60)
+        );
+    }
+    if lab.is_empty() || lab.len() > 12 || !lab.chars().all(|c| c.is_ascii_alphanumeric()) {
+        bail!("the lab name must be 1 to 12 letters or digits");
+    }
+    let pool4: Ipv4Net = POOL_V4.parse()?;
+    let pool6: Ipv6Net = POOL_V6.parse()?;
+    let mut plan = Plan {
+        lab: lab.to_owned(),
+        ipv6,
+        nodes: Vec::new(),
+        pods: Vec::new(),
+    };
+    for k in 1..=nodes {
+        let name = format!("node{k}");
+        let b4 = nth_block_v4(pool4, block_size, k - 1)?;
+        let b6 = nth_block_v6(pool6, BLOCK_V6, k - 1)?;
+        let mut blocks = vec![IpNet::V4(b4)];
+        let mut tunnel_ips = vec![host_v4(b4, 0)];
+        if ipv6 {
+            blocks.push(IpNet::V6(b6));
+            tunnel_ips.push(host_v6(b6, 0));
+        }
+        for i in 1..=pods {
+            let pod = format!("{name}-pod{i}");
+            let mut ips = vec![host_v4(b4, i)];
+            if ipv6 {
+                ips.push(host_v6(b6, i));
+            }
+            plan.pods.push(PodPlan {
+                namespace: POD_NAMESPACE.to_owned(),
+                interface: calico_interface("cali", POD_NAMESPACE, &pod),
+                netns: format!("{lab}-{pod}"),
+                name: pod,
+                ips,
+                node: name.clone(),
+            });
+        }
+        plan.nodes.push(NodePlan {
+            netns: format!("{lab}-{name}"),
+            underlay_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 10 + k as u8)),
+            underlay_ip6: ipv6.then(|| {
+                IpAddr::V6(Ipv6Addr::new(
+                    0xfd00,
+                    0x172,
+                    0x30,
+                    0,
+                    0,
+                    0,
+                    0,
+                    10 + k as u16,
+                ))
+            }),
+            blocks,
+            tunnel_ips,
+            vxlan_mac: format!("66:ca:11:00:00:{k:02x}"),
+            api_socket: format!("{state_dir}/{name}.sock"),
+            name,
+        });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calico_names_interfaces_by_sha1() {
+        // sha1("default.node1-pod1") = 0b1f6c4d4b1a...
+        let name = calico_interface("cali", "default", "node1-pod1");
+        assert_eq!(name.len(), 15);
+        assert!(name.starts_with("cali"));
+        let digest = Sha1::digest(b"default.node1-pod1");
+        assert_eq!(&name[4..6], format!("{:02x}", digest[0]));
+    }
+
+    #[test]
+    fn blocks_and_addresses_follow_calicos_layout() {
+        let p = plan("lab", 3, 2, 26, true, "/run/x").unwrap();
+        assert_eq!(p.nodes[1].blocks[0].to_string(), "10.244.0.64/26");
+        assert_eq!(p.nodes[2].blocks[1].to_string(), "fd00:10:244::80/122");
+        assert_eq!(p.nodes[1].tunnel_ips[0].to_string(), "10.244.0.64");
+        let pod = &p.pods[3];
+        assert_eq!(
+            (pod.name.as_str(), pod.node.as_str()),
+            ("node2-pod2", "node2")
+        );
+        assert_eq!(pod.ips[0].to_string(), "10.244.0.66");
+        assert_eq!(pod.ips[1].to_string(), "fd00:10:244::42");
+        assert_eq!(pod.netns, "lab-node2-pod2");
+        assert_eq!(p.nodes[0].underlay_ip.to_string(), "172.30.0.11");
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_a_reason() {
+        assert!(plan("lab", 0, 1, 26, false, "/x").is_err());
+        assert!(plan("lab", 2, 70, 26, false, "/x").is_err());
+        assert!(plan("lab", 2, 2, 31, false, "/x").is_err());
+        assert!(plan("bad-name!", 2, 2, 26, false, "/x").is_err());
+    }
+}
