@@ -1,0 +1,260 @@
+//! End to end on the netns lab: known traffic between lab pods shows up in
+//! each node's `observer flows -o json` with exact packet and byte counts on
+//! the right interfaces, directions and encapsulations; `lab down` leaves
+//! nothing behind.
+
+mod common;
+
+use std::{
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use observer::{
+    flows::view::FlowView,
+    lab::{plan::Plan, traffic::Sent},
+};
+
+fn observer(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(args)
+        .output()
+        .expect("run observer");
+    assert!(
+        out.status.success(),
+        "observer {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab with a name of its own, taken down on drop even if the test fails.
+struct Lab {
+    name: String,
+}
+
+impl Lab {
+    fn up(extra: &[&str]) -> Self {
+        common::require_root();
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "t{}x{}",
+            std::process::id() % 100_000,
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab { name };
+        let mut args = vec!["lab", "up", "--name", &lab.name];
+        args.extend_from_slice(extra);
+        observer(&args);
+        lab
+    }
+
+    fn status(&self) -> Plan {
+        serde_json::from_str(&observer(&[
+            "lab", "status", "--name", &self.name, "-o", "json",
+        ]))
+        .expect("status JSON")
+    }
+
+    fn flows(&self, node: &str) -> Vec<FlowView> {
+        serde_json::from_str(&observer(&[
+            "flows",
+            "--lab",
+            &self.name,
+            "--lab-node",
+            node,
+            "-o",
+            "json",
+        ]))
+        .expect("flows JSON")
+    }
+
+    fn send_udp(&self, src: &str, dst: &str, v6: bool, port: u16, count: u64, size: usize) -> Sent {
+        let plan = self.status();
+        let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).expect("pod").clone();
+        let (s, d) = (pod(src), pod(dst));
+        let pick = |p: &observer::lab::plan::PodPlan| {
+            *p.ips.iter().find(|ip| ip.is_ipv6() == v6).expect("address")
+        };
+        observer::lab::traffic::udp(&s, pick(&s), &d, pick(&d), port, count, size)
+            .expect("UDP traffic")
+    }
+
+    /// Waits until node's flow matching `sent` on `iface` has `packets`.
+    fn flow(&self, node: &str, iface: &str, sent: &Sent, packets: u64) -> FlowView {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.flows(node).into_iter().find(|f| {
+                f.interface == iface
+                    && f.src_ip == sent.src_ip.to_string()
+                    && f.src_port == sent.src_port
+                    && f.dst_ip == sent.dst_ip.to_string()
+                    && f.dst_port == sent.dst_port
+            });
+            match found {
+                Some(f) if f.packets >= packets || Instant::now() > deadline => return f,
+                None if Instant::now() > deadline => panic!(
+                    "no flow {sent:?} on {node}/{iface}: {:#?}",
+                    self.flows(node)
+                ),
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_observer"))
+            .args(["lab", "down", "--name", &self.name])
+            .status();
+    }
+}
+
+fn iface_of(plan: &Plan, pod: &str) -> String {
+    plan.pods
+        .iter()
+        .find(|p| p.name == pod)
+        .expect("pod")
+        .interface
+        .clone()
+}
+
+/// (packets, bytes, direction, encap, overhead) of a flow.
+fn counts(f: &FlowView) -> (u64, u64, &str, &str, u64) {
+    (
+        f.packets,
+        f.bytes,
+        f.direction.as_str(),
+        f.encap.as_str(),
+        f.overhead_bytes,
+    )
+}
+
+fn exact_counts(v6: bool) {
+    let lab = Lab::up(if v6 { &["--ipv6"] } else { &[] });
+    let plan = lab.status();
+    let (ip_hdr, outer) = if v6 { (40, 70) } else { (20, 50) };
+    let bytes = 12 * (ip_hdr + 8 + 200);
+
+    // Same node: sender's cali sees the pod's egress, receiver's its ingress.
+    let same = lab.send_udp("node1-pod1", "node1-pod2", v6, 7001, 12, 200);
+    let f = lab.flow("node1", &iface_of(&plan, "node1-pod1"), &same, 12);
+    assert_eq!(counts(&f), (12, bytes, "egress", "none", 0));
+    let f = lab.flow("node1", &iface_of(&plan, "node1-pod2"), &same, 12);
+    assert_eq!(counts(&f), (12, bytes, "ingress", "none", 0));
+
+    // Across nodes over VXLAN: the same inner bytes everywhere; the tunnel
+    // device knows its encapsulation, the underlay reads it from headers.
+    let cross = lab.send_udp("node1-pod1", "node2-pod1", v6, 7002, 12, 200);
+    let tunnel = if v6 {
+        "vxlan-v6.calico"
+    } else {
+        "vxlan.calico"
+    };
+    let f = lab.flow("node1", &iface_of(&plan, "node1-pod1"), &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "egress", "none", 0));
+    let f = lab.flow("node1", tunnel, &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "egress", "vxlan", 0));
+    let f = lab.flow("node1", "eth0", &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "egress", "vxlan", 12 * outer));
+    let f = lab.flow("node2", "eth0", &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "ingress", "vxlan", 12 * outer));
+    let f = lab.flow("node2", tunnel, &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "ingress", "vxlan", 0));
+    let f = lab.flow("node2", &iface_of(&plan, "node2-pod1"), &cross, 12);
+    assert_eq!(counts(&f), (12, bytes, "ingress", "none", 0));
+    // Nothing of it on the other pod of node 2.
+    let other = iface_of(&plan, "node2-pod2");
+    assert!(
+        !lab.flows("node2")
+            .iter()
+            .any(|f| f.interface == other && f.dst_port == 7002)
+    );
+}
+
+#[test]
+fn exact_udp_counts_ipv4_same_node_and_across_vxlan() {
+    exact_counts(false);
+}
+
+#[test]
+fn exact_udp_counts_ipv6_dual_stack() {
+    exact_counts(true);
+}
+
+#[test]
+fn status_describes_the_lab_and_down_removes_everything() {
+    let lab = Lab::up(&["--nodes", "3", "--pods-per-node", "3", "--block-size", "27"]);
+    let status: serde_json::Value = serde_json::from_str(&observer(&[
+        "lab", "status", "--name", &lab.name, "-o", "json",
+    ]))
+    .unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    let pods = status["pods"].as_array().unwrap();
+    assert_eq!((nodes.len(), pods.len()), (3, 9));
+    for key in ["name", "netns", "underlay_ip", "blocks", "api_socket"] {
+        assert!(!nodes[0][key].is_null(), "node has {key}");
+    }
+    for key in ["namespace", "name", "netns", "ips", "interface", "node"] {
+        assert!(!pods[0][key].is_null(), "pod has {key}");
+    }
+    assert_eq!(nodes[2]["blocks"][0], "10.244.0.64/27");
+    let iface = pods[0]["interface"].as_str().unwrap();
+    assert!(iface.starts_with("cali") && iface.len() == 15);
+
+    // Traffic across all three nodes works (the full mesh of VXLAN routes).
+    let sent: Vec<Sent> = serde_json::from_str(&observer(&[
+        "lab", "traffic", "--name", &lab.name, "-o", "json",
+    ]))
+    .unwrap();
+    assert_eq!(sent.len(), 4);
+
+    // A daemon stopped with SIGTERM leaves its interfaces clean.
+    let node = nodes[0]["netns"].as_str().unwrap().to_owned();
+    let pids = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "pids", &node])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for pid in pids.lines() {
+        // SAFETY: kill(2) on the lab's daemon.
+        unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGTERM) };
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let net = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "exec", &node, "bpftool", "net"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !net.contains("eth_") && !net.contains("l3_"),
+        "programs left attached: {net}"
+    );
+
+    observer(&["lab", "down", "--name", &lab.name]);
+    let left = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !left
+            .lines()
+            .any(|l| l.starts_with(&format!("{}-", lab.name))),
+        "namespaces left: {left}"
+    );
+    assert!(!std::path::Path::new(&format!("/run/observer-lab/{}", lab.name)).exists());
+    // Down is idempotent.
+    observer(&["lab", "down", "--name", &lab.name]);
+}
