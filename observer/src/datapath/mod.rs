@@ -8,12 +8,12 @@ pub mod object;
 pub mod sys;
 pub mod testrun;
 
-use std::os::fd::{AsFd as _, AsRawFd as _, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, Map, MapData, PerCpuArray},
+    maps::{Array, IterableMap as _, Map, MapData, PerCpuArray},
 };
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
@@ -62,6 +62,17 @@ impl Datapath {
 
     fn flows_fd(&self) -> RawFd {
         self.flows.fd().as_fd().as_raw_fd()
+    }
+
+    /// Each kernel map by name, for its memory (`memlock` in fdinfo).
+    pub fn map_fds(&self) -> [(&'static str, BorrowedFd<'_>); 5] {
+        [
+            (FLOWS_MAP, self.flows.fd().as_fd()),
+            (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
+            (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
+            (STATS_MAP, self.stats.map().fd().as_fd()),
+            (CLOCK_MAP, self.clock.map().fd().as_fd()),
+        ]
     }
 
     /// Every flow entry in the kernel, with batch lookups.

@@ -1,0 +1,229 @@
+//! In-kernel cost with BPF_PROG_TEST_RUN: our classifier beside the empty
+//! SCHED_CLS program, loaded from the same object and run in the same
+//! process, interleaved so that drift (frequency, other load) hits both.
+
+use anyhow::{Result, bail, ensure};
+use observer_common::{DEFAULT_FLOW_CAPACITY, Stat};
+use serde::Serialize;
+
+use super::{frames, stats::Summary};
+use crate::datapath::{Datapath, object, testrun};
+
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+pub struct Params {
+    /// Rounds of (empty, ours) per case; the order flips every round.
+    pub rounds: usize,
+    /// TEST_RUN repetitions per call: the kernel returns the mean.
+    pub repeat: u32,
+    pub distinct_flows: u32,
+    /// Passes over the distinct flows (later passes: every packet evicts).
+    pub distinct_passes: u32,
+}
+
+#[derive(Serialize)]
+pub struct CaseResult {
+    pub name: &'static str,
+    pub what: &'static str,
+    pub program: &'static str,
+    pub frame_bytes: usize,
+    /// Kernel mean ns per run of one TEST_RUN call, over rounds.
+    pub ours_ns: Summary,
+    pub empty_ns: Summary,
+    /// ours/empty within each round.
+    pub ratio: Summary,
+}
+
+#[derive(Serialize)]
+pub struct DistinctResult {
+    pub flows: u32,
+    pub flow_capacity: u32,
+    pub passes: u32,
+    /// ns of single runs (repeat = 1), one per packet.
+    pub ours_ns: Summary,
+    pub empty_ns: Summary,
+    /// median(ours) / median(empty).
+    pub ratio: f64,
+    /// mean(ours) / mean(empty): the tail counts here.
+    pub mean_ratio: f64,
+    /// First pass, before the map was full: inserts only.
+    pub filling_ours_ns: Summary,
+    /// Once the map was full: every insert makes the LRU evict.
+    pub evicting_ours_ns: Summary,
+    pub flow_inserts: u64,
+    pub flow_insert_failures: u64,
+    pub entries_at_end: u64,
+}
+
+#[derive(Serialize)]
+pub struct KernelResult {
+    pub rounds: usize,
+    pub repeat: u32,
+    pub pinned_cpu: Option<usize>,
+    pub cases: Vec<CaseResult>,
+    /// ours/empty for the hot TCP/IPv4 flow (median of per-round ratios).
+    pub hot_ratio: f64,
+    /// The empty program's ns per run beside the hot flow.
+    pub empty_ns: f64,
+    pub distinct: DistinctResult,
+}
+
+pub fn run(p: &Params) -> Result<KernelResult> {
+    // One CPU for all runs: no migration between the calls compared.
+    let pin = Pinned::last_cpu();
+    let cases = hot_cases(p)?;
+    let hot = cases
+        .iter()
+        .find(|c| c.name == frames::HOT)
+        .expect("the hot case is in the mix");
+    let (hot_ratio, empty_ns) = (hot.ratio.median, hot.empty_ns.median);
+    let distinct = distinct(p)?;
+    Ok(KernelResult {
+        rounds: p.rounds,
+        repeat: p.repeat,
+        pinned_cpu: pin.as_ref().map(|p| p.cpu),
+        cases,
+        hot_ratio,
+        empty_ns,
+        distinct,
+    })
+}
+
+/// Each case of the mix, `rounds` times, empty and ours interleaved.
+fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
+    let dp = Datapath::load(DEFAULT_FLOW_CAPACITY)?;
+    let mix = frames::mix();
+    // Warm up: the flow entries exist before timing (hot flows).
+    for c in &mix {
+        let r = testrun::run(&dp.ebpf, c.prog, &c.frame, None, 1000)?;
+        ensure!(r.return_value == TC_ACT_UNSPEC, "{} returned {}", c.prog, r.return_value);
+        testrun::run(&dp.ebpf, object::EMPTY, &c.frame, None, 1000)?;
+    }
+    // Every packet of the mix must be counted as a flow, or we would be
+    // timing an error path.
+    let st = dp.stats()?;
+    let mut flows = 0;
+    dp.read_flows(|_, _| flows += 1)?;
+    if st[Stat::Unparsed as usize] != 0 || flows != mix.len() {
+        bail!(
+            "the benchmark's packets are not all parsed as flows ({flows} flows, {} unparsed)",
+            st[Stat::Unparsed as usize]
+        );
+    }
+    let mut out = Vec::new();
+    for c in &mix {
+        let (mut ours, mut empty, mut ratio) = (vec![], vec![], vec![]);
+        for round in 0..p.rounds {
+            let mut time = |prog| -> Result<f64> {
+                Ok(testrun::run(&dp.ebpf, prog, &c.frame, None, p.repeat)?
+                    .duration
+                    .as_nanos() as f64)
+            };
+            let (o, e) = if round % 2 == 0 {
+                let e = time(object::EMPTY)?;
+                (time(c.prog)?, e)
+            } else {
+                let o = time(c.prog)?;
+                (o, time(object::EMPTY)?)
+            };
+            ours.push(o);
+            empty.push(e);
+            ratio.push(o / e.max(1.0));
+        }
+        out.push(CaseResult {
+            name: c.name,
+            what: c.what,
+            program: c.prog,
+            frame_bytes: c.frame.len(),
+            ours_ns: Summary::of(&ours),
+            empty_ns: Summary::of(&empty),
+            ratio: Summary::of(&ratio),
+        });
+    }
+    Ok(out)
+}
+
+/// Distinct flows, one TEST_RUN each (repeat = 1), into a flow map of the
+/// default capacity: past it, every new flow makes the LRU evict one.
+fn distinct(p: &Params) -> Result<DistinctResult> {
+    let capacity = DEFAULT_FLOW_CAPACITY;
+    let dp = Datapath::load(capacity)?;
+    let frames: Vec<Vec<u8>> = (0..p.distinct_flows).map(frames::distinct_tcp4).collect();
+    let (mut ours, mut empty) = (Vec::new(), Vec::new());
+    let (mut filling, mut evicting) = (Vec::new(), Vec::new());
+    for pass in 0..p.distinct_passes {
+        for (i, f) in frames.iter().enumerate() {
+            let mut time = |prog| -> Result<f64> {
+                Ok(testrun::run(&dp.ebpf, prog, f, None, 1)?
+                    .duration
+                    .as_nanos() as f64)
+            };
+            let (o, e) = if i % 2 == 0 {
+                let e = time(object::EMPTY)?;
+                (time(object::ETH_INGRESS)?, e)
+            } else {
+                let o = time(object::ETH_INGRESS)?;
+                (o, time(object::EMPTY)?)
+            };
+            ours.push(o);
+            empty.push(e);
+            if pass == 0 && (i as u32) < capacity {
+                filling.push(o);
+            } else {
+                evicting.push(o);
+            }
+        }
+    }
+    let st = dp.stats()?;
+    let mut entries = 0u64;
+    dp.read_flows(|_, _| entries += 1)?;
+    let (o, e) = (Summary::of(&ours), Summary::of(&empty));
+    Ok(DistinctResult {
+        flows: p.distinct_flows,
+        flow_capacity: capacity,
+        passes: p.distinct_passes,
+        ratio: o.median / e.median.max(1.0),
+        mean_ratio: o.mean / e.mean.max(1.0),
+        ours_ns: o,
+        empty_ns: e,
+        filling_ours_ns: Summary::of(&filling),
+        evicting_ours_ns: Summary::of(&evicting),
+        flow_inserts: st[Stat::FlowInserts as usize],
+        flow_insert_failures: st[Stat::FlowInsertFailures as usize],
+        entries_at_end: entries,
+    })
+}
+
+/// This thread pinned to one CPU until dropped (then its old mask again).
+struct Pinned {
+    cpu: usize,
+    old: libc::cpu_set_t,
+}
+
+impl Pinned {
+    fn last_cpu() -> Option<Self> {
+        // SAFETY: cpu_set_t is plain data; the calls get valid pointers.
+        unsafe {
+            let mut old: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old) != 0 {
+                return None;
+            }
+            let cpu = (0..libc::CPU_SETSIZE as usize)
+                .rev()
+                .find(|&c| libc::CPU_ISSET(c, &old))?;
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
+                return None;
+            }
+            Some(Self { cpu, old })
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask read in `last_cpu`.
+        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.old) };
+    }
+}
