@@ -146,3 +146,138 @@ fn icmpv6_with_hop_by_hop_options() {
     let query = one(&r, "fe80::b2a8:6eff:fe0c:d4e8", "ff02::1", "icmpv6");
     assert_eq!((query.icmp_type, query.bytes), (Some(130), 76));
 }
+
+fn replay_path(path: &std::path::Path) -> ReplayReport {
+    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["replay", "-o", "json"])
+        .arg(path)
+        .output()
+        .expect("run observer replay");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("replay JSON")
+}
+
+/// Flows without their times, to compare two replays.
+fn shape(r: &ReplayReport) -> Vec<String> {
+    let mut v: Vec<String> = r
+        .flows
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}:{} > {}:{} {} {} pkts {} bytes {} overhead",
+                f.protocol,
+                f.src_ip,
+                f.src_port,
+                f.dst_ip,
+                f.dst_port,
+                f.encap,
+                f.packets,
+                f.bytes,
+                f.overhead_bytes
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn pcapng_replays_like_pcap() {
+    use pcap_file::{
+        DataLink,
+        pcap::PcapReader,
+        pcapng::{
+            PcapNgWriter,
+            blocks::{
+                enhanced_packet::EnhancedPacketBlock,
+                interface_description::InterfaceDescriptionBlock,
+            },
+        },
+    };
+    common::require_root();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pcaps/vxlan.pcap");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("vxlan.pcapng");
+    let mut reader = PcapReader::new(std::fs::File::open(&src).unwrap()).unwrap();
+    let mut writer = PcapNgWriter::new(std::fs::File::create(&dst).unwrap()).unwrap();
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: vec![],
+        })
+        .unwrap();
+    while let Some(p) = reader.next_packet() {
+        let p = p.unwrap();
+        writer
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: p.timestamp,
+                original_len: p.orig_len,
+                data: p.data,
+                options: vec![],
+            })
+            .unwrap();
+    }
+    drop(writer);
+    let (a, b) = (replay("vxlan.pcap"), replay_path(&dst));
+    assert_eq!(
+        (b.frames, b.non_ip, b.unparsed),
+        (a.frames, a.non_ip, a.unparsed)
+    );
+    assert_eq!(shape(&b), shape(&a));
+}
+
+#[test]
+fn cooked_captures_keep_their_direction() {
+    use pcap_file::{
+        DataLink,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("any.pcap");
+    let header = PcapHeader {
+        datalink: DataLink::LINUX_SLL2,
+        ..Default::default()
+    };
+    let mut w = PcapWriter::with_header(std::fs::File::create(&path).unwrap(), header).unwrap();
+    let query = common::udp4(
+        common::ip4("10.244.0.1"),
+        common::ip4("10.244.0.66"),
+        40000,
+        53,
+        &[1; 30],
+    );
+    let answer = common::udp4(
+        common::ip4("10.244.0.66"),
+        common::ip4("10.244.0.1"),
+        53,
+        40000,
+        &[2; 90],
+    );
+    // SLL2: protocol, reserved, ifindex, ARPHRD, packet type, addr len, addr.
+    for (pkt, pkttype) in [(&query, 4u8), (&answer, 0u8)] {
+        let mut frame = vec![
+            0x08, 0x00, 0, 0, 0, 0, 0, 5, 0, 1, pkttype, 6, 2, 0, 0, 0, 0, 1, 0, 0,
+        ];
+        frame.extend_from_slice(pkt);
+        w.write_packet(&PcapPacket::new(
+            std::time::Duration::ZERO,
+            frame.len() as u32,
+            &frame,
+        ))
+        .unwrap();
+    }
+    drop(w);
+    let r = replay_path(&path);
+    assert_eq!((r.frames, r.unparsed), (2, 0));
+    let q = one(&r, "10.244.0.1", "10.244.0.66", "udp");
+    assert_eq!((q.direction.as_str(), q.bytes), ("egress", 58));
+    let a = one(&r, "10.244.0.66", "10.244.0.1", "udp");
+    assert_eq!((a.direction.as_str(), a.bytes), ("ingress", 118));
+}

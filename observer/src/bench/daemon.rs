@@ -1,0 +1,148 @@
+//! `observer run` as a child in a namespace, queried over its API socket,
+//! stopped with SIGTERM on drop (it then detaches what it attached).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::de::DeserializeOwned;
+
+use super::netns::{Netns, Proc, interrupted};
+use crate::cli::client::Client;
+
+pub struct Daemon {
+    // Dropped first: the daemon stops before its directory goes.
+    proc: Proc,
+    socket: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Daemon {
+    /// Starts `observer run` in `ns` and waits for its API to answer.
+    pub fn start(exe: &Path, ns: &Netns, extra: &[&str]) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{}-daemon", ns.0));
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("api.sock");
+        let log = dir.join("daemon.log");
+        let logf = std::fs::File::create(&log)?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0])
+            .arg(exe)
+            .arg("run")
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .env("OBSERVER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(logf);
+        // `ip netns exec` execs the observer: the child's pid is the daemon's.
+        let proc = Proc::spawn(&mut cmd, "observer run")?;
+        let d = Self {
+            proc,
+            socket,
+            dir,
+            log,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        };
+        d.wait_for("its API to answer", Duration::from_secs(20), |d| {
+            Ok(d.get::<serde_json::Value>("/v1/status").is_ok())
+        })?;
+        Ok(d)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.rt.block_on(Client::new(&self.socket).get(path))
+    }
+
+    pub fn status(&self) -> Result<serde_json::Value> {
+        self.get("/v1/status")
+    }
+
+    /// Polls `cond` every 50 ms until it holds or `timeout` passes.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            interrupted()?;
+            if cond(self)? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for the daemon: {what}{}", self.log_tail());
+            }
+            if let Some(status) = self.exited() {
+                bail!("the daemon exited ({status}){}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn exited(&self) -> Option<String> {
+        // Not reaped here (Proc owns it): a zombie's /proc state is `Z`.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        (state == "Z").then(|| "zombie".into())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; its log ends with:\n{tail}")
+        }
+    }
+
+    /// Waits until the daemon has finished `n` more polls.
+    pub fn wait_polls(&self, n: u64, timeout: Duration) -> Result<()> {
+        let start = polls(&self.status()?);
+        self.wait_for("polls", timeout, |d| {
+            Ok(polls(&d.status()?) >= start + n)
+        })
+    }
+}
+
+pub fn polls(status: &serde_json::Value) -> u64 {
+    status["polls"].as_u64().unwrap_or(0)
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.proc.stop(Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `observer` binary beside this one (cargo builds both into one
+/// directory).
+pub fn observer_exe() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let exe = me
+        .parent()
+        .context("no directory for this binary")?
+        .join("observer");
+    if !exe.exists() {
+        bail!(
+            "{} is missing: build with `cargo build --release -p observer --bins`",
+            exe.display()
+        );
+    }
+    Ok(exe)
+}

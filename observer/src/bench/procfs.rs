@@ -1,0 +1,108 @@
+//! What /proc and /sys say about a process, its BPF objects and the machine.
+
+use std::{collections::BTreeMap, fs, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+/// `key: value` lines of /proc/<pid>/fdinfo/<fd> (or any such file).
+pub fn fdinfo(pid: &str, fd: i32) -> Result<BTreeMap<String, String>> {
+    let path = format!("/proc/{pid}/fdinfo/{fd}");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+pub fn num(info: &BTreeMap<String, String>, key: &str) -> u64 {
+    info.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// fdinfo of every BPF program fd (those with a `prog_id`) of a process.
+pub fn bpf_programs(pid: u32) -> Result<Vec<BTreeMap<String, String>>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut out = Vec::new();
+    for e in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let Some(fd) = e?.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        // Fds come and go while we read: skip the ones gone.
+        if let Ok(info) = fdinfo(&pid.to_string(), fd)
+            && info.contains_key("prog_id")
+        {
+            out.push(info);
+        }
+    }
+    Ok(out)
+}
+
+/// A `kB` field of /proc/<pid>/status, in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("no {field} in {path}"))
+}
+
+/// User + system CPU time a process has used so far.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which is in parentheses.
+    let rest = text.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// CPUs the kernel sizes per-CPU maps for (`num_possible_cpus()`).
+pub fn possible_cpus() -> u32 {
+    fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .map(|s| count_cpu_list(s.trim()))
+        .unwrap_or(1)
+}
+
+/// Counts a CPU list such as `0-3,8,10-11`.
+fn count_cpu_list(s: &str) -> u32 {
+    s.split(',')
+        .filter_map(|r| match r.split_once('-') {
+            Some((a, b)) => Some(b.parse::<u32>().ok()? - a.parse::<u32>().ok()? + 1),
+            None => r.parse::<u32>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
+/// The machine the figures come from.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(super::count_cpu_list("0-1"), 2);
+        assert_eq!(super::count_cpu_list("0-3,8,10-11"), 7);
+        assert_eq!(super::count_cpu_list("0"), 1);
+    }
+}
