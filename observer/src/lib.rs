@@ -11,5 +11,6 @@ pub mod datapath;
 pub mod export;
 pub mod flows;
 pub mod lab;
+pub mod model;
 pub mod replay;
 pub mod sources;

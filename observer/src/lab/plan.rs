@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use crate::model::calico_interface;
 use anyhow::{Result, bail};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use sha1::{Digest as _, Sha1};
 
 pub const POOL_V4: &str = "10.244.0.0/16";
 pub const POOL_V6: &str = "fd00:10:244::/48";
@@ -47,14 +47,6 @@ pub struct Plan {
     pub ipv6: bool,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
-}
-
-/// Calico's host-side interface name: `cali` + the first 11 hex digits of
-/// sha1("<namespace>.<pod>").
-pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{}", &hex[..11])
 }
 
 fn nth_block_v4(pool: Ipv4Net, prefix: u8, n: u32) -> Result<Ipv4Net> {
@@ -168,16 +160,6 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn calico_names_interfaces_by_sha1() {
-        // sha1("default.node1-pod1") = 0b1f6c4d4b1a...
-        let name = calico_interface("cali", "default", "node1-pod1");
-        assert_eq!(name.len(), 15);
-        assert!(name.starts_with("cali"));
-        let digest = Sha1::digest(b"default.node1-pod1");
-        assert_eq!(&name[4..6], format!("{:02x}", digest[0]));
-    }
 
     #[test]
     fn blocks_and_addresses_follow_calicos_layout() {

@@ -1,4 +1,5 @@
 //! Where names come from: the node's routes, and (later) the Kubernetes
 //! API and IPVS.
 
+pub mod objects;
 pub mod routes;

@@ -1,0 +1,310 @@
+//! The joined view: who an address is (a pod with its workload and node, a
+//! node, or the world), which pod an interface belongs to, and which node
+//! a remote block lives on. Built from the sources; rebuilt when they
+//! change, read on every API call.
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+use sha1::{Digest as _, Sha1};
+
+use crate::sources::{
+    objects::{ClusterObjects, node_addresses, pod_ips, workload},
+    routes::RouteTable,
+};
+
+/// Calico's host-side interface name: `cali` + the first 11 hex digits of
+/// sha1("<namespace>.<pod>").
+pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..11])
+}
+
+/// Who an address is, as flows show it. Fields we do not know are absent:
+/// unknown stays visibly unknown.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointView {
+    /// `pod`, `host` (a node's address) or `world`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The owning workload's name, and its kind (`Deployment`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodEntry {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<String>,
+    pub workload: Option<(String, String)>,
+    pub ips: Vec<IpAddr>,
+    /// Calico's host-side interface name for this pod.
+    pub interface: String,
+}
+
+#[derive(Default)]
+pub struct Model {
+    pods: Vec<PodEntry>,
+    pod_by_ip: HashMap<IpAddr, usize>,
+    pod_by_interface: HashMap<String, usize>,
+    node_by_ip: HashMap<IpAddr, String>,
+    routes: Arc<RouteTable>,
+    local_node: Option<String>,
+}
+
+impl Model {
+    /// `iface_prefix` is Calico's interface prefix (`cali`, like
+    /// FELIX_INTERFACEPREFIX); `local_node` this node's name, if known.
+    pub fn build(
+        objects: &ClusterObjects,
+        routes: Arc<RouteTable>,
+        iface_prefix: &str,
+        local_node: Option<String>,
+    ) -> Self {
+        let mut m = Model {
+            routes,
+            local_node,
+            ..Default::default()
+        };
+        for pod in &objects.pods {
+            let namespace = pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            // Host-network pods share the node's address: they are not
+            // endpoints of their own.
+            if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                continue;
+            }
+            let entry = PodEntry {
+                interface: calico_interface(iface_prefix, &namespace, &name),
+                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                workload: workload(pod),
+                ips: pod_ips(pod),
+                namespace,
+                name,
+            };
+            let i = m.pods.len();
+            for ip in &entry.ips {
+                m.pod_by_ip.insert(*ip, i);
+            }
+            m.pod_by_interface.insert(entry.interface.clone(), i);
+            m.pods.push(entry);
+        }
+        for node in &objects.nodes {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            for ip in node_addresses(node) {
+                m.node_by_ip.insert(ip, name.clone());
+            }
+        }
+        m
+    }
+
+    pub fn pods(&self) -> &[PodEntry] {
+        &self.pods
+    }
+
+    pub fn local_node(&self) -> Option<&str> {
+        self.local_node.as_deref()
+    }
+
+    pub fn pod_of_interface(&self, name: &str) -> Option<&PodEntry> {
+        self.pod_by_interface.get(name).map(|i| &self.pods[*i])
+    }
+
+    /// The node an address lives on: the pod's node, else the node its
+    /// block is routed to, else this node for its own blocks.
+    pub fn node_of(&self, ip: IpAddr) -> Option<String> {
+        if let Some(node) = self
+            .pod_by_ip
+            .get(&ip)
+            .and_then(|i| self.pods[*i].node.clone())
+        {
+            return Some(node);
+        }
+        if let Some(node) = self.node_by_ip.get(&ip) {
+            return Some(node.clone());
+        }
+        if let Some(hop) = self.routes.remote_block_of(ip).and_then(|r| r.next_hop) {
+            return self.node_by_ip.get(&hop).cloned();
+        }
+        if self.routes.local_endpoints.contains_key(&ip)
+            || self.routes.local_blocks.keys().any(|b| b.contains(&ip))
+        {
+            return self.local_node.clone();
+        }
+        None
+    }
+
+    fn in_pod_network(&self, ip: IpAddr) -> bool {
+        self.routes.local_endpoints.contains_key(&ip)
+            || self.routes.local_blocks.keys().any(|b| b.contains(&ip))
+            || self.routes.remote_block_of(ip).is_some()
+    }
+
+    pub fn endpoint(&self, ip: IpAddr) -> EndpointView {
+        if let Some(p) = self.pod_by_ip.get(&ip).map(|i| &self.pods[*i]) {
+            return EndpointView {
+                kind: "pod".into(),
+                namespace: Some(p.namespace.clone()),
+                pod: Some(p.name.clone()),
+                workload: p.workload.as_ref().map(|w| w.1.clone()),
+                workload_kind: p.workload.as_ref().map(|w| w.0.clone()),
+                node: p.node.clone(),
+            };
+        }
+        if let Some(node) = self.node_by_ip.get(&ip) {
+            return EndpointView {
+                kind: "host".into(),
+                node: Some(node.clone()),
+                ..Default::default()
+            };
+        }
+        if self.in_pod_network(ip) {
+            // A pod address we have no object for: which pod is unknown.
+            return EndpointView {
+                kind: "pod".into(),
+                node: self.node_of(ip),
+                ..Default::default()
+            };
+        }
+        EndpointView {
+            kind: "world".into(),
+            ..Default::default()
+        }
+    }
+
+    /// For tunnelled traffic: the node at the other end of the tunnel.
+    pub fn peer_node(&self, src: IpAddr, dst: IpAddr) -> Option<String> {
+        let (s, d) = (self.node_of(src), self.node_of(dst));
+        match self.local_node.as_deref() {
+            Some(local) if s.as_deref() == Some(local) => d,
+            Some(local) if d.as_deref() == Some(local) => s,
+            // Without our own name: the end that is routed elsewhere.
+            _ => {
+                if self.routes.remote_block_of(dst).is_some() {
+                    d
+                } else {
+                    s
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::routes::{BlockRoute, RouteTable};
+    use serde_json::json;
+
+    fn model() -> Model {
+        let mut objects = ClusterObjects::default();
+        objects
+            .add_value(json!({"kind": "PodList", "items": [
+                {"metadata": {"name": "web-1", "namespace": "shop", "labels": {"pod-template-hash": "abc"},
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}]},
+                 "spec": {"nodeName": "node1", "containers": []}, "status": {"podIP": "10.244.0.5"}},
+                {"metadata": {"name": "db-0", "namespace": "shop",
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]},
+                 "spec": {"nodeName": "node2", "containers": []}, "status": {"podIP": "10.244.0.70"}}
+            ]}))
+            .unwrap();
+        objects
+            .add_value(json!({"kind": "NodeList", "items": [
+                {"metadata": {"name": "node1"}, "status": {"addresses": [{"type": "InternalIP", "address": "172.30.0.11"}]}},
+                {"metadata": {"name": "node2", "annotations": {"projectcalico.org/IPv4VXLANTunnelAddr": "10.244.0.64"}},
+                 "status": {"addresses": [{"type": "InternalIP", "address": "172.30.0.12"}]}}
+            ]}))
+            .unwrap();
+        let mut routes = RouteTable::default();
+        routes
+            .local_blocks
+            .insert("10.244.0.0/26".parse().unwrap(), ());
+        routes.remote_blocks.insert(
+            "10.244.0.64/26".parse().unwrap(),
+            BlockRoute {
+                block: "10.244.0.64/26".parse().unwrap(),
+                next_hop: Some("10.244.0.64".parse().unwrap()),
+                ifindex: 3,
+                protocol: "80".into(),
+            },
+        );
+        Model::build(&objects, Arc::new(routes), "cali", Some("node1".into()))
+    }
+
+    #[test]
+    fn pods_hosts_and_the_world() {
+        let m = model();
+        let web = m.endpoint("10.244.0.5".parse().unwrap());
+        assert_eq!(
+            (
+                web.kind.as_str(),
+                web.pod.as_deref(),
+                web.workload.as_deref(),
+                web.workload_kind.as_deref(),
+                web.node.as_deref()
+            ),
+            (
+                "pod",
+                Some("web-1"),
+                Some("web"),
+                Some("Deployment"),
+                Some("node1")
+            )
+        );
+        assert_eq!(
+            m.endpoint("172.30.0.12".parse().unwrap()).node.as_deref(),
+            Some("node2")
+        );
+        assert_eq!(m.endpoint("172.30.0.12".parse().unwrap()).kind, "host");
+        assert_eq!(m.endpoint("8.8.8.8".parse().unwrap()).kind, "world");
+        // In a remote block but no pod object: a pod on node2, name unknown.
+        let anon = m.endpoint("10.244.0.99".parse().unwrap());
+        assert_eq!(
+            (anon.kind.as_str(), anon.pod, anon.node.as_deref()),
+            ("pod", None, Some("node2"))
+        );
+    }
+
+    #[test]
+    fn peer_node_is_the_far_end() {
+        let m = model();
+        let (a, b) = (
+            "10.244.0.5".parse().unwrap(),
+            "10.244.0.70".parse().unwrap(),
+        );
+        assert_eq!(m.peer_node(a, b).as_deref(), Some("node2"));
+        assert_eq!(m.peer_node(b, a).as_deref(), Some("node2"));
+    }
+
+    #[test]
+    fn calico_names_interfaces_by_sha1() {
+        // echo -n default.node1-pod1 | sha1sum: 20a2ad68006...
+        assert_eq!(
+            calico_interface("cali", "default", "node1-pod1"),
+            "cali20a2ad68006"
+        );
+    }
+
+    #[test]
+    fn interfaces_map_to_pods_by_calicos_rule() {
+        let m = model();
+        let iface = calico_interface("cali", "shop", "web-1");
+        assert_eq!(
+            m.pod_of_interface(&iface).map(|p| p.name.as_str()),
+            Some("web-1")
+        );
+    }
+}

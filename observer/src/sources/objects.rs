@@ -1,0 +1,237 @@
+//! Kubernetes objects read from a directory of `kubectl get ... -o json`
+//! output (lists or single objects), so that a cluster's names can be used
+//! offline and the lab can name its pods. The same decoding serves objects
+//! that come from the API.
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use serde_json::Value;
+
+/// The objects the model is built from.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterObjects {
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+}
+
+impl ClusterObjects {
+    /// Adds one object, or every item of a list, by `kind`; other kinds
+    /// are skipped (a directory may hold anything `kubectl` printed).
+    pub fn add_value(&mut self, v: Value) -> Result<()> {
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if kind == "List" || kind.ends_with("List") {
+            if let Some(Value::Array(items)) = v.get("items") {
+                let item_kind = kind
+                    .strip_suffix("List")
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned);
+                for mut item in items.clone() {
+                    // `kubectl get pods -o json` items carry their kind; API
+                    // list items may not.
+                    if let (Some(k), Some(obj)) = (&item_kind, item.as_object_mut()) {
+                        obj.entry("kind")
+                            .or_insert_with(|| Value::String(k.clone()));
+                    }
+                    self.add_value(item)?;
+                }
+            }
+            return Ok(());
+        }
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_owned();
+        match kind.as_str() {
+            "Pod" => self
+                .pods
+                .push(serde_json::from_value(v).with_context(|| format!("decoding Pod {name}"))?),
+            "Node" => self
+                .nodes
+                .push(serde_json::from_value(v).with_context(|| format!("decoding Node {name}"))?),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reads every `*.json` file of `dir`.
+    pub fn load_dir(dir: &Path) -> Result<Self> {
+        let mut out = Self::default();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the objects directory {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let v: Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            out.add_value(v)
+                .with_context(|| format!("in {}", path.display()))?;
+        }
+        Ok(out)
+    }
+}
+
+/// A pod's IPs (status.podIPs, else status.podIP).
+pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status.pod_ip.as_ref().and_then(|s| s.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
+/// The workload owning a pod: (kind, name). A ReplicaSet named
+/// `<deployment>-<pod-template-hash>` is the Deployment's, as Kubernetes
+/// names them; Jobs, StatefulSets and DaemonSets own their pods directly.
+pub fn workload(pod: &Pod) -> Option<(String, String)> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| pod.metadata.owner_references.iter().flatten().next())?;
+    if owner.kind == "ReplicaSet" {
+        let hash = pod
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"));
+        if let Some(deployment) = hash.and_then(|h| owner.name.strip_suffix(&format!("-{h}"))) {
+            return Some(("Deployment".into(), deployment.to_owned()));
+        }
+    }
+    Some((owner.kind.clone(), owner.name.clone()))
+}
+
+/// A node's addresses (InternalIP, ExternalIP), and Calico's tunnel
+/// addresses from its annotations.
+pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = node
+        .status
+        .iter()
+        .flat_map(|s| s.addresses.iter().flatten())
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    for key in [
+        "projectcalico.org/IPv4VXLANTunnelAddr",
+        "projectcalico.org/IPv6VXLANTunnelAddr",
+        "projectcalico.org/IPv4IPIPTunnelAddr",
+    ] {
+        if let Some(ip) = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|s| s.parse().ok())
+        {
+            out.push(ip);
+        }
+    }
+    // Calico's own node address annotation carries a prefix length.
+    for key in [
+        "projectcalico.org/IPv4Address",
+        "projectcalico.org/IPv6Address",
+    ] {
+        if let Some(ip) = node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .and_then(|s| s.split('/').next())
+            .and_then(|s| s.parse().ok())
+        {
+            out.push(ip);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod_json() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "web-5d9c7b8f4-x2x7q", "namespace": "shop",
+                "labels": {"app": "web", "pod-template-hash": "5d9c7b8f4"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d9c7b8f4", "uid": "u1", "controller": true}]
+            },
+            "spec": {"nodeName": "node1", "containers": [{"name": "web", "image": "nginx"}]},
+            "status": {"podIP": "10.244.0.5", "podIPs": [{"ip": "10.244.0.5"}, {"ip": "fd00:10:244::5"}]}
+        })
+    }
+
+    #[test]
+    fn lists_and_single_objects_decode() {
+        let mut o = ClusterObjects::default();
+        o.add_value(json!({"apiVersion": "v1", "kind": "List", "items": [pod_json()]}))
+            .unwrap();
+        o.add_value(json!({"apiVersion": "v1", "kind": "NodeList", "items": [
+            {"metadata": {"name": "node1", "annotations": {"projectcalico.org/IPv4VXLANTunnelAddr": "10.244.0.0", "projectcalico.org/IPv4Address": "172.30.0.11/24"}},
+             "status": {"addresses": [{"type": "InternalIP", "address": "172.30.0.11"}, {"type": "Hostname", "address": "node1"}]}}
+        ]}))
+        .unwrap();
+        o.add_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}))
+            .unwrap();
+        assert_eq!((o.pods.len(), o.nodes.len()), (1, 1));
+        assert_eq!(pod_ips(&o.pods[0]).len(), 2);
+        let addrs: Vec<String> = node_addresses(&o.nodes[0])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(addrs, ["10.244.0.0", "172.30.0.11"]);
+    }
+
+    #[test]
+    fn deployments_are_found_through_their_replicasets() {
+        let pod: Pod = serde_json::from_value(pod_json()).unwrap();
+        assert_eq!(workload(&pod), Some(("Deployment".into(), "web".into())));
+        let mut sts = pod_json();
+        sts["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet");
+        sts["metadata"]["ownerReferences"][0]["name"] = json!("db");
+        let sts: Pod = serde_json::from_value(sts).unwrap();
+        assert_eq!(workload(&sts), Some(("StatefulSet".into(), "db".into())));
+        let mut bare = pod_json();
+        bare["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ownerReferences");
+        assert_eq!(workload(&serde_json::from_value(bare).unwrap()), None);
+    }
+
+    #[test]
+    fn malformed_objects_say_which() {
+        let mut o = ClusterObjects::default();
+        let err = o
+            .add_value(json!({"kind": "Pod", "metadata": {"name": "bad", "labels": "not-a-map"}}))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("Pod bad"));
+    }
+}
