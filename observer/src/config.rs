@@ -64,6 +64,16 @@ pub struct RunArgs {
     /// How to attach to interfaces.
     #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachMode,
+
+    /// This node's Kubernetes name (the DaemonSet passes it from the
+    /// downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// A directory of Kubernetes objects as `kubectl get ... -o json`
+    /// prints them (Pods, Nodes), read for names; re-read when it changes.
+    #[arg(long, env = "OBSERVER_OBJECTS_DIR")]
+    pub objects_dir: Option<PathBuf>,
 }
 
 /// Which interfaces to attach to, and as what.
@@ -121,7 +131,27 @@ fn encap_by_name(name: &str) -> Encap {
 }
 
 impl RunArgs {
+    /// Calico's interface prefix (FELIX_INTERFACEPREFIX), from the first pod
+    /// interface pattern: the part before any wildcard.
+    pub fn interface_prefix(&self) -> String {
+        let first = self
+            .pod_interfaces
+            .first()
+            .map(String::as_str)
+            .unwrap_or("cali");
+        first
+            .split(['*', '?', '['])
+            .next()
+            .unwrap_or("cali")
+            .to_owned()
+    }
+
     pub fn validate(&self) -> Result<()> {
+        if let Some(dir) = &self.objects_dir
+            && !dir.is_dir()
+        {
+            bail!("--objects-dir {} is not a directory", dir.display());
+        }
         if self.flow_capacity < 1024 {
             bail!(
                 "--flow-capacity {} is too small: use at least 1024",

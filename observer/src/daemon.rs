@@ -21,6 +21,8 @@ use crate::{
     },
     export::api,
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
+    model::Model,
+    sources::{objects::ClusterObjects, routes},
 };
 
 /// An interface we attached to (or tried to).
@@ -49,6 +51,7 @@ pub struct DatapathStatus {
 /// Everything the API shows; written by the poll loop.
 pub struct State {
     pub table: FlowTable,
+    pub model: Arc<Model>,
     pub interfaces: BTreeMap<u32, InterfaceState>,
     pub status: DatapathStatus,
     pub clock: Clock,
@@ -65,6 +68,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut attacher = Attacher::new(args.attach_mode)?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
+        model: Arc::new(Model::default()),
         interfaces: BTreeMap::new(),
         status: DatapathStatus {
             flow_capacity: args.flow_capacity,
@@ -80,6 +84,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for link in present {
         on_link_present(&mut dp, &mut attacher, &selector, &state, link).await;
     }
+    let mut names = Names::start(&args).await?;
+    names.refresh(&args, &state, true).await;
     let server = api::serve(&args.socket, state.clone()).await?;
     tracing::info!(socket = %args.socket.display(), "observer running");
 
@@ -95,7 +101,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     Some(ev) => on_link(&mut dp, &mut attacher, &selector, &state, ev).await,
                     None => bail!("the rtnetlink event stream ended"),
                 },
-                _ = tick.tick() => poll(&dp, &attacher, &args, jiffy_ns, &state).await?,
+                _ = tick.tick() => {
+                    poll(&dp, &attacher, &args, jiffy_ns, &state).await?;
+                    names.refresh(&args, &state, false).await;
+                }
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
             }
@@ -223,6 +232,62 @@ async fn poll(
     status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
     Ok(())
+}
+
+/// Where names come from, and when to rebuild the model.
+struct Names {
+    routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
+    objects: ClusterObjects,
+    objects_stamp: Option<std::time::SystemTime>,
+}
+
+impl Names {
+    async fn start(_args: &RunArgs) -> Result<Self> {
+        Ok(Self {
+            routes: routes::follow().await?,
+            objects: ClusterObjects::default(),
+            objects_stamp: None,
+        })
+    }
+
+    /// Rebuilds the model if the routes or the objects directory changed.
+    async fn refresh(&mut self, args: &RunArgs, state: &Shared, force: bool) {
+        let mut changed = force || self.routes.has_changed().unwrap_or(false);
+        if let Some(dir) = &args.objects_dir {
+            let stamp = dir_stamp(dir);
+            if stamp != self.objects_stamp {
+                match ClusterObjects::load_dir(dir) {
+                    Ok(o) => {
+                        self.objects = o;
+                        self.objects_stamp = stamp;
+                        changed = true;
+                    }
+                    Err(e) => tracing::warn!("reading objects: {e:#}"),
+                }
+            }
+        }
+        if changed {
+            let routes = self.routes.borrow_and_update().clone();
+            let model = Model::build(
+                &self.objects,
+                routes,
+                &args.interface_prefix(),
+                args.node_name.clone(),
+            );
+            state.write().await.model = Arc::new(model);
+        }
+    }
+}
+
+/// The newest modification time in a directory (it and its files).
+fn dir_stamp(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
 }
 
 /// The interface of a flow for display: `None` once forgotten.

@@ -19,6 +19,9 @@ enum Command {
     Run(config::RunArgs),
     /// Flows seen by the daemon.
     Flows(cli::QueryArgs),
+    /// Pods on this node with their interfaces and traffic (like
+    /// `calicoctl get workloadEndpoint`).
+    Pods(cli::QueryArgs),
     /// Attached interfaces and their totals.
     Interfaces(cli::QueryArgs),
     /// The daemon's own state: polls, map fill, datapath counters.
@@ -54,6 +57,7 @@ fn run() -> Result<()> {
         match cli.command {
             Command::Run(args) => daemon::run(args).await,
             Command::Flows(args) => cli::flows(args).await,
+            Command::Pods(args) => cli::pods(args).await,
             Command::Interfaces(args) => cli::interfaces(args).await,
             Command::Status(args) => cli::status(args).await,
             Command::Replay(args) => replay::main(args),

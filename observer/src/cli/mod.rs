@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     config::DEFAULT_SOCKET,
-    export::api::{InterfaceView, StatusView},
+    export::api::{InterfaceView, PodView, StatusView},
     flows::view::FlowView,
 };
 
@@ -63,6 +63,15 @@ pub async fn flows(args: QueryArgs) -> Result<()> {
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
         o => print!("{}", render::flows_table(&flows, o == Output::Wide)),
+    }
+    Ok(())
+}
+
+pub async fn pods(args: QueryArgs) -> Result<()> {
+    let list: Vec<PodView> = args.target.client()?.get("/v1/pods").await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        _ => print!("{}", render::pods_table(&list)),
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 use std::fmt::Write as _;
 
 use crate::{
+    export::api::PodView,
     export::api::{InterfaceView, StatusView},
     flows::view::FlowView,
+    model::EndpointView,
 };
 
 /// Formats rows as left-aligned columns separated by two spaces.
@@ -89,8 +91,8 @@ pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
                 f.interface.clone(),
                 f.direction.clone(),
                 proto,
-                endpoint(&f.src_ip, f.src_port),
-                endpoint(&f.dst_ip, f.dst_port),
+                named(f.src.as_ref(), &f.src_ip, f.src_port),
+                named(f.dst.as_ref(), &f.dst_ip, f.dst_port),
                 f.encap.clone(),
                 count(f.packets),
                 bytes(f.bytes),
@@ -111,6 +113,81 @@ pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
         return "no flows seen yet\n".to_owned();
     }
     table(&header, &rows)
+}
+
+pub fn pods_table(list: &[PodView]) -> String {
+    if list.is_empty() {
+        return "no pods known on this node (give the daemon --objects-dir or a Kubernetes API)\n"
+            .to_owned();
+    }
+    let header = [
+        "NAMESPACE",
+        "POD",
+        "WORKLOAD",
+        "NODE",
+        "NETWORKS",
+        "INTERFACE",
+        "IN-PKTS",
+        "IN-BYTES",
+        "OUT-PKTS",
+        "OUT-BYTES",
+    ];
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|p| {
+            vec![
+                p.namespace.clone(),
+                p.name.clone(),
+                match (&p.workload_kind, &p.workload) {
+                    (Some(k), Some(w)) => format!("{}/{w}", k.to_lowercase()),
+                    _ => "-".into(),
+                },
+                p.node.clone().unwrap_or_else(|| "-".into()),
+                p.networks.join(","),
+                if p.attached {
+                    p.interface.clone()
+                } else {
+                    format!("{} (not attached)", p.interface)
+                },
+                count(p.ingress_packets),
+                bytes(p.ingress_bytes),
+                count(p.egress_packets),
+                bytes(p.egress_bytes),
+            ]
+        })
+        .collect();
+    table(&header, &rows)
+}
+
+/// `namespace/pod` where known, else the address.
+fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
+    let addr = endpoint(ip, port);
+    match ep {
+        Some(EndpointView {
+            pod: Some(pod),
+            namespace: Some(ns),
+            ..
+        }) => {
+            if port == 0 {
+                format!("{ns}/{pod}")
+            } else {
+                format!("{ns}/{pod}:{port}")
+            }
+        }
+        Some(EndpointView {
+            kind,
+            node: Some(node),
+            pod: None,
+            ..
+        }) if kind == "host" => {
+            if port == 0 {
+                format!("node/{node}")
+            } else {
+                format!("node/{node}:{port}")
+            }
+        }
+        _ => addr,
+    }
 }
 
 pub fn interfaces_table(list: &[InterfaceView]) -> String {

@@ -81,6 +81,7 @@ pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
         .route("/v1/flows", get(flows))
         .route("/v1/interfaces", get(interfaces))
         .route("/v1/status", get(status))
+        .route("/v1/pods", get(pods))
         .with_state(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -94,13 +95,87 @@ async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
     let mut out: Vec<FlowView> = st
         .table
         .iter()
-        .map(|(k, e)| to_view(k, e, interface_of(&st, k.ifindex), &st.clock))
+        .map(|(k, e)| {
+            to_view(
+                k,
+                e,
+                interface_of(&st, k.ifindex),
+                &st.clock,
+                Some(&st.model),
+            )
+        })
         .collect();
     out.sort_by(|a, b| {
         b.bytes
             .cmp(&a.bytes)
             .then_with(|| a.interface.cmp(&b.interface))
     });
+    Json(out)
+}
+
+/// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
+/// shows it, with its traffic (the pod's point of view).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub workload: Option<String>,
+    pub workload_kind: Option<String>,
+    pub node: Option<String>,
+    /// Addresses as Calico's networks: `/32` and `/128`.
+    pub networks: Vec<String>,
+    pub interface: String,
+    /// Whether the observer is attached to the interface.
+    pub attached: bool,
+    pub ingress_packets: u64,
+    pub ingress_bytes: u64,
+    pub egress_packets: u64,
+    pub egress_bytes: u64,
+}
+
+async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
+    let st = state.read().await;
+    let local = st.model.local_node().map(str::to_owned);
+    let mut out = Vec::new();
+    for p in st.model.pods() {
+        let iface = st
+            .interfaces
+            .values()
+            .find(|i| i.iface.name == p.interface && !i.gone);
+        // This node's pods: by name when we know ours, else by interface.
+        let here = match &local {
+            Some(n) => p.node.as_deref() == Some(n.as_str()),
+            None => iface.is_some(),
+        };
+        if !here {
+            continue;
+        }
+        let t = iface.map(|i| i.totals).unwrap_or_default();
+        // On pod interfaces TC ingress carries what the pod sends.
+        let (sent, got) = (
+            t.hook[Hook::Ingress as usize],
+            t.hook[Hook::Egress as usize],
+        );
+        out.push(PodView {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            workload: p.workload.as_ref().map(|w| w.1.clone()),
+            workload_kind: p.workload.as_ref().map(|w| w.0.clone()),
+            node: p.node.clone(),
+            networks: p
+                .ips
+                .iter()
+                .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+                .collect(),
+            interface: p.interface.clone(),
+            attached: iface.is_some_and(|i| i.via.is_some()),
+            ingress_packets: got.packets,
+            ingress_bytes: got.bytes,
+            egress_packets: sent.packets,
+            egress_bytes: sent.bytes,
+        });
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Json(out)
 }
 

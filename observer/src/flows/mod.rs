@@ -9,6 +9,7 @@ use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
 use self::{table::FlowEntry, view::FlowView};
 pub use crate::datapath::clock::Clock;
+use crate::model::Model;
 
 /// What an attached interface is, which decides whose point of view its
 /// directions take and which encapsulation its packets have.
@@ -80,6 +81,7 @@ pub fn to_view(
     entry: &FlowEntry,
     iface: Option<&Interface>,
     clock: &Clock,
+    model: Option<&Model>,
 ) -> FlowView {
     let kind = iface.map_or(InterfaceKind::Underlay, |i| i.kind);
     let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
@@ -113,6 +115,11 @@ pub fn to_view(
         },
         first_seen: clock.rfc3339(entry.first_seen),
         last_seen: clock.rfc3339(entry.last_seen),
+        src: model.map(|m| m.endpoint(src)),
+        dst: model.map(|m| m.endpoint(dst)),
+        peer_node: model
+            .filter(|_| encap != Encap::None)
+            .and_then(|m| m.peer_node(src, dst)),
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::EndpointView;
+
 /// One flow on one interface in one direction, with monotonic counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowView {
@@ -37,4 +39,12 @@ pub struct FlowView {
     /// RFC 3339 wall-clock times.
     pub first_seen: String,
     pub last_seen: String,
+    /// Who the addresses are (absent where nothing is known, as in replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<EndpointView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<EndpointView>,
+    /// The node at the other end of the tunnel, for encapsulated traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_node: Option<String>,
 }

@@ -53,6 +53,7 @@ pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
     for pod in &plan.pods {
         build_pod(plan, pod)?;
     }
+    super::objects::write(plan, &state::dir(&plan.lab).join("objects"))?;
     for node in &plan.nodes {
         start_daemon(plan, node, exe)?;
     }
@@ -344,7 +345,11 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
             "1s",
             "--underlay",
             "eth0",
+            "--node-name",
+            &node.name,
         ])
+        .arg("--objects-dir")
+        .arg(dir.join("objects"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

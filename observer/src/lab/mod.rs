@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod netns;
+pub mod objects;
 pub mod plan;
 pub mod state;
 pub mod traffic;
