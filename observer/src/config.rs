@@ -70,10 +70,22 @@ pub struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// Read names from the Kubernetes API: `auto` when a service account or
+    /// kubeconfig is there, `always` (fail without one), or `never`.
+    #[arg(long, env = "OBSERVER_KUBERNETES", value_enum, default_value = "auto")]
+    pub kubernetes: KubeMode,
+
     /// A directory of Kubernetes objects as `kubectl get ... -o json`
     /// prints them (Pods, Nodes), read for names; re-read when it changes.
     #[arg(long, env = "OBSERVER_OBJECTS_DIR")]
     pub objects_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeMode {
+    Auto,
+    Always,
+    Never,
 }
 
 /// Which interfaces to attach to, and as what.

@@ -2,7 +2,14 @@
 //! interfaces as they come and go, poll the maps into the flow table, and
 //! serve the JSON API; on SIGTERM/SIGINT detach and remove what we added.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use anyhow::{Result, bail};
 use observer_common::{Encap, EncapTotals, FlowKey, FlowStats, IfaceTotals, Stat};
@@ -13,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{InterfaceSelector, RunArgs},
+    config::{InterfaceSelector, KubeMode, RunArgs},
     datapath::{
         Datapath,
         attach::{Attacher, LinkLayer, Via},
@@ -22,7 +29,11 @@ use crate::{
     export::api,
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
-    sources::{objects::ClusterObjects, routes},
+    sources::{
+        kube::{self, KubeStores},
+        objects::ClusterObjects,
+        routes,
+    },
 };
 
 /// An interface we attached to (or tried to).
@@ -237,39 +248,69 @@ async fn poll(
 /// Where names come from, and when to rebuild the model.
 struct Names {
     routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
-    objects: ClusterObjects,
-    objects_stamp: Option<std::time::SystemTime>,
+    dir_objects: ClusterObjects,
+    dir_stamp: Option<std::time::SystemTime>,
+    kube: Option<KubeStores>,
+    kube_changed: Arc<AtomicBool>,
 }
 
 impl Names {
-    async fn start(_args: &RunArgs) -> Result<Self> {
+    async fn start(args: &RunArgs) -> Result<Self> {
+        let kube_changed = Arc::new(AtomicBool::new(true));
+        let use_kube = match args.kubernetes {
+            KubeMode::Never => false,
+            KubeMode::Always => true,
+            KubeMode::Auto => kube::configured(),
+        };
+        let kube = if use_kube {
+            match kube::start(kube_changed.clone()).await {
+                Ok(stores) => Some(stores),
+                Err(e) if args.kubernetes == KubeMode::Auto => {
+                    tracing::warn!("going on without the Kubernetes API: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
         Ok(Self {
             routes: routes::follow().await?,
-            objects: ClusterObjects::default(),
-            objects_stamp: None,
+            dir_objects: ClusterObjects::default(),
+            dir_stamp: None,
+            kube,
+            kube_changed,
         })
     }
 
-    /// Rebuilds the model if the routes or the objects directory changed.
+    /// Rebuilds the model if the routes, the API's objects or the objects
+    /// directory changed.
     async fn refresh(&mut self, args: &RunArgs, state: &Shared, force: bool) {
         let mut changed = force || self.routes.has_changed().unwrap_or(false);
         if let Some(dir) = &args.objects_dir {
             let stamp = dir_stamp(dir);
-            if stamp != self.objects_stamp {
+            if stamp != self.dir_stamp {
                 match ClusterObjects::load_dir(dir) {
                     Ok(o) => {
-                        self.objects = o;
-                        self.objects_stamp = stamp;
+                        self.dir_objects = o;
+                        self.dir_stamp = stamp;
                         changed = true;
                     }
                     Err(e) => tracing::warn!("reading objects: {e:#}"),
                 }
             }
         }
+        changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
         if changed {
+            let mut objects = self.dir_objects.clone();
+            if let Some(k) = &self.kube {
+                let live = k.snapshot();
+                objects.pods.extend(live.pods);
+                objects.nodes.extend(live.nodes);
+            }
             let routes = self.routes.borrow_and_update().clone();
             let model = Model::build(
-                &self.objects,
+                &objects,
                 routes,
                 &args.interface_prefix(),
                 args.node_name.clone(),

@@ -1,5 +1,6 @@
 //! Where names come from: the node's routes, and (later) the Kubernetes
 //! API and IPVS.
 
+pub mod kube;
 pub mod objects;
 pub mod routes;
