@@ -307,6 +307,8 @@ impl Names {
                 let live = k.snapshot();
                 objects.pods.extend(live.pods);
                 objects.nodes.extend(live.nodes);
+                objects.services.extend(live.services);
+                objects.endpoint_slices.extend(live.endpoint_slices);
             }
             let routes = self.routes.borrow_and_update().clone();
             let model = Model::build(

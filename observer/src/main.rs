@@ -22,6 +22,9 @@ enum Command {
     /// Pods on this node with their interfaces and traffic (like
     /// `calicoctl get workloadEndpoint`).
     Pods(cli::QueryArgs),
+    /// Services with their VIPs and backends, and the traffic to each (like
+    /// `ipvsadm -Ln`).
+    Services(cli::QueryArgs),
     /// Attached interfaces and their totals.
     Interfaces(cli::QueryArgs),
     /// The daemon's own state: polls, map fill, datapath counters.
@@ -58,6 +61,7 @@ fn run() -> Result<()> {
             Command::Run(args) => daemon::run(args).await,
             Command::Flows(args) => cli::flows(args).await,
             Command::Pods(args) => cli::pods(args).await,
+            Command::Services(args) => cli::services(args).await,
             Command::Interfaces(args) => cli::interfaces(args).await,
             Command::Status(args) => cli::status(args).await,
             Command::Replay(args) => replay::main(args),

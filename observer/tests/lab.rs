@@ -209,7 +209,11 @@ fn status_describes_the_lab_and_down_removes_everything() {
         "lab", "traffic", "--name", &lab.name, "-o", "json",
     ]))
     .unwrap();
-    assert_eq!(sent.len(), 4);
+    assert_eq!(
+        sent.len(),
+        5,
+        "4 pod-to-pod exchanges and 1 through a Service VIP"
+    );
 
     // A daemon stopped with SIGTERM leaves its interfaces clean.
     let node = nodes[0]["netns"].as_str().unwrap().to_owned();
@@ -257,4 +261,153 @@ fn status_describes_the_lab_and_down_removes_everything() {
     assert!(!std::path::Path::new(&format!("/run/observer-lab/{}", lab.name)).exists());
     // Down is idempotent.
     observer(&["lab", "down", "--name", &lab.name]);
+}
+
+#[test]
+fn flows_carry_pod_workload_node_and_service_names() {
+    let lab = Lab::up(&[]);
+    let plan = lab.status();
+    let svc = plan
+        .services
+        .iter()
+        .find(|s| s.name == "app2")
+        .expect("Service app2")
+        .clone();
+    let client = plan
+        .pods
+        .iter()
+        .find(|p| p.name == "node1-pod1")
+        .unwrap()
+        .clone();
+    let sent = observer::lab::traffic::udp_service(&plan, &client, client.ips[0], &svc, 10, 100)
+        .expect("UDP to the VIP");
+
+    // Before DNAT, on the client's interface: sent to the Service's VIP.
+    let before = lab.flow("node1", &client.interface, &sent, 10);
+    assert_eq!(
+        (before.packets, before.bytes, before.direction.as_str()),
+        (10, 1280, "egress")
+    );
+    let service = before.service.as_ref().expect("attributed to a Service");
+    assert_eq!(
+        (
+            service.name.as_str(),
+            service.port.as_str(),
+            service.via.as_str()
+        ),
+        ("app2", "dns", "vip")
+    );
+    let src = before.src.as_ref().unwrap();
+    assert_eq!(
+        (
+            src.kind.as_str(),
+            src.pod.as_deref(),
+            src.workload.as_deref(),
+            src.workload_kind.as_deref(),
+            src.node.as_deref()
+        ),
+        (
+            "pod",
+            Some("node1-pod1"),
+            Some("app1"),
+            Some("Deployment"),
+            Some("node1")
+        )
+    );
+    assert_eq!(before.dst.as_ref().unwrap().kind, "service");
+
+    // After DNAT, on the chosen endpoint's interface: the backend pod, and
+    // still the Service (as its endpoint).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (node, backend) = loop {
+        let found = ["node1", "node2"].iter().find_map(|node| {
+            lab.flows(node)
+                .into_iter()
+                .find(|f| {
+                    f.src_port == sent.src_port
+                        && f.dst_port == 5353
+                        && f.direction == "ingress"
+                        && f.interface.starts_with("cali")
+                        && f.packets == 10
+                })
+                .map(|f| (node.to_string(), f))
+        });
+        match found {
+            Some(x) => break x,
+            None if Instant::now() > deadline => panic!("no DNATed flow on any endpoint"),
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!((backend.packets, backend.bytes), (10, 1280));
+    let dst = backend.dst.as_ref().unwrap();
+    assert_eq!(
+        (dst.workload.as_deref(), dst.node.as_deref()),
+        (Some("app2"), Some(node.as_str()))
+    );
+    assert_eq!(
+        backend
+            .service
+            .as_ref()
+            .map(|s| (s.name.as_str(), s.via.as_str())),
+        Some(("app2", "endpoint"))
+    );
+
+    // `observer services` on node1 counts the VIP traffic of its client.
+    let services: serde_json::Value = serde_json::from_str(&observer(&[
+        "services",
+        "--lab",
+        &lab.name,
+        "--lab-node",
+        "node1",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let dns = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "app2" && s["port"] == "dns")
+        .expect("app2:dns listed");
+    assert_eq!(
+        (dns["vip_packets"].as_u64(), dns["vip_bytes"].as_u64()),
+        (Some(10), Some(1280))
+    );
+    assert_eq!(dns["backends"].as_array().unwrap().len(), 2);
+
+    // Across nodes, tunnelled flows name the node at the other end.
+    let cross = lab.send_udp("node1-pod1", "node2-pod1", false, 7010, 3, 50);
+    let f = lab.flow("node1", "vxlan.calico", &cross, 3);
+    assert_eq!(f.peer_node.as_deref(), Some("node2"));
+    assert_eq!(
+        f.dst.as_ref().and_then(|d| d.pod.as_deref()),
+        Some("node2-pod1")
+    );
+
+    // `observer pods` lists node1's pods as the lab built them.
+    let pods: serde_json::Value = serde_json::from_str(&observer(&[
+        "pods",
+        "--lab",
+        &lab.name,
+        "--lab-node",
+        "node1",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let pods = pods.as_array().unwrap();
+    assert_eq!(pods.len(), 2);
+    for p in pods {
+        let planned = plan
+            .pods
+            .iter()
+            .find(|q| p["name"] == q.name.as_str())
+            .unwrap();
+        assert_eq!(p["interface"], planned.interface.as_str());
+        assert_eq!(p["networks"][0], format!("{}/32", planned.ips[0]));
+        assert_eq!(p["attached"], true);
+        assert_eq!(p["node"], "node1");
+    }
+    let sender = pods.iter().find(|p| p["name"] == "node1-pod1").unwrap();
+    assert!(sender["egress_packets"].as_u64().unwrap() >= 13);
 }

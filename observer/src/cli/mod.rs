@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 
 use crate::{
     config::DEFAULT_SOCKET,
-    export::api::{InterfaceView, PodView, StatusView},
+    export::api::{InterfaceView, PodView, ServiceView, StatusView},
     flows::view::FlowView,
 };
 
@@ -72,6 +72,15 @@ pub async fn pods(args: QueryArgs) -> Result<()> {
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
         _ => print!("{}", render::pods_table(&list)),
+    }
+    Ok(())
+}
+
+pub async fn services(args: QueryArgs) -> Result<()> {
+    let list: Vec<ServiceView> = args.target.client()?.get("/v1/services").await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        _ => print!("{}", render::services_text(&list)),
     }
     Ok(())
 }

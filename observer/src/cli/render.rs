@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::{
-    export::api::PodView,
     export::api::{InterfaceView, StatusView},
+    export::api::{PodView, ServiceView},
     flows::view::FlowView,
     model::EndpointView,
 };
@@ -188,6 +188,49 @@ fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
         }
         _ => addr,
     }
+}
+
+/// Like `ipvsadm -Ln`: a virtual service per line, its backends under it.
+pub fn services_text(list: &[ServiceView]) -> String {
+    if list.is_empty() {
+        return "no Services known (give the daemon --objects-dir or a Kubernetes API)\n"
+            .to_owned();
+    }
+    let mut rows = Vec::new();
+    for s in list {
+        rows.push(vec![
+            s.protocol.to_uppercase(),
+            s.vips.join(","),
+            format!("{}/{}:{}", s.namespace, s.name, s.port),
+            count(s.vip_packets),
+            bytes(s.vip_bytes),
+        ]);
+        for b in &s.backends {
+            let who = match (&b.pod, &b.node) {
+                (Some(p), Some(n)) => format!("{p} on {n}"),
+                (Some(p), None) => p.clone(),
+                _ => "-".into(),
+            };
+            let ready = if b.ready { "" } else { " (not ready)" };
+            rows.push(vec![
+                String::new(),
+                format!("  -> {}", b.address),
+                format!("{who}{ready}"),
+                count(b.packets),
+                bytes(b.bytes),
+            ]);
+        }
+    }
+    table(
+        &[
+            "PROT",
+            "LOCAL ADDRESS",
+            "SERVICE / BACKEND",
+            "PACKETS",
+            "BYTES",
+        ],
+        &rows,
+    )
 }
 
 pub fn interfaces_table(list: &[InterfaceView]) -> String {

@@ -82,6 +82,7 @@ pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
         .route("/v1/interfaces", get(interfaces))
         .route("/v1/status", get(status))
         .route("/v1/pods", get(pods))
+        .route("/v1/services", get(services))
         .with_state(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -176,6 +177,100 @@ async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
         });
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Json(out)
+}
+
+/// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
+/// the traffic this node saw: sent to its VIPs by local pods, and delivered
+/// to its endpoints on local pods.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ServiceView {
+    pub namespace: String,
+    pub name: String,
+    pub port: String,
+    pub protocol: String,
+    pub vips: Vec<String>,
+    pub vip_packets: u64,
+    pub vip_bytes: u64,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct BackendView {
+    pub address: String,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+    pub ready: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn socket_addr(ip: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(ip, port).to_string()
+}
+
+async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
+    use std::collections::HashMap;
+    let st = state.read().await;
+    // Traffic per (destination, port, protocol, hook) on pod interfaces:
+    // TC ingress there is what local pods sent, TC egress what they got.
+    let mut seen: HashMap<(std::net::IpAddr, u16, u8, u8), (u64, u64)> = HashMap::new();
+    for (k, e) in st.table.iter() {
+        let on_pod = interface_of(&st, k.ifindex)
+            .is_some_and(|i| i.kind == crate::flows::InterfaceKind::Pod);
+        if !on_pod {
+            continue;
+        }
+        let (_, dst) = crate::flows::key_addrs(k);
+        let c = e.counters();
+        let t = seen
+            .entry((dst, k.dst_port, k.protocol, k.hook))
+            .or_default();
+        t.0 += c.packets;
+        t.1 += c.bytes;
+    }
+    let get = |ip, port, proto, hook: Hook| {
+        seen.get(&(ip, port, proto, hook as u8))
+            .copied()
+            .unwrap_or_default()
+    };
+    let out = st
+        .model
+        .services()
+        .iter()
+        .map(|sp| {
+            let (mut vp, mut vb) = (0, 0);
+            for vip in &sp.vips {
+                let (p, b) = get(*vip, sp.port, sp.protocol, Hook::Ingress);
+                vp += p;
+                vb += b;
+            }
+            ServiceView {
+                namespace: sp.namespace.clone(),
+                name: sp.name.clone(),
+                port: sp.port_name.clone().unwrap_or_else(|| sp.port.to_string()),
+                protocol: crate::flows::protocol_name(sp.protocol),
+                vips: sp.vips.iter().map(|v| socket_addr(*v, sp.port)).collect(),
+                vip_packets: vp,
+                vip_bytes: vb,
+                backends: sp
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let (packets, bytes) = get(b.ip, b.port, sp.protocol, Hook::Egress);
+                        BackendView {
+                            address: socket_addr(b.ip, b.port),
+                            pod: b.pod.clone(),
+                            node: b.node.clone(),
+                            ready: b.ready,
+                            packets,
+                            bytes,
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
     Json(out)
 }
 

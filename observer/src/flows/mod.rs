@@ -117,6 +117,9 @@ pub fn to_view(
         last_seen: clock.rfc3339(entry.last_seen),
         src: model.map(|m| m.endpoint(src)),
         dst: model.map(|m| m.endpoint(dst)),
+        service: model
+            .filter(|_| !icmp)
+            .and_then(|m| m.service_of(dst, key.dst_port, key.protocol)),
         peer_node: model
             .filter(|_| encap != Encap::None)
             .and_then(|m| m.peer_node(src, dst)),

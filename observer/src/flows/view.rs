@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::EndpointView;
+use crate::model::{EndpointView, ServiceRef};
 
 /// One flow on one interface in one direction, with monotonic counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -44,6 +44,9 @@ pub struct FlowView {
     pub src: Option<EndpointView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst: Option<EndpointView>,
+    /// The Service the destination belongs to (its VIP, or an endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceRef>,
     /// The node at the other end of the tunnel, for encapsulated traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_node: Option<String>,

@@ -6,7 +6,7 @@ use std::{
     net::IpAddr,
     os::unix::process::CommandExt as _,
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -49,6 +49,7 @@ pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
     }
     for node in &plan.nodes {
         routes_to_peers(plan, node)?;
+        super::services::program(plan, node)?;
     }
     for pod in &plan.pods {
         build_pod(plan, pod)?;
@@ -334,7 +335,7 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
     let log_path = dir.join(format!("{}.log", node.name));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    Command::new("ip")
+    let mut child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
         .arg(exe)
         .args([
@@ -358,31 +359,44 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting the observer of {}", node.name))?;
-    wait_ready(&node.api_socket, &log_path)
+    wait_ready(&mut child, &node.api_socket, &log_path)
 }
 
-/// Waits until a daemon's API answers; on time-out shows the end of its log.
-fn wait_ready(socket: &str, log: &Path) -> Result<()> {
+/// Waits until a daemon's API answers; if it exits or times out, fails with
+/// the end of its log.
+fn wait_ready(child: &mut Child, socket: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    while Instant::now() < deadline {
+    let why = loop {
         if rt
             .block_on(Client::new(socket).get::<serde_json::Value>("/v1/status"))
             .is_ok()
         {
             return Ok(());
         }
+        // A daemon that refused its flags or failed to load is not worth
+        // the whole wait.
+        if let Some(status) = child.try_wait()? {
+            break format!("exited ({status}) before its API answered");
+        }
+        if Instant::now() > deadline {
+            break "did not answer within 20 s".to_owned();
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+    };
     bail!(
-        "the observer at {socket} did not answer within 20 s; end of {}:\n{}",
+        "the observer at {socket} {why}; end of {}:\n{}",
         log.display(),
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        log_tail(log, 20)
     )
+}
+
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Removes every namespace of the lab (daemons first, so they detach
@@ -391,15 +405,21 @@ pub fn down(lab: &str) -> Result<()> {
     let prefix = format!("{lab}-");
     let all = netns::list(&prefix)?;
     // Nodes hold the daemons: stop those first and give them time to detach.
+    // A daemon whose namespace was already deleted (a crash, a hand-run `ip
+    // netns del`) keeps it alive unnamed: find it by its socket path too.
     let mut victims: Vec<i32> = all.iter().flat_map(|ns| netns::pids(ns)).collect();
+    for pid in netns::daemons_under(&state::dir(lab)) {
+        if !victims.contains(&pid) {
+            victims.push(pid);
+        }
+    }
     for pid in &victims {
         // SAFETY: kill(2) on processes of the lab's namespaces.
         unsafe { libc::kill(*pid, libc::SIGTERM) };
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !victims.is_empty() && Instant::now() < deadline {
-        // SAFETY: signal 0 only checks for existence.
-        victims.retain(|pid| unsafe { libc::kill(*pid, 0) } == 0);
+        victims.retain(|pid| netns::alive(*pid));
         std::thread::sleep(Duration::from_millis(50));
     }
     for pid in victims {

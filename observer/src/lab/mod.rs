@@ -6,10 +6,17 @@ pub mod build;
 pub mod netns;
 pub mod objects;
 pub mod plan;
+pub mod services;
 pub mod state;
 pub mod traffic;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
@@ -107,7 +114,7 @@ pub async fn run(args: LabArgs, exe: PathBuf) -> Result<()> {
     require_root()?;
     // The lab shells out and blocks; keep that off the async workers.
     tokio::task::spawn_blocking(move || match args.command {
-        Some(LabCommand::Up(shape)) => up(&shape, &exe),
+        Some(LabCommand::Up(shape)) => up(&shape, &exe, &*interrupt_flag()?),
         Some(LabCommand::Down(n)) => build::down(&n.name),
         Some(LabCommand::Status(o)) => status(&o),
         Some(LabCommand::Traffic(o)) => traffic(&o),
@@ -116,7 +123,9 @@ pub async fn run(args: LabArgs, exe: PathBuf) -> Result<()> {
     .await?
 }
 
-fn up(shape: &Shape, exe: &Path) -> Result<()> {
+/// Builds the lab. Ctrl-C meanwhile (`stop`) lets the build finish and then
+/// tears it down, so that an interrupted `up` leaves nothing behind.
+fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
     if state::dir(&shape.name).join("state.json").exists()
         || !netns::list(&format!("{}-", shape.name))?.is_empty()
     {
@@ -140,6 +149,10 @@ fn up(shape: &Shape, exe: &Path) -> Result<()> {
         // Leave nothing half-built behind.
         let _ = build::down(&shape.name);
         return Err(e.context("building the lab failed; it was torn down"));
+    }
+    if stop.load(Ordering::Relaxed) {
+        build::down(&shape.name)?;
+        bail!("interrupted: lab {:?} was torn down", shape.name);
     }
     eprintln!(
         "lab {:?} up: {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
@@ -235,25 +248,17 @@ fn traffic(o: &OutputArgs) -> Result<()> {
 /// Plain `observer lab`: up, then traffic and the observers' view every few
 /// seconds until Ctrl-C (or `--duration`), then down.
 fn interactive(shape: &Shape, duration: Option<u64>, exe: &Path) -> Result<()> {
+    let stop = interrupt_flag()?;
     // A lab left over by a crash is replaced.
     build::down(&shape.name)?;
-    up(shape, exe)?;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        signal_hook_flag(sig, stop.clone())?;
-    }
+    up(shape, exe, &stop)?;
     let result = watch_loop(shape, duration, &stop);
     eprintln!("tearing the lab down");
     build::down(&shape.name)?;
     result
 }
 
-fn watch_loop(
-    shape: &Shape,
-    duration: Option<u64>,
-    stop: &std::sync::atomic::AtomicBool,
-) -> Result<()> {
-    use std::sync::atomic::Ordering;
+fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result<()> {
     let plan = state::load(&shape.name)?;
     let started = std::time::Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -286,11 +291,13 @@ fn watch_loop(
     Ok(())
 }
 
-/// Sets `flag` when `signal` arrives.
-fn signal_hook_flag(
-    signal: i32,
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> Result<()> {
-    signal_hook::flag::register(signal, flag)?;
-    Ok(())
+/// A flag that SIGINT and SIGTERM set instead of killing the process, so
+/// that the lab is torn down whatever moment Ctrl-C comes (the daemons, in
+/// their own process group, do not get the terminal's SIGINT).
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(stop)
 }

@@ -1,7 +1,11 @@
 //! Running things in network namespaces: `ip` commands, sysctls, and
 //! threads that enter a namespace to open sockets there.
 
-use std::{os::fd::AsRawFd as _, process::Command};
+use std::{
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -65,6 +69,41 @@ pub fn pids(ns: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// Whether `pid` still runs. Reaps it first if it is our own child (the
+/// daemons of plain `observer lab` are), since a zombie still "exists" for
+/// kill(2) and would hold teardown for its whole grace period.
+pub fn alive(pid: i32) -> bool {
+    // SAFETY: WNOHANG never blocks; for a pid that is not our child it
+    // fails with ECHILD and changes nothing.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+/// Pids of `observer run` processes whose `--socket` lies under `dir`, in
+/// whatever namespace they are.
+pub fn daemons_under(dir: &Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| socket_under(&cmdline, dir))
+        })
+        .collect()
+}
+
+/// Whether a NUL-separated command line has `--socket PATH` with PATH in
+/// `dir`.
+fn socket_under(cmdline: &[u8], dir: &Path) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).any(|w| {
+        w[0] == b"--socket" && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(dir)
+    })
+}
+
 /// Runs `f` on a thread that entered namespace `ns`; sockets it opens stay
 /// in that namespace after the thread ends.
 pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
@@ -81,4 +120,21 @@ pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
         .join()
         .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_are_known_by_their_socket_directory() {
+        let dir = Path::new("/run/observer-lab/lab1");
+        let cmd =
+            b"/x/observer\0run\0--socket\0/run/observer-lab/lab1/node1.sock\0--underlay\0eth0\0";
+        assert!(socket_under(cmd, dir));
+        // Another lab whose name starts alike is not ours.
+        let other = b"/x/observer\0run\0--socket\0/run/observer-lab/lab10/node1.sock\0";
+        assert!(!socket_under(other, dir));
+        assert!(!socket_under(b"/bin/sleep\0100\0", dir));
+    }
 }

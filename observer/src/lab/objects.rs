@@ -7,14 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
-use super::plan::{Plan, PodPlan};
-
-/// Pod `nodeK-podI` belongs to Deployment `appI`: every Deployment has a
-/// pod on every node.
-pub fn deployment_of(pod: &PodPlan) -> String {
-    let i = pod.name.rsplit("-pod").next().unwrap_or("0");
-    format!("app{i}")
-}
+use super::plan::{Plan, PodPlan, ServicePlan, deployment_of};
 
 fn template_hash(deployment: &str) -> String {
     // Kubernetes hashes the pod template; any stable string does here.
@@ -27,7 +20,7 @@ fn template_hash(deployment: &str) -> String {
 }
 
 fn pod_object(pod: &PodPlan) -> Value {
-    let deployment = deployment_of(pod);
+    let deployment = deployment_of(&pod.name);
     let hash = template_hash(&deployment);
     json!({
         "apiVersion": "v1",
@@ -79,13 +72,81 @@ fn node_objects(plan: &Plan) -> Vec<Value> {
         .collect()
 }
 
+fn service_objects(plan: &Plan, svc: &ServicePlan) -> Vec<Value> {
+    let ports = |target: bool| -> Vec<Value> {
+        svc.ports
+            .iter()
+            .map(|p| {
+                let port = if target { p.target_port } else { p.port };
+                let mut v = json!({"name": p.name, "port": port, "protocol": p.protocol});
+                if !target {
+                    v["targetPort"] = json!(p.target_port);
+                }
+                v
+            })
+            .collect()
+    };
+    let mut out = vec![json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": svc.name, "namespace": svc.namespace},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": svc.cluster_ips[0].to_string(),
+            "clusterIPs": svc.cluster_ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "selector": {"app": svc.name},
+            "ports": ports(false)
+        }
+    })];
+    // One EndpointSlice per address family, as the EndpointSlice controller
+    // makes them.
+    for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+        let endpoints: Vec<Value> = plan
+            .pods
+            .iter()
+            .filter(|p| svc.backends.contains(&p.name))
+            .filter_map(|p| {
+                let ip = p.ips.iter().find(|ip| ip.is_ipv6() == v6)?;
+                Some(json!({
+                    "addresses": [ip.to_string()],
+                    "conditions": {"ready": true},
+                    "nodeName": p.node,
+                    "targetRef": {"kind": "Pod", "name": p.name, "namespace": p.namespace}
+                }))
+            })
+            .collect();
+        if endpoints.is_empty() {
+            continue;
+        }
+        out.push(json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": format!("{}-{}", svc.name, family.to_lowercase()),
+                "namespace": svc.namespace,
+                "labels": {"kubernetes.io/service-name": svc.name}
+            },
+            "addressType": family,
+            "ports": ports(true),
+            "endpoints": endpoints
+        }));
+    }
+    out
+}
+
 pub fn write(plan: &Plan, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let list = |items: Vec<Value>| json!({"apiVersion": "v1", "kind": "List", "items": items});
     let pods = plan.pods.iter().map(pod_object).collect();
+    let services = plan
+        .services
+        .iter()
+        .flat_map(|s| service_objects(plan, s))
+        .collect();
     for (file, value) in [
         ("nodes.json", list(node_objects(plan))),
         ("pods.json", list(pods)),
+        ("services.json", list(services)),
     ] {
         let path = dir.join(file);
         std::fs::write(&path, serde_json::to_vec_pretty(&value)?)

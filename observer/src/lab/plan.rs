@@ -41,12 +41,42 @@ pub struct PodPlan {
     pub node: String,
 }
 
+/// A Service over one Deployment's pods (one on every node), programmed
+/// with nftables DNAT as kube-proxy's nftables mode does.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServicePlan {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortPlan>,
+    /// Names of the backend pods.
+    pub backends: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServicePortPlan {
+    pub name: String,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+    pub port: u16,
+    pub target_port: u16,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
     pub lab: String,
     pub ipv6: bool,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
+    #[serde(default)]
+    pub services: Vec<ServicePlan>,
+}
+
+/// Pod `nodeK-podI` belongs to Deployment `appI`: every Deployment has a
+/// pod on every node.
+pub fn deployment_of(pod: &str) -> String {
+    let i = pod.rsplit("-pod").next().unwrap_or("0");
+    format!("app{i}")
 }
 
 fn nth_block_v4(pool: Ipv4Net, prefix: u8, n: u32) -> Result<Ipv4Net> {
@@ -106,6 +136,7 @@ pub fn plan(
         ipv6,
         nodes: Vec::new(),
         pods: Vec::new(),
+        services: Vec::new(),
     };
     for k in 1..=nodes {
         let name = format!("node{k}");
@@ -152,6 +183,47 @@ pub fn plan(
             vxlan_mac: format!("66:ca:11:00:00:{k:02x}"),
             api_socket: format!("{state_dir}/{name}.sock"),
             name,
+        });
+    }
+    for i in 1..=pods {
+        let name = format!("app{i}");
+        let mut cluster_ips = vec![IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10 + i as u8))];
+        if ipv6 {
+            cluster_ips.push(IpAddr::V6(Ipv6Addr::new(
+                0xfd00,
+                0x10,
+                0x96,
+                0,
+                0,
+                0,
+                0,
+                10 + i as u16,
+            )));
+        }
+        plan.services.push(ServicePlan {
+            namespace: POD_NAMESPACE.to_owned(),
+            backends: plan
+                .pods
+                .iter()
+                .filter(|p| deployment_of(&p.name) == name)
+                .map(|p| p.name.clone())
+                .collect(),
+            name,
+            cluster_ips,
+            ports: vec![
+                ServicePortPlan {
+                    name: "dns".into(),
+                    protocol: "UDP".into(),
+                    port: 53,
+                    target_port: 5353,
+                },
+                ServicePortPlan {
+                    name: "http".into(),
+                    protocol: "TCP".into(),
+                    port: 80,
+                    target_port: 8080,
+                },
+            ],
         });
     }
     Ok(plan)

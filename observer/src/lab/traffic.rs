@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     netns::within,
-    plan::{Plan, PodPlan},
+    plan::{Plan, PodPlan, ServicePlan},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -150,5 +150,84 @@ pub fn mix(plan: &Plan) -> Result<Vec<Sent>> {
             sent.push(tcp(src, *src_ip, dst, *dst_ip, port, 64 * 1024)?);
         }
     }
+    // Through a Service VIP: the first pod to the Service of the second
+    // Deployment, whose endpoints are on every node.
+    if let (Some(src), Some(svc)) = (plan.pods.first(), plan.services.get(1)) {
+        for src_ip in &src.ips {
+            sent.push(udp_service(plan, src, *src_ip, svc, 10, 100)?);
+        }
+    }
     Ok(sent)
+}
+
+/// Sends `count` datagrams from one socket to a Service's VIP (its `dns`
+/// port): DNAT picks one endpoint for the whole exchange; every endpoint
+/// listens, and all datagrams must arrive at one of them.
+pub fn udp_service(
+    plan: &Plan,
+    src: &PodPlan,
+    src_ip: IpAddr,
+    svc: &ServicePlan,
+    count: u64,
+    size: usize,
+) -> Result<Sent> {
+    let v6 = src_ip.is_ipv6();
+    let port = svc
+        .ports
+        .iter()
+        .find(|p| p.protocol == "UDP")
+        .context("the Service has no UDP port")?;
+    let vip = *svc
+        .cluster_ips
+        .iter()
+        .find(|ip| ip.is_ipv6() == v6)
+        .context("the Service has no VIP of this family")?;
+    let mut receivers = Vec::new();
+    for pod in plan.pods.iter().filter(|p| svc.backends.contains(&p.name)) {
+        let Some(ip) = pod.ips.iter().find(|ip| ip.is_ipv6() == v6) else {
+            continue;
+        };
+        let sock = within(&pod.netns, || {
+            UdpSocket::bind(SocketAddr::new(*ip, port.target_port))
+        })??;
+        sock.set_nonblocking(true)?;
+        receivers.push(sock);
+    }
+    let sender = within(&src.netns, || UdpSocket::bind(SocketAddr::new(src_ip, 0)))??;
+    let payload = vec![0x33; size];
+    for _ in 0..count {
+        sender.send_to(&payload, SocketAddr::new(vip, port.port))?;
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut got = 0;
+    let mut buf = vec![0u8; size + 1];
+    while got < count && std::time::Instant::now() < deadline {
+        let before = got;
+        for r in &receivers {
+            while r.recv(&mut buf).is_ok() {
+                got += 1;
+            }
+        }
+        if got == before {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if got != count {
+        bail!(
+            "UDP {src_ip} -> Service {} ({vip}:{}): {got} of {count} datagrams arrived",
+            svc.name,
+            port.port
+        );
+    }
+    Ok(Sent {
+        src_pod: src.name.clone(),
+        dst_pod: format!("service/{}", svc.name),
+        src_ip,
+        src_port: sender.local_addr()?.port(),
+        dst_ip: vip,
+        dst_port: port.port,
+        protocol: "udp".into(),
+        packets: Some(count),
+        payload_bytes: count * size as u64,
+    })
 }

@@ -25,7 +25,8 @@ pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
 /// unknown stays visibly unknown.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointView {
-    /// `pod`, `host` (a node's address) or `world`.
+    /// `pod`, `host` (a node's address), `service` (a Service VIP) or
+    /// `world`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -51,8 +52,67 @@ pub struct PodEntry {
     pub interface: String,
 }
 
+/// The Service a flow's destination belongs to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name, else its number.
+    pub port: String,
+    /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
+    /// one of its ready endpoints (after DNAT, or directly).
+    pub via: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backend {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub ready: bool,
+    pub pod: Option<String>,
+    pub node: Option<String>,
+}
+
+/// One port of one Service, with its virtual IPs and endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: Option<String>,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub protocol: u8,
+    pub port: u16,
+    pub vips: Vec<IpAddr>,
+    pub backends: Vec<Backend>,
+}
+
+impl ServicePort {
+    fn reference(&self, via: &str) -> ServiceRef {
+        ServiceRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            port: self
+                .port_name
+                .clone()
+                .unwrap_or_else(|| self.port.to_string()),
+            via: via.into(),
+        }
+    }
+}
+
+pub fn protocol_number(p: Option<&str>) -> u8 {
+    match p.unwrap_or("TCP") {
+        "UDP" => 17,
+        "SCTP" => 132,
+        _ => 6,
+    }
+}
+
 #[derive(Default)]
 pub struct Model {
+    services: Vec<ServicePort>,
+    service_by_vip: HashMap<(IpAddr, u16, u8), usize>,
+    service_by_backend: HashMap<(IpAddr, u16, u8), usize>,
     pods: Vec<PodEntry>,
     pod_by_ip: HashMap<IpAddr, usize>,
     pod_by_interface: HashMap<String, usize>,
@@ -108,7 +168,102 @@ impl Model {
                 m.node_by_ip.insert(ip, name.clone());
             }
         }
+        m.add_services(objects);
         m
+    }
+
+    fn add_services(&mut self, objects: &ClusterObjects) {
+        for svc in &objects.services {
+            let (Some(name), Some(spec)) = (svc.metadata.name.clone(), svc.spec.as_ref()) else {
+                continue;
+            };
+            let namespace = svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            let vips: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|s| s.parse().ok())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let slices = objects.endpoint_slices.iter().filter(|es| {
+                es.metadata.namespace.as_deref().unwrap_or("default") == namespace
+                    && es
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        == Some(&name)
+            });
+            let slices: Vec<_> = slices.collect();
+            for sp in spec.ports.iter().flatten() {
+                let protocol = protocol_number(sp.protocol.as_deref());
+                let mut backends = Vec::new();
+                for es in &slices {
+                    // The slice's port of the same name carries the target port.
+                    let Some(port) = es
+                        .ports
+                        .iter()
+                        .flatten()
+                        .find(|p| {
+                            p.name == sp.name && protocol_number(p.protocol.as_deref()) == protocol
+                        })
+                        .and_then(|p| p.port)
+                    else {
+                        continue;
+                    };
+                    for ep in &es.endpoints {
+                        let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                        for addr in ep.addresses.iter().filter_map(|a| a.parse().ok()) {
+                            backends.push(Backend {
+                                ip: addr,
+                                port: port as u16,
+                                ready,
+                                pod: ep.target_ref.as_ref().and_then(|t| t.name.clone()),
+                                node: ep.node_name.clone(),
+                            });
+                        }
+                    }
+                }
+                let i = self.services.len();
+                for vip in &vips {
+                    self.service_by_vip
+                        .insert((*vip, sp.port as u16, protocol), i);
+                }
+                for b in backends.iter().filter(|b| b.ready) {
+                    self.service_by_backend.insert((b.ip, b.port, protocol), i);
+                }
+                self.services.push(ServicePort {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    port_name: sp.name.clone(),
+                    protocol,
+                    port: sp.port as u16,
+                    vips: vips.clone(),
+                    backends,
+                });
+            }
+        }
+    }
+
+    pub fn services(&self) -> &[ServicePort] {
+        &self.services
+    }
+
+    /// The Service a destination belongs to: its virtual IP and port, or one
+    /// of its ready endpoints.
+    pub fn service_of(&self, dst: IpAddr, port: u16, protocol: u8) -> Option<ServiceRef> {
+        if let Some(i) = self.service_by_vip.get(&(dst, port, protocol)) {
+            return Some(self.services[*i].reference("vip"));
+        }
+        self.service_by_backend
+            .get(&(dst, port, protocol))
+            .map(|i| self.services[*i].reference("endpoint"))
     }
 
     pub fn pods(&self) -> &[PodEntry] {
@@ -162,6 +317,12 @@ impl Model {
                 workload: p.workload.as_ref().map(|w| w.1.clone()),
                 workload_kind: p.workload.as_ref().map(|w| w.0.clone()),
                 node: p.node.clone(),
+            };
+        }
+        if self.service_by_vip.keys().any(|(vip, _, _)| *vip == ip) {
+            return EndpointView {
+                kind: "service".into(),
+                ..Default::default()
             };
         }
         if let Some(node) = self.node_by_ip.get(&ip) {
@@ -276,6 +437,41 @@ mod tests {
             (anon.kind.as_str(), anon.pod, anon.node.as_deref()),
             ("pod", None, Some("node2"))
         );
+    }
+
+    #[test]
+    fn services_by_vip_and_by_endpoint() {
+        let mut objects = ClusterObjects::default();
+        objects
+            .add_value(json!({"kind": "List", "items": [
+                {"kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+                 "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                          "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]}},
+                {"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1", "addressType": "IPv4",
+                 "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                 "endpoints": [
+                    {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "nodeName": "node1", "targetRef": {"kind": "Pod", "name": "web-1"}},
+                    {"addresses": ["10.244.0.9"], "conditions": {"ready": false}}
+                 ]}
+            ]}))
+            .unwrap();
+        let m = Model::build(&objects, Default::default(), "cali", None);
+        let vip = m.service_of("10.96.0.10".parse().unwrap(), 80, 6).unwrap();
+        assert_eq!(
+            (vip.name.as_str(), vip.port.as_str(), vip.via.as_str()),
+            ("web", "http", "vip")
+        );
+        let ep = m
+            .service_of("10.244.0.5".parse().unwrap(), 8080, 6)
+            .unwrap();
+        assert_eq!(ep.via, "endpoint");
+        // Not ready, wrong port, wrong protocol: not the Service's.
+        assert_eq!(m.service_of("10.244.0.9".parse().unwrap(), 8080, 6), None);
+        assert_eq!(m.service_of("10.96.0.10".parse().unwrap(), 81, 6), None);
+        assert_eq!(m.service_of("10.96.0.10".parse().unwrap(), 80, 17), None);
+        assert_eq!(m.endpoint("10.96.0.10".parse().unwrap()).kind, "service");
+        assert_eq!(m.services()[0].backends.len(), 2);
     }
 
     #[test]

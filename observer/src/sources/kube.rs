@@ -1,13 +1,16 @@
 //! Kubernetes objects from the API: kube-rs reflectors (list, then watch,
 //! relisting after errors) keep stores of Pods (cluster-wide: remote pod
-//! IPs get names too) and Nodes. Every change wakes the model builder; the
+//! IPs get names too), Nodes, Services and EndpointSlices. Every change wakes the model builder; the
 //! decoding is the one the offline directory uses.
 
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client,
     runtime::{
@@ -26,6 +29,8 @@ use super::objects::ClusterObjects;
 pub struct KubeStores {
     pub pods: Store<Pod>,
     pub nodes: Store<Node>,
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
 }
 
 impl KubeStores {
@@ -34,6 +39,18 @@ impl KubeStores {
         ClusterObjects {
             pods: self.pods.state().iter().map(|p| (**p).clone()).collect(),
             nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
+            services: self
+                .services
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
+            endpoint_slices: self
+                .endpoint_slices
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
         }
     }
 
@@ -90,7 +107,9 @@ pub async fn start(changed: Arc<AtomicBool>) -> Result<KubeStores> {
         .context("connecting to the Kubernetes API (in-cluster service account or kubeconfig)")?;
     Ok(KubeStores {
         pods: reflect(Api::<Pod>::all(client.clone()), changed.clone()),
-        nodes: reflect(Api::<Node>::all(client), changed),
+        nodes: reflect(Api::<Node>::all(client.clone()), changed.clone()),
+        services: reflect(Api::<Service>::all(client.clone()), changed.clone()),
+        endpoint_slices: reflect(Api::<EndpointSlice>::all(client), changed),
     })
 }
 
@@ -135,10 +154,16 @@ mod tests {
     #[test]
     fn watch_events_keep_the_names_current() {
         let mut pods = Writer::<Pod>::default();
-        let nodes = Writer::<Node>::default();
+        let (nodes, services, slices) = (
+            Writer::<Node>::default(),
+            Writer::<Service>::default(),
+            Writer::<EndpointSlice>::default(),
+        );
         let stores = KubeStores {
             pods: pods.as_reader(),
             nodes: nodes.as_reader(),
+            services: services.as_reader(),
+            endpoint_slices: slices.as_reader(),
         };
         // Initial list.
         pods.apply_watcher_event(&Event::Init);

@@ -6,7 +6,10 @@
 use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::{
+    core::v1::{Node, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde_json::Value;
 
 /// The objects the model is built from.
@@ -14,6 +17,8 @@ use serde_json::Value;
 pub struct ClusterObjects {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
 }
 
 impl ClusterObjects {
@@ -55,6 +60,13 @@ impl ClusterObjects {
             "Node" => self
                 .nodes
                 .push(serde_json::from_value(v).with_context(|| format!("decoding Node {name}"))?),
+            "Service" => self.services.push(
+                serde_json::from_value(v).with_context(|| format!("decoding Service {name}"))?,
+            ),
+            "EndpointSlice" => self.endpoint_slices.push(
+                serde_json::from_value(v)
+                    .with_context(|| format!("decoding EndpointSlice {name}"))?,
+            ),
             _ => {}
         }
         Ok(())
