@@ -16,9 +16,12 @@ pub fn run(args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("starting {}", args.join(" ")))?;
     if !out.status.success() {
+        // The status tells a signal (Ctrl-C reaches our `ip` children too)
+        // from a refusal, whose reason is on stderr.
         bail!(
-            "`{}` failed: {}",
+            "`{}` failed ({}): {}",
             args.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
@@ -95,13 +98,14 @@ pub fn daemons_under(dir: &Path) -> Vec<i32> {
         .collect()
 }
 
-/// Whether a NUL-separated command line has `--socket PATH` with PATH in
-/// `dir`.
+/// Whether a NUL-separated command line is an `observer run` with
+/// `--socket PATH`, PATH in `dir` (a client given `--socket` is not one).
 fn socket_under(cmdline: &[u8], dir: &Path) -> bool {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2).any(|w| {
-        w[0] == b"--socket" && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(dir)
-    })
+    args.get(1) == Some(&&b"run"[..])
+        && args.windows(2).any(|w| {
+            w[0] == b"--socket" && Path::new(std::ffi::OsStr::from_bytes(w[1])).starts_with(dir)
+        })
 }
 
 /// Runs `f` on a thread that entered namespace `ns`; sockets it opens stay
@@ -136,5 +140,7 @@ mod tests {
         let other = b"/x/observer\0run\0--socket\0/run/observer-lab/lab10/node1.sock\0";
         assert!(!socket_under(other, dir));
         assert!(!socket_under(b"/bin/sleep\0x\0", dir));
+        let client = b"/x/observer\0flows\0--socket\0/run/observer-lab/lab1/node1.sock\0";
+        assert!(!socket_under(client, dir));
     }
 }

@@ -166,6 +166,7 @@ pub fn plan(
         plan.nodes.push(NodePlan {
             netns: format!("{lab}-{name}"),
             underlay_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 10 + k as u8)),
+            // fd00:172:30::11 beside 172.30.0.11.
             underlay_ip6: ipv6.then(|| {
                 IpAddr::V6(Ipv6Addr::new(
                     0xfd00,
@@ -175,7 +176,7 @@ pub fn plan(
                     0,
                     0,
                     0,
-                    10 + k as u16,
+                    0x10 + k as u16,
                 ))
             }),
             blocks,

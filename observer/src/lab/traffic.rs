@@ -28,8 +28,9 @@ pub struct Sent {
     pub dst_ip: IpAddr,
     pub dst_port: u16,
     pub protocol: String,
-    /// Datagrams sent (UDP); TCP segments are the kernel's business.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Datagrams sent (UDP); null for TCP, whose segments are the
+    /// kernel's business.
+    #[serde(default)]
     pub packets: Option<u64>,
     pub payload_bytes: u64,
 }
