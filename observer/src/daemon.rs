@@ -309,6 +309,7 @@ impl Names {
                 objects.nodes.extend(live.nodes);
                 objects.services.extend(live.services);
                 objects.endpoint_slices.extend(live.endpoint_slices);
+                objects.jobs.extend(live.jobs);
             }
             let routes = self.routes.borrow_and_update().clone();
             let model = Model::build(

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use k8s_openapi::api::{
+    batch::v1::Job,
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
@@ -31,6 +32,7 @@ pub struct KubeStores {
     pub nodes: Store<Node>,
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
+    pub jobs: Store<Job>,
 }
 
 impl KubeStores {
@@ -39,6 +41,7 @@ impl KubeStores {
         ClusterObjects {
             pods: self.pods.state().iter().map(|p| (**p).clone()).collect(),
             nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
+            jobs: self.jobs.state().iter().map(|n| (**n).clone()).collect(),
             services: self
                 .services
                 .state()
@@ -109,7 +112,8 @@ pub async fn start(changed: Arc<AtomicBool>) -> Result<KubeStores> {
         pods: reflect(Api::<Pod>::all(client.clone()), changed.clone()),
         nodes: reflect(Api::<Node>::all(client.clone()), changed.clone()),
         services: reflect(Api::<Service>::all(client.clone()), changed.clone()),
-        endpoint_slices: reflect(Api::<EndpointSlice>::all(client), changed),
+        endpoint_slices: reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone()),
+        jobs: reflect(Api::<Job>::all(client), changed),
     })
 }
 
@@ -164,6 +168,7 @@ mod tests {
             nodes: nodes.as_reader(),
             services: services.as_reader(),
             endpoint_slices: slices.as_reader(),
+            jobs: Writer::<Job>::default().as_reader(),
         };
         // Initial list.
         pods.apply_watcher_event(&Event::Init);

@@ -7,6 +7,7 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{
+    batch::v1::Job,
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
@@ -19,6 +20,8 @@ pub struct ClusterObjects {
     pub nodes: Vec<Node>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Jobs, for the CronJobs that own them.
+    pub jobs: Vec<Job>,
 }
 
 impl ClusterObjects {
@@ -63,6 +66,9 @@ impl ClusterObjects {
             "Service" => self.services.push(
                 serde_json::from_value(v).with_context(|| format!("decoding Service {name}"))?,
             ),
+            "Job" => self
+                .jobs
+                .push(serde_json::from_value(v).with_context(|| format!("decoding Job {name}"))?),
             "EndpointSlice" => self.endpoint_slices.push(
                 serde_json::from_value(v)
                     .with_context(|| format!("decoding EndpointSlice {name}"))?,
@@ -72,25 +78,49 @@ impl ClusterObjects {
         Ok(())
     }
 
-    /// Reads every `*.json` file of `dir`.
+    /// Reads every `*.json`, `*.yaml` and `*.yml` file of `dir` (YAML files
+    /// may hold several `---` documents).
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let mut out = Self::default();
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("reading the objects directory {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|e| e == "json" || e == "yaml" || e == "yml")
+            })
             .collect();
         files.sort();
         for path in files {
-            let text =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            let v: Value = serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not JSON", path.display()))?;
-            out.add_value(v)
-                .with_context(|| format!("in {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let docs = if path.extension().is_some_and(|e| e == "json") {
+                vec![
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?,
+                ]
+            } else {
+                yaml_documents(&text).with_context(|| format!("{} is not YAML", path.display()))?
+            };
+            for v in docs {
+                out.add_value(v)
+                    .with_context(|| format!("in {}", path.display()))?;
+            }
         }
         Ok(out)
     }
+}
+
+fn yaml_documents(text: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v = Value::deserialize(doc)?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
 }
 
 /// A pod's IPs (status.podIPs, else status.podIP).
@@ -114,7 +144,28 @@ pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 
 /// The workload owning a pod: (kind, name). A ReplicaSet named
 /// `<deployment>-<pod-template-hash>` is the Deployment's, as Kubernetes
-/// names them; Jobs, StatefulSets and DaemonSets own their pods directly.
+/// names them; a Job owned by a CronJob is the CronJob's (given the Jobs);
+/// StatefulSets and DaemonSets own their pods directly.
+pub fn workload_with_jobs(pod: &Pod, jobs: &[Job]) -> Option<(String, String)> {
+    let (kind, name) = workload(pod)?;
+    if kind == "Job" {
+        let ns = pod.metadata.namespace.as_deref();
+        let owner = jobs
+            .iter()
+            .filter(|j| {
+                j.metadata.name.as_deref() == Some(name.as_str())
+                    && j.metadata.namespace.as_deref() == ns
+            })
+            .flat_map(|j| j.metadata.owner_references.iter().flatten())
+            .find(|o| o.kind == "CronJob");
+        if let Some(o) = owner {
+            return Some(("CronJob".into(), o.name.clone()));
+        }
+    }
+    Some((kind, name))
+}
+
+/// The workload owning a pod, from the pod alone (see [`workload_with_jobs`]).
 pub fn workload(pod: &Pod) -> Option<(String, String)> {
     let owner = pod
         .metadata
@@ -236,6 +287,42 @@ mod tests {
             .unwrap()
             .remove("ownerReferences");
         assert_eq!(workload(&serde_json::from_value(bare).unwrap()), None);
+    }
+
+    #[test]
+    fn cronjobs_are_found_through_their_jobs() {
+        let mut o = ClusterObjects::default();
+        let mut pod = pod_json();
+        pod["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
+        pod["metadata"]["ownerReferences"][0]["name"] = json!("backup-29000000");
+        o.add_value(pod).unwrap();
+        o.add_value(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "backup-29000000", "namespace": "shop",
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "backup", "uid": "c", "controller": true}]}}))
+            .unwrap();
+        assert_eq!(
+            workload_with_jobs(&o.pods[0], &o.jobs),
+            Some(("CronJob".into(), "backup".into()))
+        );
+        assert_eq!(
+            workload_with_jobs(&o.pods[0], &[]),
+            Some(("Job".into(), "backup-29000000".into()))
+        );
+    }
+
+    #[test]
+    fn yaml_files_with_several_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("objects.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: node1\nstatus:\n  addresses:\n  - type: InternalIP\n    address: 172.30.0.11\n---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: p\n    namespace: default\n  status:\n    podIP: 10.244.0.9\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not objects").unwrap();
+        let o = ClusterObjects::load_dir(dir.path()).unwrap();
+        assert_eq!((o.nodes.len(), o.pods.len()), (1, 1));
+        std::fs::write(dir.path().join("bad.yml"), "kind: [unclosed").unwrap();
+        let err = ClusterObjects::load_dir(dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.yml"), "{err:#}");
     }
 
     #[test]
