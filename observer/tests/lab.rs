@@ -351,6 +351,20 @@ fn flows_carry_pod_workload_node_and_service_names() {
             .map(|s| (s.name.as_str(), s.via.as_str())),
         Some(("app2", "endpoint"))
     );
+    let backend_pod = format!("default/{}", dst.pod.as_deref().unwrap());
+    assert_eq!(
+        backend.service.as_ref().and_then(|s| s.backend_pod.clone()),
+        Some(backend_pod.clone())
+    );
+
+    // The flow before DNAT names the same endpoint, from conntrack.
+    let before = lab.flow("node1", &client.interface, &sent, 10);
+    let service = before.service.as_ref().unwrap();
+    assert_eq!(service.backend_pod.as_ref(), Some(&backend_pod));
+    assert_eq!(
+        service.backend.as_deref().map(|b| b.ends_with(":5353")),
+        Some(true)
+    );
 
     // `observer services` on node1 counts the VIP traffic of its client.
     let services: serde_json::Value = serde_json::from_str(&observer(&[

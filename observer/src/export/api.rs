@@ -93,6 +93,20 @@ pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
 
 async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
     let st = state.read().await;
+    // Flows to Service VIPs are named by their endpoint through conntrack.
+    let to_vip = st.table.iter().any(|(k, _)| {
+        let (_, dst) = crate::flows::key_addrs(k);
+        st.model
+            .service_of(dst, k.dst_port, k.protocol)
+            .is_some_and(|r| r.via == "vip")
+    });
+    let nat = if to_vip {
+        tokio::task::block_in_place(crate::sources::conntrack::dnat_table)
+            .inspect_err(|e| tracing::debug!("conntrack: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
     let mut out: Vec<FlowView> = st
         .table
         .iter()
@@ -103,6 +117,7 @@ async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
                 interface_of(&st, k.ifindex),
                 &st.clock,
                 Some(&st.model),
+                nat.as_ref(),
             )
         })
         .collect();

@@ -3,7 +3,7 @@
 pub mod table;
 pub mod view;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
@@ -76,12 +76,17 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
 
 /// Builds the shown form of a flow. `iface` is `None` for an interface we
 /// no longer know (its name is then `if<N>`).
+/// Conntrack's DNAT: original (src, dst, protocol) -> endpoint.
+pub type NatTable =
+    std::collections::HashMap<crate::sources::conntrack::Tuple, std::net::SocketAddr>;
+
 pub fn to_view(
     key: &FlowKey,
     entry: &FlowEntry,
     iface: Option<&Interface>,
     clock: &Clock,
     model: Option<&Model>,
+    nat: Option<&NatTable>,
 ) -> FlowView {
     let kind = iface.map_or(InterfaceKind::Underlay, |i| i.kind);
     let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
@@ -117,9 +122,18 @@ pub fn to_view(
         last_seen: clock.rfc3339(entry.last_seen),
         src: model.map(|m| m.endpoint(src)),
         dst: model.map(|m| m.endpoint(dst)),
-        service: model
-            .filter(|_| !icmp)
-            .and_then(|m| m.service_of(dst, key.dst_port, key.protocol)),
+        service: model.filter(|_| !icmp).and_then(|m| {
+            let r = m.service_of(dst, key.dst_port, key.protocol)?;
+            let (s, d) = (
+                SocketAddr::new(src, key.src_port),
+                SocketAddr::new(dst, key.dst_port),
+            );
+            Some(m.with_backend(
+                r,
+                d,
+                nat.and_then(|n| n.get(&(s, d, key.protocol)).copied()),
+            ))
+        }),
         peer_node: model
             .filter(|_| encap != Encap::None)
             .and_then(|m| m.peer_node(src, dst)),

@@ -62,6 +62,12 @@ pub struct ServiceRef {
     /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
     /// one of its ready endpoints (after DNAT, or directly).
     pub via: String,
+    /// The endpoint that serves it (for `vip`: from conntrack's DNAT), and
+    /// its pod as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_pod: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +102,8 @@ impl ServicePort {
                 .clone()
                 .unwrap_or_else(|| self.port.to_string()),
             via: via.into(),
+            backend: None,
+            backend_pod: None,
         }
     }
 }
@@ -344,6 +352,29 @@ impl Model {
             kind: "world".into(),
             ..Default::default()
         }
+    }
+
+    /// Fills in the backend of a Service flow: the destination itself for
+    /// `endpoint`, the DNAT target for `vip` (when conntrack knows it).
+    pub fn with_backend(
+        &self,
+        mut r: ServiceRef,
+        dst: std::net::SocketAddr,
+        dnat_to: Option<std::net::SocketAddr>,
+    ) -> ServiceRef {
+        let backend = if r.via == "endpoint" {
+            Some(dst)
+        } else {
+            dnat_to
+        };
+        if let Some(b) = backend {
+            r.backend = Some(b.to_string());
+            r.backend_pod = self
+                .pod_by_ip
+                .get(&b.ip())
+                .map(|i| format!("{}/{}", self.pods[*i].namespace, self.pods[*i].name));
+        }
+        r
     }
 
     /// For tunnelled traffic: the node at the other end of the tunnel.

@@ -171,7 +171,7 @@ pub fn replay(path: &Path, view: ReplayView) -> Result<ReplayReport> {
     );
     let mut flows: Vec<FlowView> = table
         .iter()
-        .map(|(k, e)| to_view(k, e, Some(&iface), &clock, None))
+        .map(|(k, e)| to_view(k, e, Some(&iface), &clock, None, None))
         .collect();
     flows.sort_by(|a, b| {
         (&a.src_ip, &a.dst_ip, a.src_port, a.dst_port, &a.direction).cmp(&(

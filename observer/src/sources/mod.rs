@@ -1,6 +1,7 @@
 //! Where names come from: the node's routes, and (later) the Kubernetes
 //! API and IPVS.
 
+pub mod conntrack;
 pub mod ipvs;
 pub mod kube;
 pub mod objects;
