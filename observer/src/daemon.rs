@@ -30,6 +30,7 @@ use crate::{
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
     sources::{
+        ipvs::{self, IpvsService},
         kube::{self, KubeStores},
         objects::ClusterObjects,
         routes,
@@ -252,6 +253,7 @@ struct Names {
     dir_stamp: Option<std::time::SystemTime>,
     kube: Option<KubeStores>,
     kube_changed: Arc<AtomicBool>,
+    ipvs: Vec<IpvsService>,
 }
 
 impl Names {
@@ -280,6 +282,7 @@ impl Names {
             dir_stamp: None,
             kube,
             kube_changed,
+            ipvs: Vec::new(),
         })
     }
 
@@ -301,6 +304,12 @@ impl Names {
             }
         }
         changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
+        // kube-proxy in IPVS mode: its table, where the kernel has IPVS.
+        let ipvs = ipvs::read().unwrap_or_default();
+        if ipvs != self.ipvs {
+            self.ipvs = ipvs;
+            changed = true;
+        }
         if changed {
             let mut objects = self.dir_objects.clone();
             if let Some(k) = &self.kube {

@@ -201,7 +201,11 @@ pub fn services_text(list: &[ServiceView]) -> String {
         rows.push(vec![
             s.protocol.to_uppercase(),
             s.vips.join(","),
-            format!("{}/{}:{}", s.namespace, s.name, s.port),
+            if s.name.is_empty() {
+                format!("(IPVS, no Service) :{}", s.port)
+            } else {
+                format!("{}/{}:{}", s.namespace, s.name, s.port)
+            },
             count(s.vip_packets),
             bytes(s.vip_bytes),
         ]);

@@ -249,7 +249,7 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
             .copied()
             .unwrap_or_default()
     };
-    let out = st
+    let mut out: Vec<ServiceView> = st
         .model
         .services()
         .iter()
@@ -286,6 +286,37 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
             }
         })
         .collect();
+    // IPVS virtual services without a Service object: listed, unnamed.
+    for v in st.model.unnamed_ipvs() {
+        out.push(ServiceView {
+            namespace: String::new(),
+            name: String::new(),
+            port: v.address.map_or_else(
+                || format!("fwmark {}", v.fwmark.unwrap_or(0)),
+                |a| a.port().to_string(),
+            ),
+            protocol: crate::flows::protocol_name(v.protocol),
+            vips: v.address.iter().map(ToString::to_string).collect(),
+            vip_packets: 0,
+            vip_bytes: 0,
+            backends: v
+                .destinations
+                .iter()
+                .map(|d| {
+                    let (packets, bytes) =
+                        get(d.address.ip(), d.address.port(), v.protocol, Hook::Egress);
+                    BackendView {
+                        address: d.address.to_string(),
+                        pod: None,
+                        node: None,
+                        ready: d.weight > 0,
+                        packets,
+                        bytes,
+                    }
+                })
+                .collect(),
+        });
+    }
     Json(out)
 }
 

@@ -118,6 +118,8 @@ pub fn protocol_number(p: Option<&str>) -> u8 {
 
 #[derive(Default)]
 pub struct Model {
+    /// kube-proxy's IPVS virtual services (what `ipvsadm -Ln` shows).
+    ipvs: Vec<crate::sources::ipvs::IpvsService>,
     services: Vec<ServicePort>,
     service_by_vip: HashMap<(IpAddr, u16, u8), usize>,
     service_by_backend: HashMap<(IpAddr, u16, u8), usize>,
@@ -261,6 +263,21 @@ impl Model {
 
     pub fn services(&self) -> &[ServicePort] {
         &self.services
+    }
+
+    pub fn set_ipvs(&mut self, table: Vec<crate::sources::ipvs::IpvsService>) {
+        self.ipvs = table;
+    }
+
+    /// IPVS virtual services that no Service object accounts for.
+    pub fn unnamed_ipvs(&self) -> impl Iterator<Item = &crate::sources::ipvs::IpvsService> {
+        self.ipvs.iter().filter(|v| {
+            v.address.is_none_or(|a| {
+                !self
+                    .service_by_vip
+                    .contains_key(&(a.ip(), a.port(), v.protocol))
+            })
+        })
     }
 
     /// The Service a destination belongs to: its virtual IP and port, or one

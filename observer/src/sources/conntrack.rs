@@ -8,9 +8,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use netlink_packet_core::{NlaBuffer, NlasIterator};
-use netlink_sys::{Socket, SocketAddr as NlAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use super::netlink;
 
 /// (source, destination, protocol) of a connection as the client sent it.
 pub type Tuple = (SocketAddr, SocketAddr, u8);
@@ -29,10 +31,6 @@ const CTA_IP_V6_DST: u16 = 4;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 
 fn nested(payload: &[u8]) -> Vec<(u16, Vec<u8>)> {
     NlasIterator::new(payload)
@@ -93,48 +91,15 @@ pub fn decode_entry(msg: &[u8]) -> Option<(Tuple, SocketAddr)> {
 
 /// Every DNATed connection: original tuple -> the endpoint it went to.
 pub fn dnat_table() -> Result<HashMap<Tuple, SocketAddr>> {
-    let mut sock = Socket::new(NETLINK_NETFILTER).context("opening a ctnetlink socket")?;
-    sock.bind_auto()?;
-    sock.connect(&NlAddr::new(0, 0))?;
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes());
-    req.extend_from_slice(&0u32.to_ne_bytes());
     // nfgenmsg: AF_UNSPEC (both families), version 0, res_id 0.
-    req.extend_from_slice(&[0, 0, 0, 0]);
-    sock.send(&req, 0)
-        .context("asking for the conntrack table")?;
-    let mut out = HashMap::new();
-    loop {
-        let (buf, _) = sock
-            .recv_from_full()
-            .context("reading the conntrack table")?;
-        let mut at = 0;
-        while at + 16 <= buf.len() {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into()?);
-            if len < 16 || at + len > buf.len() {
-                bail!("malformed netlink message from ctnetlink");
-            }
-            match kind {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = i32::from_ne_bytes(buf[at + 16..at + 20].try_into()?);
-                    if code != 0 {
-                        bail!("ctnetlink: {}", std::io::Error::from_raw_os_error(-code));
-                    }
-                }
-                _ => {
-                    if let Some((orig, endpoint)) = decode_entry(&buf[at + 16..at + len]) {
-                        out.insert(orig, endpoint);
-                    }
-                }
-            }
-            at += (len + 3) & !3;
-        }
-    }
+    let replies = netlink::request(
+        NETLINK_NETFILTER,
+        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        netlink::NLM_F_DUMP,
+        &[0, 0, 0, 0],
+    )
+    .context("dumping the conntrack table")?;
+    Ok(replies.iter().filter_map(|r| decode_entry(r)).collect())
 }
 
 #[cfg(test)]
@@ -142,12 +107,8 @@ mod tests {
     use super::*;
 
     fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        while !out.len().is_multiple_of(4) {
-            out.push(0);
-        }
+        let mut out = Vec::new();
+        netlink::put_attr(&mut out, kind, value);
         out
     }
 

@@ -227,7 +227,70 @@ pub fn parse_proc(text: &str) -> Result<Vec<IpvsService>> {
     Ok(out)
 }
 
-/// The IPVS table from `/proc/net/ip_vs`; empty, with the reason, where the
+const IPVS_CMD_GET_SERVICE: u8 = 4;
+const IPVS_CMD_GET_DEST: u8 = 8;
+const IPVS_CMD_ATTR_SERVICE: u16 = 1;
+const IPVS_CMD_ATTR_DEST: u16 = 2;
+const IPVS_GENL_VERSION: u8 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// The payloads of one nested attribute kind in genl replies.
+fn nested_payloads(replies: &[Vec<u8>], kind: u16) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for r in replies {
+        // After the 4-byte generic netlink header.
+        for (k, v) in attrs(r.get(4..).context("short generic netlink reply")?)? {
+            if k == kind {
+                out.push(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The IPVS table over generic netlink, as `ipvsadm -Ln` reads it; `None`
+/// where the kernel has no IPVS family.
+pub fn read_netlink() -> Result<Option<Vec<IpvsService>>> {
+    use super::netlink::{NLM_F_DUMP, genl_family, put_attr, request};
+    let Some(family) = genl_family("IPVS")? else {
+        return Ok(None);
+    };
+    let genl = |cmd: u8| vec![cmd, IPVS_GENL_VERSION, 0, 0];
+    let generic = netlink_sys::protocols::NETLINK_GENERIC;
+    let replies = request(generic, family, NLM_F_DUMP, &genl(IPVS_CMD_GET_SERVICE))
+        .context("dumping IPVS services")?;
+    let mut services = Vec::new();
+    for svc_attrs in nested_payloads(&replies, IPVS_CMD_ATTR_SERVICE)? {
+        let mut svc = decode_service(&svc_attrs)?;
+        let af = if svc.address.is_some_and(|a| a.is_ipv6()) {
+            AF_INET6
+        } else {
+            AF_INET
+        };
+        // Destinations are asked for by the service's own attributes.
+        let mut ask = genl(IPVS_CMD_GET_DEST);
+        put_attr(&mut ask, IPVS_CMD_ATTR_SERVICE | NLA_F_NESTED, &svc_attrs);
+        let dests =
+            request(generic, family, NLM_F_DUMP, &ask).context("dumping IPVS destinations")?;
+        for d in nested_payloads(&dests, IPVS_CMD_ATTR_DEST)? {
+            svc.destinations.push(decode_dest(&d, af)?);
+        }
+        services.push(svc);
+    }
+    Ok(Some(services))
+}
+
+/// The IPVS table: over generic netlink, else from `/proc/net/ip_vs`; an
+/// error saying so where the kernel has no IPVS.
+pub fn read() -> Result<Vec<IpvsService>> {
+    match read_netlink() {
+        Ok(Some(table)) => Ok(table),
+        Ok(None) => read_proc(),
+        Err(e) => read_proc().map_err(|p| e.context(format!("and then: {p:#}"))),
+    }
+}
+
+/// The IPVS table from `/proc/net/ip_vs`; an error saying so where the
 /// kernel has no IPVS.
 pub fn read_proc() -> Result<Vec<IpvsService>> {
     match std::fs::read_to_string("/proc/net/ip_vs") {
@@ -243,15 +306,7 @@ pub fn read_proc() -> Result<Vec<IpvsService>> {
 mod tests {
     use super::*;
 
-    /// Appends one netlink attribute (type, value, padded to 4 bytes).
-    fn nla(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-        out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-        out.extend_from_slice(&kind.to_ne_bytes());
-        out.extend_from_slice(value);
-        while !out.len().is_multiple_of(4) {
-            out.push(0);
-        }
-    }
+    use crate::sources::netlink::put_attr as nla;
 
     #[test]
     fn service_attributes_as_the_kernel_sends_them() {
@@ -347,7 +402,7 @@ FWM  00000001 rr
     #[test]
     fn real_kernel_ipvs_table() {
         // Needs a kernel with IPVS; this one has none, and says so.
-        match read_proc() {
+        match read() {
             Ok(table) => assert!(
                 table
                     .iter()

@@ -4,5 +4,6 @@
 pub mod conntrack;
 pub mod ipvs;
 pub mod kube;
+pub mod netlink;
 pub mod objects;
 pub mod routes;
