@@ -319,6 +319,7 @@ impl Names {
                 objects.services.extend(live.services);
                 objects.endpoint_slices.extend(live.endpoint_slices);
                 objects.jobs.extend(live.jobs);
+                objects.replica_sets.extend(live.replica_sets);
             }
             let routes = self.routes.borrow_and_update().clone();
             let model = Model::build(

@@ -19,6 +19,34 @@ fn template_hash(deployment: &str) -> String {
         .to_owned()
 }
 
+/// A Deployment per Service of the lab, and the ReplicaSet it owns.
+fn workload_objects(plan: &Plan) -> Vec<Value> {
+    let mut out = Vec::new();
+    for svc in &plan.services {
+        let (name, ns) = (&svc.name, &svc.namespace);
+        let hash = template_hash(name);
+        let replicas = svc.backends.len();
+        let labels = json!({"app": name});
+        let template = json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "lab"}]}});
+        out.push(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("deploy-{name}")},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels}, "template": template}
+        }));
+        out.push(json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {
+                "name": format!("{name}-{hash}"), "namespace": ns, "uid": format!("rs-{name}"),
+                "labels": {"app": name, "pod-template-hash": hash},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name,
+                    "uid": format!("deploy-{name}"), "controller": true, "blockOwnerDeletion": true}]
+            },
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name, "pod-template-hash": hash}}, "template": template}
+        }));
+    }
+    out
+}
+
 fn pod_object(pod: &PodPlan) -> Value {
     let deployment = deployment_of(&pod.name);
     let hash = template_hash(&deployment);
@@ -146,6 +174,7 @@ pub fn write(plan: &Plan, dir: &Path) -> Result<()> {
     for (file, value) in [
         ("nodes.json", list(node_objects(plan))),
         ("pods.json", list(pods)),
+        ("workloads.json", list(workload_objects(plan))),
         ("services.json", list(services)),
     ] {
         let path = dir.join(file);

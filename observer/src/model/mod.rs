@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 use crate::sources::{
-    objects::{ClusterObjects, node_addresses, pod_ips, workload_with_jobs},
+    objects::{ClusterObjects, node_addresses, pod_ips, workload_with_owners},
     routes::RouteTable,
 };
 
@@ -160,7 +160,7 @@ impl Model {
             let entry = PodEntry {
                 interface: calico_interface(iface_prefix, &namespace, &name),
                 node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-                workload: workload_with_jobs(pod, &objects.jobs),
+                workload: workload_with_owners(pod, objects),
                 ips: pod_ips(pod),
                 namespace,
                 name,

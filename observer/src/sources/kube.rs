@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use futures::StreamExt as _;
 use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
     batch::v1::Job,
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -33,6 +34,7 @@ pub struct KubeStores {
     pub services: Store<Service>,
     pub endpoint_slices: Store<EndpointSlice>,
     pub jobs: Store<Job>,
+    pub replica_sets: Store<ReplicaSet>,
 }
 
 impl KubeStores {
@@ -42,6 +44,12 @@ impl KubeStores {
             pods: self.pods.state().iter().map(|p| (**p).clone()).collect(),
             nodes: self.nodes.state().iter().map(|n| (**n).clone()).collect(),
             jobs: self.jobs.state().iter().map(|n| (**n).clone()).collect(),
+            replica_sets: self
+                .replica_sets
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
             services: self
                 .services
                 .state()
@@ -113,7 +121,8 @@ pub async fn start(changed: Arc<AtomicBool>) -> Result<KubeStores> {
         nodes: reflect(Api::<Node>::all(client.clone()), changed.clone()),
         services: reflect(Api::<Service>::all(client.clone()), changed.clone()),
         endpoint_slices: reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone()),
-        jobs: reflect(Api::<Job>::all(client), changed),
+        jobs: reflect(Api::<Job>::all(client.clone()), changed.clone()),
+        replica_sets: reflect(Api::<ReplicaSet>::all(client), changed),
     })
 }
 
@@ -169,6 +178,7 @@ mod tests {
             services: services.as_reader(),
             endpoint_slices: slices.as_reader(),
             jobs: Writer::<Job>::default().as_reader(),
+            replica_sets: Writer::<ReplicaSet>::default().as_reader(),
         };
         // Initial list.
         pods.apply_watcher_event(&Event::Init);

@@ -7,6 +7,7 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::{
+    apps::v1::ReplicaSet,
     batch::v1::Job,
     core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
@@ -22,6 +23,8 @@ pub struct ClusterObjects {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Jobs, for the CronJobs that own them.
     pub jobs: Vec<Job>,
+    /// ReplicaSets, for the Deployments that own them.
+    pub replica_sets: Vec<ReplicaSet>,
 }
 
 impl ClusterObjects {
@@ -65,6 +68,9 @@ impl ClusterObjects {
                 .push(serde_json::from_value(v).with_context(|| format!("decoding Node {name}"))?),
             "Service" => self.services.push(
                 serde_json::from_value(v).with_context(|| format!("decoding Service {name}"))?,
+            ),
+            "ReplicaSet" => self.replica_sets.push(
+                serde_json::from_value(v).with_context(|| format!("decoding ReplicaSet {name}"))?,
             ),
             "Job" => self
                 .jobs
@@ -146,10 +152,34 @@ pub fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
 /// `<deployment>-<pod-template-hash>` is the Deployment's, as Kubernetes
 /// names them; a Job owned by a CronJob is the CronJob's (given the Jobs);
 /// StatefulSets and DaemonSets own their pods directly.
-pub fn workload_with_jobs(pod: &Pod, jobs: &[Job]) -> Option<(String, String)> {
+pub fn workload_with_owners(pod: &Pod, objects: &ClusterObjects) -> Option<(String, String)> {
     let (kind, name) = workload(pod)?;
+    let ns = pod.metadata.namespace.as_deref();
+    // A ReplicaSet we know says its Deployment itself.
+    if let Some(rs_owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.kind == "ReplicaSet")
+        .find_map(|o| {
+            objects.replica_sets.iter().find(|rs| {
+                rs.metadata.name.as_deref() == Some(o.name.as_str())
+                    && rs.metadata.namespace.as_deref() == ns
+            })
+        })
+        .and_then(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|o| o.kind == "Deployment")
+        })
+    {
+        return Some(("Deployment".into(), rs_owner.name.clone()));
+    }
+    let jobs = &objects.jobs;
     if kind == "Job" {
-        let ns = pod.metadata.namespace.as_deref();
         let owner = jobs
             .iter()
             .filter(|j| {
@@ -300,12 +330,33 @@ mod tests {
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "backup", "uid": "c", "controller": true}]}}))
             .unwrap();
         assert_eq!(
-            workload_with_jobs(&o.pods[0], &o.jobs),
+            workload_with_owners(&o.pods[0], &o),
             Some(("CronJob".into(), "backup".into()))
         );
+        o.jobs.clear();
         assert_eq!(
-            workload_with_jobs(&o.pods[0], &[]),
+            workload_with_owners(&o.pods[0], &o),
             Some(("Job".into(), "backup-29000000".into()))
+        );
+    }
+
+    #[test]
+    fn replicasets_name_their_deployment() {
+        let mut o = ClusterObjects::default();
+        let mut pod = pod_json();
+        // A ReplicaSet whose name does not follow the hash rule.
+        pod["metadata"]["ownerReferences"][0]["name"] = json!("odd-rs");
+        o.add_value(pod).unwrap();
+        assert_eq!(
+            workload_with_owners(&o.pods[0], &o),
+            Some(("ReplicaSet".into(), "odd-rs".into()))
+        );
+        o.add_value(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "odd-rs", "namespace": "shop",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "frontend", "uid": "d", "controller": true}]}}))
+            .unwrap();
+        assert_eq!(
+            workload_with_owners(&o.pods[0], &o),
+            Some(("Deployment".into(), "frontend".into()))
         );
     }
 
