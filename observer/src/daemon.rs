@@ -232,9 +232,13 @@ async fn poll(
             s.totals = t;
         }
     }
-    // Deleted interfaces stay listed while their flows are shown.
-    let live: std::collections::HashSet<u32> = st.table.iter().map(|(k, _)| k.ifindex).collect();
-    st.interfaces.retain(|i, s| !s.gone || live.contains(i));
+    // Deleted interfaces stay listed while their flows are shown (a walk
+    // over all flows, so only when some interface is gone).
+    if st.interfaces.values().any(|s| s.gone) {
+        let live: std::collections::HashSet<u32> =
+            st.table.iter().map(|(k, _)| k.ifindex).collect();
+        st.interfaces.retain(|i, s| !s.gone || live.contains(i));
+    }
     st.clock = clock;
     let status = &mut st.status;
     status.polls += 1;

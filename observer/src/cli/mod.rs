@@ -58,47 +58,52 @@ pub struct QueryArgs {
     pub output: Output,
 }
 
-pub async fn flows(args: QueryArgs) -> Result<()> {
-    let flows: Vec<FlowView> = args.target.client()?.get("/v1/flows").await?;
+/// Asks the daemon for `path` and prints the answer as JSON, or as the
+/// table `render` makes of it (`wide` for `-o wide`).
+async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
+    args: QueryArgs,
+    path: &str,
+    render: impl Fn(&T, bool) -> String,
+) -> Result<()> {
+    let answer: T = args.target.client()?.get(path).await?;
     match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&flows)?),
-        o => print!("{}", render::flows_table(&flows, o == Output::Wide)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        o => print!("{}", render(&answer, o == Output::Wide)),
     }
     Ok(())
+}
+
+pub async fn flows(args: QueryArgs) -> Result<()> {
+    show(args, "/v1/flows", |f: &Vec<FlowView>, wide| {
+        render::flows_table(f, wide)
+    })
+    .await
 }
 
 pub async fn pods(args: QueryArgs) -> Result<()> {
-    let list: Vec<PodView> = args.target.client()?.get("/v1/pods").await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        _ => print!("{}", render::pods_table(&list)),
-    }
-    Ok(())
+    show(args, "/v1/pods", |p: &Vec<PodView>, _| {
+        render::pods_table(p)
+    })
+    .await
 }
 
 pub async fn services(args: QueryArgs) -> Result<()> {
-    let list: Vec<ServiceView> = args.target.client()?.get("/v1/services").await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        _ => print!("{}", render::services_text(&list)),
-    }
-    Ok(())
+    show(args, "/v1/services", |s: &Vec<ServiceView>, _| {
+        render::services_text(s)
+    })
+    .await
 }
 
 pub async fn interfaces(args: QueryArgs) -> Result<()> {
-    let list: Vec<InterfaceView> = args.target.client()?.get("/v1/interfaces").await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-        _ => print!("{}", render::interfaces_table(&list)),
-    }
-    Ok(())
+    show(args, "/v1/interfaces", |i: &Vec<InterfaceView>, _| {
+        render::interfaces_table(i)
+    })
+    .await
 }
 
 pub async fn status(args: QueryArgs) -> Result<()> {
-    let status: StatusView = args.target.client()?.get("/v1/status").await?;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        _ => print!("{}", render::status_text(&status)),
-    }
-    Ok(())
+    show(args, "/v1/status", |s: &StatusView, _| {
+        render::status_text(s)
+    })
+    .await
 }

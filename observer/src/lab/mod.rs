@@ -28,6 +28,9 @@ use crate::{
 
 pub const DEFAULT_LAB: &str = "obslab";
 
+/// Flows plain `observer lab` prints per node and round.
+const SHOWN_PER_NODE: usize = 16;
+
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct LabArgs {
@@ -273,11 +276,20 @@ fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result
             let flows: Vec<FlowView> =
                 rt.block_on(Client::new(&node.api_socket).get("/v1/flows"))?;
             // Pod-to-pod traffic; the IPv6 link-local chatter is left out.
-            let shown: Vec<FlowView> = flows
+            let mut shown: Vec<FlowView> = flows
                 .into_iter()
                 .filter(|f| !f.src_ip.starts_with("fe80") && !f.dst_ip.starts_with("ff02"))
                 .collect();
-            println!("== {} ({} flows)", node.name, shown.len());
+            let total = shown.len();
+            // The latest round's flows (every round opens new ones).
+            shown.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.bytes.cmp(&a.bytes)));
+            shown.truncate(SHOWN_PER_NODE);
+            shown.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+            println!(
+                "== {}: {total} flows, the {} latest",
+                node.name,
+                shown.len()
+            );
             print!("{}", render::flows_table(&shown, false));
         }
         println!();
