@@ -284,7 +284,7 @@ fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result
             // The latest round's flows (every round opens new ones).
             shown.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(b.bytes.cmp(&a.bytes)));
             shown.truncate(SHOWN_PER_NODE);
-            shown.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+            shown.sort_by_key(|f| std::cmp::Reverse(f.bytes));
             println!(
                 "== {}: {total} flows, the {} latest",
                 node.name,
