@@ -4,6 +4,7 @@
 //! Data flows one way: kernel maps -> [`datapath`] drain -> [`flows`] table
 //! -> [`export`] (JSON API) -> [`cli`].
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | lab | test`.
+//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench`.
 //!
 //! `setup` installs what a fresh machine lacks (nightly rust-src,
 //! bpf-linker built against the nightly's LLVM, Debian packages the lab and
@@ -27,6 +27,12 @@ enum Task {
     BuildEbpf,
     /// Set up, build, and run `observer lab` (extra arguments are passed on).
     Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the benchmarks (`--quick`: a CI smoke); writes
+    /// target/bench/report.md and report.json (arguments go to observer-bench).
+    Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -65,6 +71,14 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "--package", "observer"])?;
             let mut cmd = Command::new(workspace_root().join("target/release/observer"));
             cmd.arg("lab").args(&args);
+            run(&mut cmd)
+        }
+        Task::Bench { args } => {
+            setup::run()?;
+            require_root("the benchmarks load eBPF programs and build network namespaces")?;
+            cargo(&["build", "--release", "--package", "observer", "--bins"])?;
+            let mut cmd = Command::new(workspace_root().join("target/release/observer-bench"));
+            cmd.args(&args).current_dir(workspace_root());
             run(&mut cmd)
         }
         Task::Test { no_lint, args } => {

@@ -14,7 +14,6 @@ use super::netns::{Netns, Proc, interrupted};
 use crate::cli::client::Client;
 
 pub struct Daemon {
-    // Dropped first: the daemon stops before its directory goes.
     proc: Proc,
     socket: PathBuf,
     dir: PathBuf,
@@ -83,7 +82,10 @@ impl Daemon {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("timed out waiting for the daemon: {what}{}", self.log_tail());
+                bail!(
+                    "timed out waiting for the daemon: {what}{}",
+                    self.log_tail()
+                );
             }
             if let Some(status) = self.exited() {
                 bail!("the daemon exited ({status}){}", self.log_tail());
@@ -113,9 +115,7 @@ impl Daemon {
     /// Waits until the daemon has finished `n` more polls.
     pub fn wait_polls(&self, n: u64, timeout: Duration) -> Result<()> {
         let start = polls(&self.status()?);
-        self.wait_for("polls", timeout, |d| {
-            Ok(polls(&d.status()?) >= start + n)
-        })
+        self.wait_for("polls", timeout, |d| Ok(polls(&d.status()?) >= start + n))
     }
 }
 

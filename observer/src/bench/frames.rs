@@ -26,7 +26,13 @@ pub fn mix() -> Vec<Case> {
     // VXLAN header: flags (VNI valid), VNI 4096 as Calico uses.
     let mut vxlan_payload = vec![0x08, 0, 0, 0, 0, 0x10, 0x00, 0];
     vxlan_payload.extend_from_slice(&inner_eth);
-    let vxlan = udp4([172, 30, 0, 10], [172, 30, 0, 11], 40001, 4789, &vxlan_payload);
+    let vxlan = udp4(
+        [172, 30, 0, 10],
+        [172, 30, 0, 11],
+        40001,
+        4789,
+        &vxlan_payload,
+    );
     vec![
         Case {
             name: HOT,
@@ -108,8 +114,8 @@ fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, len: usize) -> Vec
 }
 
 fn ipv4_around(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
-    let h = Ipv4Header::new(payload.len() as u16, 64, IpNumber(proto), src, dst)
-        .expect("ipv4 header");
+    let h =
+        Ipv4Header::new(payload.len() as u16, 64, IpNumber(proto), src, dst).expect("ipv4 header");
     let mut out = h.to_bytes().to_vec();
     out.extend_from_slice(payload);
     out

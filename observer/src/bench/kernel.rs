@@ -6,7 +6,11 @@ use anyhow::{Result, bail, ensure};
 use observer_common::{DEFAULT_FLOW_CAPACITY, Stat};
 use serde::Serialize;
 
-use super::{frames, stats::Summary};
+use super::{
+    frames,
+    netns::interrupted,
+    stats::{Summary, trimmed_mean},
+};
 use crate::datapath::{Datapath, object, testrun};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX;
@@ -17,7 +21,10 @@ pub struct Params {
     /// TEST_RUN repetitions per call: the kernel returns the mean.
     pub repeat: u32,
     pub distinct_flows: u32,
-    /// Passes over the distinct flows (later passes: every packet evicts).
+    /// Fresh flow maps the distinct flows are run into.
+    pub distinct_repetitions: u32,
+    /// Passes over the distinct flows per map (later passes: every packet
+    /// evicts).
     pub distinct_passes: u32,
 }
 
@@ -38,20 +45,30 @@ pub struct CaseResult {
 pub struct DistinctResult {
     pub flows: u32,
     pub flow_capacity: u32,
+    /// Repetitions, each on a fresh flow map: a pass over the new flows,
+    /// then `passes - 1` more passes over the same flows.
+    pub repetitions: u32,
     pub passes: u32,
-    /// ns of single runs (repeat = 1), one per packet.
+    /// First passes (every flow new): ns of single runs (repeat = 1).
     pub ours_ns: Summary,
     pub empty_ns: Summary,
-    /// median(ours) / median(empty).
-    pub ratio: f64,
-    /// mean(ours) / mean(empty): the tail counts here.
+    /// median(ours) / median(empty) of each repetition's first pass.
+    pub ratio: Summary,
+    /// mean(ours) / mean(empty) of the first passes: the tail counts here.
     pub mean_ratio: f64,
-    /// First pass, before the map was full: inserts only.
+    /// The same with means of the central 90% of each: single-run times
+    /// move in steps of the kernel clock's resolution, which the medians
+    /// of short runs (the empty program's) feel.
+    pub trimmed_mean_ratio: f64,
+    /// First passes before the map was full: inserts only.
     pub filling_ours_ns: Summary,
-    /// Once the map was full: every insert makes the LRU evict.
+    /// Once the map was full (rest of the first passes, later passes):
+    /// every insert makes the LRU evict.
     pub evicting_ours_ns: Summary,
+    pub evicting_ratio: f64,
     pub flow_inserts: u64,
     pub flow_insert_failures: u64,
+    /// Entries in the map after the last repetition.
     pub entries_at_end: u64,
 }
 
@@ -96,7 +113,12 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     // Warm up: the flow entries exist before timing (hot flows).
     for c in &mix {
         let r = testrun::run(&dp.ebpf, c.prog, &c.frame, None, 1000)?;
-        ensure!(r.return_value == TC_ACT_UNSPEC, "{} returned {}", c.prog, r.return_value);
+        ensure!(
+            r.return_value == TC_ACT_UNSPEC,
+            "{} returned {}",
+            c.prog,
+            r.return_value
+        );
         testrun::run(&dp.ebpf, object::EMPTY, &c.frame, None, 1000)?;
     }
     // Every packet of the mix must be counted as a flow, or we would be
@@ -114,7 +136,8 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     for c in &mix {
         let (mut ours, mut empty, mut ratio) = (vec![], vec![], vec![]);
         for round in 0..p.rounds {
-            let mut time = |prog| -> Result<f64> {
+            interrupted()?;
+            let time = |prog| -> Result<f64> {
                 Ok(testrun::run(&dp.ebpf, prog, &c.frame, None, p.repeat)?
                     .duration
                     .as_nanos() as f64)
@@ -147,49 +170,67 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
 /// default capacity: past it, every new flow makes the LRU evict one.
 fn distinct(p: &Params) -> Result<DistinctResult> {
     let capacity = DEFAULT_FLOW_CAPACITY;
-    let dp = Datapath::load(capacity)?;
     let frames: Vec<Vec<u8>> = (0..p.distinct_flows).map(frames::distinct_tcp4).collect();
-    let (mut ours, mut empty) = (Vec::new(), Vec::new());
-    let (mut filling, mut evicting) = (Vec::new(), Vec::new());
-    for pass in 0..p.distinct_passes {
-        for (i, f) in frames.iter().enumerate() {
-            let mut time = |prog| -> Result<f64> {
-                Ok(testrun::run(&dp.ebpf, prog, f, None, 1)?
-                    .duration
-                    .as_nanos() as f64)
-            };
-            let (o, e) = if i % 2 == 0 {
-                let e = time(object::EMPTY)?;
-                (time(object::ETH_INGRESS)?, e)
-            } else {
-                let o = time(object::ETH_INGRESS)?;
-                (o, time(object::EMPTY)?)
-            };
-            ours.push(o);
-            empty.push(e);
-            if pass == 0 && (i as u32) < capacity {
-                filling.push(o);
-            } else {
-                evicting.push(o);
+    let (mut ours, mut empty, mut ratios) = (vec![], vec![], vec![]);
+    let (mut filling, mut evicting, mut evicting_empty) = (vec![], vec![], vec![]);
+    let (mut inserts, mut failures, mut entries) = (0, 0, 0u64);
+    for _ in 0..p.distinct_repetitions {
+        let dp = Datapath::load(capacity)?;
+        let (mut o1, mut e1) = (vec![], vec![]);
+        for pass in 0..p.distinct_passes {
+            interrupted()?;
+            for (i, f) in frames.iter().enumerate() {
+                let time = |prog| -> Result<f64> {
+                    Ok(testrun::run(&dp.ebpf, prog, f, None, 1)?
+                        .duration
+                        .as_nanos() as f64)
+                };
+                let (o, e) = if i % 2 == 0 {
+                    let e = time(object::EMPTY)?;
+                    (time(object::ETH_INGRESS)?, e)
+                } else {
+                    let o = time(object::ETH_INGRESS)?;
+                    (o, time(object::EMPTY)?)
+                };
+                if pass == 0 {
+                    o1.push(o);
+                    e1.push(e);
+                }
+                if pass == 0 && (i as u32) < capacity {
+                    filling.push(o);
+                } else {
+                    evicting.push(o);
+                    evicting_empty.push(e);
+                }
             }
         }
+        ratios.push(Summary::of(&o1).median / Summary::of(&e1).median.max(1.0));
+        ours.extend(o1);
+        empty.extend(e1);
+        let st = dp.stats()?;
+        inserts += st[Stat::FlowInserts as usize];
+        failures += st[Stat::FlowInsertFailures as usize];
+        entries = 0;
+        dp.read_flows(|_, _| entries += 1)?;
     }
-    let st = dp.stats()?;
-    let mut entries = 0u64;
-    dp.read_flows(|_, _| entries += 1)?;
     let (o, e) = (Summary::of(&ours), Summary::of(&empty));
+    let trimmed_mean_ratio = trimmed_mean(&ours, 0.05) / trimmed_mean(&empty, 0.05).max(1.0);
+    let evicting = Summary::of(&evicting);
     Ok(DistinctResult {
         flows: p.distinct_flows,
         flow_capacity: capacity,
+        repetitions: p.distinct_repetitions,
         passes: p.distinct_passes,
-        ratio: o.median / e.median.max(1.0),
+        ratio: Summary::of(&ratios),
         mean_ratio: o.mean / e.mean.max(1.0),
+        trimmed_mean_ratio,
+        evicting_ratio: evicting.median / Summary::of(&evicting_empty).median.max(1.0),
         ours_ns: o,
         empty_ns: e,
         filling_ours_ns: Summary::of(&filling),
-        evicting_ours_ns: Summary::of(&evicting),
-        flow_inserts: st[Stat::FlowInserts as usize],
-        flow_insert_failures: st[Stat::FlowInsertFailures as usize],
+        evicting_ours_ns: evicting,
+        flow_inserts: inserts,
+        flow_insert_failures: failures,
         entries_at_end: entries,
     })
 }

@@ -83,6 +83,13 @@ impl Netns {
         full
     }
 
+    /// A command that runs `args` in this namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]).args(args);
+        cmd
+    }
+
     /// Namespaces left by an earlier run that died without cleaning up.
     pub fn remove_stale() {
         let Ok(list) = sh(&["ip", "netns", "list"]) else {

@@ -19,8 +19,9 @@ pub fn num(info: &BTreeMap<String, String>, key: &str) -> u64 {
     info.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-/// fdinfo of every BPF program fd (those with a `prog_id`) of a process.
-pub fn bpf_programs(pid: u32) -> Result<Vec<BTreeMap<String, String>>> {
+/// fdinfo of every fd of a process that has `key`: `run_cnt` for BPF
+/// programs (links have a `prog_id` too), `map_id` for BPF maps.
+pub fn bpf_fds(pid: u32, key: &str) -> Result<Vec<BTreeMap<String, String>>> {
     let dir = format!("/proc/{pid}/fdinfo");
     let mut out = Vec::new();
     for e in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
@@ -29,7 +30,7 @@ pub fn bpf_programs(pid: u32) -> Result<Vec<BTreeMap<String, String>>> {
         };
         // Fds come and go while we read: skip the ones gone.
         if let Ok(info) = fdinfo(&pid.to_string(), fd)
-            && info.contains_key("prog_id")
+            && info.contains_key(key)
         {
             out.push(info);
         }
@@ -48,17 +49,25 @@ pub fn status_bytes(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in {path}"))
 }
 
-/// User + system CPU time a process has used so far.
+/// User + system CPU time a process (all its threads) has used so far, to
+/// the nanosecond (/proc/<pid>/stat counts 10 ms ticks).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name, which is in parentheses.
-    let rest = text.rsplit_once(')').context("bad stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: out-pointers to locals; the clock id comes from the kernel.
+    let rc = unsafe {
+        match libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) {
+            0 => libc::clock_gettime(clock, &mut ts),
+            e => e,
+        }
+    };
+    if rc != 0 {
+        anyhow::bail!("reading the CPU clock of pid {pid}: error {rc}");
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// CPUs the kernel sizes per-CPU maps for (`num_possible_cpus()`).

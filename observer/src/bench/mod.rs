@@ -1,0 +1,165 @@
+//! `observer-bench` (run by `cargo xtask bench`): the numbers behind the
+//! observer's cost. In-kernel cost with BPF_PROG_TEST_RUN ([`kernel`]),
+//! throughput on real veths ([`throughput`]), kernel map memory
+//! ([`memory`]) and userspace scale ([`scale`]); written as
+//! `report.json` and `report.md` ([`report`]).
+
+pub mod daemon;
+pub mod frames;
+pub mod kernel;
+pub mod memory;
+pub mod netns;
+pub mod procfs;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod throughput;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Result, bail};
+use clap::{Parser, ValueEnum};
+
+use report::Report;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "observer-bench",
+    about = "Benchmarks of the observer; writes report.md and report.json"
+)]
+pub struct BenchArgs {
+    /// Small counts (CI smoke): well under a minute, rough numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the reports go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Run only these parts (comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    Kernel,
+    Memory,
+    Scale,
+    Throughput,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("observer-bench loads eBPF programs and creates network namespaces: run it as root");
+    }
+    netns::catch_signals();
+    netns::Netns::remove_stale();
+    let exe = daemon::observer_exe()?;
+    let started = Instant::now();
+    let q = args.quick;
+    let mut r = Report {
+        mode: if q { "quick" } else { "full" },
+        kernel: procfs::kernel_release(),
+        cpu: procfs::cpu_model(),
+        cpus_online: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpus_possible: procfs::possible_cpus(),
+        started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        load_average: [loadavg(), String::new()],
+        ..Default::default()
+    };
+    println!(
+        "observer-bench ({} mode): kernel {}, CPU {} x{}",
+        r.mode, r.kernel, r.cpu, r.cpus_online
+    );
+    let wanted = |p: Part| args.only.is_empty() || args.only.contains(&p);
+
+    if wanted(Part::Kernel) {
+        let p = kernel::Params {
+            rounds: if q { 7 } else { 31 },
+            repeat: if q { 20_000 } else { 500_000 },
+            distinct_flows: 100_000,
+            distinct_repetitions: if q { 1 } else { 3 },
+            distinct_passes: 2,
+        };
+        println!(
+            "[kernel] TEST_RUN: packet mix, {} rounds x {} repetitions, ours vs empty interleaved; then {} distinct flows, one run each, {} pass(es) x {} fresh map(s)",
+            p.rounds, p.repeat, p.distinct_flows, p.distinct_passes, p.distinct_repetitions
+        );
+        r.kernel_cost = phase(&mut r.errors, "kernel", || kernel::run(&p));
+    }
+    if wanted(Part::Memory) {
+        println!(
+            "[memory] memlock of each map (fdinfo) at the default capacity; 64 and 128 CPUs computed"
+        );
+        r.memory = phase(&mut r.errors, "memory", memory::run);
+    }
+    if wanted(Part::Scale) {
+        let p = scale::Params {
+            sizes: vec![(10_000, 65_536), (65_536, 65_536), (100_000, 131_072)],
+            polls: if q { 3 } else { 11 },
+            daemon_interval: Duration::from_millis(if q { 500 } else { 2000 }),
+            daemon_polls: if q { 2 } else { 5 },
+        };
+        println!(
+            "[scale] poll work at {:?} (flows, map slots): in this process ({} polls), and a real daemon (its poll time, RSS, CPU over {} polls)",
+            p.sizes, p.polls, p.daemon_polls
+        );
+        r.scale = phase(&mut r.errors, "scale", || scale::run(&p, &exe));
+    }
+    if wanted(Part::Throughput) {
+        let p = throughput::Params {
+            rounds: if q { 1 } else { 8 },
+            seconds: if q { 1 } else { 3 },
+            stats_seconds: if q { 1 } else { 5 },
+            sustained_pps: 100_000,
+        };
+        println!(
+            "[throughput] iperf3 pod -> node -> pod over cali veths, UDP pps and TCP, {} round(s) of nothing / the empty program / the observer attached, {} s per test; then BPF run-time stats",
+            p.rounds, p.seconds
+        );
+        r.throughput = phase(&mut r.errors, "throughput", || throughput::run(&p, &exe));
+    }
+
+    r.duration_seconds = started.elapsed().as_secs_f64();
+    r.load_average[1] = loadavg();
+    r.conclude();
+    r.write(&args.out)?;
+    println!(
+        "\nwrote {0}/report.md and {0}/report.json\n{1}",
+        args.out.display(),
+        r.summary()
+    );
+    if !r.errors.is_empty() {
+        bail!("{} part(s) of the benchmark failed", r.errors.len());
+    }
+    Ok(())
+}
+
+/// Runs one part; a failure is recorded and the others still run.
+fn phase<T>(errors: &mut Vec<String>, name: &str, f: impl FnOnce() -> Result<T>) -> Option<T> {
+    if netns::interrupted().is_err() {
+        errors.push(format!("{name}: skipped (interrupted)"));
+        return None;
+    }
+    let t = Instant::now();
+    match f() {
+        Ok(v) => {
+            println!("  done in {:.1} s", t.elapsed().as_secs_f64());
+            Some(v)
+        }
+        Err(e) => {
+            eprintln!("  {name} failed: {e:#}");
+            errors.push(format!("{name}: {e:#}"));
+            None
+        }
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}

@@ -1,0 +1,277 @@
+//! Userspace scale: the daemon's poll work and footprint as the number of
+//! live flows grows.
+//!
+//! Two views. In this process: a flow map filled by the classifier itself
+//! (one TEST_RUN per distinct packet), then the poll's work timed phase by
+//! phase (batch read of the map, flow-table update). In a real `observer
+//! run`: its flow map filled with the same number of entries, then its own
+//! poll time, resident memory and CPU while it polls.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{HashMap, Map, MapData};
+use observer_common::{FAMILY_IPV4, FlowKey, FlowStats};
+use serde::Serialize;
+
+use super::{
+    daemon::{Daemon, polls},
+    frames,
+    netns::{Netns, interrupted},
+    procfs,
+    stats::Summary,
+};
+use crate::{
+    datapath::{Datapath, object, testrun},
+    flows::table::FlowTable,
+};
+
+const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
+
+pub struct Params {
+    /// (live flows, flow-map capacity) to measure.
+    pub sizes: Vec<(u32, u32)>,
+    /// Poll cycles timed in this process, per size.
+    pub polls: usize,
+    /// The real daemon's poll interval, and polls watched per size.
+    pub daemon_interval: Duration,
+    pub daemon_polls: u64,
+}
+
+#[derive(Serialize)]
+pub struct PollWork {
+    pub flows: u32,
+    pub flow_capacity: u32,
+    /// Entries in the kernel map after the fill (the LRU may have pushed
+    /// some out before the map was full).
+    pub live_entries: u64,
+    pub fill_seconds: f64,
+    /// The first poll, which creates every flow-table entry.
+    pub first_poll_ms: f64,
+    /// Later polls (steady state): whole cycle, batch read, table update.
+    pub poll_ms: Summary,
+    pub read_ms: Summary,
+    pub table_ms: Summary,
+    pub us_per_flow: f64,
+}
+
+#[derive(Serialize)]
+pub struct DaemonScale {
+    pub flows: u32,
+    pub flow_capacity: u32,
+    pub live_entries: u64,
+    pub poll_interval_ms: f64,
+    /// `last_poll_ms` the daemon reports after each poll (steady state).
+    pub poll_ms: Summary,
+    /// VmRSS and VmHWM before the fill, after a couple of polls.
+    pub rss_mib_empty: f64,
+    pub peak_rss_mib_empty: f64,
+    /// The largest VmRSS seen just after each poll watched.
+    pub rss_mib: f64,
+    /// VmHWM: the peak, during a poll (entries read + flow table).
+    pub peak_rss_mib: f64,
+    /// CPU (user + system) over the polls watched, percent of one CPU.
+    pub cpu_percent: f64,
+}
+
+#[derive(Serialize)]
+pub struct ScaleResult {
+    pub in_process: Vec<PollWork>,
+    pub daemon: Vec<DaemonScale>,
+    /// Growth between the smallest and the largest size.
+    pub poll_us_per_flow: f64,
+    pub rss_bytes_per_flow: f64,
+}
+
+pub fn run(p: &Params, exe: &Path) -> Result<ScaleResult> {
+    let mut in_process = Vec::new();
+    for &(n, cap) in &p.sizes {
+        in_process.push(poll_work(n, cap, p.polls)?);
+    }
+    let mut daemon = Vec::new();
+    for &(n, cap) in &p.sizes {
+        daemon.push(daemon_scale(exe, n, cap, p)?);
+    }
+    let slope = |f: &dyn Fn(&DaemonScale) -> f64| match (daemon.first(), daemon.last()) {
+        (Some(a), Some(b)) if b.live_entries > a.live_entries => {
+            (f(b) - f(a)) / (b.live_entries - a.live_entries) as f64
+        }
+        _ => 0.0,
+    };
+    Ok(ScaleResult {
+        poll_us_per_flow: slope(&|d| d.poll_ms.median * 1e3),
+        rss_bytes_per_flow: slope(&|d| d.peak_rss_mib * (1u64 << 20) as f64),
+        in_process,
+        daemon,
+    })
+}
+
+/// Fills a fresh flow map with `n` distinct flows through the classifier.
+fn fill(n: u32, capacity: u32) -> Result<(Datapath, f64)> {
+    let dp = Datapath::load(capacity)?;
+    let started = Instant::now();
+    for i in 0..n {
+        if i % 8192 == 0 {
+            interrupted()?;
+        }
+        testrun::run(
+            &dp.ebpf,
+            object::ETH_INGRESS,
+            &frames::distinct_tcp4(i),
+            None,
+            1,
+        )?;
+    }
+    Ok((dp, started.elapsed().as_secs_f64()))
+}
+
+/// The daemon's poll work (see `daemon::poll`) on `n` live flows.
+fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
+    let (dp, fill_seconds) = fill(n, capacity)?;
+    let mut table = FlowTable::default();
+    let (mut total, mut read, mut upd) = (vec![], vec![], vec![]);
+    let mut live = 0;
+    for _ in 0..polls + 1 {
+        interrupted()?;
+        let t0 = Instant::now();
+        let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
+        dp.read_flows(|k, v| entries.push((*k, *v)))?;
+        let t1 = Instant::now();
+        table.begin_poll();
+        for (k, v) in &entries {
+            table.observe(k, v);
+        }
+        // Nothing is idle: the flows are seconds old.
+        let idle = table.end_poll(0, 0);
+        let t2 = Instant::now();
+        debug_assert!(idle.is_empty());
+        live = entries.len() as u64;
+        total.push(ms(t2 - t0));
+        read.push(ms(t1 - t0));
+        upd.push(ms(t2 - t1));
+    }
+    let poll_ms = Summary::of(&total[1..]);
+    Ok(PollWork {
+        flows: n,
+        flow_capacity: capacity,
+        live_entries: live,
+        fill_seconds,
+        first_poll_ms: total[0],
+        us_per_flow: poll_ms.median * 1e3 / live.max(1) as f64,
+        poll_ms,
+        read_ms: Summary::of(&read[1..]),
+        table_ms: Summary::of(&upd[1..]),
+    })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A real daemon with `n` live flows in its map.
+fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonScale> {
+    let ns = Netns::new("scale")?;
+    let interval = humantime::format_duration(p.daemon_interval).to_string();
+    let cap = capacity.to_string();
+    let d = Daemon::start(
+        exe,
+        &ns,
+        &[
+            "--flow-capacity",
+            &cap,
+            "--poll-interval",
+            &interval,
+            "--idle-timeout",
+            "1h",
+        ],
+    )?;
+    let pid = d.pid();
+    let timeout = p.daemon_interval * 4 + Duration::from_secs(10);
+    d.wait_polls(2, timeout)?;
+    let rss_empty = procfs::status_bytes(pid, "VmRSS")?;
+    let peak_empty = procfs::status_bytes(pid, "VmHWM")?;
+
+    insert_flows(pid, n)?;
+    // The first poll after the fill creates the table entries: let it pass.
+    d.wait_for("the flows to be read", timeout, |d| {
+        Ok(d.status()?["kernel_flow_entries"].as_u64().unwrap_or(0) > 0)
+    })?;
+    d.wait_polls(1, timeout)?;
+
+    let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
+    let mut seen = polls(&d.status()?);
+    let (mut poll_ms, mut live, mut rss) = (Vec::new(), 0, 0);
+    while (poll_ms.len() as u64) < p.daemon_polls {
+        interrupted()?;
+        if t0.elapsed() > timeout * p.daemon_polls as u32 {
+            bail!("the daemon stopped polling");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let st = d.status()?;
+        if polls(&st) > seen {
+            seen = polls(&st);
+            poll_ms.push(st["last_poll_ms"].as_f64().unwrap_or(0.0));
+            live = st["kernel_flow_entries"].as_u64().unwrap_or(0);
+            rss = rss.max(procfs::status_bytes(pid, "VmRSS")?);
+        }
+    }
+    let cpu = (procfs::cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    Ok(DaemonScale {
+        flows: n,
+        flow_capacity: capacity,
+        live_entries: live,
+        poll_interval_ms: ms(p.daemon_interval),
+        poll_ms: Summary::of(&poll_ms),
+        rss_mib_empty: mib(rss_empty),
+        peak_rss_mib_empty: mib(peak_empty),
+        rss_mib: mib(rss),
+        peak_rss_mib: mib(procfs::status_bytes(pid, "VmHWM")?),
+        cpu_percent: cpu * 100.0,
+    })
+}
+
+/// Puts `n` distinct flows, all just seen, into the daemon's flow map (the
+/// only LRU hash among its BPF fds).
+fn insert_flows(pid: u32, n: u32) -> Result<()> {
+    let info = procfs::bpf_fds(pid, "map_id")?
+        .into_iter()
+        .find(|i| procfs::num(i, "map_type") == BPF_MAP_TYPE_LRU_HASH)
+        .context("the daemon's flow map not found among its fds")?;
+    let id = procfs::num(&info, "map_id") as u32;
+    let map = Map::from_map_data(MapData::from_id(id)?)?;
+    let mut flows: HashMap<MapData, FlowKey, FlowStats> = HashMap::try_from(map)?;
+    // Timestamps "now" in the kernel's jiffies, read by our own clock program.
+    let now = Datapath::load(1024)?.clock_sample()?.jiffies;
+    for i in 0..n {
+        if i % 8192 == 0 {
+            interrupted()?;
+        }
+        let mut key = FlowKey {
+            ifindex: 1,
+            src_port: 1024 + (i % 60000) as u16,
+            dst_port: 80,
+            family: FAMILY_IPV4,
+            protocol: 6,
+            ..Default::default()
+        };
+        let src = [10, (i >> 16) as u8 | 0x80, (i >> 8) as u8, i as u8];
+        let mut s = [0u8; 16];
+        s[..4].copy_from_slice(&src);
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[10, 244, 1, 7]);
+        key.set_addrs(s, dst);
+        let value = FlowStats {
+            skbs: 1,
+            bytes: 140,
+            first_seen_jiffies: now,
+            last_seen_jiffies: now,
+            ..Default::default()
+        };
+        flows.insert(key, value, 0)?;
+    }
+    Ok(())
+}

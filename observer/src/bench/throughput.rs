@@ -1,0 +1,532 @@
+//! Throughput impact on real veths: two pods behind a node, shaped like
+//! Calico's (host-side `cali*` veths, /32 routes, 169.254.1.1 as the pods'
+//! gateway), iperf3 from pod A to pod B through the node, with nothing
+//! attached to the cali veths, with the empty program attached, and with
+//! `observer run` attached, alternated. Then, with the observer attached, the kernel's own per-run
+//! statistics of our programs (BPF_ENABLE_STATS) while traffic flows.
+
+use std::{
+    collections::BTreeMap,
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde::Serialize;
+use sha1::{Digest as _, Sha1};
+
+use super::{
+    daemon::Daemon,
+    netns::{Netns, Proc, interrupted},
+    procfs,
+    stats::Summary,
+};
+use crate::datapath::{Datapath, object};
+
+const POD_A: &str = "10.65.0.2";
+const POD_B: &str = "10.65.0.3";
+const PORT: &str = "5201";
+/// UDP payload: small packets, so that per-packet cost shows.
+const UDP_LEN: &str = "64";
+
+pub struct Params {
+    /// Rounds of the three setups, in rotating order.
+    pub rounds: usize,
+    /// Seconds per iperf3 test.
+    pub seconds: u32,
+    /// Seconds per test of the bpf_stats segment.
+    pub stats_seconds: u32,
+    /// Packet rate of the sustained UDP load.
+    pub sustained_pps: u64,
+}
+
+/// What is attached to the cali veths during a test.
+#[derive(Serialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "snake_case")]
+pub enum Setup {
+    Nothing,
+    /// The empty SCHED_CLS program, attached like ours (TCX, both hooks of
+    /// both veths): what any TC program costs on this path.
+    EmptyProgram,
+    /// `observer run`.
+    Observer,
+}
+
+const SETUPS: [Setup; 3] = [Setup::Nothing, Setup::EmptyProgram, Setup::Observer];
+
+#[derive(Serialize, Clone)]
+pub struct Sample {
+    pub round: usize,
+    pub setup: Setup,
+    pub udp_sent_pps: f64,
+    pub udp_received_pps: f64,
+    pub tcp_gbps: f64,
+}
+
+/// One throughput figure under the three setups.
+#[derive(Serialize)]
+pub struct Figure {
+    pub name: &'static str,
+    pub nothing: Summary,
+    pub empty_program: Summary,
+    pub observer: Summary,
+    /// observer / nothing within each round: the headline ratio.
+    pub ratio: Summary,
+    /// empty program / nothing within each round.
+    pub empty_ratio: Summary,
+}
+
+#[derive(Serialize)]
+pub struct ProgStats {
+    pub program: String,
+    pub run_cnt: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+}
+
+#[derive(Serialize)]
+pub struct StatsRun {
+    pub load: String,
+    pub seconds: f64,
+    pub achieved_pps: f64,
+    pub programs: Vec<ProgStats>,
+    /// Sum of our programs' run time over wall time, percent of one CPU.
+    pub classifier_cpu_percent: f64,
+    /// The daemon process (user + system), percent of one CPU.
+    pub daemon_cpu_percent: f64,
+}
+
+#[derive(Serialize)]
+pub struct ThroughputResult {
+    pub topology: String,
+    pub rounds: usize,
+    pub seconds_per_test: u32,
+    pub samples: Vec<Sample>,
+    /// UDP pps sent, UDP pps received, TCP Gbit/s.
+    pub figures: Vec<Figure>,
+    /// The lowest of the figures' median observer/nothing ratios.
+    pub ratio: f64,
+    pub bpf_stats: Vec<StatsRun>,
+    pub bpf_stats_sysctl: String,
+}
+
+pub fn run(p: &Params, exe: &Path) -> Result<ThroughputResult> {
+    let lab = Lab::build()?;
+    let _server = lab.iperf3_server()?;
+    // Warm-up, not counted: first runs are slower (cold caches, slab).
+    lab.udp(1, None)?;
+    lab.tcp(1)?;
+    let mut samples = Vec::new();
+    for round in 0..p.rounds {
+        // Each setup takes each place in the order, round after round.
+        for i in 0..SETUPS.len() {
+            interrupted()?;
+            let setup = SETUPS[(i + round) % SETUPS.len()];
+            let _daemon = (setup == Setup::Observer)
+                .then(|| lab.observer(exe))
+                .transpose()?;
+            let _empty = (setup == Setup::EmptyProgram)
+                .then(|| lab.attach_empty())
+                .transpose()?;
+            let (sent, received) = lab.udp(p.seconds, None)?;
+            let tcp = lab.tcp(p.seconds)?;
+            println!(
+                "    round {round} {:<13}: UDP {sent:.0} pps sent, {received:.0} received; TCP {tcp:.2} Gbit/s",
+                format!("{setup:?}")
+            );
+            samples.push(Sample {
+                round,
+                setup,
+                udp_sent_pps: sent,
+                udp_received_pps: received,
+                tcp_gbps: tcp,
+            });
+        }
+    }
+    let figures = vec![
+        figure(&samples, "UDP pps sent", |s| s.udp_sent_pps),
+        figure(&samples, "UDP pps received", |s| s.udp_received_pps),
+        figure(&samples, "TCP Gbit/s", |s| s.tcp_gbps),
+    ];
+    let bpf_stats = lab.bpf_stats(exe, p)?;
+    let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Ok(ThroughputResult {
+        topology: format!(
+            "pod A ({POD_A}, netns) -> {} -> node netns (forwarding) -> {} -> pod B ({POD_B}); \
+             iperf3 client pinned to CPU 0, server to CPU 1",
+            lab.cali_a, lab.cali_b
+        ),
+        rounds: p.rounds,
+        seconds_per_test: p.seconds,
+        samples,
+        ratio: figures
+            .iter()
+            .map(|f| f.ratio.median)
+            .fold(f64::INFINITY, f64::min),
+        figures,
+        bpf_stats,
+        bpf_stats_sysctl: sysctl,
+    })
+}
+
+/// A figure under each setup, and its ratios to nothing attached within
+/// each round (slow drift of the machine cancels).
+fn figure(samples: &[Sample], name: &'static str, f: fn(&Sample) -> f64) -> Figure {
+    let of = |setup| {
+        samples
+            .iter()
+            .filter(|s| s.setup == setup)
+            .map(f)
+            .collect::<Vec<_>>()
+    };
+    let ratio_to_nothing = |setup| {
+        let per_round: Vec<f64> = samples
+            .chunk_by(|a, b| a.round == b.round)
+            .filter_map(|round| {
+                let get = |x| round.iter().find(|s| s.setup == x).map(f);
+                Some(get(setup)? / get(Setup::Nothing)?.max(f64::MIN_POSITIVE))
+            })
+            .collect();
+        Summary::of(&per_round)
+    };
+    Figure {
+        name,
+        nothing: Summary::of(&of(Setup::Nothing)),
+        empty_program: Summary::of(&of(Setup::EmptyProgram)),
+        observer: Summary::of(&of(Setup::Observer)),
+        ratio: ratio_to_nothing(Setup::Observer),
+        empty_ratio: ratio_to_nothing(Setup::EmptyProgram),
+    }
+}
+
+/// Calico's host-side veth name for a pod: `cali` + sha1("ns.pod")[:11].
+fn cali_name(ns: &str, pod: &str) -> String {
+    let h = Sha1::digest(format!("{ns}.{pod}").as_bytes());
+    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cali{}", &hex[..11])
+}
+
+struct Lab {
+    // Deleting the node's namespace deletes the veth pairs too.
+    node: Netns,
+    pod_a: Netns,
+    pod_b: Netns,
+    cali_a: String,
+    cali_b: String,
+}
+
+impl Lab {
+    fn build() -> Result<Self> {
+        let lab = Self {
+            node: Netns::new("node")?,
+            pod_a: Netns::new("poda")?,
+            pod_b: Netns::new("podb")?,
+            cali_a: cali_name("bench", "pod-a"),
+            cali_b: cali_name("bench", "pod-b"),
+        };
+        lab.node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        for (pod, cali, ip, mac) in [
+            (&lab.pod_a, &lab.cali_a, POD_A, "02:00:0a:41:00:02"),
+            (&lab.pod_b, &lab.cali_b, POD_B, "02:00:0a:41:00:03"),
+        ] {
+            let n = &lab.node;
+            n.ip(&[
+                "link",
+                "add",
+                cali,
+                "address",
+                "ee:ee:ee:ee:ee:ee",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "address",
+                mac,
+                "netns",
+                &pod.0,
+            ])?;
+            n.ip(&["link", "set", cali, "up"])?;
+            n.ip(&[
+                "route",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                cali,
+                "scope",
+                "link",
+            ])?;
+            // Static neighbours where Calico uses proxy ARP: no ARP in the
+            // measurement, the same forwarding path.
+            n.ip(&[
+                "neigh",
+                "add",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                cali,
+                "nud",
+                "permanent",
+            ])?;
+            pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+            pod.ip(&["link", "set", "eth0", "up"])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            pod.ip(&[
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                "ee:ee:ee:ee:ee:ee",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        lab.pod_a.exec(&["ping", "-c1", "-W2", POD_B])?;
+        Ok(lab)
+    }
+
+    fn iperf3_server(&self) -> Result<Proc> {
+        let mut args = vec!["iperf3", "-s", "-p", PORT];
+        if cpus() > 1 {
+            args.extend(["-A", "1"]);
+        }
+        let mut cmd = self.pod_b.command(&args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let mut server = Proc::spawn(&mut cmd, "iperf3 server")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let filter = format!("sport = :{PORT}");
+        while self
+            .pod_b
+            .exec(&["ss", "-Hltn", &filter])?
+            .trim()
+            .is_empty()
+        {
+            server.check_running()?;
+            if Instant::now() > deadline {
+                bail!("the iperf3 server did not start listening");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(server)
+    }
+
+    /// One iperf3 client run from pod A, and `pick` of its JSON report.
+    /// Retried when it fails or has no result (the server takes a moment
+    /// between tests, and a run can end without a report).
+    fn iperf3<T>(
+        &self,
+        extra: &[&str],
+        pick: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> Result<T> {
+        let mut args = vec!["iperf3", "-c", POD_B, "-p", PORT, "-J"];
+        if cpus() > 1 {
+            args.extend(["-A", "0"]);
+        }
+        args.extend_from_slice(extra);
+        let mut last = String::new();
+        for _ in 0..5 {
+            interrupted()?;
+            let out = self.pod_a.command(&args).stdin(Stdio::null()).output()?;
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if out.status.success()
+                && let Some(v) = pick(&json["end"])
+            {
+                return Ok(v);
+            }
+            last = json["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        bail!("iperf3 {extra:?} failed 5 times, last: {last}")
+    }
+
+    /// UDP packets per second, (sent, received); at full speed unless a
+    /// total rate (pps, over `streams`) is given.
+    fn udp(&self, seconds: u32, rate: Option<(u64, u32)>) -> Result<(f64, f64)> {
+        let t = seconds.to_string();
+        let mut extra = vec!["-u", "-l", UDP_LEN, "-t", &t];
+        let (bw, streams);
+        match rate {
+            Some((pps, n)) => {
+                bw = (pps * 64 * 8 / n as u64).to_string();
+                streams = n.to_string();
+                extra.extend(["-b", &bw, "-P", &streams]);
+            }
+            None => extra.extend(["-b", "0"]),
+        }
+        let pps = |s: &serde_json::Value| {
+            let pk = s["packets"].as_f64()? - s["lost_packets"].as_f64()?;
+            Some(pk / s["seconds"].as_f64()?.max(1e-9))
+        };
+        self.iperf3(&extra, |end| {
+            Some((pps(&end["sum_sent"])?, pps(&end["sum_received"])?))
+        })
+    }
+
+    /// TCP goodput at the receiver, Gbit/s.
+    fn tcp(&self, seconds: u32) -> Result<f64> {
+        self.iperf3(&["-t", &seconds.to_string()], |end| {
+            Some(end["sum_received"]["bits_per_second"].as_f64()? / 1e9)
+        })
+    }
+
+    /// The empty program attached to both hooks of both cali veths (TCX
+    /// where the kernel has it, as the daemon does), from a thread that
+    /// entered the node's namespace; detached when the result is dropped.
+    fn attach_empty(&self) -> Result<Datapath> {
+        let mut dp = Datapath::load(1024)?;
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.node.0))?;
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<()> {
+                // SAFETY: setns on this thread only, with a valid fd.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    bail!(
+                        "entering the node's namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                let prog: &mut SchedClassifier = dp
+                    .ebpf
+                    .program_mut(object::EMPTY)
+                    .context("the empty program")?
+                    .try_into()?;
+                for cali in [&self.cali_a, &self.cali_b] {
+                    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                        prog.attach(cali, hook)
+                            .with_context(|| format!("attaching the empty program to {cali}"))?;
+                    }
+                }
+                Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
+        })?;
+        Ok(dp)
+    }
+
+    /// `observer run` in the node's namespace, attached to both cali veths.
+    fn observer(&self, exe: &Path) -> Result<Daemon> {
+        let d = Daemon::start(exe, &self.node, &[])?;
+        d.wait_for("both cali veths attached", Duration::from_secs(15), |d| {
+            let ifs: Vec<serde_json::Value> = d.get("/v1/interfaces")?;
+            Ok(ifs.iter().filter(|i| !i["attached_via"].is_null()).count() == 2)
+        })?;
+        Ok(d)
+    }
+
+    /// Our programs' run time per run while traffic flows, with the
+    /// kernel's BPF statistics on for just this segment.
+    fn bpf_stats(&self, exe: &Path, p: &Params) -> Result<Vec<StatsRun>> {
+        let d = self.observer(exe)?;
+        // The switch behind kernel.bpf_stats_enabled, held by an fd: it
+        // goes off again when the fd closes, even if we die.
+        let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let streams = 4;
+        let mut out = Vec::new();
+        for (load, udp) in [
+            (
+                format!(
+                    "UDP, {UDP_LEN}-byte payload, {} pps over {streams} flows",
+                    p.sustained_pps
+                ),
+                true,
+            ),
+            ("TCP, one flow, full speed (GSO packets)".to_owned(), false),
+        ] {
+            let before = prog_stats(d.pid())?;
+            let (cpu0, t0) = (procfs::cpu_time(d.pid())?, Instant::now());
+            let achieved = if udp {
+                self.udp(p.stats_seconds, Some((p.sustained_pps, streams)))?
+                    .0
+            } else {
+                self.tcp(p.stats_seconds)?;
+                0.0
+            };
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = (procfs::cpu_time(d.pid())? - cpu0).as_secs_f64();
+            let after = prog_stats(d.pid())?;
+            let programs: Vec<ProgStats> = after
+                .iter()
+                .filter_map(|(name, &(t1, c1))| {
+                    let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+                    let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
+                    // Only the attached classifiers (not the daemon's clock).
+                    let ours = name.starts_with("eth_") || name.starts_with("l3_");
+                    (ours && c > 0).then(|| ProgStats {
+                        program: name.clone(),
+                        run_cnt: c,
+                        run_time_ns: t,
+                        ns_per_run: t as f64 / c as f64,
+                    })
+                })
+                .collect();
+            let ours: u64 = programs.iter().map(|s| s.run_time_ns).sum();
+            out.push(StatsRun {
+                load,
+                seconds: wall,
+                achieved_pps: achieved,
+                classifier_cpu_percent: ours as f64 / 1e9 / wall * 100.0,
+                daemon_cpu_percent: cpu / wall * 100.0,
+                programs,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// (run_time_ns, run_cnt) of each BPF program the daemon holds, by name.
+fn prog_stats(pid: u32) -> Result<BTreeMap<String, (u64, u64)>> {
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let mut out = BTreeMap::new();
+    for info in procfs::bpf_fds(pid, "run_cnt")? {
+        let id = procfs::num(&info, "prog_id") as u32;
+        let name = names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("id {id}"));
+        out.insert(
+            name,
+            (
+                procfs::num(&info, "run_time_ns"),
+                procfs::num(&info, "run_cnt"),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

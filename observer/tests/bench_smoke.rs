@@ -1,0 +1,42 @@
+//! `observer-bench --quick` (the CI smoke of `cargo xtask bench`): it runs
+//! every part and writes a report with the keys the issue asks for.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_writes_every_headline() {
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_observer-bench"))
+        .arg("--quick")
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .expect("run observer-bench");
+    assert!(
+        out.status.success(),
+        "observer-bench --quick failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    for key in [
+        "kernel_hot_ratio",
+        "kernel_distinct_ratio",
+        "kernel_empty_ns",
+        "throughput_ratio",
+        "poll_ms_100k",
+        "rss_mib_100k",
+        "map_mib_64cpu",
+    ] {
+        let v = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} is not a number in the report"));
+        assert!(v > 0.0, "{key} = {v}");
+    }
+    assert!(report["kernel"].as_str().is_some_and(|k| !k.is_empty()));
+    assert!(report["cpu"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(dir.path().join("report.md").exists());
+}
