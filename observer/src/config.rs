@@ -79,6 +79,83 @@ pub struct RunArgs {
     /// prints them (Pods, Nodes), read for names; re-read when it changes.
     #[arg(long, env = "OBSERVER_OBJECTS_DIR")]
     pub objects_dir: Option<PathBuf>,
+
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (HTTP); `off` to
+    /// serve none.
+    #[arg(long, env = "OBSERVER_METRICS_ADDRESS", default_value = DEFAULT_METRICS_ADDRESS)]
+    pub metrics_address: ListenAddress,
+
+    /// Also serve the JSON API over TCP here (it has no authentication:
+    /// keep it on loopback); by default only the Unix socket.
+    #[arg(long, env = "OBSERVER_API_ADDRESS")]
+    pub api_address: Option<std::net::SocketAddr>,
+
+    /// How finely metrics name pods: `pod`, `workload` (pods of one
+    /// Deployment, StatefulSet, ... share a series) or `namespace`.
+    #[arg(long, env = "OBSERVER_METRICS_GRANULARITY", value_enum, default_value = "workload")]
+    pub metrics_granularity: Granularity,
+
+    /// Dimensions of the flow metrics to keep, comma-separated, out of
+    /// `protocol,port,service,encap`; the others are left empty.
+    #[arg(
+        long,
+        env = "OBSERVER_METRICS_DIMENSIONS",
+        value_delimiter = ',',
+        default_value = "protocol,port,service,encap"
+    )]
+    pub metrics_dimensions: Vec<Dimension>,
+
+    /// Most series of each flow metric family; traffic of further label
+    /// sets is folded into one series whose labels are all `other`.
+    #[arg(long, env = "OBSERVER_METRICS_MAX_SERIES", default_value_t = 10_000)]
+    pub metrics_max_series: usize,
+
+    /// BIRD's control socket for IPv4 (calico-node's `bird.ctl`).
+    #[arg(long, env = "OBSERVER_BIRD_SOCKET", default_value = "/var/run/calico/bird.ctl")]
+    pub bird_socket: PathBuf,
+
+    /// BIRD's control socket for IPv6 (calico-node's `bird6.ctl`).
+    #[arg(long, env = "OBSERVER_BIRD6_SOCKET", default_value = "/var/run/calico/bird6.ctl")]
+    pub bird6_socket: PathBuf,
+
+    /// The node's CNI configuration directory (`*.conflist`).
+    #[arg(long, env = "OBSERVER_CNI_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_dir: PathBuf,
+}
+
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9477";
+
+/// A TCP address to listen on, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddress(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for ListenAddress {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a))).map_err(|_| {
+            format!("{s:?} is not an address: use IP:PORT such as 0.0.0.0:9477, or `off`")
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Granularity {
+    Pod,
+    Workload,
+    Namespace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dimension {
+    Protocol,
+    Port,
+    Service,
+    Encap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
