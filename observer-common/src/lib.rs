@@ -13,6 +13,8 @@ pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
 pub const ENCAP_TOTALS_MAP: &str = "ENCAP_TOTALS";
 /// Name of the per-CPU array of datapath counters (see [`Stat`]).
 pub const STATS_MAP: &str = "STATS";
+/// Name of the array of [`MtuLimit`]s, by interface slot.
+pub const MTU_LIMITS_MAP: &str = "MTU_LIMITS";
 /// Name of the one-slot array the `clock` program writes a [`ClockSample`] to.
 pub const CLOCK_MAP: &str = "CLOCK";
 
@@ -140,6 +142,18 @@ fn bytes_to_words(b: &[u8; 16]) -> [u32; 4] {
     out
 }
 
+/// The largest IP packet an interface's traffic fits through, per family
+/// (0: no limit), by slot `ifindex % IFACE_SLOTS`. Userspace sets it on
+/// pod interfaces to the tunnel devices' MTU; the kernel counts packets over
+/// it per flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MtuLimit {
+    pub ifindex: u32,
+    pub ipv4: u16,
+    pub ipv6: u16,
+}
+
 /// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
 /// operations, so memory does not multiply by the CPU count.
 #[repr(C)]
@@ -164,7 +178,9 @@ pub struct FlowStats {
     pub last_seen_jiffies: u64,
     /// Union of the TCP flags seen (low 8 bits used).
     pub tcp_flags: u32,
-    pub _pad: u32,
+    /// Packets (not GSO) larger than the interface's [`MtuLimit`]: a pod
+    /// sending more than fits the tunnel.
+    pub oversize_packets: u32,
 }
 
 /// The kernel's jiffies and CLOCK_MONOTONIC read together, so that
@@ -250,10 +266,12 @@ mod pod_impls {
     unsafe impl aya::Pod for IfaceTotals {}
     unsafe impl aya::Pod for EncapTotals {}
     unsafe impl aya::Pod for ClockSample {}
+    unsafe impl aya::Pod for MtuLimit {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 48);
+const _: () = assert!(core::mem::size_of::<MtuLimit>() == 8);
 const _: () = assert!(core::mem::size_of::<EncapTotals>() == 24);

@@ -10,8 +10,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
 };
 use observer_common::{
-    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FlowKey, FlowStats, IFACE_SLOTS,
-    IfaceTotals, Stat,
+    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FlowKey, FlowStats,
+    IFACE_SLOTS, IfaceTotals, MtuLimit, Stat,
 };
 
 /// One entry per flow; values shared by all CPUs (memory does not grow
@@ -28,6 +28,10 @@ static ENCAP_TOTALS: PerCpuArray<EncapTotals> = PerCpuArray::with_max_entries(En
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Written by userspace: the tunnel MTU behind each pod interface.
+#[map(name = "MTU_LIMITS")]
+static MTU_LIMITS: Array<MtuLimit> = Array::with_max_entries(IFACE_SLOTS, 0);
 
 #[map(name = "CLOCK")]
 static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
@@ -52,6 +56,19 @@ pub struct Delta {
     pub bytes: u64,
     pub overhead: u64,
     pub tcp_flags: u8,
+    /// 1 when the packet is over its interface's [`MtuLimit`].
+    pub oversize: u32,
+}
+
+/// Whether a non-GSO packet of `ip_len` bytes is over the limit set for
+/// its interface (GSO super-packets are cut to the MTU later).
+#[inline(always)]
+pub fn over_mtu(key: &FlowKey, ip_len: u64) -> u32 {
+    let Some(l) = MTU_LIMITS.get(key.ifindex & (IFACE_SLOTS - 1)) else {
+        return 0;
+    };
+    let limit = if key.family == FAMILY_IPV4 { l.ipv4 } else { l.ipv6 };
+    (l.ifindex == key.ifindex && limit != 0 && ip_len > limit as u64) as u32
 }
 
 #[inline(always)]
@@ -98,6 +115,12 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
         add(&raw mut (*v).bytes, d.bytes);
         if d.overhead != 0 {
             add(&raw mut (*v).overhead_bytes, d.overhead);
+        }
+        if d.oversize != 0 {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
+                &raw mut (*v).oversize_packets,
+                d.oversize,
+            );
         }
         (*v).last_seen_jiffies = now;
         // Plain read-modify-write: only when a new flag appears, so the rare
@@ -146,7 +169,7 @@ pub fn account(key: &FlowKey, d: &Delta) {
         first_seen_jiffies: now,
         last_seen_jiffies: now,
         tcp_flags: d.tcp_flags as u32,
-        _pad: 0,
+        oversize_packets: d.oversize,
     };
     match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
         Ok(()) => count(Stat::FlowInserts),

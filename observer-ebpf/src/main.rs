@@ -21,7 +21,7 @@ use aya_ebpf::{
 use observer_common::{FlowKey, Hook, Stat};
 
 use crate::{
-    flow::{Delta, account, count, count_non_ip, sample_clock},
+    flow::{Delta, account, count, count_non_ip, over_mtu, sample_clock},
     parse::{Fail, Link, Parsed, parse},
 };
 
@@ -112,6 +112,12 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
             segs * (p.l3_off - p.outer_off) as u64,
         )
     };
+    // Only what a pod sends (TC ingress) can be too big for the tunnel.
+    let oversize = if hook == Hook::Ingress && segs == 1 {
+        over_mtu(key, bytes)
+    } else {
+        0
+    };
     account(
         key,
         &Delta {
@@ -119,6 +125,7 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
             bytes,
             overhead,
             tcp_flags: p.tcp_flags,
+            oversize,
         },
     );
 }

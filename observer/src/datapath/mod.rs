@@ -17,7 +17,7 @@ use aya::{
 };
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
-    IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, STATS_MAP, Stat,
+    IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP, MtuLimit, STATS_MAP, Stat,
 };
 
 /// Elements per batch-lookup syscall.
@@ -31,6 +31,7 @@ pub struct Datapath {
     encap_totals: PerCpuArray<MapData, EncapTotals>,
     stats: PerCpuArray<MapData, u64>,
     clock: Array<MapData, ClockSample>,
+    mtu_limits: Array<MapData, MtuLimit>,
     pub capacity: u32,
 }
 
@@ -49,7 +50,9 @@ impl Datapath {
         let encap_totals = PerCpuArray::try_from(take(ENCAP_TOTALS_MAP)?)?;
         let stats = PerCpuArray::try_from(take(STATS_MAP)?)?;
         let clock = Array::try_from(take(CLOCK_MAP)?)?;
+        let mtu_limits = Array::try_from(take(MTU_LIMITS_MAP)?)?;
         Ok(Self {
+            mtu_limits,
             clock,
             ebpf,
             flows,
@@ -73,6 +76,19 @@ impl Datapath {
             (STATS_MAP, self.stats.map().fd().as_fd()),
             (CLOCK_MAP, self.clock.map().fd().as_fd()),
         ]
+    }
+
+    /// Sets the largest IP packet (per family, 0: none) that traffic entering
+    /// at `ifindex` fits through; packets over it are counted per flow.
+    pub fn set_mtu_limit(&mut self, ifindex: u32, ipv4: u16, ipv6: u16) -> Result<()> {
+        let limit = MtuLimit {
+            ifindex,
+            ipv4,
+            ipv6,
+        };
+        self.mtu_limits
+            .set(ifindex % IFACE_SLOTS, limit, 0)
+            .context("setting an MTU limit")
     }
 
     /// Every flow entry in the kernel, with batch lookups.

@@ -77,18 +77,37 @@ pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("binding the API socket {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let app = Router::new()
-        .route("/v1/flows", get(flows))
-        .route("/v1/interfaces", get(interfaces))
-        .route("/v1/status", get(status))
-        .route("/v1/pods", get(pods))
-        .route("/v1/services", get(services))
-        .with_state(state);
+    let app = router(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("API server failed: {e}");
         }
     }))
+}
+
+/// Also serves the API on TCP (`--api-address`): no authentication, so
+/// for loopback or a trusted network only.
+pub async fn serve_tcp(address: std::net::SocketAddr, state: Shared) -> Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the API address {address}"))?;
+    let app = router(state);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("API server failed: {e}");
+        }
+    }))
+}
+
+/// Every API route.
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/flows", get(flows))
+        .route("/v1/interfaces", get(interfaces))
+        .route("/v1/status", get(status))
+        .route("/v1/pods", get(pods))
+        .route("/v1/services", get(services))
+        .with_state(state)
 }
 
 async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {

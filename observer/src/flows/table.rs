@@ -12,6 +12,8 @@ pub struct Counters {
     pub bytes: u64,
     pub skbs: u64,
     pub overhead_bytes: u64,
+    /// Packets over the interface's MTU limit (see `MtuLimit`).
+    pub oversize_packets: u64,
 }
 
 impl Counters {
@@ -21,6 +23,7 @@ impl Counters {
             bytes: s.bytes,
             skbs: s.skbs,
             overhead_bytes: s.overhead_bytes,
+            oversize_packets: s.oversize_packets as u64,
         }
     }
 
@@ -29,6 +32,7 @@ impl Counters {
         self.bytes += o.bytes;
         self.skbs += o.skbs;
         self.overhead_bytes += o.overhead_bytes;
+        self.oversize_packets += o.oversize_packets;
     }
 }
 
