@@ -16,6 +16,11 @@ pub const DEFAULT_SOCKET: &str = "/run/observer/observer.sock";
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
+    /// A YAML file of settings named like these flags (`poll-interval: 5s`,
+    /// lists as YAML lists); flags and environment variables override it.
+    #[arg(long, env = "OBSERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+
     /// Unix socket of the JSON API (created with mode 0600).
     #[arg(long, env = "OBSERVER_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
@@ -256,4 +261,88 @@ impl RunArgs {
         InterfaceSelector::new(self)?;
         Ok(())
     }
+}
+
+/// The `run` arguments with the config file applied: a flag wins over its
+/// environment variable, which wins over the file, which wins over the
+/// default. `argv` is the command line after `run`.
+pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<RunArgs> {
+    let Some(path) = &args.config else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    let settings: serde_yaml_ng::Mapping = if text.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_yaml_ng::from_str(&text).with_context(|| {
+            format!(
+                "config file {}: expected a YAML mapping of settings",
+                path.display()
+            )
+        })?
+    };
+    let command = <RunArgs as Args>::augment_args(clap::Command::new("run"));
+    // Which settings the command line or the environment already gave.
+    let given = command
+        .clone()
+        .try_get_matches_from(std::iter::once("run".into()).chain(argv.iter().cloned()))
+        .with_context(|| "parsing the command line".to_string())?;
+    let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &settings {
+        let key = key.as_str().with_context(|| {
+            format!("config file {}: keys must be strings, got {key:?}", path.display())
+        })?;
+        let id = key.replace('-', "_");
+        let Some(arg) = command.get_arguments().find(|a| a.get_id() == id.as_str()) else {
+            let known: Vec<String> = command
+                .get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned))
+                .filter(|k| k != "config" && k != "help")
+                .collect();
+            bail!(
+                "config file {}: unknown setting `{key}`; the settings are {}",
+                path.display(),
+                known.join(", ")
+            );
+        };
+        if key == "config" {
+            bail!("config file {}: `config` cannot be set in a config file", path.display());
+        }
+        use clap::parser::ValueSource;
+        if matches!(
+            given.value_source(&id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ) {
+            continue;
+        }
+        let value = yaml_setting(value).with_context(|| {
+            format!("config file {}: setting `{key}`", path.display())
+        })?;
+        from_file.push(format!("--{}", arg.get_long().unwrap_or(key)).into());
+        from_file.push(value.into());
+    }
+    let all = std::iter::once("run".into())
+        .chain(from_file)
+        .chain(argv.iter().cloned());
+    let matches = command
+        .try_get_matches_from(all)
+        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.render()))?;
+    Ok(<RunArgs as clap::FromArgMatches>::from_arg_matches(&matches)?)
+}
+
+/// A setting as its flag's text: scalars as they are, lists comma-joined.
+fn yaml_setting(v: &serde_yaml_ng::Value) -> Result<String> {
+    use serde_yaml_ng::Value;
+    Ok(match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Sequence(items) => items
+            .iter()
+            .map(yaml_setting)
+            .collect::<Result<Vec<_>>>()?
+            .join(","),
+        other => bail!("expected a string, number or list, got {other:?}"),
+    })
 }

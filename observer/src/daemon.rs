@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -26,7 +26,10 @@ use crate::{
         attach::{Attacher, LinkLayer, Via},
         links::{self, LinkEvent, LinkInfoView},
     },
-    export::api,
+    export::{
+        api, http,
+        metrics::{Metrics, MetricsConfig},
+    },
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
     sources::{
@@ -47,6 +50,8 @@ pub struct InterfaceState {
     pub totals: IfaceTotals,
     /// Deleted; kept while flows seen on it are still shown.
     pub gone: bool,
+    /// The link's MTU, as rtnetlink last said.
+    pub mtu: Option<u32>,
 }
 
 #[derive(Default)]
@@ -58,6 +63,8 @@ pub struct DatapathStatus {
     pub stats: [u64; Stat::COUNT as usize],
     pub encap: [EncapTotals; Encap::COUNT as usize],
     pub attach_mode_tcx: bool,
+    /// (run time ns, runs) per program when `kernel.bpf_stats_enabled`.
+    pub program_stats: Vec<(String, (u64, u64))>,
 }
 
 /// Everything the API shows; written by the poll loop.
@@ -98,8 +105,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let mut names = Names::start(&args).await?;
     names.refresh(&args, &state, true).await;
-    let server = api::serve(&args.socket, state.clone()).await?;
-    tracing::info!(socket = %args.socket.display(), "observer running");
+    let mut servers = vec![api::serve(&args.socket, state.clone()).await?];
+    if let Some(address) = args.api_address {
+        servers.push(api::serve_tcp(address, state.clone()).await?);
+    }
+    let metrics = Arc::new(Mutex::new(Metrics::new(
+        MetricsConfig::from_args(&args),
+        args.node_name.as_deref().unwrap_or(""),
+    )));
+    let health = Arc::new(http::Health::new(args.poll_interval));
+    if let Some(address) = args.metrics_address.0 {
+        servers.push(http::serve(address, metrics.clone(), health.clone()).await?);
+    }
+    tracing::info!(socket = %args.socket.display(), metrics = ?args.metrics_address.0, "observer running");
 
     let mut tick = interval(args.poll_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -116,6 +134,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 _ = tick.tick() => {
                     poll(&dp, &attacher, &args, jiffy_ns, &state).await?;
                     names.refresh(&args, &state, false).await;
+                    let st = state.read().await;
+                    if let Ok(mut m) = metrics.lock() {
+                        m.update(&st, &names.synced(&args));
+                    }
+                    health.polled();
+                    // Attached to what was there, polled and named once.
+                    health.set_ready();
                 }
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
@@ -126,7 +151,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     tracing::info!("shutting down: detaching");
     attacher.detach_all(&mut dp.ebpf).await;
-    server.abort();
+    for server in servers {
+        server.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     result
 }
@@ -168,6 +195,9 @@ async fn on_link_present(
         return;
     };
     if attacher.is_attached(link.index) {
+        if let Some(i) = state.write().await.interfaces.get_mut(&link.index) {
+            i.mtu = link.mtu;
+        }
         return;
     }
     let result = attacher.attach(&mut dp.ebpf, link.index, &link.name, link.layer);
@@ -191,6 +221,7 @@ async fn on_link_present(
             attach_error: result.err().map(|e| format!("{e:#}")),
             totals: IfaceTotals::default(),
             gone: false,
+            mtu: link.mtu,
         },
     );
 }
@@ -247,6 +278,7 @@ async fn poll(
     status.encap = encap;
     status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
+    status.program_stats = dp.program_stats();
     Ok(())
 }
 
@@ -334,6 +366,28 @@ impl Names {
             );
             state.write().await.model = Arc::new(model);
         }
+    }
+}
+
+impl Names {
+    /// Whether each configured source of names answered at its last read.
+    fn synced(&self, args: &RunArgs) -> Vec<(&'static str, bool)> {
+        let mut out = vec![("routes", true)];
+        if args.objects_dir.is_some() {
+            out.push(("objects", self.dir_stamp.is_some()));
+        }
+        if let Some(k) = &self.kube {
+            // Ready once every reflector has listed.
+            use futures::FutureExt as _;
+            let listed = [
+                k.pods.wait_until_ready().now_or_never(),
+                k.nodes.wait_until_ready().now_or_never(),
+                k.services.wait_until_ready().now_or_never(),
+                k.endpoint_slices.wait_until_ready().now_or_never(),
+            ];
+            out.push(("kubernetes", listed.iter().all(|r| matches!(r, Some(Ok(()))))));
+        }
+        out
     }
 }
 

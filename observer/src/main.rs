@@ -58,7 +58,13 @@ fn run() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Run(args) => daemon::run(args).await,
+            Command::Run(args) => {
+                let argv: Vec<_> = std::env::args_os()
+                    .skip_while(|a| a != "run")
+                    .skip(1)
+                    .collect();
+                daemon::run(config::with_config_file(args, &argv)?).await
+            }
             Command::Flows(args) => cli::flows(args).await,
             Command::Pods(args) => cli::pods(args).await,
             Command::Services(args) => cli::services(args).await,

@@ -22,6 +22,8 @@ pub struct LinkInfoView {
     pub layer: LinkLayer,
     /// Encapsulation the device itself performs (from its link kind).
     pub tunnel: Option<Encap>,
+    /// The link's MTU (IFLA_MTU).
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -37,9 +39,11 @@ const RTMGRP_LINK: u32 = 1;
 fn view(msg: &LinkMessage) -> Option<LinkInfoView> {
     let mut name = None;
     let mut kind = None;
+    let mut mtu = None;
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Mtu(m) => mtu = Some(*m),
             LinkAttribute::LinkInfo(infos) => {
                 for info in infos {
                     if let LinkInfo::Kind(k) = info {
@@ -65,6 +69,7 @@ fn view(msg: &LinkMessage) -> Option<LinkInfoView> {
         name: name?,
         layer,
         tunnel,
+        mtu,
     })
 }
 

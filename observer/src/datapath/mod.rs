@@ -91,6 +91,31 @@ impl Datapath {
             .context("setting an MTU limit")
     }
 
+    /// (run time ns, runs) of each loaded program, by name, from the
+    /// kernel's fdinfo; empty unless `kernel.bpf_stats_enabled` is 1.
+    pub fn program_stats(&self) -> Vec<(String, (u64, u64))> {
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
+        if !enabled {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            let Ok(fd) = program.fd() else { continue };
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let Ok(info) = std::fs::read_to_string(path) else {
+                continue;
+            };
+            let field = |key: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.push((name.to_owned(), (field("run_time_ns:"), field("run_cnt:"))));
+        }
+        out
+    }
+
     /// Every flow entry in the kernel, with batch lookups.
     pub fn read_flows(&self, each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
         sys::lookup_batch(self.flows_fd(), BATCH, each).context("reading the flow map")

@@ -32,6 +32,9 @@ pub struct InterfaceView {
     pub egress_packets: u64,
     pub egress_bytes: u64,
     pub non_ip_packets: u64,
+    /// The link's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -358,6 +361,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                     egress_packets: 0,
                     egress_bytes: 0,
                     non_ip_packets: s.totals.non_ip_packets,
+                    mtu: s.mtu,
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
                     let t = s.totals.hook[hook as usize];

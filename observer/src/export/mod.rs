@@ -1,3 +1,6 @@
-//! What the daemon serves: the JSON API (Unix socket).
+//! What the daemon serves: the JSON API (Unix socket, optionally TCP), and
+//! metrics with health endpoints over HTTP.
 
 pub mod api;
+pub mod http;
+pub mod metrics;

@@ -1,0 +1,682 @@
+//! Prometheus metrics (OpenMetrics text), as documented in
+//! `docs/metrics.md`. Updated after every poll from the flow table's
+//! monotonic counters: each flow's growth since the last update is added to
+//! the series its current names give, so counters never go back when flows
+//! are evicted or renamed.
+
+use std::{collections::HashSet, hash::Hash, net::IpAddr};
+
+use observer_common::{Encap, FlowKey, Hook, Stat};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::{Registry, Unit},
+};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    config::{Dimension, Granularity, RunArgs},
+    daemon::State,
+    flows::{InterfaceKind, direction, key_addrs, protocol_name, table::Counters},
+    model::{EndpointView, Model},
+};
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The label value of series that folded traffic beyond the cap.
+pub const OTHER: &str = "other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    namespace: String,
+    pod: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    direction: String,
+    src_namespace: String,
+    src: String,
+    dst_namespace: String,
+    dst: String,
+    protocol: String,
+    port: String,
+    service: String,
+    encap: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    namespace: String,
+    service: String,
+    port: String,
+    via: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EncapLabels {
+    encap: String,
+    peer_node: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IcmpLabels {
+    family: String,
+    direction: String,
+}
+
+/// One label: (key, value).
+type OneLabel = [(&'static str, String); 1];
+
+fn label(key: &'static str, value: &str) -> OneLabel {
+    [(key, value.to_owned())]
+}
+
+/// A label set that can stand for "everything folded".
+trait Foldable: Clone + Hash + Eq {
+    fn other() -> Self;
+}
+
+impl Foldable for FlowLabels {
+    fn other() -> Self {
+        let o = || OTHER.to_owned();
+        Self {
+            direction: o(),
+            src_namespace: o(),
+            src: o(),
+            dst_namespace: o(),
+            dst: o(),
+            protocol: o(),
+            port: o(),
+            service: o(),
+            encap: o(),
+        }
+    }
+}
+
+impl Foldable for ServiceLabels {
+    fn other() -> Self {
+        let o = || OTHER.to_owned();
+        Self {
+            namespace: o(),
+            service: o(),
+            port: o(),
+            via: o(),
+            backend: o(),
+        }
+    }
+}
+
+impl Foldable for EncapLabels {
+    fn other() -> Self {
+        let o = || OTHER.to_owned();
+        Self {
+            encap: o(),
+            peer_node: o(),
+            direction: o(),
+        }
+    }
+}
+
+impl Foldable for PodLabels {
+    fn other() -> Self {
+        let o = || OTHER.to_owned();
+        Self {
+            namespace: o(),
+            pod: o(),
+            direction: o(),
+        }
+    }
+}
+
+/// Counter families sharing one label set, holding at most `cap` label
+/// sets; traffic of further ones goes to the `other` series.
+struct Capped<L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static, const N: usize>
+{
+    name: &'static str,
+    families: [Family<L, Counter>; N],
+    known: HashSet<L>,
+    cap: usize,
+}
+
+impl<L, const N: usize> Capped<L, N>
+where
+    L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new(
+        registry: &mut Registry,
+        name: &'static str,
+        metrics: [(&str, &str); N],
+        cap: usize,
+    ) -> Self {
+        let families: [Family<L, Counter>; N] = std::array::from_fn(|_| Family::default());
+        for (f, (metric, help)) in families.iter().zip(metrics) {
+            registry.register(metric, help, f.clone());
+        }
+        Self {
+            name,
+            families,
+            known: HashSet::new(),
+            cap,
+        }
+    }
+
+    /// Adds `values` to the series of `labels`; returns whether it folded.
+    fn add(&mut self, labels: L, values: [u64; N]) -> bool {
+        let folded = !self.known.contains(&labels) && self.known.len() >= self.cap;
+        let labels = if folded {
+            L::other()
+        } else {
+            self.known.insert(labels.clone());
+            labels
+        };
+        for (f, v) in self.families.iter().zip(values) {
+            f.get_or_create(&labels).inc_by(v);
+        }
+        folded
+    }
+}
+
+/// Series of the observer itself.
+struct SelfMetrics {
+    attached: Family<OneLabel, Gauge>,
+    map_entries: Gauge,
+    map_capacity: Gauge,
+    flows_tracked: Gauge,
+    insert_failures: Counter,
+    unparsed: Counter,
+    non_ip: Counter,
+    lru_evictions: Counter,
+    polls: Counter,
+    poll_duration: Histogram,
+    source_synced: Family<OneLabel, Gauge>,
+    program_run_seconds: Family<OneLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    program_runs: Family<OneLabel, Counter>,
+    series: Family<OneLabel, Gauge>,
+    folded: Family<OneLabel, Counter>,
+}
+
+/// What metrics keep and how finely they name things.
+#[derive(Clone, Debug)]
+pub struct MetricsConfig {
+    pub granularity: Granularity,
+    pub dimensions: Vec<Dimension>,
+    pub max_series: usize,
+}
+
+impl MetricsConfig {
+    pub fn from_args(args: &RunArgs) -> Self {
+        Self {
+            granularity: args.metrics_granularity,
+            dimensions: args.metrics_dimensions.clone(),
+            max_series: args.metrics_max_series,
+        }
+    }
+
+    fn keeps(&self, d: Dimension) -> bool {
+        self.dimensions.contains(&d)
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    config: MetricsConfig,
+    pods: Capped<PodLabels, 2>,
+    flows: Capped<FlowLabels, 2>,
+    services: Capped<ServiceLabels, 3>,
+    encap: Capped<EncapLabels, 3>,
+    mtu_exceeded: Family<PodLabels, Counter>,
+    icmp_too_big: Family<IcmpLabels, Counter>,
+    own: SelfMetrics,
+    /// Each flow's counters at the last update.
+    exported: FxHashMap<FlowKey, Counters>,
+}
+
+impl Metrics {
+    pub fn new(config: MetricsConfig, node: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "observer",
+            [("node".into(), node.to_owned().into())].into_iter(),
+        );
+        let cap = config.max_series;
+        let r = &mut registry;
+        let pods = Capped::new(
+            r,
+            "pod",
+            [
+                ("pod_packets", "Packets of local pods, by direction (the pod's)"),
+                ("pod_bytes", "IP bytes of local pods, by direction (the pod's)"),
+            ],
+            cap,
+        );
+        let flows = Capped::new(
+            r,
+            "flow",
+            [
+                ("flow_packets", "Packets of flows on local pod interfaces"),
+                ("flow_bytes", "IP bytes of flows on local pod interfaces"),
+            ],
+            cap,
+        );
+        let services = Capped::new(
+            r,
+            "service",
+            [
+                ("service_packets", "Packets to Services: to a VIP, or delivered to a local backend"),
+                ("service_bytes", "IP bytes to Services: to a VIP, or delivered to a local backend"),
+                ("service_flows", "New flows to Services"),
+            ],
+            cap,
+        );
+        let encap = Capped::new(
+            r,
+            "encap",
+            [
+                ("encap_packets", "Packets through tunnel devices, by peer node"),
+                ("encap_bytes", "Inner IP bytes through tunnel devices, by peer node"),
+                ("encap_overhead_bytes", "Encapsulation header bytes, by peer node"),
+            ],
+            cap,
+        );
+        let mtu_exceeded = Family::<PodLabels, Counter>::default();
+        r.register(
+            "mtu_exceeded_packets",
+            "Packets a local pod sent to another node that are larger than the tunnel MTU",
+            mtu_exceeded.clone(),
+        );
+        let icmp_too_big = Family::<IcmpLabels, Counter>::default();
+        r.register(
+            "icmp_too_big_packets",
+            "ICMP fragmentation-needed and ICMPv6 packet-too-big seen on pod interfaces",
+            icmp_too_big.clone(),
+        );
+        r.register(
+            "build",
+            "The observer's version",
+            Info::new([("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+        );
+        let own = SelfMetrics::register(r);
+        Self {
+            registry,
+            config,
+            pods,
+            flows,
+            services,
+            encap,
+            mtu_exceeded,
+            icmp_too_big,
+            own,
+            exported: FxHashMap::default(),
+        }
+    }
+
+    /// Every series as OpenMetrics text, or in Prometheus' text format
+    /// 0.0.4 (for clients that do not ask for OpenMetrics, and promtool).
+    pub fn encode(&self, openmetrics: bool) -> String {
+        let mut out = String::new();
+        let written = if openmetrics {
+            encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        written.expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Adds what happened since the last update.
+    pub fn update(&mut self, st: &State, sources: &[(&'static str, bool)]) {
+        let model = st.model.clone();
+        for (key, entry) in st.table.iter() {
+            let now = entry.counters();
+            let before = self.exported.insert(*key, now);
+            let before = before.unwrap_or_default();
+            if now == before {
+                continue;
+            }
+            let delta = Counters {
+                packets: now.packets - before.packets,
+                bytes: now.bytes - before.bytes,
+                skbs: now.skbs - before.skbs,
+                overhead_bytes: now.overhead_bytes - before.overhead_bytes,
+                oversize_packets: now.oversize_packets - before.oversize_packets,
+            };
+            let Some(iface) = st.interfaces.get(&key.ifindex) else {
+                continue;
+            };
+            let new_flow = before == Counters::default();
+            match iface.iface.kind {
+                InterfaceKind::Pod => {
+                    let pod = model.pod_of_interface(&iface.iface.name);
+                    self.pod_flow(key, &delta, new_flow, &model, pod.map(|p| (&p.namespace, &p.name)))
+                }
+                InterfaceKind::Tunnel(e) => self.tunnel_flow(key, &delta, e, &model),
+                InterfaceKind::Underlay => {}
+            }
+        }
+        // Forgotten flows (past --retain) need no baseline any more.
+        if self.exported.len() > st.table.len() {
+            let live: std::collections::HashSet<&FlowKey> = st.table.iter().map(|(k, _)| k).collect();
+            self.exported.retain(|k, _| live.contains(k));
+        }
+        self.update_own(st, sources);
+    }
+
+    fn pod_flow(
+        &mut self,
+        key: &FlowKey,
+        d: &Counters,
+        new_flow: bool,
+        model: &Model,
+        pod: Option<(&String, &String)>,
+    ) {
+        let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
+        let dir = direction(InterfaceKind::Pod, hook);
+        let (src, dst) = key_addrs(key);
+        let mut folded = Vec::new();
+        if let Some((ns, name)) = pod {
+            let labels = PodLabels {
+                namespace: ns.clone(),
+                pod: name.clone(),
+                direction: dir.to_owned(),
+            };
+            if self.pods.add(labels, [d.packets, d.bytes]) {
+                folded.push(self.pods.name);
+            }
+            if d.oversize_packets > 0 && dir == "egress" && self.is_remote(model, dst) {
+                self.mtu_exceeded
+                    .get_or_create(&PodLabels {
+                        namespace: ns.clone(),
+                        pod: name.clone(),
+                        direction: dir.to_owned(),
+                    })
+                    .inc_by(d.oversize_packets);
+            }
+        }
+        if let Some(family) = icmp_too_big(key) {
+            self.icmp_too_big
+                .get_or_create(&IcmpLabels {
+                    family: family.to_owned(),
+                    direction: dir.to_owned(),
+                })
+                .inc_by(d.packets);
+        }
+
+        let service = model.service_of(dst, key.dst_port, key.protocol);
+        let (src_ns, src_name) = self.name_of(&model.endpoint(src));
+        let (dst_ns, dst_name) = self.name_of(&model.endpoint(dst));
+        let c = &self.config;
+        let labels = FlowLabels {
+            direction: dir.to_owned(),
+            src_namespace: src_ns,
+            src: src_name,
+            dst_namespace: dst_ns,
+            dst: dst_name,
+            protocol: kept(c.keeps(Dimension::Protocol), || protocol_name(key.protocol)),
+            port: kept(c.keeps(Dimension::Port) && has_ports(key.protocol), || {
+                key.dst_port.to_string()
+            }),
+            service: kept(c.keeps(Dimension::Service), || {
+                service
+                    .as_ref()
+                    .map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port))
+                    .unwrap_or_default()
+            }),
+            encap: kept(c.keeps(Dimension::Encap), || {
+                Encap::from_u8(key.encap).unwrap_or(Encap::None).name().to_owned()
+            }),
+        };
+        if self.flows.add(labels, [d.packets, d.bytes]) {
+            folded.push(self.flows.name);
+        }
+
+        // Service traffic: the client's side (to the VIP, before DNAT) and
+        // the backend's side (delivered to a local endpoint).
+        if let Some(s) = service {
+            let backend = match (s.via.as_str(), dir) {
+                ("vip", "egress") => Some(String::new()),
+                ("endpoint", "ingress") => Some(
+                    model
+                        .endpoint(dst)
+                        .pod
+                        .unwrap_or_else(|| std::net::SocketAddr::new(dst, key.dst_port).to_string()),
+                ),
+                _ => None,
+            };
+            if let Some(backend) = backend {
+                let labels = ServiceLabels {
+                    namespace: s.namespace,
+                    service: s.name,
+                    port: s.port,
+                    via: s.via,
+                    backend,
+                };
+                if self
+                    .services
+                    .add(labels, [d.packets, d.bytes, new_flow as u64])
+                {
+                    folded.push(self.services.name);
+                }
+            }
+        }
+        for f in folded {
+            self.own.folded.get_or_create(&label("family", f)).inc();
+        }
+    }
+
+    fn tunnel_flow(&mut self, key: &FlowKey, d: &Counters, encap: Encap, model: &Model) {
+        let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
+        let (src, dst) = key_addrs(key);
+        let overhead = if d.overhead_bytes > 0 {
+            d.overhead_bytes
+        } else {
+            d.packets * nominal_overhead(encap, src)
+        };
+        let labels = EncapLabels {
+            encap: encap.name().to_owned(),
+            peer_node: model.peer_node(src, dst).unwrap_or_default(),
+            direction: direction(InterfaceKind::Tunnel(encap), hook).to_owned(),
+        };
+        if self.encap.add(labels, [d.packets, d.bytes, overhead]) {
+            self.own.folded.get_or_create(&label("family", self.encap.name)).inc();
+        }
+    }
+
+    /// Whether an address lives on another node (traffic to it crosses the
+    /// tunnel or the underlay).
+    fn is_remote(&self, model: &Model, ip: IpAddr) -> bool {
+        match (model.node_of(ip), model.local_node()) {
+            (Some(n), Some(local)) => n != local,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+
+    /// (namespace, name) labels of an endpoint at the configured granularity.
+    fn name_of(&self, ep: &EndpointView) -> (String, String) {
+        match (ep.kind.as_str(), &ep.namespace) {
+            ("pod", Some(ns)) => {
+                let name = match self.config.granularity {
+                    Granularity::Pod => ep.pod.clone().unwrap_or_default(),
+                    Granularity::Workload => ep
+                        .workload
+                        .clone()
+                        .or_else(|| ep.pod.clone())
+                        .unwrap_or_default(),
+                    Granularity::Namespace => String::new(),
+                };
+                (ns.clone(), name)
+            }
+            (kind, _) => (String::new(), kind.to_owned()),
+        }
+    }
+
+    fn update_own(&mut self, st: &State, sources: &[(&'static str, bool)]) {
+        let o = &self.own;
+        for kind in ["pod", "tunnel", "underlay"] {
+            let n = st
+                .interfaces
+                .values()
+                .filter(|i| i.via.is_some() && i.iface.kind.label().starts_with(kind))
+                .count();
+            o.attached.get_or_create(&label("kind", kind)).set(n as i64);
+        }
+        let s = &st.status;
+        o.map_entries.set(s.kernel_flow_entries as i64);
+        o.map_capacity.set(s.flow_capacity as i64);
+        o.flows_tracked.set(st.table.len() as i64);
+        catch_up(&o.insert_failures, s.stats[Stat::FlowInsertFailures as usize]);
+        catch_up(&o.unparsed, s.stats[Stat::Unparsed as usize]);
+        catch_up(&o.non_ip, s.stats[Stat::NonIp as usize]);
+        catch_up(&o.lru_evictions, st.table.lru_evictions);
+        catch_up(&o.polls, s.polls);
+        o.poll_duration.observe(s.last_poll_ms / 1e3);
+        for (source, synced) in sources {
+            o.source_synced.get_or_create(&label("source", source)).set(*synced as i64);
+        }
+        for (program, (run_ns, runs)) in &s.program_stats {
+            let secs = o.program_run_seconds.get_or_create(&label("program", program));
+            let have = secs.get();
+            let now = *run_ns as f64 / 1e9;
+            if now > have {
+                secs.inc_by(now - have);
+            }
+            catch_up(&o.program_runs.get_or_create(&label("program", program)), *runs);
+        }
+        for (name, n) in [
+            (self.pods.name, self.pods.known.len()),
+            (self.flows.name, self.flows.known.len()),
+            (self.services.name, self.services.known.len()),
+            (self.encap.name, self.encap.known.len()),
+        ] {
+            o.series.get_or_create(&label("family", name)).set(n as i64);
+        }
+    }
+}
+
+impl SelfMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = Self {
+            attached: Family::default(),
+            map_entries: Gauge::default(),
+            map_capacity: Gauge::default(),
+            flows_tracked: Gauge::default(),
+            insert_failures: Counter::default(),
+            unparsed: Counter::default(),
+            non_ip: Counter::default(),
+            lru_evictions: Counter::default(),
+            polls: Counter::default(),
+            // 0.5 ms .. ~4 s.
+            poll_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            source_synced: Family::default(),
+            program_run_seconds: Family::default(),
+            program_runs: Family::default(),
+            series: Family::default(),
+            folded: Family::default(),
+        };
+        r.register(
+            "attached_interfaces",
+            "Interfaces our programs are attached to, by kind",
+            m.attached.clone(),
+        );
+        r.register("flow_map_entries", "Entries in the kernel flow map", m.map_entries.clone());
+        r.register("flow_map_capacity", "Slots of the kernel flow map", m.map_capacity.clone());
+        r.register("flows_tracked", "Flows the API shows", m.flows_tracked.clone());
+        r.register(
+            "map_insert_failures",
+            "Packets whose flow could not be added to the kernel map",
+            m.insert_failures.clone(),
+        );
+        r.register("unparsed_packets", "Packets the classifier could not parse", m.unparsed.clone());
+        r.register("non_ip_packets", "Packets that are not IP (ARP, ...)", m.non_ip.clone());
+        r.register(
+            "lru_evictions",
+            "Kernel flow entries the LRU evicted before we read them (map full)",
+            m.lru_evictions.clone(),
+        );
+        r.register("polls", "Reads of the kernel maps", m.polls.clone());
+        r.register_with_unit(
+            "poll_duration",
+            "Time to read the kernel maps into the flow table",
+            Unit::Seconds,
+            m.poll_duration.clone(),
+        );
+        r.register(
+            "source_synced",
+            "Whether a source of names answered at its last read (1) or not (0)",
+            m.source_synced.clone(),
+        );
+        r.register_with_unit(
+            "program_run",
+            "Kernel time spent in our programs (kernel.bpf_stats_enabled=1)",
+            Unit::Seconds,
+            m.program_run_seconds.clone(),
+        );
+        r.register(
+            "program_runs",
+            "Runs of our programs (kernel.bpf_stats_enabled=1)",
+            m.program_runs.clone(),
+        );
+        r.register(
+            "metrics_series",
+            "Label sets of each flow metric family",
+            m.series.clone(),
+        );
+        r.register(
+            "metrics_folded",
+            "Updates folded into the `other` series by the series cap",
+            m.folded.clone(),
+        );
+        m
+    }
+}
+
+/// Brings a counter that mirrors a monotonic total up to it.
+fn catch_up(c: &Counter, total: u64) {
+    let have = c.get();
+    if total > have {
+        c.inc_by(total - have);
+    }
+}
+
+/// An empty label value for dimensions not kept.
+fn kept(keep: bool, value: impl FnOnce() -> String) -> String {
+    if keep { value() } else { String::new() }
+}
+
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, 6 | 17 | 132)
+}
+
+/// `ipv4`/`ipv6` for ICMP fragmentation-needed (3/4) and ICMPv6
+/// packet-too-big (2); ICMP flows carry type and code in the port fields.
+fn icmp_too_big(key: &FlowKey) -> Option<&'static str> {
+    match (key.protocol, key.src_port, key.dst_port) {
+        (1, 3, 4) => Some("ipv4"),
+        (58, 2, _) => Some("ipv6"),
+        _ => None,
+    }
+}
+
+/// Header bytes an encapsulation adds per packet, for tunnel devices (the
+/// outer headers are only seen on the underlay): VXLAN 50 (IPv4 outer) or
+/// 70 (IPv6), IPIP 20 or 40; WireGuard's depends on padding, left out.
+fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
+    let v6 = inner_src.is_ipv6();
+    match encap {
+        Encap::Vxlan if v6 => 70,
+        Encap::Vxlan => 50,
+        Encap::Ipip if v6 => 40,
+        Encap::Ipip => 20,
+        _ => 0,
+    }
+}
