@@ -1,6 +1,9 @@
 //! Shared by the integration tests: root check and packet builders.
 #![allow(dead_code)]
 
+pub mod lab;
+pub mod prometheus;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
