@@ -17,8 +17,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: attach to Calico's interfaces and serve the API.
     Run(config::RunArgs),
-    /// Flows seen by the daemon.
-    Flows(cli::QueryArgs),
+    /// Flows seen by the daemon: filter, sort, --top, --watch with rates.
+    Flows(cli::FlowsArgs),
     /// Pods on this node with their interfaces and traffic (like
     /// `calicoctl get workloadEndpoint`).
     Pods(cli::QueryArgs),
@@ -29,6 +29,14 @@ enum Command {
     Interfaces(cli::QueryArgs),
     /// The daemon's own state: polls, map fill, datapath counters.
     Status(cli::QueryArgs),
+    /// Tunnel traffic per device and peer node: overhead, MTU, MTU problems.
+    Encap(cli::QueryArgs),
+    /// Print a shell completion script (e.g. `observer completions bash >
+    /// /etc/bash_completion.d/observer`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run the kernel classifier on a capture and show the flows it counts.
     Replay(replay::ReplayArgs),
     /// A Calico-shaped cluster from network namespaces on this machine.
@@ -70,6 +78,11 @@ fn run() -> Result<()> {
             Command::Services(args) => cli::services(args).await,
             Command::Interfaces(args) => cli::interfaces(args).await,
             Command::Status(args) => cli::status(args).await,
+            Command::Encap(args) => cli::encap(args).await,
+            Command::Completions { shell } => {
+                cli::completions(shell, <Cli as clap::CommandFactory>::command());
+                Ok(())
+            }
             Command::Replay(args) => replay::main(args),
             Command::Lab(args) => lab::run(args, std::env::current_exe()?).await,
         }

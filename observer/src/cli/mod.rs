@@ -1,7 +1,12 @@
 //! The client verbs: ask a daemon over its API socket and render the answer.
 
 pub mod client;
+pub mod encap;
+pub mod filter;
+pub mod flows;
 pub mod render;
+pub mod style;
+pub mod units;
 
 use std::path::PathBuf;
 
@@ -66,6 +71,7 @@ async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     render: impl Fn(&T, bool) -> String,
 ) -> Result<()> {
     let answer: T = args.target.client()?.get(path).await?;
+    style::set(args.output != Output::Json && style::wanted());
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         o => print!("{}", render(&answer, o == Output::Wide)),
@@ -73,11 +79,11 @@ async fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     Ok(())
 }
 
-pub async fn flows(args: QueryArgs) -> Result<()> {
-    show(args, "/v1/flows", |f: &Vec<FlowView>, wide| {
-        render::flows_table(f, wide)
-    })
-    .await
+pub use self::flows::FlowsArgs;
+
+/// `observer flows`: filters, sorting, --top, --watch with rates.
+pub async fn flows(args: FlowsArgs) -> Result<()> {
+    self::flows::run(args).await
 }
 
 pub async fn pods(args: QueryArgs) -> Result<()> {
@@ -95,8 +101,8 @@ pub async fn services(args: QueryArgs) -> Result<()> {
 }
 
 pub async fn interfaces(args: QueryArgs) -> Result<()> {
-    show(args, "/v1/interfaces", |i: &Vec<InterfaceView>, _| {
-        render::interfaces_table(i)
+    show(args, "/v1/interfaces", |i: &Vec<InterfaceView>, wide| {
+        render::interfaces_table(i, wide)
     })
     .await
 }
@@ -106,4 +112,26 @@ pub async fn status(args: QueryArgs) -> Result<()> {
         render::status_text(s)
     })
     .await
+}
+
+/// `observer encap`: per tunnel device and peer node, from the daemon's
+/// flows, interfaces and pods.
+pub async fn encap(args: QueryArgs) -> Result<()> {
+    let client = args.target.client()?;
+    let flows: Vec<FlowView> = client.get("/v1/flows").await?;
+    let interfaces: Vec<InterfaceView> = client.get("/v1/interfaces").await?;
+    let pods: Vec<PodView> = client.get("/v1/pods").await?;
+    let report = encap::aggregate(&flows, &interfaces, &pods);
+    style::set(args.output != Output::Json && style::wanted());
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        o => print!("{}", encap::encap_text(&report, o == Output::Wide)),
+    }
+    Ok(())
+}
+
+/// `observer completions SHELL`: the completion script for `cmd`, on stdout.
+pub fn completions(shell: clap_complete::Shell, mut cmd: clap::Command) {
+    let name = cmd.get_name().to_owned();
+    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
 }

@@ -9,53 +9,57 @@ use crate::{
     model::EndpointView,
 };
 
-/// Formats rows as left-aligned columns separated by two spaces.
+use super::flows::FlowRow;
+
+pub use super::units::{bytes, count};
+use super::{
+    style::{self, Paint, paint},
+    units::{byte_rate, packet_rate},
+};
+
+/// Columns of numbers (by their header) are right-aligned.
+fn numeric(header: &str) -> bool {
+    [
+        "PKTS", "BYTES", "PACKETS", "OVERHEAD", "SKBS", "IFINDEX", "NON-IP", "MTU", "/S", "%",
+    ]
+    .iter()
+    .any(|k| header.contains(k))
+}
+
+/// Formats rows as columns separated by two spaces: left-aligned, numbers
+/// right-aligned; widths ignore colour escapes; the header is highlighted.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(style::visible_width(c));
         }
     }
+    let right: Vec<bool> = header.iter().map(|h| numeric(h)).collect();
     let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let parts: Vec<String> = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+    let mut line = |cells: &mut dyn Iterator<Item = String>| {
+        let mut l = String::new();
+        for (i, c) in cells.enumerate() {
+            let Some(&w) = widths.get(i) else { break };
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let pad = " ".repeat(w.saturating_sub(style::visible_width(&c)));
+            if right[i] {
+                l.push_str(&pad);
+                l.push_str(&c);
+            } else {
+                l.push_str(&c);
+                l.push_str(&pad);
+            }
+        }
+        let _ = writeln!(out, "{}", l.trim_end());
     };
-    line(&mut header.iter().copied());
+    line(&mut header.iter().map(|h| paint(Paint::Header, *h)));
     for r in rows {
-        line(&mut r.iter().map(String::as_str));
+        line(&mut r.iter().cloned());
     }
     out
-}
-
-/// 1234567 -> "1.2 MiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
-/// 1234567 -> "1.2M".
-pub fn count(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.1}k", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
-        _ => format!("{:.1}G", n as f64 / 1e9),
-    }
 }
 
 fn endpoint(ip: &str, port: u16) -> String {
@@ -67,6 +71,23 @@ fn endpoint(ip: &str, port: u16) -> String {
 }
 
 pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
+    let rows: Vec<FlowRow> = flows
+        .iter()
+        .map(|f| FlowRow {
+            flow: f.clone(),
+            bytes_per_second: None,
+            packets_per_second: None,
+        })
+        .collect();
+    flow_rows_table(&rows, wide)
+}
+
+/// Flows, with rate columns when they have rates.
+pub fn flow_rows_table(flows: &[FlowRow], wide: bool) -> String {
+    if flows.is_empty() {
+        return "no flows seen yet\n".to_owned();
+    }
+    let rates = flows.iter().any(|r| r.bytes_per_second.is_some());
     let mut header = vec![
         "INTERFACE",
         "DIR",
@@ -77,19 +98,31 @@ pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
         "PACKETS",
         "BYTES",
     ];
+    if rates {
+        header.extend(["BYTES/S", "PKTS/S"]);
+    }
     if wide {
-        header.extend(["SKBS", "OVERHEAD", "TCP-FLAGS", "FIRST-SEEN", "LAST-SEEN"]);
+        header.extend([
+            "SKBS",
+            "OVERHEAD",
+            "SERVICE",
+            "PEER-NODE",
+            "TCP-FLAGS",
+            "FIRST-SEEN",
+            "LAST-SEEN",
+        ]);
     }
     let rows: Vec<Vec<String>> = flows
         .iter()
-        .map(|f| {
+        .map(|row| {
+            let f = &row.flow;
             let mut proto = f.protocol.clone();
             if let (Some(t), Some(c)) = (f.icmp_type, f.icmp_code) {
                 proto = format!("{proto} {t}/{c}");
             }
             let mut r = vec![
                 f.interface.clone(),
-                f.direction.clone(),
+                style::direction(&f.direction),
                 proto,
                 named(f.src.as_ref(), &f.src_ip, f.src_port),
                 named(f.dst.as_ref(), &f.dst_ip, f.dst_port),
@@ -97,10 +130,22 @@ pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
                 count(f.packets),
                 bytes(f.bytes),
             ];
+            if rates {
+                r.extend([
+                    row.bytes_per_second.map_or_else(|| "-".into(), byte_rate),
+                    row.packets_per_second
+                        .map_or_else(|| "-".into(), packet_rate),
+                ]);
+            }
             if wide {
                 r.extend([
                     count(f.skbs),
                     bytes(f.overhead_bytes),
+                    f.service.as_ref().map_or_else(
+                        || "-".into(),
+                        |s| format!("{}/{}:{} ({})", s.namespace, s.name, s.port, s.via),
+                    ),
+                    f.peer_node.clone().unwrap_or_else(|| "-".into()),
                     f.tcp_flags.clone(),
                     f.first_seen.clone(),
                     f.last_seen.clone(),
@@ -109,9 +154,6 @@ pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
             r
         })
         .collect();
-    if rows.is_empty() {
-        return "no flows seen yet\n".to_owned();
-    }
     table(&header, &rows)
 }
 
@@ -147,7 +189,7 @@ pub fn pods_table(list: &[PodView]) -> String {
                 if p.attached {
                     p.interface.clone()
                 } else {
-                    format!("{} (not attached)", p.interface)
+                    format!("{} {}", p.interface, paint(Paint::Warn, "(not attached)"))
                 },
                 count(p.ingress_packets),
                 bytes(p.ingress_bytes),
@@ -160,7 +202,7 @@ pub fn pods_table(list: &[PodView]) -> String {
 }
 
 /// `namespace/pod` where known, else the address.
-fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
+pub(crate) fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
     let addr = endpoint(ip, port);
     match ep {
         Some(EndpointView {
@@ -237,11 +279,15 @@ pub fn services_text(list: &[ServiceView]) -> String {
     )
 }
 
-pub fn interfaces_table(list: &[InterfaceView]) -> String {
-    let header = [
+pub fn interfaces_table(list: &[InterfaceView], wide: bool) -> String {
+    if list.is_empty() {
+        return "no interfaces attached (none matches --pod-interfaces / --tunnel-interfaces / --underlay)\n".to_owned();
+    }
+    let mut header = vec![
         "INTERFACE",
         "IFINDEX",
         "KIND",
+        "MTU",
         "ATTACHED",
         "IN-PKTS",
         "IN-BYTES",
@@ -249,26 +295,34 @@ pub fn interfaces_table(list: &[InterfaceView]) -> String {
         "OUT-BYTES",
         "NON-IP",
     ];
+    if wide {
+        header.push("LAYER");
+    }
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|i| {
             let attached = match (&i.attached_via, &i.attach_error, i.gone) {
-                (_, _, true) => "gone".to_owned(),
+                (_, _, true) => paint(Paint::Dim, "gone"),
                 (Some(v), _, _) => v.clone(),
-                (None, Some(e), _) => format!("error: {e}"),
-                (None, None, _) => "no".to_owned(),
+                (None, Some(e), _) => paint(Paint::Bad, format!("error: {e}")),
+                (None, None, _) => paint(Paint::Warn, "no"),
             };
-            vec![
+            let mut r = vec![
                 i.name.clone(),
                 i.ifindex.to_string(),
                 i.kind.clone(),
+                i.mtu.map_or_else(|| "-".into(), |m| m.to_string()),
                 attached,
                 count(i.ingress_packets),
                 bytes(i.ingress_bytes),
                 count(i.egress_packets),
                 bytes(i.egress_bytes),
                 count(i.non_ip_packets),
-            ]
+            ];
+            if wide {
+                r.push(i.layer.clone());
+            }
+            r
         })
         .collect();
     table(&header, &rows)
@@ -288,6 +342,13 @@ pub fn status_text(s: &StatusView) -> String {
         s.kernel_flow_entries, s.flow_capacity, s.flows_tracked, s.lru_evictions
     );
     for (k, v) in &s.datapath {
+        // Lost or unreadable packets are worth a look.
+        let problem = matches!(k.as_str(), "unparsed" | "flow_insert_failures") && *v > 0;
+        let v = if problem {
+            paint(Paint::Bad, v.to_string())
+        } else {
+            v.to_string()
+        };
         let _ = writeln!(out, "{k}: {v}");
     }
     out

@@ -185,6 +185,29 @@ fn release(ebpf: &mut Ebpf, att: &mut Attachment) {
     }
 }
 
+/// Whether a cls_bpf filter sits at our priority on the clsact ingress and
+/// egress hooks of an interface (what `tc filter show` would list).
+pub async fn clsact_filters_present(ifindex: u32) -> Result<(bool, bool)> {
+    use futures::TryStreamExt as _;
+    use netlink_packet_route::tc::TcAttribute;
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    let task = tokio::spawn(conn);
+    let mut present = [false; 2];
+    for (i, egress) in [false, true].into_iter().enumerate() {
+        let req = handle.traffic_filter(ifindex as i32).get();
+        let req = if egress { req.egress() } else { req.ingress() };
+        let filters: Vec<_> = req.execute().try_collect().await.unwrap_or_default();
+        present[i] = filters.iter().any(|f| {
+            (f.header.info >> 16) as u16 == CLSACT_PRIORITY
+                && f.attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+        });
+    }
+    task.abort();
+    Ok((present[0], present[1]))
+}
+
 /// `tc qdisc del dev IFACE clsact`, over rtnetlink.
 async fn delete_clsact(ifindex: u32) -> Result<()> {
     use netlink_packet_route::tc::TcHandle;

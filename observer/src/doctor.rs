@@ -1,0 +1,493 @@
+//! `observer doctor`: the checks an operator would otherwise make by hand
+//! with `ip route`, `ip link`, `bpftool`, `calicoctl node status` and
+//! `ipvsadm -Ln`, each with its evidence and a hint. Run by the daemon
+//! (`/v1/doctor`), which has everything at hand.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    daemon::State,
+    datapath::attach::Via,
+    flows::InterfaceKind,
+    model::Model,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    /// Not applicable here (no IPVS, no BIRD, ...).
+    Skip,
+    Warn,
+    Fail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub verdict: Verdict,
+    pub summary: String,
+    /// What was found wrong (or, when all is well, what was looked at).
+    #[serde(default)]
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn new(name: &str, problems: Vec<String>, looked_at: String, hint: &str, bad: Verdict) -> Self {
+        if problems.is_empty() {
+            Self {
+                name: name.into(),
+                verdict: Verdict::Ok,
+                summary: looked_at,
+                evidence: Vec::new(),
+                hint: None,
+            }
+        } else {
+            Self {
+                name: name.into(),
+                verdict: bad,
+                summary: format!("{} problem(s)", problems.len()),
+                evidence: problems,
+                hint: Some(hint.into()),
+            }
+        }
+    }
+
+    fn skip(name: &str, why: &str) -> Self {
+        Self {
+            name: name.into(),
+            verdict: Verdict::Skip,
+            summary: why.into(),
+            evidence: Vec::new(),
+            hint: None,
+        }
+    }
+}
+
+/// Whether anything is wrong (the CLI's exit code).
+pub fn healthy(checks: &[Check]) -> bool {
+    checks
+        .iter()
+        .all(|c| matches!(c.verdict, Verdict::Ok | Verdict::Skip))
+}
+
+/// Header bytes each tunnel adds to an inner packet, by device name.
+fn tunnel_overhead(name: &str) -> u32 {
+    match name {
+        n if n.starts_with("vxlan-v6") => 70,
+        n if n.starts_with("vxlan") => 50,
+        n if n.starts_with("wg-v6") => 80,
+        n if n.starts_with("wireguard") || n.starts_with("wg") => 60,
+        _ => 20, // tunl0: IPIP
+    }
+}
+
+/// Runs every check on the daemon's state.
+pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
+    let st = state.read().await;
+    // Attachments as the kernel has them, not as we remember them.
+    let mut clsact = std::collections::HashMap::new();
+    for (ifindex, i) in &st.interfaces {
+        if i.via == Some(Via::Clsact) && !i.gone {
+            let found = crate::datapath::attach::clsact_filters_present(*ifindex).await;
+            clsact.insert(*ifindex, found.unwrap_or((false, false)));
+        }
+    }
+    tokio::task::block_in_place(|| checks(&st, &clsact))
+}
+
+fn checks(st: &State, clsact: &std::collections::HashMap<u32, (bool, bool)>) -> Vec<Check> {
+    let m = &st.model;
+    vec![
+        pod_routes_and_interfaces(st, m, clsact),
+        interfaces_belong_to_pods(st, m),
+        remote_block_routes(m),
+        bgp_peers(m),
+        mtus(st, m),
+        ipvs_backends(m),
+        datapath_counters(st),
+    ]
+}
+
+fn local_pods(st: &State, m: &Model) -> Vec<crate::model::PodEntry> {
+    let local = m.local_node();
+    m.pods()
+        .iter()
+        .filter(|p| match local {
+            Some(n) => p.node.as_deref() == Some(n),
+            None => st.interfaces.values().any(|i| i.iface.name == p.interface),
+        })
+        .cloned()
+        .collect()
+}
+
+/// Every local pod has its `/32` (`/128`) route to its interface, and the
+/// interface is there with our programs on it (asked of the kernel).
+fn pod_routes_and_interfaces(
+    st: &State,
+    m: &Model,
+    clsact: &std::collections::HashMap<u32, (bool, bool)>,
+) -> Check {
+    let pods = local_pods(st, m);
+    if pods.is_empty() {
+        return Check::skip(
+            "pod-routes-and-interfaces",
+            "no local pods known (no API objects or --node-name)",
+        );
+    }
+    let routes = m.routes();
+    let mut problems = Vec::new();
+    for p in &pods {
+        let name = format!("{}/{}", p.namespace, p.name);
+        let iface = st
+            .interfaces
+            .iter()
+            .find(|(_, i)| i.iface.name == p.interface && !i.gone);
+        let Some((ifindex, i)) = iface else {
+            problems.push(format!("{name}: interface {} does not exist", p.interface));
+            continue;
+        };
+        for ip in &p.ips {
+            match routes.local_endpoints.get(ip) {
+                Some(idx) if idx == ifindex => {}
+                Some(idx) => problems.push(format!(
+                    "{name}: the route to {ip} goes to ifindex {idx}, not {} ({ifindex})",
+                    p.interface
+                )),
+                None => problems.push(format!(
+                    "{name}: no route to {ip} dev {} (Felix programs one per pod IP)",
+                    p.interface
+                )),
+            }
+        }
+        match (i.via, &i.attach_error) {
+            (_, Some(e)) => problems.push(format!("{name}: {} not attached: {e}", p.interface)),
+            (None, _) => problems.push(format!("{name}: {} not attached", p.interface)),
+            (Some(Via::Tcx), _) => {
+                if let Some(missing) = tcx_missing(&p.interface) {
+                    problems.push(format!("{name}: {missing}"));
+                }
+            }
+            (Some(Via::Clsact), _) => {
+                let (ingress, egress) = clsact.get(ifindex).copied().unwrap_or((false, false));
+                if !(ingress && egress) {
+                    problems.push(format!(
+                        "{name}: {}: our filter is not on clsact {} (the kernel says)",
+                        p.interface,
+                        match (ingress, egress) {
+                            (false, false) => "ingress and egress",
+                            (false, true) => "ingress",
+                            _ => "egress",
+                        }
+                    ));
+                }
+            }
+        }
+    }
+    Check::new(
+        "pod-routes-and-interfaces",
+        problems,
+        format!("{} local pods: routes and attached interfaces", pods.len()),
+        "missing routes: check calico-node/Felix on this node (`ip route | grep cali`); \
+         detached programs: restart the observer pod",
+        Verdict::Fail,
+    )
+}
+
+/// Our TCX programs as the kernel lists them on an interface.
+fn tcx_missing(interface: &str) -> Option<String> {
+    use aya::programs::{SchedClassifier, tc::TcAttachType};
+    let mut missing = Vec::new();
+    for (hook, t) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
+        match SchedClassifier::query_tcx(interface, t) {
+            Ok((_, programs)) => {
+                let ours = programs.iter().any(|p| {
+                    p.name_as_str()
+                        .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
+                });
+                if !ours {
+                    missing.push(hook);
+                }
+            }
+            Err(e) => return Some(format!("cannot ask the kernel about {interface}: {e}")),
+        }
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{interface}: our program is not on TCX {} (the kernel says)",
+            missing.join(" and ")
+        )
+    })
+}
+
+/// Every `cali*` interface belongs to a pod we know.
+fn interfaces_belong_to_pods(st: &State, m: &Model) -> Check {
+    if m.pods().is_empty() {
+        return Check::skip("interfaces-belong-to-pods", "no pod objects to compare with");
+    }
+    let pod_ifaces: Vec<&str> = st
+        .interfaces
+        .values()
+        .filter(|i| i.iface.kind == InterfaceKind::Pod && !i.gone)
+        .map(|i| i.iface.name.as_str())
+        .collect();
+    let problems = pod_ifaces
+        .iter()
+        .filter(|n| m.pod_of_interface(n).is_none())
+        .map(|n| format!("{n} belongs to no known pod (a leftover of a deleted pod?)"))
+        .collect();
+    Check::new(
+        "interfaces-belong-to-pods",
+        problems,
+        format!("{} pod interfaces, each a known pod's", pod_ifaces.len()),
+        "a leftover veth: find its pod with `calicoctl get workloadendpoints -o wide`; \
+         delete it if none",
+        Verdict::Warn,
+    )
+}
+
+/// Every remote block has a route over the device its pool's
+/// encapsulation mode asks for.
+fn remote_block_routes(m: &Model) -> Check {
+    let calico = m.calico();
+    let local = m.local_node();
+    let remote: Vec<_> = calico
+        .blocks
+        .iter()
+        .filter(|b| b.node.is_some() && b.node.as_deref() != local)
+        .collect();
+    if remote.is_empty() {
+        return Check::skip("remote-block-routes", "no remote blocks known (no BlockAffinities)");
+    }
+    let mut problems = Vec::new();
+    for b in &remote {
+        let node = b.node.as_deref().unwrap_or("?");
+        let expected = m.expected_encap_to(b.cidr.network());
+        let Some(route) = m.routes().remote_blocks.get(&b.cidr) else {
+            problems.push(format!("{} of {node}: no route", b.cidr));
+            continue;
+        };
+        let device = ifname(route.ifindex).unwrap_or_else(|| format!("ifindex {}", route.ifindex));
+        let fits = match expected.as_deref() {
+            Some("vxlan") => device.starts_with("vxlan"),
+            Some("ipip") => device == "tunl0",
+            Some("none") => !device.starts_with("vxlan") && device != "tunl0",
+            _ => true,
+        };
+        if !fits {
+            problems.push(format!(
+                "{} of {node}: routed via {device} (proto {}), but its pool wants {}",
+                b.cidr,
+                route.protocol,
+                expected.as_deref().unwrap_or("?")
+            ));
+        }
+    }
+    Check::new(
+        "remote-block-routes",
+        problems,
+        format!("{} remote blocks routed as their pools say", remote.len()),
+        "compare `ip route` with `calicoctl get ippool -o wide`; BGP routes come from BIRD \
+         (`observer node`), VXLAN routes from Felix",
+        Verdict::Fail,
+    )
+}
+
+fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// Every BGP peer BIRD has is Established.
+fn bgp_peers(m: &Model) -> Check {
+    let running: Vec<_> = m.calico().bgp.iter().filter(|b| b.running).collect();
+    if running.is_empty() {
+        return Check::skip("bgp-peers", "BIRD is not running here (no BGP)");
+    }
+    let mut problems = Vec::new();
+    let mut peers = 0;
+    for b in &running {
+        for p in &b.peers {
+            peers += 1;
+            if p.bgp_state != "Established" {
+                problems.push(format!(
+                    "{} {} ({}): {} {} since {}",
+                    b.family, p.address, p.peer_type, p.state, p.info, p.since
+                ));
+            }
+        }
+    }
+    Check::new(
+        "bgp-peers",
+        problems,
+        format!("{peers} BGP peers Established"),
+        "a peer not Established: is calico-node running on that node, and is TCP 179 open \
+         between the nodes?",
+        Verdict::Fail,
+    )
+}
+
+/// Tunnel MTUs fit the underlay minus their overhead; pod interfaces and
+/// the CNI config fit the tunnel.
+fn mtus(st: &State, m: &Model) -> Check {
+    let live = || st.interfaces.values().filter(|i| !i.gone);
+    let underlay = live()
+        .filter(|i| i.iface.kind == InterfaceKind::Underlay)
+        .filter_map(|i| i.mtu)
+        .min();
+    let tunnels: Vec<(&str, u32)> = live()
+        .filter(|i| matches!(i.iface.kind, InterfaceKind::Tunnel(_)))
+        .filter_map(|i| Some((i.iface.name.as_str(), i.mtu?)))
+        .collect();
+    let mut problems = Vec::new();
+    if let Some(u) = underlay {
+        for (name, mtu) in &tunnels {
+            let fits = u.saturating_sub(tunnel_overhead(name));
+            if *mtu > fits {
+                problems.push(format!(
+                    "{name} MTU {mtu} > underlay {u} - {} bytes of headers = {fits}",
+                    tunnel_overhead(name)
+                ));
+            }
+        }
+    }
+    // What a pod may send: the smallest tunnel MTU, or the underlay's.
+    let limit = tunnels
+        .iter()
+        .filter(|(n, _)| !n.contains("v6"))
+        .map(|(_, m)| *m)
+        .min()
+        .or(underlay);
+    if let Some(limit) = limit {
+        for i in live().filter(|i| i.iface.kind == InterfaceKind::Pod) {
+            if let Some(mtu) = i.mtu.filter(|mtu| *mtu > limit) {
+                let pod = m
+                    .pod_of_interface(&i.iface.name)
+                    .map(|p| format!(" ({}/{})", p.namespace, p.name))
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "{}{pod} MTU {mtu} > {limit} that the tunnel carries",
+                    i.iface.name
+                ));
+            }
+        }
+        if let Some(cni) = &m.calico().cni {
+            for c in cni.configs.iter().filter(|c| c.in_use) {
+                for p in &c.plugins {
+                    if let Some(mtu) = p.mtu.filter(|mtu| *mtu > limit) {
+                        problems.push(format!(
+                            "{}: {} plugin mtu {mtu} > {limit} that the tunnel carries",
+                            c.file, p.kind
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if underlay.is_none() && limit.is_none() {
+        return Check::skip("mtu", "no tunnel or watched underlay device to compare with");
+    }
+    Check::new(
+        "mtu",
+        problems,
+        format!(
+            "tunnels {tunnels:?}, underlay {}",
+            underlay.map_or("not watched".into(), |u| u.to_string())
+        ),
+        "set Calico's MTU (FelixConfiguration mtu / the CNI config's mtu) to the underlay MTU \
+         minus the encapsulation overhead; recreate pods to apply it",
+        Verdict::Fail,
+    )
+}
+
+/// kube-proxy's IPVS destinations are the Service's ready endpoints.
+fn ipvs_backends(m: &Model) -> Check {
+    if m.ipvs().is_empty() {
+        return Check::skip(
+            "ipvs-backends",
+            "no IPVS virtual services (kube-proxy not in IPVS mode, or no IPVS here)",
+        );
+    }
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for sp in m.services() {
+        for vip in &sp.vips {
+            let Some(v) = m.ipvs().iter().find(|v| {
+                v.protocol == sp.protocol
+                    && v.address.is_some_and(|a| a.ip() == *vip && a.port() == sp.port)
+            }) else {
+                continue;
+            };
+            compared += 1;
+            let ready: BTreeSet<(IpAddr, u16)> = sp
+                .backends
+                .iter()
+                .filter(|b| b.ready)
+                .map(|b| (b.ip, b.port))
+                .collect();
+            let ipvs: BTreeSet<(IpAddr, u16)> = v
+                .destinations
+                .iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| (d.address.ip(), d.address.port()))
+                .collect();
+            for (ip, port) in ipvs.difference(&ready) {
+                problems.push(format!(
+                    "{}/{} {vip}:{}: IPVS sends to {ip}:{port}, not a ready endpoint",
+                    sp.namespace, sp.name, sp.port
+                ));
+            }
+            for (ip, port) in ready.difference(&ipvs) {
+                problems.push(format!(
+                    "{}/{} {vip}:{}: ready endpoint {ip}:{port} missing from IPVS",
+                    sp.namespace, sp.name, sp.port
+                ));
+            }
+        }
+    }
+    Check::new(
+        "ipvs-backends",
+        problems,
+        format!("{compared} IPVS virtual services match their EndpointSlices"),
+        "kube-proxy is behind: check its logs and `ipvsadm -Ln`",
+        Verdict::Fail,
+    )
+}
+
+/// Flow-map insert failures and unparsed packets rising.
+fn datapath_counters(st: &State) -> Check {
+    use observer_common::Stat;
+    let h = &st.status.stats_history;
+    let (Some((t0, first)), Some((t1, last))) = (h.front(), h.back()) else {
+        return Check::skip("datapath-counters", "not polled yet");
+    };
+    let secs = t1.duration_since(*t0).as_secs();
+    let mut problems = Vec::new();
+    for (stat, why) in [
+        (Stat::FlowInsertFailures, "the flow map is full: raise --flow-capacity"),
+        (Stat::Unparsed, "packets the classifier cannot parse"),
+    ] {
+        let grew = last[stat as usize].saturating_sub(first[stat as usize]);
+        if grew > 0 {
+            problems.push(format!("{}: +{grew} in the last {secs} s ({why})", stat.name()));
+        }
+    }
+    Check::new(
+        "datapath-counters",
+        problems,
+        format!("no insert failures or unparsed packets in the last {secs} s"),
+        "insert failures lose flows: raise --flow-capacity; unparsed packets: capture some \
+         with tcpdump and run `observer replay` on them",
+        Verdict::Warn,
+    )
+}

@@ -1,0 +1,100 @@
+//! `observer doctor` on the lab: clean on a healthy lab, and it finds the
+//! faults we inject — a deleted pod route, a wrong MTU, and an interface
+//! our program was taken off behind the daemon's back.
+
+mod common;
+
+use std::process::Command;
+
+use common::lab::TestLab;
+use observer::doctor::{Check, Verdict};
+
+/// (exit success, checks) of `observer doctor -o json` on a lab node.
+fn doctor(lab: &TestLab, node: &str) -> (bool, Vec<Check>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
+        .args(["doctor", "--lab", &lab.name, "--lab-node", node, "-o", "json"])
+        .output()
+        .expect("run observer doctor");
+    let checks = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "doctor JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), checks)
+}
+
+fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+    checks.iter().find(|c| c.name == name).expect(name)
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
+    // clsact, so that the test can take a filter off with `tc`.
+    let lab = TestLab::up(&[], &[("OBSERVER_ATTACH_MODE", "clsact")]);
+    for node in ["node1", "node2"] {
+        let (ok, checks) = doctor(&lab, node);
+        assert!(ok, "{node}: {checks:#?}");
+        for name in [
+            "pod-routes-and-interfaces",
+            "interfaces-belong-to-pods",
+            "remote-block-routes",
+            "mtu",
+        ] {
+            assert_eq!(check(&checks, name).verdict, Verdict::Ok, "{node} {name}");
+        }
+    }
+
+    let plan = lab.status();
+    let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).unwrap().clone();
+    let (pod1, pod2) = (pod("node1-pod1"), pod("node1-pod2"));
+    let node1 = format!("{}-node1", lab.name);
+    // A deleted route, a wrong MTU, a filter gone.
+    let ip = format!("{}/32", pod1.ips[0]);
+    run(&["ip", "-n", &node1, "route", "del", &ip, "dev", &pod1.interface]);
+    run(&["ip", "-n", &node1, "link", "set", &pod2.interface, "mtu", "1500"]);
+    run(&["tc", "-n", &node1, "filter", "del", "dev", &pod2.interface, "ingress", "pref", "1"]);
+
+    // Route changes reach the daemon by netlink; give it a poll.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (ok, checks) = doctor(&lab, "node1");
+    assert!(!ok, "doctor exited 0 with faults: {checks:#?}");
+    let pods = check(&checks, "pod-routes-and-interfaces");
+    assert_eq!(pods.verdict, Verdict::Fail);
+    let evidence = pods.evidence.join("\n");
+    assert!(
+        evidence.contains(&format!("default/node1-pod1: no route to {}", pod1.ips[0])),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains(&format!(
+            "default/node1-pod2: {}: our filter is not on clsact ingress",
+            pod2.interface
+        )),
+        "{evidence}"
+    );
+    assert_eq!(pods.evidence.len(), 2, "{evidence}");
+    let mtu = check(&checks, "mtu");
+    assert_eq!(mtu.verdict, Verdict::Fail);
+    assert_eq!(
+        mtu.evidence,
+        vec![format!(
+            "{} (default/node1-pod2) MTU 1500 > 1450 that the tunnel carries",
+            pod2.interface
+        )]
+    );
+    assert!(mtu.hint.is_some() && pods.hint.is_some());
+    // The other node is untouched.
+    let (ok, checks) = doctor(&lab, "node2");
+    assert!(ok, "node2: {checks:#?}");
+}
