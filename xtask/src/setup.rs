@@ -24,6 +24,20 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "an independent view of attached programs in the tests",
     ),
+    (
+        "bird",
+        "BIRD 1.6 (bird, bird6, birdc): the BGP mesh of `observer lab up --routing bgp`",
+    ),
+    ("prometheus", "scraping the lab's node observers"),
+];
+
+/// System-wide services the packages above start on install. The lab runs
+/// its own BIRDs (and Prometheus) inside its namespaces; a host-wide BIRD
+/// reading `/etc/bird/bird.conf` would program the host's routes, so the
+/// ones we install are stopped and disabled (not ones already there).
+const PACKAGE_SERVICES: &[(&str, &[&str])] = &[
+    ("bird", &["bird.service", "bird6.service"]),
+    ("prometheus", &["prometheus.service"]),
 ];
 
 pub fn run() -> Result<()> {
@@ -175,5 +189,31 @@ fn debian_packages() -> Result<()> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    )?;
+    disable_services(&missing);
+    Ok(())
+}
+
+/// Stops and disables the system-wide services of packages just installed
+/// (where systemd runs; elsewhere, e.g. under a policy-rc.d that denies
+/// starts, nothing was started).
+fn disable_services(installed: &[&str]) {
+    if !Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    for (package, units) in PACKAGE_SERVICES {
+        if !installed.contains(package) {
+            continue;
+        }
+        let ok = Command::new("systemctl")
+            .args(["disable", "--now"])
+            .args(*units)
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            eprintln!("setup: stopped and disabled {units:?} (the lab runs its own in namespaces)");
+        } else {
+            eprintln!("setup: could not disable {units:?}; stop them by hand if they run");
+        }
+    }
 }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     netns::{self, ip, sysctl},
-    plan::{NodePlan, Plan, PodPlan},
+    plan::{NodePlan, Plan, PodPlan, Routing},
     state,
 };
 use crate::cli::client::Client;
@@ -48,13 +48,24 @@ pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
         build_node(plan, node, &ul, k)?;
     }
     for node in &plan.nodes {
-        routes_to_peers(plan, node)?;
+        if plan.routing == Routing::Vxlan {
+            routes_to_peers(plan, node)?;
+        }
         super::services::program(plan, node)?;
     }
     for pod in &plan.pods {
         build_pod(plan, pod)?;
     }
     super::objects::write(plan, &state::dir(&plan.lab).join("objects"))?;
+    super::objects::write_cni(plan)?;
+    if plan.routing == Routing::Bgp {
+        // Every BIRD first (the passive side must be listening when its
+        // peer connects), then the whole mesh up and its routes in place.
+        for node in &plan.nodes {
+            super::bird::start(plan, node)?;
+        }
+        super::bird::wait_established(plan)?;
+    }
     for node in &plan.nodes {
         start_daemon(plan, node, exe)?;
     }
@@ -94,6 +105,11 @@ fn build_node(plan: &Plan, node: &NodePlan, ul: &str, k: usize) -> Result<()> {
     ip(ns, &["link", "set", "eth0", "up"])?;
     ip(ns, &["route", "add", "default", "via", UNDERLAY_GATEWAY])?;
 
+    if plan.routing == Routing::Bgp {
+        // No tunnel: BIRD blackholes the node's blocks (a static protocol,
+        // as calico-node's bird_aggr.cfg does) and routes the others'.
+        return Ok(());
+    }
     // Calico's VXLAN devices: VNI 4096, port 4789, no learning (Felix
     // programs neighbours and FDB entries), 50 bytes under the underlay.
     for (dev, local) in vxlan_devices(plan, node) {
@@ -325,9 +341,14 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
 }
 
 /// The underlay's 1500 less VXLAN's overhead: 50 bytes over IPv4, 70 over
-/// IPv6 (Calico's automatic MTU does the same).
-fn pod_mtu(plan: &Plan) -> &'static str {
-    if plan.ipv6 { "1430" } else { "1450" }
+/// IPv6; unencapsulated (BGP), the underlay's own (Calico's automatic MTU
+/// does the same).
+pub fn pod_mtu(plan: &Plan) -> &'static str {
+    match plan.routing {
+        Routing::Bgp => "1500",
+        Routing::Vxlan if plan.ipv6 => "1430",
+        Routing::Vxlan => "1450",
+    }
 }
 
 fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
@@ -335,6 +356,7 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
     let log_path = dir.join(format!("{}.log", node.name));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
+    let node_dir = dir.join(&node.name);
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.netns])
         .arg(exe)
@@ -348,7 +370,17 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
             "eth0",
             "--node-name",
             &node.name,
+            "--metrics-address",
+            &format!("{}:{}", node.underlay_ip, super::plan::METRICS_PORT),
+            "--cni-dir",
+            &node.cni_dir,
         ])
+        // Where the node's BIRDs' sockets are (or would be: a VXLAN node
+        // runs none, like calico-node with `calico_backend: vxlan`).
+        .arg("--bird-socket")
+        .arg(node_dir.join("bird.ctl"))
+        .arg("--bird6-socket")
+        .arg(node_dir.join("bird6.ctl"))
         .arg("--objects-dir")
         .arg(dir.join("objects"))
         .stdin(Stdio::null())
@@ -393,7 +425,7 @@ fn wait_ready(child: &mut Child, socket: &str, log: &Path) -> Result<()> {
     )
 }
 
-fn log_tail(log: &Path, lines: usize) -> String {
+pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let tail: Vec<&str> = text.lines().rev().take(lines).collect();
     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -408,14 +440,23 @@ pub fn down(lab: &str) -> Result<()> {
     // A daemon whose namespace was already deleted (a crash, a hand-run `ip
     // netns del`) keeps it alive unnamed: find it by its socket path too.
     let mut victims: Vec<i32> = all.iter().flat_map(|ns| netns::pids(ns)).collect();
-    for pid in netns::daemons_under(&state::dir(lab)) {
+    // The same for BIRDs (routing `bgp`), by pid file or command line.
+    let dir = state::dir(lab);
+    for pid in netns::daemons_under(&dir)
+        .into_iter()
+        .chain(super::bird::pids_under(&dir))
+    {
         if !victims.contains(&pid) {
             victims.push(pid);
         }
     }
     for pid in &victims {
-        // SAFETY: kill(2) on processes of the lab's namespaces.
-        unsafe { libc::kill(*pid, libc::SIGTERM) };
+        // SAFETY: kill(2) on processes of the lab's namespaces. SIGCONT
+        // lets one that was stopped (a test freezing a BIRD) see SIGTERM.
+        unsafe {
+            libc::kill(*pid, libc::SIGTERM);
+            libc::kill(*pid, libc::SIGCONT);
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !victims.is_empty() && Instant::now() < deadline {
@@ -432,7 +473,6 @@ pub fn down(lab: &str) -> Result<()> {
             errors.push(format!("{e:#}"));
         }
     }
-    let dir = state::dir(lab);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

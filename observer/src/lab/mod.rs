@@ -1,7 +1,9 @@
 //! `observer lab`: a Calico-shaped cluster built from network namespaces on
 //! one machine (nodes on an underlay bridge, pods behind `cali*` veths, VXLAN
-//! between nodes), with one `observer run` per node, like a DaemonSet.
+//! or a BIRD BGP mesh between nodes), with one `observer run` per node, like
+//! a DaemonSet.
 
+pub mod bird;
 pub mod build;
 pub mod netns;
 pub mod objects;
@@ -60,6 +62,10 @@ pub struct Shape {
     /// Prefix length of each node's IPv4 block (Calico's default: 26).
     #[arg(long, default_value_t = 26)]
     pub block_size: u8,
+    /// How nodes reach each other's blocks: `vxlan` (Felix's VXLAN routes)
+    /// or `bgp` (a BIRD per node in a node-to-node iBGP mesh, unencapsulated).
+    #[arg(long, value_enum, default_value = "vxlan")]
+    pub routing: plan::Routing,
 }
 
 #[derive(Args, Debug)]
@@ -139,12 +145,13 @@ fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
         );
     }
     let dir = state::dir(&shape.name);
-    let plan = plan::plan(
+    let plan = plan::plan_routed(
         &shape.name,
         shape.nodes,
         shape.pods_per_node,
         shape.block_size,
         shape.ipv6,
+        shape.routing,
         &dir.to_string_lossy(),
     )?;
     state::save(&plan)?;
@@ -158,8 +165,9 @@ fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
         bail!("interrupted: lab {:?} was torn down", shape.name);
     }
     eprintln!(
-        "lab {:?} up: {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
+        "lab {:?} up ({} routing): {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
         plan.lab,
+        plan.routing.name(),
         plan.nodes.len(),
         plan.pods.len(),
         plan.nodes[0].name
@@ -187,13 +195,22 @@ fn status(o: &OutputArgs) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(","),
                 n.api_socket.clone(),
+                n.bird_socket.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
+    println!("routing: {}", plan.routing.name());
     print!(
         "{}",
         render::table(
-            &["NODE", "NETNS", "UNDERLAY", "BLOCKS", "API SOCKET"],
+            &[
+                "NODE",
+                "NETNS",
+                "UNDERLAY",
+                "BLOCKS",
+                "API SOCKET",
+                "BIRD SOCKET"
+            ],
             &rows
         )
     );

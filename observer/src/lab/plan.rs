@@ -14,6 +14,29 @@ pub const POOL_V6: &str = "fd00:10:244::/48";
 pub const BLOCK_V6: u8 = 122;
 /// The Kubernetes namespace of the lab's pods.
 pub const POD_NAMESPACE: &str = "default";
+/// The port of each node's observer metrics (`--metrics-address`).
+pub const METRICS_PORT: u16 = 9477;
+
+/// How the lab's nodes reach each other's blocks, as an IPPool's modes say.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// `vxlanMode: Always`: Felix's routes via `vxlan.calico`, no BGP.
+    #[default]
+    Vxlan,
+    /// `ipipMode: Never`, `vxlanMode: Never`: a BIRD per node in an iBGP
+    /// full mesh, `proto bird` routes over the underlay, no encapsulation.
+    Bgp,
+}
+
+impl Routing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Routing::Vxlan => "vxlan",
+            Routing::Bgp => "bgp",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NodePlan {
@@ -24,11 +47,24 @@ pub struct NodePlan {
     pub underlay_ip6: Option<IpAddr>,
     pub blocks: Vec<IpNet>,
     /// The address of `vxlan.calico` (and `vxlan-v6.calico`), from the
-    /// node's block, as Calico allocates it.
+    /// node's block, as Calico allocates it; none when routing is `bgp`.
     pub tunnel_ips: Vec<IpAddr>,
     /// MAC of the node's VXLAN devices (the static FDB entries point at it).
     pub vxlan_mac: String,
     pub api_socket: String,
+    /// The node observer's Prometheus endpoint, on its underlay address
+    /// (reachable from the lab's underlay namespace).
+    #[serde(default)]
+    pub metrics_url: String,
+    /// BIRD's control socket (IPv4), routing `bgp` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird_socket: Option<String>,
+    /// BIRD's control socket for IPv6 (`bird6`), routing `bgp` with IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird6_socket: Option<String>,
+    /// The node's CNI configuration directory (`10-calico.conflist`).
+    #[serde(default)]
+    pub cni_dir: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -66,6 +102,12 @@ pub struct ServicePortPlan {
 pub struct Plan {
     pub lab: String,
     pub ipv6: bool,
+    #[serde(default)]
+    pub routing: Routing,
+    /// The namespace of the underlay bridge (172.30.0.1): the node
+    /// observers' metrics are reachable from there.
+    #[serde(default)]
+    pub underlay_netns: String,
     pub nodes: Vec<NodePlan>,
     pub pods: Vec<PodPlan>,
     #[serde(default)]
@@ -103,13 +145,34 @@ fn host_v6(net: Ipv6Net, i: u32) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(u128::from(net.network()) + i as u128))
 }
 
-/// Plans a lab of `nodes` nodes with `pods` pods each.
+/// Plans a VXLAN lab of `nodes` nodes with `pods` pods each.
 pub fn plan(
     lab: &str,
     nodes: u32,
     pods: u32,
     block_size: u8,
     ipv6: bool,
+    state_dir: &str,
+) -> Result<Plan> {
+    plan_routed(
+        lab,
+        nodes,
+        pods,
+        block_size,
+        ipv6,
+        Routing::Vxlan,
+        state_dir,
+    )
+}
+
+/// Plans a lab of `nodes` nodes with `pods` pods each, routed as `routing`.
+pub fn plan_routed(
+    lab: &str,
+    nodes: u32,
+    pods: u32,
+    block_size: u8,
+    ipv6: bool,
+    routing: Routing,
     state_dir: &str,
 ) -> Result<Plan> {
     if !(1..=50).contains(&nodes) {
@@ -134,6 +197,8 @@ pub fn plan(
     let mut plan = Plan {
         lab: lab.to_owned(),
         ipv6,
+        routing,
+        underlay_netns: format!("{lab}-underlay"),
         nodes: Vec::new(),
         pods: Vec::new(),
         services: Vec::new(),
@@ -148,6 +213,13 @@ pub fn plan(
             blocks.push(IpNet::V6(b6));
             tunnel_ips.push(host_v6(b6, 0));
         }
+        if routing == Routing::Bgp {
+            // No tunnel device, so no tunnel address (ordinal 0 stays free).
+            tunnel_ips.clear();
+        }
+        let underlay_ip = Ipv4Addr::new(172, 30, 0, 10 + k as u8);
+        let node_dir = format!("{state_dir}/{name}");
+        let bgp = routing == Routing::Bgp;
         for i in 1..=pods {
             let pod = format!("{name}-pod{i}");
             let mut ips = vec![host_v4(b4, i)];
@@ -165,7 +237,7 @@ pub fn plan(
         }
         plan.nodes.push(NodePlan {
             netns: format!("{lab}-{name}"),
-            underlay_ip: IpAddr::V4(Ipv4Addr::new(172, 30, 0, 10 + k as u8)),
+            underlay_ip: IpAddr::V4(underlay_ip),
             // fd00:172:30::11 beside 172.30.0.11.
             underlay_ip6: ipv6.then(|| {
                 IpAddr::V6(Ipv6Addr::new(
@@ -183,6 +255,10 @@ pub fn plan(
             tunnel_ips,
             vxlan_mac: format!("66:ca:11:00:00:{k:02x}"),
             api_socket: format!("{state_dir}/{name}.sock"),
+            metrics_url: format!("http://{underlay_ip}:{METRICS_PORT}/metrics"),
+            bird_socket: bgp.then(|| format!("{node_dir}/bird.ctl")),
+            bird6_socket: (bgp && ipv6).then(|| format!("{node_dir}/bird6.ctl")),
+            cni_dir: format!("{node_dir}/net.d"),
             name,
         });
     }
@@ -249,6 +325,25 @@ mod tests {
         assert_eq!(pod.ips[1].to_string(), "fd00:10:244::42");
         assert_eq!(pod.netns, "lab-node2-pod2");
         assert_eq!(p.nodes[0].underlay_ip.to_string(), "172.30.0.11");
+    }
+
+    #[test]
+    fn bgp_labs_have_bird_sockets_and_no_tunnel_addresses() {
+        let p = plan_routed("lab", 2, 2, 26, true, Routing::Bgp, "/run/x").unwrap();
+        let n = &p.nodes[1];
+        assert!(n.tunnel_ips.is_empty());
+        assert_eq!(n.bird_socket.as_deref(), Some("/run/x/node2/bird.ctl"));
+        assert_eq!(n.bird6_socket.as_deref(), Some("/run/x/node2/bird6.ctl"));
+        assert_eq!(n.cni_dir, "/run/x/node2/net.d");
+        assert_eq!(n.metrics_url, "http://172.30.0.12:9477/metrics");
+        // Pods keep their addresses whatever the routing.
+        assert_eq!(p.pods[2].ips[0].to_string(), "10.244.0.65");
+        let v = plan("lab", 2, 2, 26, false, "/run/x").unwrap();
+        assert_eq!(v.routing, Routing::Vxlan);
+        assert_eq!(v.nodes[0].bird_socket, None);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["routing"], "bgp");
+        assert_eq!(json["underlay_netns"], "lab-underlay");
     }
 
     #[test]
