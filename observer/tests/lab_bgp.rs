@@ -393,4 +393,65 @@ fn bgp_cross_node_traffic_is_counted_unencapsulated() {
         10,
         "per family 4 pod-to-pod exchanges and 1 through a Service VIP"
     );
+
+    // The Calico views agree with what the lab built.
+    let view = |verb: &str| -> serde_json::Value {
+        serde_json::from_str(&observer(&[
+            verb,
+            "--lab",
+            &lab.name,
+            "--lab-node",
+            "node1",
+            "-o",
+            "json",
+        ]))
+        .unwrap_or_else(|e| panic!("observer {verb} -o json: {e}"))
+    };
+    // `observer node`: both BIRDs, the one mesh peer Established in each.
+    let node = view("node");
+    let bgp = node["bgp"].as_array().expect("bgp");
+    assert_eq!(bgp.len(), 2, "{node:#}");
+    for family in bgp {
+        let peers = family["peers"].as_array().expect("peers");
+        assert_eq!(peers.len(), 1, "{family:#}");
+        assert_eq!(peers[0]["peer_type"], "node-to-node mesh");
+        assert_eq!(peers[0]["bgp_state"], "Established");
+    }
+    // `observer routes`: node2's blocks via BIRD over eth0, unencapsulated
+    // as the pool says, with the traffic just sent.
+    let routes = view("routes");
+    let node2 = routes["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .find(|p| p["node"] == "node2")
+        .unwrap_or_else(|| panic!("{routes:#}"));
+    let blocks = node2["routes"].as_array().expect("routes");
+    assert_eq!(blocks.len(), 2, "{node2:#}");
+    for r in blocks {
+        assert_eq!(
+            (
+                &r["protocol"],
+                &r["device"],
+                &r["device_encap"],
+                &r["expected_encap"]
+            ),
+            (
+                &"bird".into(),
+                &"eth0".into(),
+                &"none".into(),
+                &"none".into()
+            ),
+            "{r:#}"
+        );
+    }
+    assert!(node2["tx_packets"].as_u64().unwrap() > 0, "{node2:#}");
+    // `observer ipam`: the pools in the lab's mode.
+    let ipam = view("ipam");
+    for pool in ipam["pools"].as_array().expect("pools") {
+        assert_eq!(
+            (&pool["ipip_mode"], &pool["vxlan_mode"]),
+            (&"Never".into(), &"Never".into())
+        );
+    }
 }
