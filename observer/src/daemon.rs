@@ -33,6 +33,8 @@ use crate::{
     flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
     sources::{
+        bird::BirdStatus,
+        cni::CniDir,
         ipvs::{self, IpvsService},
         kube::{self, KubeStores},
         objects::ClusterObjects,
@@ -290,6 +292,12 @@ struct Names {
     kube: Option<KubeStores>,
     kube_changed: Arc<AtomicBool>,
     ipvs: Vec<IpvsService>,
+    /// BIRD's peers (IPv4, IPv6), read by their own task (see
+    /// [`follow_bird`]) so that a hung BIRD never holds up a poll.
+    bird: tokio::sync::watch::Receiver<Vec<BirdStatus>>,
+    cni: Option<CniDir>,
+    cni_stamp: Option<std::time::SystemTime>,
+    interfaces: Vec<(String, ipnet::IpNet)>,
 }
 
 impl Names {
@@ -319,6 +327,14 @@ impl Names {
             kube,
             kube_changed,
             ipvs: Vec::new(),
+            bird: follow_bird(
+                args.bird_socket.clone(),
+                args.bird6_socket.clone(),
+                args.poll_interval,
+            ),
+            cni: None,
+            cni_stamp: None,
+            interfaces: Vec::new(),
         })
     }
 
@@ -346,6 +362,23 @@ impl Names {
             self.ipvs = ipvs;
             changed = true;
         }
+        // BGP peers (read by their own task), the CNI directory (when it
+        // changed) and this node's addresses (for CrossSubnet).
+        changed |= self.bird.has_changed().unwrap_or(false);
+        let stamp = dir_stamp(&args.cni_dir);
+        if stamp != self.cni_stamp || self.cni.is_none() {
+            self.cni_stamp = stamp;
+            let cni = CniDir::read(&args.cni_dir);
+            if self.cni.as_ref() != Some(&cni) {
+                self.cni = Some(cni);
+                changed = true;
+            }
+        }
+        let interfaces = crate::model::calico::interface_networks();
+        if interfaces != self.interfaces {
+            self.interfaces = interfaces;
+            changed = true;
+        }
         if changed {
             let mut objects = self.dir_objects.clone();
             if let Some(k) = &self.kube {
@@ -356,13 +389,21 @@ impl Names {
                 objects.endpoint_slices.extend(live.endpoint_slices);
                 objects.jobs.extend(live.jobs);
                 objects.replica_sets.extend(live.replica_sets);
+                objects.ip_pools.extend(live.ip_pools);
+                objects.block_affinities.extend(live.block_affinities);
+                objects.ipam_blocks.extend(live.ipam_blocks);
             }
             let routes = self.routes.borrow_and_update().clone();
-            let model = Model::build(
+            let mut model = Model::build(
                 &objects,
                 routes,
                 &args.interface_prefix(),
                 args.node_name.clone(),
+            );
+            model.set_node_state(
+                self.bird.borrow_and_update().clone(),
+                self.cni.clone(),
+                &self.interfaces,
             );
             state.write().await.model = Arc::new(model);
         }
@@ -389,6 +430,47 @@ impl Names {
         }
         out
     }
+}
+
+/// Asks BIRD (IPv4 and IPv6) every `interval` on a blocking thread; each
+/// exchange is bounded ([`crate::sources::bird::DEADLINE`]). Publishes
+/// only changes, and logs only when a BIRD comes or goes.
+fn follow_bird(
+    v4: std::path::PathBuf,
+    v6: std::path::PathBuf,
+    interval: std::time::Duration,
+) -> tokio::sync::watch::Receiver<Vec<BirdStatus>> {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut was_running: [Option<bool>; 2] = [None, None];
+        loop {
+            let (a, b) = (v4.clone(), v6.clone());
+            let Ok(now) = tokio::task::spawn_blocking(move || {
+                vec![BirdStatus::query(&a, false), BirdStatus::query(&b, true)]
+            })
+            .await
+            else {
+                return;
+            };
+            for (i, s) in now.iter().enumerate() {
+                if was_running[i] != Some(s.running) {
+                    was_running[i] = Some(s.running);
+                    match &s.error {
+                        None => {
+                            tracing::info!(family = %s.family, socket = %s.socket, "BIRD answers")
+                        }
+                        Some(e) => tracing::info!(family = %s.family, "BIRD: {e}"),
+                    }
+                }
+            }
+            let differs = *tx.borrow() != now;
+            if differs && tx.send(now).is_err() {
+                return;
+            }
+            tokio::time::sleep(interval.max(std::time::Duration::from_millis(500))).await;
+        }
+    });
+    rx
 }
 
 /// The newest modification time in a directory (it and its files).

@@ -29,6 +29,15 @@ enum Command {
     Interfaces(cli::QueryArgs),
     /// The daemon's own state: polls, map fill, datapath counters.
     Status(cli::QueryArgs),
+    /// Calico's IP pools and blocks per node, IPs in use and free (like
+    /// `calicoctl ipam show --show-blocks`).
+    Ipam(cli::QueryArgs),
+    /// Routes to other nodes' blocks: next hop, device, protocol, expected
+    /// encapsulation, and the traffic with each node.
+    Routes(cli::QueryArgs),
+    /// This node: BGP peers (like `calicoctl node status`), blocks, tunnel
+    /// devices and MTUs, CNI config.
+    Node(cli::QueryArgs),
     /// Tunnel traffic per device and peer node: overhead, MTU, MTU problems.
     Encap(cli::QueryArgs),
     /// Print a shell completion script (e.g. `observer completions bash >
@@ -78,6 +87,9 @@ fn run() -> Result<()> {
             Command::Services(args) => cli::services(args).await,
             Command::Interfaces(args) => cli::interfaces(args).await,
             Command::Status(args) => cli::status(args).await,
+            Command::Ipam(args) => cli::calico::ipam(args).await,
+            Command::Routes(args) => cli::calico::routes(args).await,
+            Command::Node(args) => cli::calico::node(args).await,
             Command::Encap(args) => cli::encap(args).await,
             Command::Completions { shell } => {
                 cli::completions(shell, <Cli as clap::CommandFactory>::command());

@@ -1,5 +1,6 @@
 //! The client verbs: ask a daemon over its API socket and render the answer.
 
+pub mod calico;
 pub mod client;
 pub mod encap;
 pub mod filter;

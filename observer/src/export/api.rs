@@ -110,6 +110,9 @@ fn router(state: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/pods", get(pods))
         .route("/v1/services", get(services))
+        .route("/v1/ipam", get(super::calico_views::ipam))
+        .route("/v1/routes", get(super::calico_views::routes))
+        .route("/v1/node", get(super::calico_views::node))
         .with_state(state)
 }
 

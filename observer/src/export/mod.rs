@@ -2,5 +2,6 @@
 //! metrics with health endpoints over HTTP.
 
 pub mod api;
+pub mod calico_views;
 pub mod http;
 pub mod metrics;

@@ -97,6 +97,26 @@ pub fn to_view(
     let (src, dst) = key_addrs(key);
     let icmp = key.protocol == 1 || key.protocol == 58;
     let c = entry.counters();
+    let service = model.filter(|_| !icmp).and_then(|m| {
+        let r = m.service_of(dst, key.dst_port, key.protocol)?;
+        let (s, d) = (
+            SocketAddr::new(src, key.src_port),
+            SocketAddr::new(dst, key.dst_port),
+        );
+        Some(m.with_backend(
+            r,
+            d,
+            nat.and_then(|n| n.get(&(s, d, key.protocol)).copied()),
+        ))
+    });
+    // To a Service VIP: where it goes is its backend (when known).
+    let expected_encap = model.and_then(|m| {
+        let to = match &service {
+            Some(r) if r.via == "vip" => r.backend.as_ref()?.parse::<SocketAddr>().ok()?.ip(),
+            _ => dst,
+        };
+        m.expected_encap(src, to)
+    });
     FlowView {
         interface: iface.map_or_else(|| format!("if{}", key.ifindex), |i| i.name.clone()),
         ifindex: key.ifindex,
@@ -109,6 +129,7 @@ pub fn to_view(
         icmp_type: icmp.then_some(key.src_port as u8),
         icmp_code: icmp.then_some(key.dst_port as u8),
         encap: encap.name().to_owned(),
+        expected_encap,
         packets: c.packets,
         bytes: c.bytes,
         skbs: c.skbs,
@@ -122,20 +143,17 @@ pub fn to_view(
         last_seen: clock.rfc3339(entry.last_seen),
         src: model.map(|m| m.endpoint(src)),
         dst: model.map(|m| m.endpoint(dst)),
-        service: model.filter(|_| !icmp).and_then(|m| {
-            let r = m.service_of(dst, key.dst_port, key.protocol)?;
-            let (s, d) = (
-                SocketAddr::new(src, key.src_port),
-                SocketAddr::new(dst, key.dst_port),
-            );
-            Some(m.with_backend(
-                r,
-                d,
-                nat.and_then(|n| n.get(&(s, d, key.protocol)).copied()),
-            ))
-        }),
+        service,
+        // Tunnelled traffic, and pod traffic routed bare over the underlay
+        // (BGP without encapsulation): the node at the other end.
         peer_node: model
-            .filter(|_| encap != Encap::None)
+            .filter(|m| {
+                encap != Encap::None
+                    || (kind == InterfaceKind::Underlay
+                        && [src, dst]
+                            .iter()
+                            .any(|ip| m.in_pod_network(*ip) && !m.is_local(*ip)))
+            })
             .and_then(|m| m.peer_node(src, dst)),
     }
 }

@@ -25,6 +25,13 @@ pub struct FlowView {
     pub icmp_code: Option<u8>,
     /// `none`, `ipip`, `vxlan` or `wireguard`.
     pub encap: String,
+    /// The encapsulation the flow should have between nodes, from the IP
+    /// pool of its remote end (`ipipMode`/`vxlanMode`, CrossSubnet decided
+    /// by the peer node's subnet): `none`, `ipip` or `vxlan`; absent when
+    /// it cannot be told. On pod interfaces, where packets are never
+    /// encapsulated, it says how the flow crosses to the other node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_encap: Option<String>,
     /// Packets as on the wire (GSO segments counted one by one).
     pub packets: u64,
     /// Bytes of the IP packets (inner ones when encapsulated), as on the wire.
@@ -47,7 +54,9 @@ pub struct FlowView {
     /// The Service the destination belongs to (its VIP, or an endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceRef>,
-    /// The node at the other end of the tunnel, for encapsulated traffic.
+    /// The node at the other end of the tunnel, for encapsulated traffic;
+    /// on the underlay also for pod traffic routed without encapsulation
+    /// (Calico's BGP mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_node: Option<String>,
 }

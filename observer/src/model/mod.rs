@@ -3,12 +3,16 @@
 //! a remote block lives on. Built from the sources; rebuilt when they
 //! change, read on every API call.
 
+pub mod calico;
+
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
+pub use self::calico::{BlockInfo, CalicoView, PoolInfo};
 use crate::sources::{
+    calico::EncapMode,
     objects::{ClusterObjects, node_addresses, pod_ips, workload_with_owners},
     routes::RouteTable,
 };
@@ -129,6 +133,7 @@ pub struct Model {
     node_by_ip: HashMap<IpAddr, String>,
     routes: Arc<RouteTable>,
     local_node: Option<String>,
+    calico: CalicoView,
 }
 
 impl Model {
@@ -179,7 +184,86 @@ impl Model {
             }
         }
         m.add_services(objects);
+        m.calico = CalicoView::build(objects);
         m
+    }
+
+    /// Calico's control plane: pools, blocks, BGP peers, CNI config.
+    pub fn calico(&self) -> &CalicoView {
+        &self.calico
+    }
+
+    /// What the node itself reads (BIRD, the CNI directory) and this
+    /// node's interface addresses (for CrossSubnet; see
+    /// [`CalicoView::pick_local_subnets`]).
+    pub fn set_node_state(
+        &mut self,
+        bgp: Vec<crate::sources::bird::BirdStatus>,
+        cni: Option<crate::sources::cni::CniDir>,
+        interfaces: &[(String, ipnet::IpNet)],
+    ) {
+        self.calico.local_subnets = self
+            .calico
+            .pick_local_subnets(self.local_node.as_deref(), interfaces);
+        self.calico.bgp = bgp;
+        self.calico.cni = cni;
+    }
+
+    /// Whether `ip` lives on this node: a local pod interface's or in a
+    /// local block (blackhole route or affinity), or a pod of this node.
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        if self.routes.local_endpoints.contains_key(&ip)
+            || self.routes.local_blocks.keys().any(|b| b.contains(&ip))
+        {
+            return true;
+        }
+        match (&self.local_node, self.node_of(ip)) {
+            (Some(l), Some(n)) => *l == n,
+            _ => false,
+        }
+    }
+
+    /// The encapsulation traffic between `src` and `dst` should have
+    /// between nodes, from the pool of its remote end (the destination,
+    /// else the source): `vxlan`/`ipip` for Always; for CrossSubnet, that
+    /// or `none` as the peer node's address is outside or inside this
+    /// node's subnet; `none` when both modes are Never, or when no end is
+    /// a pool address on another node (local traffic, traffic to hosts
+    /// and the world). `None` when it cannot be told (CrossSubnet without
+    /// the peer's or this node's address).
+    pub fn expected_encap(&self, src: IpAddr, dst: IpAddr) -> Option<String> {
+        // Link-local and multicast traffic is not routed between nodes:
+        // no expectation (it is sent on tunnel devices as on any other).
+        if [src, dst].iter().any(|ip| not_routed(*ip)) {
+            return None;
+        }
+        for ip in [dst, src] {
+            if self.calico.pool_of(ip).is_none() || self.is_local(ip) {
+                continue;
+            }
+            return self.expected_encap_to(ip);
+        }
+        Some("none".into())
+    }
+
+    /// The encapsulation traffic from this node to `remote` (an address
+    /// on another node) should have, from its pool; see
+    /// [`Model::expected_encap`].
+    pub fn expected_encap_to(&self, remote: IpAddr) -> Option<String> {
+        let Some(pool) = self.calico.pool_of(remote) else {
+            return Some("none".into());
+        };
+        let Some((encap, mode)) = pool.encap() else {
+            return Some("none".into());
+        };
+        match mode {
+            EncapMode::CrossSubnet => {
+                let peer = self.node_of(remote)?;
+                let same = self.calico.same_subnet(&peer, remote.is_ipv6())?;
+                Some(if same { "none" } else { encap }.into())
+            }
+            _ => Some(encap.into()),
+        }
     }
 
     fn add_services(&mut self, objects: &ClusterObjects) {
@@ -269,6 +353,16 @@ impl Model {
         self.ipvs = table;
     }
 
+    /// kube-proxy's IPVS table as last read.
+    pub fn ipvs(&self) -> &[crate::sources::ipvs::IpvsService] {
+        &self.ipvs
+    }
+
+    /// The node's Calico routes as last read.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
     /// IPVS virtual services that no Service object accounts for.
     pub fn unnamed_ipvs(&self) -> impl Iterator<Item = &crate::sources::ipvs::IpvsService> {
         self.ipvs.iter().filter(|v| {
@@ -316,6 +410,10 @@ impl Model {
         if let Some(node) = self.node_by_ip.get(&ip) {
             return Some(node.clone());
         }
+        // Calico's BlockAffinities (or IPAMBlocks) say whose block it is.
+        if let Some(node) = self.calico.block_node(ip) {
+            return Some(node.to_owned());
+        }
         if let Some(hop) = self.routes.remote_block_of(ip).and_then(|r| r.next_hop) {
             return self.node_by_ip.get(&hop).cloned();
         }
@@ -327,10 +425,14 @@ impl Model {
         None
     }
 
-    fn in_pod_network(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is a pod address: in a block (routes, IPAMBlocks,
+    /// affinities) or an IP pool.
+    pub fn in_pod_network(&self, ip: IpAddr) -> bool {
         self.routes.local_endpoints.contains_key(&ip)
             || self.routes.local_blocks.keys().any(|b| b.contains(&ip))
             || self.routes.remote_block_of(ip).is_some()
+            || self.calico.block_of(ip).is_some()
+            || self.calico.pool_of(ip).is_some()
     }
 
     pub fn endpoint(&self, ip: IpAddr) -> EndpointView {
@@ -408,6 +510,18 @@ impl Model {
                     s
                 }
             }
+        }
+    }
+}
+
+/// Unspecified, multicast or link-local: never routed to another node.
+fn not_routed(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_multicast() || a.is_link_local() || a.is_broadcast()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified() || a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80
         }
     }
 }

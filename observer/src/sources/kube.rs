@@ -1,7 +1,9 @@
 //! Kubernetes objects from the API: kube-rs reflectors (list, then watch,
 //! relisting after errors) keep stores of Pods (cluster-wide: remote pod
-//! IPs get names too), Nodes, Services and EndpointSlices. Every change wakes the model builder; the
-//! decoding is the one the offline directory uses.
+//! IPs get names too), Nodes, Services, EndpointSlices, and Calico's
+//! IPPools, BlockAffinities and IPAMBlocks (empty where the CRDs are not
+//! installed). Every change wakes the model builder; the decoding is the
+//! one the offline directory uses.
 
 use std::sync::Arc;
 
@@ -24,7 +26,24 @@ use kube::{
 use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::objects::ClusterObjects;
+use super::{
+    calico::{BlockAffinity, IpPool, IpamBlock},
+    objects::ClusterObjects,
+};
+
+/// Every (group, version, resource) the daemon lists and watches,
+/// cluster-wide: what its ClusterRole must grant (`list`, `watch`).
+pub const WATCHED: &[(&str, &str, &str)] = &[
+    ("", "v1", "pods"),
+    ("", "v1", "nodes"),
+    ("", "v1", "services"),
+    ("discovery.k8s.io", "v1", "endpointslices"),
+    ("batch", "v1", "jobs"),
+    ("apps", "v1", "replicasets"),
+    ("crd.projectcalico.org", "v1", "ippools"),
+    ("crd.projectcalico.org", "v1", "blockaffinities"),
+    ("crd.projectcalico.org", "v1", "ipamblocks"),
+];
 
 /// Readers of the reflectors' stores.
 #[derive(Clone)]
@@ -35,6 +54,10 @@ pub struct KubeStores {
     pub endpoint_slices: Store<EndpointSlice>,
     pub jobs: Store<Job>,
     pub replica_sets: Store<ReplicaSet>,
+    /// Calico's CRDs: empty where they are not installed.
+    pub ip_pools: Store<IpPool>,
+    pub block_affinities: Store<BlockAffinity>,
+    pub ipam_blocks: Store<IpamBlock>,
 }
 
 impl KubeStores {
@@ -58,6 +81,24 @@ impl KubeStores {
                 .collect(),
             endpoint_slices: self
                 .endpoint_slices
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
+            ip_pools: self
+                .ip_pools
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
+            block_affinities: self
+                .block_affinities
+                .state()
+                .iter()
+                .map(|n| (**n).clone())
+                .collect(),
+            ipam_blocks: self
+                .ipam_blocks
                 .state()
                 .iter()
                 .map(|n| (**n).clone())
@@ -97,12 +138,29 @@ where
         watcher(api, watcher::Config::default().any_semantic()),
     )
     .default_backoff();
+    // A missing CRD (404) or a missing grant (403) fails every relist:
+    // said once (until the watch works again), then only at debug level.
+    let optional = K::group(&()) == super::calico::GROUP;
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut warned = false;
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.store(true, Ordering::Release),
+                Ok(_) => {
+                    warned = false;
+                    changed.store(true, Ordering::Release)
+                }
                 // The reflector relists by itself after a back-off.
+                Err(e) if optional && warned => {
+                    tracing::debug!(kind = %kind, "watch failed, retrying: {e}")
+                }
+                Err(e) if optional => {
+                    warned = true;
+                    tracing::warn!(
+                        kind = %kind,
+                        "cannot list Calico's {kind} objects (CRD not installed, or not granted?): {e}; going on without them, retrying quietly"
+                    )
+                }
                 Err(e) => tracing::warn!(kind = %kind, "watch failed, retrying: {e}"),
             }
         }
@@ -128,7 +186,10 @@ pub async fn start_with(client: Client, changed: Arc<AtomicBool>) -> Result<Kube
         services: reflect(Api::<Service>::all(client.clone()), changed.clone()),
         endpoint_slices: reflect(Api::<EndpointSlice>::all(client.clone()), changed.clone()),
         jobs: reflect(Api::<Job>::all(client.clone()), changed.clone()),
-        replica_sets: reflect(Api::<ReplicaSet>::all(client), changed),
+        replica_sets: reflect(Api::<ReplicaSet>::all(client.clone()), changed.clone()),
+        ip_pools: reflect(Api::<IpPool>::all(client.clone()), changed.clone()),
+        block_affinities: reflect(Api::<BlockAffinity>::all(client.clone()), changed.clone()),
+        ipam_blocks: reflect(Api::<IpamBlock>::all(client), changed),
     })
 }
 
@@ -170,6 +231,61 @@ mod tests {
             .collect()
     }
 
+    fn gvr<K: kube::Resource<DynamicType = ()>>() -> (String, String, String) {
+        (
+            K::group(&()).into_owned(),
+            K::version(&()).into_owned(),
+            K::plural(&()).into_owned(),
+        )
+    }
+
+    #[test]
+    fn watched_lists_every_reflected_kind() {
+        let reflected = [
+            gvr::<Pod>(),
+            gvr::<Node>(),
+            gvr::<Service>(),
+            gvr::<EndpointSlice>(),
+            gvr::<Job>(),
+            gvr::<ReplicaSet>(),
+            gvr::<IpPool>(),
+            gvr::<BlockAffinity>(),
+            gvr::<IpamBlock>(),
+        ];
+        let watched: Vec<_> = WATCHED
+            .iter()
+            .map(|(g, v, r)| (g.to_string(), v.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(watched, reflected);
+    }
+
+    #[test]
+    fn calico_objects_come_through_the_stores() {
+        let mut pools = Writer::<IpPool>::default();
+        pools.apply_watcher_event(&Event::Apply(
+            serde_json::from_value(json!({
+                "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
+                "metadata": {"name": "p", "resourceVersion": "1"},
+                "spec": {"cidr": "10.244.0.0/16", "vxlanMode": "Always", "allowedUses": ["Workload"]}
+            }))
+            .unwrap(),
+        ));
+        let stores = KubeStores {
+            pods: Writer::<Pod>::default().as_reader(),
+            nodes: Writer::<Node>::default().as_reader(),
+            services: Writer::<Service>::default().as_reader(),
+            endpoint_slices: Writer::<EndpointSlice>::default().as_reader(),
+            jobs: Writer::<Job>::default().as_reader(),
+            replica_sets: Writer::<ReplicaSet>::default().as_reader(),
+            ip_pools: pools.as_reader(),
+            block_affinities: Writer::<BlockAffinity>::default().as_reader(),
+            ipam_blocks: Writer::<IpamBlock>::default().as_reader(),
+        };
+        let o = stores.snapshot();
+        assert_eq!(o.ip_pools.len(), 1);
+        assert_eq!(o.ip_pools[0].spec.cidr, "10.244.0.0/16");
+    }
+
     #[test]
     fn watch_events_keep_the_names_current() {
         let mut pods = Writer::<Pod>::default();
@@ -185,6 +301,9 @@ mod tests {
             endpoint_slices: slices.as_reader(),
             jobs: Writer::<Job>::default().as_reader(),
             replica_sets: Writer::<ReplicaSet>::default().as_reader(),
+            ip_pools: Writer::<IpPool>::default().as_reader(),
+            block_affinities: Writer::<BlockAffinity>::default().as_reader(),
+            ipam_blocks: Writer::<IpamBlock>::default().as_reader(),
         };
         // Initial list.
         pods.apply_watcher_event(&Event::Init);

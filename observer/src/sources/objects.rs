@@ -14,6 +14,8 @@ use k8s_openapi::api::{
 };
 use serde_json::Value;
 
+use super::calico::{BlockAffinity, IpPool, IpamBlock};
+
 /// The objects the model is built from.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterObjects {
@@ -25,6 +27,10 @@ pub struct ClusterObjects {
     pub jobs: Vec<Job>,
     /// ReplicaSets, for the Deployments that own them.
     pub replica_sets: Vec<ReplicaSet>,
+    /// Calico's IPAM objects (`crd.projectcalico.org/v1`).
+    pub ip_pools: Vec<IpPool>,
+    pub block_affinities: Vec<BlockAffinity>,
+    pub ipam_blocks: Vec<IpamBlock>,
 }
 
 impl ClusterObjects {
@@ -78,6 +84,16 @@ impl ClusterObjects {
             "EndpointSlice" => self.endpoint_slices.push(
                 serde_json::from_value(v)
                     .with_context(|| format!("decoding EndpointSlice {name}"))?,
+            ),
+            "IPPool" => self.ip_pools.push(
+                serde_json::from_value(v).with_context(|| format!("decoding IPPool {name}"))?,
+            ),
+            "BlockAffinity" => self.block_affinities.push(
+                serde_json::from_value(v)
+                    .with_context(|| format!("decoding BlockAffinity {name}"))?,
+            ),
+            "IPAMBlock" => self.ipam_blocks.push(
+                serde_json::from_value(v).with_context(|| format!("decoding IPAMBlock {name}"))?,
             ),
             _ => {}
         }
