@@ -67,7 +67,11 @@ pub fn over_mtu(key: &FlowKey, ip_len: u64) -> u32 {
     let Some(l) = MTU_LIMITS.get(key.ifindex & (IFACE_SLOTS - 1)) else {
         return 0;
     };
-    let limit = if key.family == FAMILY_IPV4 { l.ipv4 } else { l.ipv6 };
+    let limit = if key.family == FAMILY_IPV4 {
+        l.ipv4
+    } else {
+        l.ipv6
+    };
     (l.ifindex == key.ifindex && limit != 0 && ip_len > limit as u64) as u32
 }
 

@@ -97,7 +97,12 @@ pub struct RunArgs {
 
     /// How finely metrics name pods: `pod`, `workload` (pods of one
     /// Deployment, StatefulSet, ... share a series) or `namespace`.
-    #[arg(long, env = "OBSERVER_METRICS_GRANULARITY", value_enum, default_value = "workload")]
+    #[arg(
+        long,
+        env = "OBSERVER_METRICS_GRANULARITY",
+        value_enum,
+        default_value = "workload"
+    )]
     pub metrics_granularity: Granularity,
 
     /// Dimensions of the flow metrics to keep, comma-separated, out of
@@ -116,11 +121,19 @@ pub struct RunArgs {
     pub metrics_max_series: usize,
 
     /// BIRD's control socket for IPv4 (calico-node's `bird.ctl`).
-    #[arg(long, env = "OBSERVER_BIRD_SOCKET", default_value = "/var/run/calico/bird.ctl")]
+    #[arg(
+        long,
+        env = "OBSERVER_BIRD_SOCKET",
+        default_value = "/var/run/calico/bird.ctl"
+    )]
     pub bird_socket: PathBuf,
 
     /// BIRD's control socket for IPv6 (calico-node's `bird6.ctl`).
-    #[arg(long, env = "OBSERVER_BIRD6_SOCKET", default_value = "/var/run/calico/bird6.ctl")]
+    #[arg(
+        long,
+        env = "OBSERVER_BIRD6_SOCKET",
+        default_value = "/var/run/calico/bird6.ctl"
+    )]
     pub bird6_socket: PathBuf,
 
     /// The node's CNI configuration directory (`*.conflist`).
@@ -291,7 +304,10 @@ pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<Ru
     let mut from_file: Vec<std::ffi::OsString> = Vec::new();
     for (key, value) in &settings {
         let key = key.as_str().with_context(|| {
-            format!("config file {}: keys must be strings, got {key:?}", path.display())
+            format!(
+                "config file {}: keys must be strings, got {key:?}",
+                path.display()
+            )
         })?;
         let id = key.replace('-', "_");
         let Some(arg) = command.get_arguments().find(|a| a.get_id() == id.as_str()) else {
@@ -307,7 +323,10 @@ pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<Ru
             );
         };
         if key == "config" {
-            bail!("config file {}: `config` cannot be set in a config file", path.display());
+            bail!(
+                "config file {}: `config` cannot be set in a config file",
+                path.display()
+            );
         }
         use clap::parser::ValueSource;
         if matches!(
@@ -316,9 +335,8 @@ pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<Ru
         ) {
             continue;
         }
-        let value = yaml_setting(value).with_context(|| {
-            format!("config file {}: setting `{key}`", path.display())
-        })?;
+        let value = yaml_setting(value)
+            .with_context(|| format!("config file {}: setting `{key}`", path.display()))?;
         from_file.push(format!("--{}", arg.get_long().unwrap_or(key)).into());
         from_file.push(value.into());
     }
@@ -328,7 +346,9 @@ pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<Ru
     let matches = command
         .try_get_matches_from(all)
         .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.render()))?;
-    Ok(<RunArgs as clap::FromArgMatches>::from_arg_matches(&matches)?)
+    Ok(<RunArgs as clap::FromArgMatches>::from_arg_matches(
+        &matches,
+    )?)
 }
 
 /// A setting as its flag's text: scalars as they are, lists comma-joined.

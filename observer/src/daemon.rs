@@ -65,6 +65,8 @@ pub struct DatapathStatus {
     pub stats: [u64; Stat::COUNT as usize],
     pub encap: [EncapTotals; Encap::COUNT as usize],
     pub attach_mode_tcx: bool,
+    /// Datapath counters at each poll of the last minute (for the doctor).
+    pub stats_history: std::collections::VecDeque<(Instant, [u64; Stat::COUNT as usize])>,
     /// (run time ns, runs) per program when `kernel.bpf_stats_enabled`.
     pub program_stats: Vec<(String, (u64, u64))>,
 }
@@ -105,6 +107,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for link in present {
         on_link_present(&mut dp, &mut attacher, &selector, &state, link).await;
     }
+    let mut mtu_limits = MtuLimits::default();
+    mtu_limits.apply(&mut dp, &state).await;
     let mut names = Names::start(&args).await?;
     names.refresh(&args, &state, true).await;
     let mut servers = vec![api::serve(&args.socket, state.clone()).await?];
@@ -130,7 +134,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         loop {
             tokio::select! {
                 ev = link_events.recv() => match ev {
-                    Some(ev) => on_link(&mut dp, &mut attacher, &selector, &state, ev).await,
+                    Some(ev) => {
+                        on_link(&mut dp, &mut attacher, &selector, &state, ev).await;
+                        mtu_limits.apply(&mut dp, &state).await;
+                    }
                     None => bail!("the rtnetlink event stream ended"),
                 },
                 _ = tick.tick() => {
@@ -158,6 +165,51 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     let _ = std::fs::remove_file(&args.socket);
     result
+}
+
+/// Pod interfaces get the tunnel devices' MTU (per family) as their
+/// limit, so that the kernel counts what pods send that cannot fit through
+/// the tunnel. Set on every pod interface when the tunnels' MTU changes, and
+/// on new pod interfaces.
+#[derive(Default)]
+struct MtuLimits {
+    current: (u16, u16),
+    set_on: std::collections::HashSet<u32>,
+}
+
+impl MtuLimits {
+    async fn apply(&mut self, dp: &mut Datapath, state: &Shared) {
+        let st = state.read().await;
+        let (mut v4, mut v6) = (u16::MAX, u16::MAX);
+        for s in st.interfaces.values().filter(|s| !s.gone) {
+            if let (InterfaceKind::Tunnel(_), Some(mtu)) = (s.iface.kind, s.mtu) {
+                let mtu = mtu.min(u16::MAX as u32) as u16;
+                if s.iface.name.contains("v6") {
+                    v6 = v6.min(mtu);
+                } else {
+                    v4 = v4.min(mtu);
+                }
+            }
+        }
+        let none = |m: u16| if m == u16::MAX { 0 } else { m };
+        let limits = (none(v4), none(v6));
+        if limits != self.current {
+            self.current = limits;
+            self.set_on.clear();
+        }
+        let pods = st
+            .interfaces
+            .iter()
+            .filter(|(_, s)| s.iface.kind == InterfaceKind::Pod && s.via.is_some() && !s.gone);
+        for (ifindex, s) in pods {
+            if self.set_on.insert(*ifindex)
+                && let Err(e) = dp.set_mtu_limit(*ifindex, limits.0, limits.1)
+            {
+                tracing::warn!(interface = %s.iface.name, "{e:#}");
+            }
+        }
+        self.set_on.retain(|i| st.interfaces.contains_key(i));
+    }
 }
 
 async fn on_link(
@@ -277,6 +329,14 @@ async fn poll(
     status.polls += 1;
     status.kernel_flow_entries = entries.len() as u64;
     status.stats = stats;
+    status.stats_history.push_back((Instant::now(), stats));
+    while status
+        .stats_history
+        .front()
+        .is_some_and(|(t, _)| t.elapsed() > std::time::Duration::from_secs(60))
+    {
+        status.stats_history.pop_front();
+    }
     status.encap = encap;
     status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
@@ -426,7 +486,10 @@ impl Names {
                 k.services.wait_until_ready().now_or_never(),
                 k.endpoint_slices.wait_until_ready().now_or_never(),
             ];
-            out.push(("kubernetes", listed.iter().all(|r| matches!(r, Some(Ok(()))))));
+            out.push((
+                "kubernetes",
+                listed.iter().all(|r| matches!(r, Some(Ok(())))),
+            ));
         }
         out
     }

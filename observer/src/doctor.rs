@@ -7,12 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    daemon::State,
-    datapath::attach::Via,
-    flows::InterfaceKind,
-    model::Model,
-};
+use crate::{daemon::State, datapath::attach::Via, flows::InterfaceKind, model::Model};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -202,7 +197,10 @@ fn pod_routes_and_interfaces(
 fn tcx_missing(interface: &str) -> Option<String> {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
     let mut missing = Vec::new();
-    for (hook, t) in [("ingress", TcAttachType::Ingress), ("egress", TcAttachType::Egress)] {
+    for (hook, t) in [
+        ("ingress", TcAttachType::Ingress),
+        ("egress", TcAttachType::Egress),
+    ] {
         match SchedClassifier::query_tcx(interface, t) {
             Ok((_, programs)) => {
                 let ours = programs.iter().any(|p| {
@@ -227,7 +225,10 @@ fn tcx_missing(interface: &str) -> Option<String> {
 /// Every `cali*` interface belongs to a pod we know.
 fn interfaces_belong_to_pods(st: &State, m: &Model) -> Check {
     if m.pods().is_empty() {
-        return Check::skip("interfaces-belong-to-pods", "no pod objects to compare with");
+        return Check::skip(
+            "interfaces-belong-to-pods",
+            "no pod objects to compare with",
+        );
     }
     let pod_ifaces: Vec<&str> = st
         .interfaces
@@ -261,7 +262,10 @@ fn remote_block_routes(m: &Model) -> Check {
         .filter(|b| b.node.is_some() && b.node.as_deref() != local)
         .collect();
     if remote.is_empty() {
-        return Check::skip("remote-block-routes", "no remote blocks known (no BlockAffinities)");
+        return Check::skip(
+            "remote-block-routes",
+            "no remote blocks known (no BlockAffinities)",
+        );
     }
     let mut problems = Vec::new();
     for b in &remote {
@@ -395,7 +399,10 @@ fn mtus(st: &State, m: &Model) -> Check {
         }
     }
     if underlay.is_none() && limit.is_none() {
-        return Check::skip("mtu", "no tunnel or watched underlay device to compare with");
+        return Check::skip(
+            "mtu",
+            "no tunnel or watched underlay device to compare with",
+        );
     }
     Check::new(
         "mtu",
@@ -424,7 +431,8 @@ fn ipvs_backends(m: &Model) -> Check {
         for vip in &sp.vips {
             let Some(v) = m.ipvs().iter().find(|v| {
                 v.protocol == sp.protocol
-                    && v.address.is_some_and(|a| a.ip() == *vip && a.port() == sp.port)
+                    && v.address
+                        .is_some_and(|a| a.ip() == *vip && a.port() == sp.port)
             }) else {
                 continue;
             };
@@ -474,12 +482,18 @@ fn datapath_counters(st: &State) -> Check {
     let secs = t1.duration_since(*t0).as_secs();
     let mut problems = Vec::new();
     for (stat, why) in [
-        (Stat::FlowInsertFailures, "the flow map is full: raise --flow-capacity"),
+        (
+            Stat::FlowInsertFailures,
+            "the flow map is full: raise --flow-capacity",
+        ),
         (Stat::Unparsed, "packets the classifier cannot parse"),
     ] {
         let grew = last[stat as usize].saturating_sub(first[stat as usize]);
         if grew > 0 {
-            problems.push(format!("{}: +{grew} in the last {secs} s ({why})", stat.name()));
+            problems.push(format!(
+                "{}: +{grew} in the last {secs} s ({why})",
+                stat.name()
+            ));
         }
     }
     Check::new(

@@ -40,6 +40,10 @@ enum Command {
     Node(cli::QueryArgs),
     /// Tunnel traffic per device and peer node: overhead, MTU, MTU problems.
     Encap(cli::QueryArgs),
+    /// Check this node as an operator would by hand: pod routes and
+    /// attachments, stray interfaces, block routes, BGP peers, MTUs, IPVS
+    /// backends, datapath counters. Exits 1 when something is wrong.
+    Doctor(cli::QueryArgs),
     /// Print a shell completion script (e.g. `observer completions bash >
     /// /etc/bash_completion.d/observer`).
     Completions {
@@ -91,6 +95,7 @@ fn run() -> Result<()> {
             Command::Routes(args) => cli::calico::routes(args).await,
             Command::Node(args) => cli::calico::node(args).await,
             Command::Encap(args) => cli::encap(args).await,
+            Command::Doctor(args) => cli::doctor::doctor(args).await,
             Command::Completions { shell } => {
                 cli::completions(shell, <Cli as clap::CommandFactory>::command());
                 Ok(())

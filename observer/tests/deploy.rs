@@ -953,6 +953,17 @@ async fn the_cluster_role_grants_exactly_what_the_reflectors_call() {
     };
     server.abort();
 
+    // The reflectors watch what the code says it watches.
+    let watched: BTreeSet<(String, String)> = observer::sources::kube::WATCHED
+        .iter()
+        .map(|(g, _, r)| (g.to_string(), r.to_string()))
+        .collect();
+    let called: BTreeSet<(String, String)> = seen
+        .iter()
+        .map(|(_, g, r)| (g.clone(), r.clone()))
+        .collect();
+    assert_eq!(called, watched, "the reflectors' calls and kube::WATCHED");
+
     let role_path = kube_dir().join("base/clusterrole.yaml");
     let docs = yaml_docs(&role_path);
     let role: ClusterRole = strict(&docs[0], &role_path.display().to_string());

@@ -12,7 +12,15 @@ use observer::doctor::{Check, Verdict};
 /// (exit success, checks) of `observer doctor -o json` on a lab node.
 fn doctor(lab: &TestLab, node: &str) -> (bool, Vec<Check>) {
     let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(["doctor", "--lab", &lab.name, "--lab-node", node, "-o", "json"])
+        .args([
+            "doctor",
+            "--lab",
+            &lab.name,
+            "--lab-node",
+            node,
+            "-o",
+            "json",
+        ])
         .output()
         .expect("run observer doctor");
     let checks = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -61,9 +69,38 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     let node1 = format!("{}-node1", lab.name);
     // A deleted route, a wrong MTU, a filter gone.
     let ip = format!("{}/32", pod1.ips[0]);
-    run(&["ip", "-n", &node1, "route", "del", &ip, "dev", &pod1.interface]);
-    run(&["ip", "-n", &node1, "link", "set", &pod2.interface, "mtu", "1500"]);
-    run(&["tc", "-n", &node1, "filter", "del", "dev", &pod2.interface, "ingress", "pref", "1"]);
+    run(&[
+        "ip",
+        "-n",
+        &node1,
+        "route",
+        "del",
+        &ip,
+        "dev",
+        &pod1.interface,
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        &node1,
+        "link",
+        "set",
+        &pod2.interface,
+        "mtu",
+        "1500",
+    ]);
+    run(&[
+        "tc",
+        "-n",
+        &node1,
+        "filter",
+        "del",
+        "dev",
+        &pod2.interface,
+        "ingress",
+        "pref",
+        "1",
+    ]);
 
     // Route changes reach the daemon by netlink; give it a poll.
     std::thread::sleep(std::time::Duration::from_secs(2));

@@ -146,13 +146,26 @@ fn prometheus_counters_equal_the_traffic_sent_and_promtool_is_clean() {
     // Every counter is also exact per pod: node2-pod1 received at least our
     // 12 datagrams, and the observer's own series are there.
     assert!(
-        p.value("observer_pod_packets_total{node=\"node2\",pod=\"node2-pod1\",direction=\"ingress\"}")
-            >= 12.0
+        p.value(
+            "observer_pod_packets_total{node=\"node2\",pod=\"node2-pod1\",direction=\"ingress\"}"
+        ) >= 12.0
     );
-    assert_eq!(p.value("observer_flow_map_capacity{node=\"node1\"}"), 65536.0);
-    assert_eq!(p.value("observer_attached_interfaces{node=\"node1\",kind=\"pod\"}"), 2.0);
-    assert_eq!(p.value("observer_map_insert_failures_total{node=\"node1\"}"), 0.0);
-    assert_eq!(p.value("observer_source_synced{node=\"node1\",source=\"routes\"}"), 1.0);
+    assert_eq!(
+        p.value("observer_flow_map_capacity{node=\"node1\"}"),
+        65536.0
+    );
+    assert_eq!(
+        p.value("observer_attached_interfaces{node=\"node1\",kind=\"pod\"}"),
+        2.0
+    );
+    assert_eq!(
+        p.value("observer_map_insert_failures_total{node=\"node1\"}"),
+        0.0
+    );
+    assert_eq!(
+        p.value("observer_source_synced{node=\"node1\",source=\"routes\"}"),
+        1.0
+    );
     assert!(p.value("observer_encap_packets_total{node=\"node1\",encap=\"vxlan\",peer_node=\"node2\",direction=\"egress\"}") >= 12.0);
 
     // promtool finds nothing to complain about in either node's scrape.
@@ -190,7 +203,10 @@ fn the_series_cap_folds_a_flood_of_distinct_flows_into_other() {
     );
     assert_eq!(flows, pods, "flow series lost packets");
     let series = p.value("observer_metrics_series{family=\"flow\"}");
-    assert!(series <= cap as f64, "{series} flow series with a cap of {cap}");
+    assert!(
+        series <= cap as f64,
+        "{series} flow series with a cap of {cap}"
+    );
     let folded = p.value("observer_metrics_folded_total{family=\"flow\"}");
     assert!(folded > 0.0, "nothing folded");
     let other = p.value("observer_flow_packets_total{direction=\"other\"}");

@@ -2,6 +2,7 @@
 
 pub mod calico;
 pub mod client;
+pub mod doctor;
 pub mod encap;
 pub mod filter;
 pub mod flows;

@@ -110,10 +110,15 @@ fn router(state: Shared) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/pods", get(pods))
         .route("/v1/services", get(services))
+        .route("/v1/doctor", get(doctor))
         .route("/v1/ipam", get(super::calico_views::ipam))
         .route("/v1/routes", get(super::calico_views::routes))
         .route("/v1/node", get(super::calico_views::node))
         .with_state(state)
+}
+
+async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::doctor::Check>> {
+    Json(crate::doctor::run(&state).await)
 }
 
 async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {

@@ -81,9 +81,11 @@ pub async fn serve(
     metrics: Arc<Mutex<Metrics>>,
     health: Arc<Health>,
 ) -> Result<JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(address).await.with_context(|| {
-        format!("binding the metrics address {address} (--metrics-address; `off` disables it)")
-    })?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| {
+            format!("binding the metrics address {address} (--metrics-address; `off` disables it)")
+        })?;
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
@@ -109,7 +111,11 @@ async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> impl IntoR
         .lock()
         .map(|m| m.encode(openmetrics))
         .unwrap_or_default();
-    let content_type = if openmetrics { OPENMETRICS } else { PROMETHEUS_TEXT };
+    let content_type = if openmetrics {
+        OPENMETRICS
+    } else {
+        PROMETHEUS_TEXT
+    };
     ([(header::CONTENT_TYPE, content_type)], text)
 }
 

@@ -141,8 +141,10 @@ impl Foldable for PodLabels {
 
 /// Counter families sharing one label set, holding at most `cap` label
 /// sets; traffic of further ones goes to the `other` series.
-struct Capped<L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static, const N: usize>
-{
+struct Capped<
+    L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    const N: usize,
+> {
     name: &'static str,
     families: [Family<L, Counter>; N],
     known: HashSet<L>,
@@ -254,8 +256,14 @@ impl Metrics {
             r,
             "pod",
             [
-                ("pod_packets", "Packets of local pods, by direction (the pod's)"),
-                ("pod_bytes", "IP bytes of local pods, by direction (the pod's)"),
+                (
+                    "pod_packets",
+                    "Packets of local pods, by direction (the pod's)",
+                ),
+                (
+                    "pod_bytes",
+                    "IP bytes of local pods, by direction (the pod's)",
+                ),
             ],
             cap,
         );
@@ -272,8 +280,14 @@ impl Metrics {
             r,
             "service",
             [
-                ("service_packets", "Packets to Services: to a VIP, or delivered to a local backend"),
-                ("service_bytes", "IP bytes to Services: to a VIP, or delivered to a local backend"),
+                (
+                    "service_packets",
+                    "Packets to Services: to a VIP, or delivered to a local backend",
+                ),
+                (
+                    "service_bytes",
+                    "IP bytes to Services: to a VIP, or delivered to a local backend",
+                ),
                 ("service_flows", "New flows to Services"),
             ],
             cap,
@@ -282,9 +296,18 @@ impl Metrics {
             r,
             "encap",
             [
-                ("encap_packets", "Packets through tunnel devices, by peer node"),
-                ("encap_bytes", "Inner IP bytes through tunnel devices, by peer node"),
-                ("encap_overhead_bytes", "Encapsulation header bytes, by peer node"),
+                (
+                    "encap_packets",
+                    "Packets through tunnel devices, by peer node",
+                ),
+                (
+                    "encap_bytes",
+                    "Inner IP bytes through tunnel devices, by peer node",
+                ),
+                (
+                    "encap_overhead_bytes",
+                    "Encapsulation header bytes, by peer node",
+                ),
             ],
             cap,
         );
@@ -357,7 +380,13 @@ impl Metrics {
             match iface.iface.kind {
                 InterfaceKind::Pod => {
                     let pod = model.pod_of_interface(&iface.iface.name);
-                    self.pod_flow(key, &delta, new_flow, &model, pod.map(|p| (&p.namespace, &p.name)))
+                    self.pod_flow(
+                        key,
+                        &delta,
+                        new_flow,
+                        &model,
+                        pod.map(|p| (&p.namespace, &p.name)),
+                    )
                 }
                 InterfaceKind::Tunnel(e) => self.tunnel_flow(key, &delta, e, &model),
                 InterfaceKind::Underlay => {}
@@ -365,7 +394,8 @@ impl Metrics {
         }
         // Forgotten flows (past --retain) need no baseline any more.
         if self.exported.len() > st.table.len() {
-            let live: std::collections::HashSet<&FlowKey> = st.table.iter().map(|(k, _)| k).collect();
+            let live: std::collections::HashSet<&FlowKey> =
+                st.table.iter().map(|(k, _)| k).collect();
             self.exported.retain(|k, _| live.contains(k));
         }
         self.update_own(st, sources);
@@ -432,7 +462,10 @@ impl Metrics {
                     .unwrap_or_default()
             }),
             encap: kept(c.keeps(Dimension::Encap), || {
-                Encap::from_u8(key.encap).unwrap_or(Encap::None).name().to_owned()
+                Encap::from_u8(key.encap)
+                    .unwrap_or(Encap::None)
+                    .name()
+                    .to_owned()
             }),
         };
         if self.flows.add(labels, [d.packets, d.bytes]) {
@@ -442,16 +475,14 @@ impl Metrics {
         // Service traffic: the client's side (to the VIP, before DNAT) and
         // the backend's side (delivered to a local endpoint).
         if let Some(s) = service {
-            let backend = match (s.via.as_str(), dir) {
-                ("vip", "egress") => Some(String::new()),
-                ("endpoint", "ingress") => Some(
-                    model
-                        .endpoint(dst)
-                        .pod
-                        .unwrap_or_else(|| std::net::SocketAddr::new(dst, key.dst_port).to_string()),
-                ),
-                _ => None,
-            };
+            let backend =
+                match (s.via.as_str(), dir) {
+                    ("vip", "egress") => Some(String::new()),
+                    ("endpoint", "ingress") => Some(model.endpoint(dst).pod.unwrap_or_else(|| {
+                        std::net::SocketAddr::new(dst, key.dst_port).to_string()
+                    })),
+                    _ => None,
+                };
             if let Some(backend) = backend {
                 let labels = ServiceLabels {
                     namespace: s.namespace,
@@ -487,7 +518,10 @@ impl Metrics {
             direction: direction(InterfaceKind::Tunnel(encap), hook).to_owned(),
         };
         if self.encap.add(labels, [d.packets, d.bytes, overhead]) {
-            self.own.folded.get_or_create(&label("family", self.encap.name)).inc();
+            self.own
+                .folded
+                .get_or_create(&label("family", self.encap.name))
+                .inc();
         }
     }
 
@@ -534,23 +568,33 @@ impl Metrics {
         o.map_entries.set(s.kernel_flow_entries as i64);
         o.map_capacity.set(s.flow_capacity as i64);
         o.flows_tracked.set(st.table.len() as i64);
-        catch_up(&o.insert_failures, s.stats[Stat::FlowInsertFailures as usize]);
+        catch_up(
+            &o.insert_failures,
+            s.stats[Stat::FlowInsertFailures as usize],
+        );
         catch_up(&o.unparsed, s.stats[Stat::Unparsed as usize]);
         catch_up(&o.non_ip, s.stats[Stat::NonIp as usize]);
         catch_up(&o.lru_evictions, st.table.lru_evictions);
         catch_up(&o.polls, s.polls);
         o.poll_duration.observe(s.last_poll_ms / 1e3);
         for (source, synced) in sources {
-            o.source_synced.get_or_create(&label("source", source)).set(*synced as i64);
+            o.source_synced
+                .get_or_create(&label("source", source))
+                .set(*synced as i64);
         }
         for (program, (run_ns, runs)) in &s.program_stats {
-            let secs = o.program_run_seconds.get_or_create(&label("program", program));
+            let secs = o
+                .program_run_seconds
+                .get_or_create(&label("program", program));
             let have = secs.get();
             let now = *run_ns as f64 / 1e9;
             if now > have {
                 secs.inc_by(now - have);
             }
-            catch_up(&o.program_runs.get_or_create(&label("program", program)), *runs);
+            catch_up(
+                &o.program_runs.get_or_create(&label("program", program)),
+                *runs,
+            );
         }
         for (name, n) in [
             (self.pods.name, self.pods.known.len()),
@@ -588,16 +632,36 @@ impl SelfMetrics {
             "Interfaces our programs are attached to, by kind",
             m.attached.clone(),
         );
-        r.register("flow_map_entries", "Entries in the kernel flow map", m.map_entries.clone());
-        r.register("flow_map_capacity", "Slots of the kernel flow map", m.map_capacity.clone());
-        r.register("flows_tracked", "Flows the API shows", m.flows_tracked.clone());
+        r.register(
+            "flow_map_entries",
+            "Entries in the kernel flow map",
+            m.map_entries.clone(),
+        );
+        r.register(
+            "flow_map_capacity",
+            "Slots of the kernel flow map",
+            m.map_capacity.clone(),
+        );
+        r.register(
+            "flows_tracked",
+            "Flows the API shows",
+            m.flows_tracked.clone(),
+        );
         r.register(
             "map_insert_failures",
             "Packets whose flow could not be added to the kernel map",
             m.insert_failures.clone(),
         );
-        r.register("unparsed_packets", "Packets the classifier could not parse", m.unparsed.clone());
-        r.register("non_ip_packets", "Packets that are not IP (ARP, ...)", m.non_ip.clone());
+        r.register(
+            "unparsed_packets",
+            "Packets the classifier could not parse",
+            m.unparsed.clone(),
+        );
+        r.register(
+            "non_ip_packets",
+            "Packets that are not IP (ARP, ...)",
+            m.non_ip.clone(),
+        );
         r.register(
             "lru_evictions",
             "Kernel flow entries the LRU evicted before we read them (map full)",

@@ -132,8 +132,10 @@ pub fn classify(msg: &RouteMessage) -> Option<RouteFact> {
     match h.kind {
         RouteType::BlackHole => Some(RouteFact::LocalBlock(net)),
         RouteType::Unicast
+            // IPv6 routes carry no link scope: a /128 without a gateway
+            // is Felix's route to a pod all the same.
             if gateway.is_none()
-                && h.scope == RouteScope::Link
+                && (h.scope == RouteScope::Link || h.address_family == AddressFamily::Inet6)
                 && h.destination_prefix_length == host_len =>
         {
             Some(RouteFact::LocalEndpoint {
