@@ -112,7 +112,8 @@ fn prometheus_counters_equal_the_traffic_sent_and_promtool_is_clean() {
     assert_eq!(r[0].metric["src"], "app1");
     assert_eq!(r[0].metric["dst"], "app1");
     assert_eq!(r[0].metric["src_namespace"], "default");
-    assert_eq!(r[0].metric["encap"], "none");
+    // Across nodes in a VXLAN pool.
+    assert_eq!(r[0].metric["encap"], "vxlan");
 
     // Through a Service VIP: counted on the client side (VIP) and the
     // backend's side (endpoint), 10 datagrams of 100 bytes.

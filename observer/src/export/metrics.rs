@@ -329,6 +329,11 @@ impl Metrics {
             Info::new([("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
         );
         let own = SelfMetrics::register(r);
+        // Present from the start, so that dashboards and alerts see zeros.
+        for family in ["pod", "flow", "service", "encap"] {
+            own.folded.get_or_create(&label("family", family)).inc_by(0);
+            own.series.get_or_create(&label("family", family)).set(0);
+        }
         Self {
             registry,
             config,
@@ -461,11 +466,12 @@ impl Metrics {
                     .map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port))
                     .unwrap_or_default()
             }),
+            // On a pod interface a packet is not encapsulated yet (or any
+            // more): the label says how it crosses between nodes.
             encap: kept(c.keeps(Dimension::Encap), || {
-                Encap::from_u8(key.encap)
-                    .unwrap_or(Encap::None)
-                    .name()
-                    .to_owned()
+                model
+                    .expected_encap(src, dst)
+                    .unwrap_or_else(|| "unknown".into())
             }),
         };
         if self.flows.add(labels, [d.packets, d.bytes]) {
