@@ -1609,8 +1609,30 @@ fn every_dashboard_query_returns_data_from_the_lab() {
 
     // Traffic twice, a few scrapes apart, so that every rate has two
     // samples of every series.
+    // `lab traffic` reaches app2 through its VIP, and DNAT picks the
+    // backend at random: also send straight to every app2 endpoint (its
+    // `dns` target port), so that each node's backend panels have data.
+    let plan = observer::lab::state::load(&lab.name).expect("lab state");
+    let to_each_backend = || {
+        let app2 = plan.services.iter().find(|s| s.name == "app2").unwrap();
+        let dns = app2.ports.iter().find(|p| p.protocol == "UDP").unwrap();
+        let client = plan.pods.iter().find(|p| p.name == "node1-pod1").unwrap();
+        for backend in plan.pods.iter().filter(|p| app2.backends.contains(&p.name)) {
+            observer::lab::traffic::udp(
+                client,
+                client.ips[0],
+                backend,
+                backend.ips[0],
+                dns.target_port,
+                5,
+                100,
+            )
+            .expect("UDP to a backend");
+        }
+    };
     for _ in 0..2 {
         observer(&["lab", "traffic", "--name", &lab.name]);
+        to_each_backend();
         too_big();
         prom.wait_scrapes(3, Duration::from_secs(30));
     }

@@ -97,7 +97,14 @@ fn main() -> Result<()> {
                     "warnings",
                 ])?;
             }
-            let mut test = vec!["test", "--workspace", "--exclude", "observer-ebpf"];
+            // Every test binary runs, so the closing line counts them all.
+            let mut test = vec![
+                "test",
+                "--workspace",
+                "--exclude",
+                "observer-ebpf",
+                "--no-fail-fast",
+            ];
             test.extend(args.iter().map(String::as_str));
             cargo_test(&test)
         }
