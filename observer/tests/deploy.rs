@@ -162,7 +162,8 @@ struct RelabelConfig {
     action: Option<String>,
 }
 
-/// kustomize's Kustomization, limited to what a plain base and overlay use.
+/// kustomize's Kustomization (or Component), limited to what a plain base,
+/// overlay and component use.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Kustomization {
@@ -172,6 +173,8 @@ struct Kustomization {
     namespace: Option<String>,
     #[serde(default)]
     resources: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    components: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     images: Vec<KustomizeImage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -290,13 +293,22 @@ fn kustomization(dir: &Path) -> Kustomization {
     let docs = yaml_docs(&path);
     assert_eq!(docs.len(), 1, "{}: one document", path.display());
     let k: Kustomization = strict(&docs[0], &path.display().to_string());
-    assert_eq!(
-        (k.api_version.as_str(), k.kind.as_str()),
-        ("kustomize.config.k8s.io/v1beta1", "Kustomization"),
-        "{}",
-        path.display()
+    assert!(
+        matches!(
+            (k.api_version.as_str(), k.kind.as_str()),
+            ("kustomize.config.k8s.io/v1beta1", "Kustomization")
+                | ("kustomize.config.k8s.io/v1alpha1", "Component")
+        ),
+        "{}: {} {}",
+        path.display(),
+        k.api_version,
+        k.kind
     );
     k
+}
+
+fn is_component(dir: &Path) -> bool {
+    kustomization(dir).kind == "Component"
 }
 
 /// The files of a directory other than its kustomization, sorted.
@@ -311,13 +323,26 @@ fn files_of(dir: &Path) -> BTreeSet<String> {
 }
 
 /// Builds a kustomization the way kustomize does for what we use
-/// (resources: files and directories; `namespace`; JSON patches), parsing
-/// every file strictly. Returns the objects as JSON.
+/// (resources: files and directories; components; `namespace`; JSON
+/// patches), parsing every file strictly. Returns the objects as JSON.
 fn build(dir: &Path) -> Vec<Value> {
+    build_onto(dir, Vec::new())
+}
+
+/// `build`, onto the objects accumulated so far: a Kustomization starts
+/// from none; a Component (kind: Component) adds its resources to those of
+/// the kustomization that lists it, and its patches and transformers apply
+/// to all of them, after that kustomization's resources and before its own
+/// patches.
+fn build_onto(dir: &Path, mut out: Vec<Value>) -> Vec<Value> {
     let k = kustomization(dir);
+    assert!(
+        k.kind == "Component" || out.is_empty(),
+        "{}: a Kustomization starts from nothing",
+        dir.display()
+    );
     // Every file here is used: a resource or a patch.
     let mut used: BTreeSet<String> = BTreeSet::new();
-    let mut out = Vec::new();
     for r in &k.resources {
         let path = dir.join(r);
         assert!(
@@ -326,11 +351,31 @@ fn build(dir: &Path) -> Vec<Value> {
             dir.display()
         );
         if path.is_dir() {
+            // kustomize refuses a Component as a resource.
+            assert!(
+                !is_component(&path),
+                "{}: {r} is a Component: list it under components",
+                dir.display()
+            );
             out.extend(build(&path));
         } else {
             used.insert(r.clone());
             out.extend(yaml_docs(&path));
         }
+    }
+    for c in &k.components {
+        let path = dir.join(c);
+        assert!(
+            path.is_dir(),
+            "{}: component {c} is not a directory",
+            dir.display()
+        );
+        assert!(
+            is_component(&path),
+            "{}: component {c} is not a kind: Component",
+            dir.display()
+        );
+        out = build_onto(&path, out);
     }
     for p in &k.patches {
         used.insert(p.path.clone());
@@ -447,8 +492,9 @@ fn metrics_port() -> i32 {
     i32::from(a.port())
 }
 
-/// What both variants must satisfy; returns the container.
-fn check_install(o: &Objects, what: &str) -> Container {
+/// What every variant must satisfy, with or without the PodMonitor (the
+/// opt-in component); returns the container.
+fn check_install(o: &Objects, what: &str, pod_monitor: bool) -> Container {
     assert_eq!(o.namespaces.len(), 1, "{what}: one Namespace");
     let ns = o.namespaces[0].metadata.name.clone().unwrap();
     let [ds] = o.daemon_sets.as_slice() else {
@@ -641,14 +687,45 @@ fn check_install(o: &Objects, what: &str) -> Container {
                     ),
                 )
     }));
+    if !pod_monitor {
+        assert!(
+            o.pod_monitors.is_empty(),
+            "{what}: the PodMonitor is opt-in (components/prometheus-operator)"
+        );
+        return c.clone();
+    }
     let [pm] = o.pod_monitors.as_slice() else {
         panic!("{what}: one PodMonitor")
     };
-    assert_eq!(pm.metadata.namespace.as_deref(), Some(ns.as_str()));
-    assert!(selects(pm.spec.selector.match_labels.as_ref().unwrap()));
+    assert_eq!(
+        pm.metadata.namespace.as_deref(),
+        Some(ns.as_str()),
+        "{what}: the PodMonitor is in the DaemonSet's namespace"
+    );
+    assert!(
+        pm.spec.namespace_selector.is_none(),
+        "{what}: the PodMonitor looks in its own namespace"
+    );
+    assert!(
+        pm.spec.selector.match_expressions.is_none(),
+        "{what}: PodMonitor selector"
+    );
+    let pm_selector = pm.spec.selector.match_labels.as_ref().expect("matchLabels");
+    assert!(
+        !pm_selector.is_empty() && selects(pm_selector),
+        "{what}: the PodMonitor selects the DaemonSet's pods"
+    );
+    assert!(
+        !pm.spec.pod_metrics_endpoints.is_empty(),
+        "{what}: endpoints"
+    );
     for e in &pm.spec.pod_metrics_endpoints {
-        assert_eq!(e.port, "metrics");
+        assert_eq!(
+            e.port, "metrics",
+            "{what}: the PodMonitor scrapes the container's named port"
+        );
         assert_eq!(e.path.as_deref().unwrap_or("/metrics"), "/metrics");
+        assert_eq!(e.scheme.as_deref().unwrap_or("http"), "http");
         // Series carry `node` already: a target label of that name would
         // rename theirs to exported_node.
         for r in e.relabelings.iter().flatten() {
@@ -658,11 +735,46 @@ fn check_install(o: &Objects, what: &str) -> Container {
     c.clone()
 }
 
+/// The component alone: one PodMonitor, the only object, strictly parsed.
+fn check_component(o: &Objects, what: &str) {
+    assert_eq!(o.count(), 1, "{what}: only the PodMonitor");
+    let [pm] = o.pod_monitors.as_slice() else {
+        panic!("{what}: one PodMonitor")
+    };
+    assert_eq!(pm.metadata.name.as_deref(), Some("observer"), "{what}");
+    // Its own labels: what a Prometheus' podMonitorSelector may match.
+    assert_eq!(
+        pm.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .map(String::as_str),
+        Some("observer"),
+        "{what}"
+    );
+}
+
+/// API groups every cluster serves: what `base/` may use.
+fn built_in(api_version: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    matches!(group, "" | "apps" | "rbac.authorization.k8s.io")
+}
+
 #[test]
 fn manifests_parse_strictly_and_agree_with_the_daemon() {
-    // The base, as `kubectl apply -k deploy/kubernetes` installs it.
+    // The base, as `kubectl apply -k deploy/kubernetes` installs it: only
+    // built-in kinds, so it applies on a cluster without the Prometheus
+    // Operator's CRDs.
+    for doc in build(&kube_dir()) {
+        let v = doc["apiVersion"].as_str().unwrap_or("");
+        assert!(
+            built_in(v),
+            "deploy/kubernetes: {v} {} needs a CRD; make it opt-in (a component)",
+            doc["kind"]
+        );
+    }
     let base = objects(&kube_dir());
-    let c = check_install(&base, "deploy/kubernetes");
+    let c = check_install(&base, "deploy/kubernetes", false);
     let sc = c.security_context.clone().expect("securityContext");
     assert_eq!(sc.privileged, Some(true));
     // The image is the crate's version.
@@ -677,10 +789,19 @@ fn manifests_parse_strictly_and_agree_with_the_daemon() {
         )
     );
 
+    // The Prometheus Operator's overlay: the base and its PodMonitor.
+    let po = objects(&kube_dir().join("prometheus-operator"));
+    assert_eq!(po.count(), base.count() + 1);
+    let c = check_install(&po, "deploy/kubernetes/prometheus-operator", true);
+    assert_eq!(c.security_context.and_then(|s| s.privileged), Some(true));
+    let component = kube_dir().join("components/prometheus-operator");
+    assert!(is_component(&component));
+    check_component(&objects(&component), "components/prometheus-operator");
+
     // The least-privilege overlay: the same, with capabilities.
     let lp = objects(&kube_dir().join("least-privilege"));
     assert_eq!(lp.count(), base.count());
-    let c = check_install(&lp, "deploy/kubernetes/least-privilege");
+    let c = check_install(&lp, "deploy/kubernetes/least-privilege", false);
     let sc = c.security_context.clone().expect("securityContext");
     assert_eq!(sc.privileged, Some(false));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -733,10 +854,49 @@ fn every_file_under_deploy_kubernetes_is_used() {
     }
 }
 
-/// kubectl's own kustomize (when kubectl is installed) renders both
-/// variants into objects that also parse strictly.
+/// `kubectl kustomize DIR`, its objects parsed strictly.
+fn kubectl_kustomize(path: &Path) -> Objects {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(path)
+        .output()
+        .expect("kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut o = Objects::default();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+        let v = Value::deserialize(doc).unwrap();
+        o.add(
+            &v,
+            &format!("kubectl kustomize {} object {i}", path.display()),
+        );
+    }
+    o
+}
+
+/// The README's example kustomization that adds the PodMonitor (and the
+/// `release` label kube-prometheus-stack selects) to an installation.
+fn readme_kustomization() -> String {
+    let readme = read(&repo().join("README.md"));
+    readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains("components/prometheus-operator"))
+        .expect("README: a kustomization with components/prometheus-operator")
+        .to_owned()
+}
+
+/// kubectl's own kustomize (when kubectl is installed) renders every
+/// variant, the component alone and the README's own kustomization into
+/// objects that also parse strictly.
 #[test]
-fn kubectl_kustomize_renders_both_variants() {
+fn kubectl_kustomize_renders_every_variant() {
     let Ok(out) = Command::new("kubectl")
         .arg("version")
         .arg("--client")
@@ -746,31 +906,57 @@ fn kubectl_kustomize_renders_both_variants() {
         return;
     };
     assert!(out.status.success());
-    for (dir, privileged) in [("", true), ("least-privilege", false)] {
+    for (dir, privileged, pod_monitor) in [
+        ("", true, false),
+        ("least-privilege", false, false),
+        ("prometheus-operator", true, true),
+    ] {
         let path = kube_dir().join(dir);
-        let out = Command::new("kubectl")
-            .arg("kustomize")
-            .arg(&path)
-            .output()
-            .expect("kubectl kustomize");
-        assert!(
-            out.status.success(),
-            "kubectl kustomize {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+        let o = kubectl_kustomize(&path);
+        let c = check_install(
+            &o,
+            &format!("kubectl kustomize {}", path.display()),
+            pod_monitor,
         );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut o = Objects::default();
-        for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-            let v = Value::deserialize(doc).unwrap();
-            o.add(&v, &format!("kubectl kustomize {dir} object {i}"));
-        }
-        let c = check_install(&o, &format!("kubectl kustomize {}", path.display()));
         assert_eq!(
             c.security_context.and_then(|s| s.privileged),
             Some(privileged)
         );
     }
+    let component = kube_dir().join("components/prometheus-operator");
+    check_component(
+        &kubectl_kustomize(&component),
+        "kubectl kustomize components/prometheus-operator",
+    );
+
+    // The README's kustomization, as a user writes it next to a checkout
+    // (`../observer/`): kustomize takes only relative paths to bases.
+    let dir = std::env::temp_dir().join(format!("observer-deploy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.canonicalize().unwrap();
+    let up = "../".repeat(dir.components().count() - 1);
+    let root = repo().canonicalize().unwrap();
+    let root = root.strip_prefix("/").unwrap();
+    let yaml = readme_kustomization().replace("../observer/", &format!("{up}{}/", root.display()));
+    std::fs::write(dir.join("kustomization.yaml"), &yaml).unwrap();
+    let o = kubectl_kustomize(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let what = "the README's kustomization";
+    check_install(&o, what, true);
+    let labels = o.pod_monitors[0]
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        labels.contains_key("release"),
+        "{what}: the PodMonitor has a release label: {labels:?}"
+    );
+    assert_eq!(
+        labels.get("app.kubernetes.io/name").map(String::as_str),
+        Some("observer"),
+        "{what}: the patch adds to the labels"
+    );
 }
 
 // ---------------------------------------------------------------------------
