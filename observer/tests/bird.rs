@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::sh;
 use observer::sources::bird::{BirdStatus, show_protocols};
 
 const BIRD: &str = "/usr/sbin/bird";
@@ -26,15 +27,6 @@ fn require_bird() {
             "{b} is missing: this test runs a real BIRD 1.6 (`apt-get install bird`, which `cargo xtask setup` does)"
         );
     }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Two namespaces and the BIRDs we started in them; removed on drop, even

@@ -8,81 +8,13 @@ mod common;
 use std::{
     collections::BTreeSet,
     os::unix::fs::PermissionsExt as _,
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use common::lab::{TestLab, command, observer, run};
 use observer::flows::view::FlowView;
 use serde_json::Value;
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(args)
-        .env_remove("OBSERVER_SOCKET")
-        .env_remove("NO_COLOR")
-        .output()
-        .expect("run observer")
-}
-
-fn observer(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "observer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    // Captured, so not a terminal: never colour.
-    assert!(!stdout.contains('\x1b'), "colour on a pipe: {stdout:?}");
-    stdout
-}
-
-/// A lab with a name of its own, taken down on drop even if the test fails.
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up() -> Self {
-        common::require_root();
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "c{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab { name };
-        observer(&["lab", "up", "--name", &lab.name]);
-        lab
-    }
-
-    /// `observer VERB --lab NAME --lab-node node1 ARGS...`
-    fn query(&self, verb: &str, args: &[&str]) -> String {
-        let mut a = vec![verb, "--lab", &self.name, "--lab-node", "node1"];
-        a.extend_from_slice(args);
-        observer(&a)
-    }
-
-    fn json(&self, verb: &str, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.extend(["-o", "json"]);
-        let text = self.query(verb, &a);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb} JSON: {e}: {text}"))
-    }
-
-    fn flows(&self, filters: &[&str]) -> Vec<FlowView> {
-        serde_json::from_value(self.json("flows", filters)).expect("flows JSON")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args(["lab", "down", "--name", &self.name])
-            .status();
-    }
-}
 
 /// Interface, direction and 5-tuple: what tells flows apart.
 fn ids(flows: &[FlowView]) -> BTreeSet<String> {
@@ -118,14 +50,14 @@ fn data_lines(table: &str) -> Vec<&str> {
 
 #[test]
 fn every_verb_and_flow_filters_on_a_lab() {
-    let lab = Lab::up();
-    observer(&["lab", "traffic", "--name", &lab.name]);
+    let lab = TestLab::up(&[], &[]);
+    lab.traffic();
 
     // Wait until node1's observer has polled the traffic: the DNS Service
     // flow and the cross-node VXLAN flows.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let all = lab.flows(&[]);
+        let all = lab.flows("node1");
         let dns = all.iter().any(|f| f.protocol == "udp" && f.dst_port == 53);
         let vxlan = all
             .iter()
@@ -153,15 +85,15 @@ fn every_verb_and_flow_filters_on_a_lab() {
     }
     for verb in &verbs {
         for o in ["table", "wide"] {
-            let t = lab.query(verb, &["-o", o]);
+            let t = lab.query("node1", verb, &["-o", o]);
             assert!(!t.trim().is_empty(), "{verb} -o {o} printed nothing");
         }
-        let v = lab.json(verb, &[]);
+        let v = lab.json("node1", verb, &[]);
         assert!(v.is_array() || v.is_object(), "{verb}: {v}");
     }
 
     // Tables: human units and aligned columns.
-    let table = lab.query("flows", &[]);
+    let table = lab.query("node1", "flows", &[]);
     assert!(table.starts_with("INTERFACE"), "{table}");
     assert!(
         table.contains(" B") || table.contains("KiB"),
@@ -178,12 +110,12 @@ fn every_verb_and_flow_filters_on_a_lab() {
     }
 
     // JSON never has units.
-    let pods = lab.json("pods", &[]);
+    let pods = lab.json("node1", "pods", &[]);
     assert_eq!(pods.as_array().unwrap().len(), 2, "{pods}");
     assert!(pods[0]["ingress_bytes"].is_u64(), "{pods}");
 
     // The interface MTU: the lab's tunnel and pods have 1450.
-    let ifaces = lab.json("interfaces", &[]);
+    let ifaces = lab.json("node1", "interfaces", &[]);
     let vx = ifaces
         .as_array()
         .unwrap()
@@ -191,11 +123,11 @@ fn every_verb_and_flow_filters_on_a_lab() {
         .find(|i| i["name"] == "vxlan.calico")
         .expect("vxlan.calico");
     assert_eq!(vx["mtu"], 1450, "{vx}");
-    assert!(lab.query("interfaces", &[]).contains("1450"));
+    assert!(lab.query("node1", "interfaces", &[]).contains("1450"));
 
     // encap: node1's VXLAN traffic with node2, its overhead and MTU; a
     // healthy lab has no MTU problems.
-    let encap = lab.json("encap", &[]);
+    let encap = lab.json("node1", "encap", &[]);
     let t = encap["tunnels"]
         .as_array()
         .unwrap()
@@ -215,7 +147,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
     assert_eq!(t["mtu"], 1450, "{t}");
     assert!(t["overhead_percent"].as_f64().unwrap() > 0.0, "{t}");
     assert_eq!(encap["mtu_problems"], Value::Array(vec![]), "{encap}");
-    let text = lab.query("encap", &[]);
+    let text = lab.query("node1", "encap", &[]);
     assert!(
         text.contains("vxlan.calico") && text.contains("node2"),
         "{text}"
@@ -223,8 +155,8 @@ fn every_verb_and_flow_filters_on_a_lab() {
     assert!(text.contains("MTU problems: none seen"), "{text}");
 
     // Filters select exactly the flows they say.
-    let all = lab.flows(&[]);
-    let dns = lab.flows(&["--protocol", "udp", "--port", "53"]);
+    let all = lab.flows("node1");
+    let dns = lab.flows_where("node1", &["--protocol", "udp", "--port", "53"]);
     let want: Vec<FlowView> = all
         .iter()
         .filter(|f| f.protocol == "udp" && (f.src_port == 53 || f.dst_port == 53))
@@ -238,7 +170,10 @@ fn every_verb_and_flow_filters_on_a_lab() {
         .iter()
         .find_map(|f| f.service.clone())
         .expect("a Service");
-    let by_service = lab.flows(&["--service", &format!("{}/{}", svc.namespace, svc.name)]);
+    let by_service = lab.flows_where(
+        "node1",
+        &["--service", &format!("{}/{}", svc.namespace, svc.name)],
+    );
     assert!(!by_service.is_empty());
     assert!(
         by_service
@@ -246,7 +181,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
             .all(|f| f.service.as_ref().is_some_and(|s| s.name == svc.name))
     );
 
-    let vx = lab.flows(&["--namespace", "default", "--encap", "vxlan"]);
+    let vx = lab.flows_where("node1", &["--namespace", "default", "--encap", "vxlan"]);
     let want: Vec<FlowView> = all
         .iter()
         .filter(|f| f.encap == "vxlan" && ns_is(f, "default"))
@@ -261,7 +196,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
     let on: BTreeSet<&str> = vx.iter().map(|f| f.interface.as_str()).collect();
     assert_eq!(on, BTreeSet::from(["eth0", "vxlan.calico"]), "{vx:#?}");
 
-    let node2 = lab.flows(&["--node", "node2", "--protocol", "tcp"]);
+    let node2 = lab.flows_where("node1", &["--node", "node2", "--protocol", "tcp"]);
     assert!(!node2.is_empty());
     assert!(node2.iter().all(|f| {
         f.protocol == "tcp"
@@ -272,7 +207,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
                     .any(|e| e.node.as_deref() == Some("node2")))
     }));
 
-    let cali = lab.flows(&["--interface", "cali*", "--protocol", "17"]);
+    let cali = lab.flows_where("node1", &["--interface", "cali*", "--protocol", "17"]);
     assert!(!cali.is_empty());
     assert!(
         cali.iter()
@@ -280,31 +215,36 @@ fn every_verb_and_flow_filters_on_a_lab() {
     );
 
     // --top 1: one row, the biggest; by packets too.
-    let top = lab.flows(&["--top", "1"]);
+    let top = lab.flows_where("node1", &["--top", "1"]);
     assert_eq!(top.len(), 1);
     assert_eq!(top[0].bytes, all.iter().map(|f| f.bytes).max().unwrap());
-    assert_eq!(data_lines(&lab.query("flows", &["--top", "1"])).len(), 1);
-    let by_packets = lab.flows(&["--sort", "packets", "--top", "3"]);
+    assert_eq!(
+        data_lines(&lab.query("node1", "flows", &["--top", "1"])).len(),
+        1
+    );
+    let by_packets = lab.flows_where("node1", &["--sort", "packets", "--top", "3"]);
     assert_eq!(by_packets.len(), 3);
     assert!(by_packets.windows(2).all(|w| w[0].packets >= w[1].packets));
 
     // A filter matching nothing says so.
-    let none = lab.query("flows", &["--port", "1"]);
+    let none = lab.query("node1", "flows", &["--port", "1"]);
     assert!(none.contains("no flows match"), "{none}");
 
     // --sort rate without --watch: two samples, rates in the table and JSON.
     let rated = lab.json(
+        "node1",
         "flows",
         &["--sort", "rate", "--interval", "300ms", "--top", "2"],
     );
     assert_eq!(rated.as_array().unwrap().len(), 2);
     assert!(rated[0]["bytes_per_second"].is_number(), "{rated}");
-    let t = lab.query("flows", &["--sort", "rate", "--interval", "300ms"]);
+    let t = lab.query("node1", "flows", &["--sort", "rate", "--interval", "300ms"]);
     assert!(t.lines().next().unwrap().contains("BYTES/S"), "{t}");
 
     // --watch --count 3: three tables, separated by a blank line, with
     // rates; not a terminal, so no screen clearing.
     let w = lab.query(
+        "node1",
         "flows",
         &[
             "--watch",
@@ -353,7 +293,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
         String::from_utf8(out.stdout).unwrap()
     });
     std::thread::sleep(Duration::from_millis(300));
-    observer(&["lab", "traffic", "--name", &lab.name]);
+    lab.traffic();
     let out = watcher.join().expect("watch");
     let refreshes: Vec<Vec<Value>> = out
         .lines()
@@ -397,8 +337,7 @@ fn not_running_says_what_to_do() {
     }
     // The same through the environment, for every verb.
     for verb in ["pods", "services", "interfaces", "status", "encap"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .arg(verb)
+        let out = command(&[verb])
             .env("OBSERVER_SOCKET", "/nonexistent/observer.sock")
             .output()
             .unwrap();

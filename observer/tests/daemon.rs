@@ -13,20 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::sh;
 use observer::{cli::client::Client, export::api::InterfaceView, flows::view::FlowView};
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .expect("run command");
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A network namespace removed on drop, even when the test fails.
 struct Netns(String);

@@ -1669,55 +1669,11 @@ fn substitute(expr: &str, values: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn observer(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(args)
-        .output()
-        .expect("run observer");
-    assert!(
-        out.status.success(),
-        "observer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A lab of its own, taken down on drop even when the test fails.
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up() -> Self {
-        common::require_root();
-        let lab = Lab {
-            name: format!("d{}", std::process::id() % 100_000),
-        };
-        observer(&["lab", "up", "--name", &lab.name]);
-        lab
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&observer(&[
-            "lab", "status", "--name", &self.name, "-o", "json",
-        ]))
-        .expect("status JSON")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args(["lab", "down", "--name", &self.name])
-            .status();
-    }
-}
-
 #[test]
 fn every_dashboard_query_returns_data_from_the_lab() {
-    use common::prometheus::Prometheus;
-    let lab = Lab::up();
-    let status = lab.status();
+    use common::{lab::TestLab, prometheus::Prometheus};
+    let lab = TestLab::up(&[], &[]);
+    let status = lab.status_json();
     let nodes = status["nodes"].as_array().expect("nodes");
     let urls: Vec<String> = nodes
         .iter()
@@ -1767,12 +1723,7 @@ fn every_dashboard_query_returns_data_from_the_lab() {
             src["interface"].as_str().unwrap(),
         ),
     ] {
-        let ok = Command::new("ip")
-            .args(["-n", ns, "link", "set", dev, "mtu", "1500"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "MTU of {dev} in {ns}");
+        common::sh(&["ip", "-n", ns, "link", "set", dev, "mtu", "1500"]);
     }
     // DF set (`-M do`): the node answers fragmentation-needed and the pod
     // caches the path MTU, so flush that cache to send another one.
@@ -1817,7 +1768,7 @@ fn every_dashboard_query_returns_data_from_the_lab() {
         }
     };
     for _ in 0..2 {
-        observer(&["lab", "traffic", "--name", &lab.name]);
+        lab.traffic();
         to_each_backend();
         too_big();
         prom.wait_scrapes(3, Duration::from_secs(30));

@@ -4,25 +4,23 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::lab::TestLab;
+use common::{
+    lab::{TestLab, pod, run},
+    sh,
+};
 use observer::doctor::{Check, Verdict};
 
 /// (exit success, checks) of `observer doctor -o json` on a lab node.
 fn doctor(lab: &TestLab, node: &str) -> (bool, Vec<Check>) {
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args([
-            "doctor",
-            "--lab",
-            &lab.name,
-            "--lab-node",
-            node,
-            "-o",
-            "json",
-        ])
-        .output()
-        .expect("run observer doctor");
+    let out = run(&[
+        "doctor",
+        "--lab",
+        &lab.name,
+        "--lab-node",
+        node,
+        "-o",
+        "json",
+    ]);
     let checks = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "doctor JSON: {e}: {}{}",
@@ -35,15 +33,6 @@ fn doctor(lab: &TestLab, node: &str) -> (bool, Vec<Check>) {
 
 fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
     checks.iter().find(|c| c.name == name).expect(name)
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
@@ -64,12 +53,11 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     }
 
     let plan = lab.status();
-    let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).unwrap().clone();
-    let (pod1, pod2) = (pod("node1-pod1"), pod("node1-pod2"));
+    let (pod1, pod2) = (pod(&plan, "node1-pod1"), pod(&plan, "node1-pod2"));
     let node1 = format!("{}-node1", lab.name);
     // A deleted route, a wrong MTU, a filter gone.
     let ip = format!("{}/32", pod1.ips[0]);
-    run(&[
+    sh(&[
         "ip",
         "-n",
         &node1,
@@ -79,7 +67,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
         "dev",
         &pod1.interface,
     ]);
-    run(&[
+    sh(&[
         "ip",
         "-n",
         &node1,
@@ -89,7 +77,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
         "mtu",
         "1500",
     ]);
-    run(&[
+    sh(&[
         "tc",
         "-n",
         &node1,

@@ -5,135 +5,16 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+use std::time::{Duration, Instant};
+
+use common::{
+    lab::{TestLab, counts, iface_of},
+    sh,
 };
-
-use observer::{
-    flows::view::FlowView,
-    lab::{plan::Plan, traffic::Sent},
-};
-
-fn observer(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(args)
-        .output()
-        .expect("run observer");
-    assert!(
-        out.status.success(),
-        "observer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A lab with a name of its own, taken down on drop even if the test fails.
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up(extra: &[&str]) -> Self {
-        common::require_root();
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "t{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab { name };
-        let mut args = vec!["lab", "up", "--name", &lab.name];
-        args.extend_from_slice(extra);
-        observer(&args);
-        lab
-    }
-
-    fn status(&self) -> Plan {
-        serde_json::from_str(&observer(&[
-            "lab", "status", "--name", &self.name, "-o", "json",
-        ]))
-        .expect("status JSON")
-    }
-
-    fn flows(&self, node: &str) -> Vec<FlowView> {
-        serde_json::from_str(&observer(&[
-            "flows",
-            "--lab",
-            &self.name,
-            "--lab-node",
-            node,
-            "-o",
-            "json",
-        ]))
-        .expect("flows JSON")
-    }
-
-    fn send_udp(&self, src: &str, dst: &str, v6: bool, port: u16, count: u64, size: usize) -> Sent {
-        let plan = self.status();
-        let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).expect("pod").clone();
-        let (s, d) = (pod(src), pod(dst));
-        let pick = |p: &observer::lab::plan::PodPlan| {
-            *p.ips.iter().find(|ip| ip.is_ipv6() == v6).expect("address")
-        };
-        observer::lab::traffic::udp(&s, pick(&s), &d, pick(&d), port, count, size)
-            .expect("UDP traffic")
-    }
-
-    /// Waits until node's flow matching `sent` on `iface` has `packets`.
-    fn flow(&self, node: &str, iface: &str, sent: &Sent, packets: u64) -> FlowView {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self.flows(node).into_iter().find(|f| {
-                f.interface == iface
-                    && f.src_ip == sent.src_ip.to_string()
-                    && f.src_port == sent.src_port
-                    && f.dst_ip == sent.dst_ip.to_string()
-                    && f.dst_port == sent.dst_port
-            });
-            match found {
-                Some(f) if f.packets >= packets || Instant::now() > deadline => return f,
-                None if Instant::now() > deadline => panic!(
-                    "no flow {sent:?} on {node}/{iface}: {:#?}",
-                    self.flows(node)
-                ),
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args(["lab", "down", "--name", &self.name])
-            .status();
-    }
-}
-
-fn iface_of(plan: &Plan, pod: &str) -> String {
-    plan.pods
-        .iter()
-        .find(|p| p.name == pod)
-        .expect("pod")
-        .interface
-        .clone()
-}
-
-/// (packets, bytes, direction, encap, overhead) of a flow.
-fn counts(f: &FlowView) -> (u64, u64, &str, &str, u64) {
-    (
-        f.packets,
-        f.bytes,
-        f.direction.as_str(),
-        f.encap.as_str(),
-        f.overhead_bytes,
-    )
-}
+use observer::lab::traffic::Sent;
 
 fn exact_counts(v6: bool) {
-    let lab = Lab::up(if v6 { &["--ipv6"] } else { &[] });
+    let lab = TestLab::up(if v6 { &["--ipv6"] } else { &[] }, &[]);
     let plan = lab.status();
     let (ip_hdr, outer) = if v6 { (40, 70) } else { (20, 50) };
     let bytes = 12 * (ip_hdr + 8 + 200);
@@ -186,11 +67,11 @@ fn exact_udp_counts_ipv6_dual_stack() {
 
 #[test]
 fn status_describes_the_lab_and_down_removes_everything() {
-    let lab = Lab::up(&["--nodes", "3", "--pods-per-node", "3", "--block-size", "27"]);
-    let status: serde_json::Value = serde_json::from_str(&observer(&[
-        "lab", "status", "--name", &lab.name, "-o", "json",
-    ]))
-    .unwrap();
+    let lab = TestLab::up(
+        &["--nodes", "3", "--pods-per-node", "3", "--block-size", "27"],
+        &[],
+    );
+    let status = lab.status_json();
     let nodes = status["nodes"].as_array().unwrap();
     let pods = status["pods"].as_array().unwrap();
     assert_eq!((nodes.len(), pods.len()), (3, 9));
@@ -205,10 +86,7 @@ fn status_describes_the_lab_and_down_removes_everything() {
     assert!(iface.starts_with("cali") && iface.len() == 15);
 
     // Traffic across all three nodes works (the full mesh of VXLAN routes).
-    let sent: Vec<Sent> = serde_json::from_str(&observer(&[
-        "lab", "traffic", "--name", &lab.name, "-o", "json",
-    ]))
-    .unwrap();
+    let sent: Vec<Sent> = lab.traffic();
     assert_eq!(
         sent.len(),
         5,
@@ -217,41 +95,20 @@ fn status_describes_the_lab_and_down_removes_everything() {
 
     // A daemon stopped with SIGTERM leaves its interfaces clean.
     let node = nodes[0]["netns"].as_str().unwrap().to_owned();
-    let pids = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "pids", &node])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let pids = sh(&["ip", "netns", "pids", &node]);
     for pid in pids.lines() {
         // SAFETY: kill(2) on the lab's daemon.
         unsafe { libc::kill(pid.trim().parse().unwrap(), libc::SIGTERM) };
     }
     std::thread::sleep(Duration::from_secs(1));
-    let net = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "exec", &node, "bpftool", "net"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let net = sh(&["ip", "netns", "exec", &node, "bpftool", "net"]);
     assert!(
         !net.contains("eth_") && !net.contains("l3_"),
         "programs left attached: {net}"
     );
 
-    observer(&["lab", "down", "--name", &lab.name]);
-    let left = String::from_utf8(
-        Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    lab.down();
+    let left = sh(&["ip", "netns", "list"]);
     assert!(
         !left
             .lines()
@@ -260,12 +117,12 @@ fn status_describes_the_lab_and_down_removes_everything() {
     );
     assert!(!std::path::Path::new(&format!("/run/observer-lab/{}", lab.name)).exists());
     // Down is idempotent.
-    observer(&["lab", "down", "--name", &lab.name]);
+    lab.down();
 }
 
 #[test]
 fn flows_carry_pod_workload_node_and_service_names() {
-    let lab = Lab::up(&[]);
+    let lab = TestLab::up(&[], &[]);
     let plan = lab.status();
     let svc = plan
         .services
@@ -273,12 +130,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
         .find(|s| s.name == "app2")
         .expect("Service app2")
         .clone();
-    let client = plan
-        .pods
-        .iter()
-        .find(|p| p.name == "node1-pod1")
-        .unwrap()
-        .clone();
+    let client = common::lab::pod(&plan, "node1-pod1").clone();
     let sent = observer::lab::traffic::udp_service(&plan, &client, client.ips[0], &svc, 10, 100)
         .expect("UDP to the VIP");
 
@@ -367,16 +219,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
     );
 
     // `observer services` on node1 counts the VIP traffic of its client.
-    let services: serde_json::Value = serde_json::from_str(&observer(&[
-        "services",
-        "--lab",
-        &lab.name,
-        "--lab-node",
-        "node1",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let services = lab.json("node1", "services", &[]);
     let dns = services
         .as_array()
         .unwrap()
@@ -399,16 +242,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
     );
 
     // `observer pods` lists node1's pods as the lab built them.
-    let pods: serde_json::Value = serde_json::from_str(&observer(&[
-        "pods",
-        "--lab",
-        &lab.name,
-        "--lab-node",
-        "node1",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
+    let pods = lab.json("node1", "pods", &[]);
     let pods = pods.as_array().unwrap();
     assert_eq!(pods.len(), 2);
     for p in pods {

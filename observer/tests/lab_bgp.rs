@@ -5,138 +5,15 @@
 //! within the hold time, and cross-node traffic is counted unencapsulated
 //! with exact packet and byte counts.
 
-use std::{
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    lab::{TestLab, counts, iface_of},
+    sh,
 };
-
-use observer::{
-    flows::view::FlowView,
-    lab::{
-        plan::{NodePlan, Plan},
-        traffic::Sent,
-    },
-};
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the BGP lab tests need root (network namespaces, eBPF)"
-    );
-}
-
-fn observer(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(args)
-        .output()
-        .expect("run observer");
-    assert!(
-        out.status.success(),
-        "observer {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A BGP lab with a name of its own, taken down on drop even if the test
-/// fails (which also kills its BIRDs, stopped ones included).
-struct Lab {
-    name: String,
-}
-
-impl Lab {
-    fn up(extra: &[&str]) -> Self {
-        require_root();
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "b{}x{}",
-            std::process::id() % 100_000,
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab { name };
-        let mut args = vec!["lab", "up", "--routing", "bgp", "--name", &lab.name];
-        args.extend_from_slice(extra);
-        observer(&args);
-        lab
-    }
-
-    fn status(&self) -> Plan {
-        serde_json::from_str(&observer(&[
-            "lab", "status", "--name", &self.name, "-o", "json",
-        ]))
-        .expect("status JSON")
-    }
-
-    fn flows(&self, node: &str) -> Vec<FlowView> {
-        serde_json::from_str(&observer(&[
-            "flows",
-            "--lab",
-            &self.name,
-            "--lab-node",
-            node,
-            "-o",
-            "json",
-        ]))
-        .expect("flows JSON")
-    }
-
-    fn send_udp(&self, src: &str, dst: &str, v6: bool, port: u16, count: u64, size: usize) -> Sent {
-        let plan = self.status();
-        let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).expect("pod").clone();
-        let (s, d) = (pod(src), pod(dst));
-        let pick = |p: &observer::lab::plan::PodPlan| {
-            *p.ips.iter().find(|ip| ip.is_ipv6() == v6).expect("address")
-        };
-        observer::lab::traffic::udp(&s, pick(&s), &d, pick(&d), port, count, size)
-            .expect("UDP traffic")
-    }
-
-    /// Waits until node's flow matching `sent` on `iface` has `packets`.
-    fn flow(&self, node: &str, iface: &str, sent: &Sent, packets: u64) -> FlowView {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let found = self.flows(node).into_iter().find(|f| {
-                f.interface == iface
-                    && f.src_ip == sent.src_ip.to_string()
-                    && f.src_port == sent.src_port
-                    && f.dst_ip == sent.dst_ip.to_string()
-                    && f.dst_port == sent.dst_port
-            });
-            match found {
-                Some(f) if f.packets >= packets || Instant::now() > deadline => return f,
-                None if Instant::now() > deadline => panic!(
-                    "no flow {sent:?} on {node}/{iface}: {:#?}",
-                    self.flows(node)
-                ),
-                _ => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args(["lab", "down", "--name", &self.name])
-            .status();
-    }
-}
+use observer::lab::plan::NodePlan;
 
 /// Calico's mesh session name for a peer: `Mesh_172_30_0_12`.
 fn mesh(peer: &NodePlan) -> String {
@@ -149,7 +26,7 @@ fn mesh_sessions(node: &NodePlan) -> Vec<(String, String)> {
         .bird_socket
         .as_deref()
         .expect("a BGP node has a BIRD socket");
-    run(&["birdc", "-s", socket, "show", "protocols"])
+    sh(&["birdc", "-s", socket, "show", "protocols"])
         .lines()
         .filter(|l| l.starts_with("Mesh_"))
         .map(|l| {
@@ -179,13 +56,14 @@ fn bird_pid(node: &NodePlan) -> i32 {
 
 #[test]
 fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
-    let lab = Lab::up(&["--nodes", "3", "--pods-per-node", "1"]);
+    // Dropped, the lab is taken down with its BIRDs, stopped ones included.
+    let lab = TestLab::up(
+        &["--routing", "bgp", "--nodes", "3", "--pods-per-node", "1"],
+        &[],
+    );
     let plan = lab.status();
     assert_eq!(plan.routing.name(), "bgp");
-    let status: serde_json::Value = serde_json::from_str(&observer(&[
-        "lab", "status", "--name", &lab.name, "-o", "json",
-    ]))
-    .unwrap();
+    let status = lab.status_json();
     assert_eq!(status["routing"], "bgp");
     for (node, json) in plan.nodes.iter().zip(status["nodes"].as_array().unwrap()) {
         assert_eq!(
@@ -225,7 +103,7 @@ fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
 
     for node in &plan.nodes {
         // No VXLAN device at all.
-        let links = run(&["ip", "-n", &node.netns, "-o", "link", "show"]);
+        let links = sh(&["ip", "-n", &node.netns, "-o", "link", "show"]);
         assert!(!links.contains("vxlan"), "{}: {links}", node.name);
         // Every mesh peer Established, and only the peers.
         let sessions = mesh_sessions(node);
@@ -240,7 +118,7 @@ fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
         }
         // BIRD programmed the node's own block as a blackhole, and the
         // others' via their underlay address on eth0.
-        let routes = run(&[
+        let routes = sh(&[
             "ip",
             "-n",
             &node.netns,
@@ -267,7 +145,7 @@ fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
     // Pods reach each other across every pair of nodes.
     for src in &plan.pods {
         for dst in plan.pods.iter().filter(|p| p.node != src.node) {
-            run(&[
+            sh(&[
                 "ip",
                 "netns",
                 "exec",
@@ -318,7 +196,7 @@ fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
     }
 
     // `lab down` kills the BIRDs, the frozen one too.
-    observer(&["lab", "down", "--name", &lab.name]);
+    lab.down();
     let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
     let deadline = Instant::now() + Duration::from_secs(3);
     while alive(frozen) && Instant::now() < deadline {
@@ -328,29 +206,9 @@ fn bgp_mesh_is_established_routes_are_bird_and_a_stopped_peer_goes_down() {
     assert!(!std::path::Path::new(&format!("/run/observer-lab/{}", lab.name)).exists());
 }
 
-/// (packets, bytes, direction, encap, overhead) of a flow.
-fn counts(f: &FlowView) -> (u64, u64, &str, &str, u64) {
-    (
-        f.packets,
-        f.bytes,
-        f.direction.as_str(),
-        f.encap.as_str(),
-        f.overhead_bytes,
-    )
-}
-
-fn iface_of(plan: &Plan, pod: &str) -> String {
-    plan.pods
-        .iter()
-        .find(|p| p.name == pod)
-        .expect("pod")
-        .interface
-        .clone()
-}
-
 #[test]
 fn bgp_cross_node_traffic_is_counted_unencapsulated() {
-    let lab = Lab::up(&["--ipv6"]);
+    let lab = TestLab::up(&["--routing", "bgp", "--ipv6"], &[]);
     let plan = lab.status();
     assert!(plan.nodes.iter().all(|n| n.bird6_socket.is_some()));
     for v6 in [false, true] {
@@ -384,10 +242,7 @@ fn bgp_cross_node_traffic_is_counted_unencapsulated() {
         );
     }
     // The lab's traffic mix works over BGP routes too.
-    let sent: Vec<Sent> = serde_json::from_str(&observer(&[
-        "lab", "traffic", "--name", &lab.name, "-o", "json",
-    ]))
-    .unwrap();
+    let sent = lab.traffic();
     assert_eq!(
         sent.len(),
         10,
@@ -395,18 +250,7 @@ fn bgp_cross_node_traffic_is_counted_unencapsulated() {
     );
 
     // The Calico views agree with what the lab built.
-    let view = |verb: &str| -> serde_json::Value {
-        serde_json::from_str(&observer(&[
-            verb,
-            "--lab",
-            &lab.name,
-            "--lab-node",
-            "node1",
-            "-o",
-            "json",
-        ]))
-        .unwrap_or_else(|e| panic!("observer {verb} -o json: {e}"))
-    };
+    let view = |verb: &str| lab.json("node1", verb, &[]);
     // `observer node`: both BIRDs, the one mesh peer Established in each.
     let node = view("node");
     let bgp = node["bgp"].as_array().expect("bgp");

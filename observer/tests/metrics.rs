@@ -11,7 +11,11 @@ use std::{
     time::Duration,
 };
 
-use common::{lab::TestLab, prometheus::Prometheus};
+use common::{
+    lab::{TestLab, pod},
+    prometheus::Prometheus,
+    sh,
+};
 
 /// GET `path` from `address` inside the lab namespace `ns`.
 fn http_get(ns: &str, address: SocketAddr, path: &str) -> (u16, String) {
@@ -96,7 +100,7 @@ fn prometheus_counters_equal_the_traffic_sent_and_promtool_is_clean() {
     }
 
     // 12 datagrams of 200 bytes: 12 × (20 + 8 + 200) IP bytes.
-    lab.send_udp("node1-pod1", "node2-pod1", 7100, 12, 200);
+    lab.send_udp("node1-pod1", "node2-pod1", false, 7100, 12, 200);
     let bytes = 12.0 * 228.0;
     let flow = |node: &str, dir: &str, what: &str| {
         format!(
@@ -118,10 +122,9 @@ fn prometheus_counters_equal_the_traffic_sent_and_promtool_is_clean() {
     // Through a Service VIP: counted on the client side (VIP) and the
     // backend's side (endpoint), 10 datagrams of 100 bytes.
     let plan = lab.status();
-    let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).unwrap().clone();
     let app2 = plan.services.iter().find(|s| s.name == "app2").unwrap();
-    let src = pod("node1-pod1");
-    let sent = observer::lab::traffic::udp_service(&plan, &src, src.ips[0], app2, 10, 100)
+    let src = pod(&plan, "node1-pod1");
+    let sent = observer::lab::traffic::udp_service(&plan, src, src.ips[0], app2, 10, 100)
         .expect("traffic to the VIP");
     expect_value(
         &p,
@@ -189,7 +192,7 @@ fn the_series_cap_folds_a_flood_of_distinct_flows_into_other() {
     // 150 destination ports, 2 datagrams each: 150 label sets per direction.
     let ports = 150u16;
     for i in 0..ports {
-        lab.send_udp("node1-pod1", "node1-pod2", 20_000 + i, 2, 10);
+        lab.send_udp("node1-pod1", "node1-pod2", false, 20_000 + i, 2, 10);
     }
     let sent = 2.0 * ports as f64;
     // Nothing is lost: every packet on a pod interface is in some flow
@@ -224,18 +227,10 @@ fn a_pod_sending_over_the_tunnel_mtu_is_counted_with_the_icmp_it_gets() {
     let lab = TestLab::up(&[], &[]);
     let p = start_prometheus(&lab);
     let plan = lab.status();
-    let pod = |n: &str| plan.pods.iter().find(|p| p.name == n).unwrap().clone();
-    let (src, dst) = (pod("node1-pod1"), pod("node2-pod1"));
+    let (src, dst) = (pod(&plan, "node1-pod1"), pod(&plan, "node2-pod1"));
     // The fault: the pod and its host side think 1500 fits, the tunnel
     // carries 1450.
-    let set = |ns: &str, dev: &str| {
-        let ok = std::process::Command::new("ip")
-            .args(["-n", ns, "link", "set", dev, "mtu", "1500"])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "set MTU of {dev} in {ns}");
-    };
+    let set = |ns: &str, dev: &str| sh(&["ip", "-n", ns, "link", "set", dev, "mtu", "1500"]);
     set(&src.netns, "eth0");
     set(&format!("{}-node1", lab.name), &src.interface);
     // DF set, path MTU ignored (IP_PMTUDISC_PROBE): each datagram goes out

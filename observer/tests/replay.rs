@@ -5,8 +5,9 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::path::{Path, PathBuf};
 
+use common::lab::observer;
 use observer::{flows::view::FlowView, replay::ReplayReport};
 
 fn replay(capture: &str) -> ReplayReport {
@@ -14,17 +15,7 @@ fn replay(capture: &str) -> ReplayReport {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/pcaps")
         .join(capture);
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(["replay", "-o", "json"])
-        .arg(&path)
-        .output()
-        .expect("run observer replay");
-    assert!(
-        out.status.success(),
-        "observer replay {capture} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("replay JSON")
+    replay_path(&path)
 }
 
 fn find<'a>(r: &'a ReplayReport, src: &str, dst: &str, proto: &str) -> Vec<&'a FlowView> {
@@ -147,18 +138,9 @@ fn icmpv6_with_hop_by_hop_options() {
     assert_eq!((query.icmp_type, query.bytes), (Some(130), 76));
 }
 
-fn replay_path(path: &std::path::Path) -> ReplayReport {
-    let out = Command::new(env!("CARGO_BIN_EXE_observer"))
-        .args(["replay", "-o", "json"])
-        .arg(path)
-        .output()
-        .expect("run observer replay");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("replay JSON")
+fn replay_path(path: &Path) -> ReplayReport {
+    let path = path.to_str().expect("UTF-8 path");
+    serde_json::from_str(&observer(&["replay", "-o", "json", path])).expect("replay JSON")
 }
 
 /// Flows without their times, to compare two replays.

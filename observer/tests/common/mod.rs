@@ -1,10 +1,14 @@
-//! Shared by the integration tests: root check and packet builders.
+//! Shared by the integration tests: root check, commands, packet builders
+//! and the lab.
 #![allow(dead_code)]
 
 pub mod lab;
 pub mod prometheus;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 
@@ -16,6 +20,21 @@ pub fn require_root() {
         euid, 0,
         "this test loads eBPF programs and needs root (run `sudo -E cargo xtask test`)"
     );
+}
+
+/// Runs `args[0]` with the rest as its arguments; panics with its stderr
+/// when it fails, else gives its stdout.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xaa];
