@@ -366,3 +366,87 @@ fn yaml_setting(v: &serde_yaml_ng::Value) -> Result<String> {
         other => bail!("expected a string, number or list, got {other:?}"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    /// Parses `argv` as `observer run` would, then applies the config file.
+    fn parse(argv: &[&str]) -> Result<RunArgs> {
+        let args = Cli::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))?.run;
+        let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+        with_config_file(args, &argv)
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn the_file_sets_what_flags_do_not_and_flags_win() {
+        let f = file(
+            "poll-interval: 5s\npod-interfaces: [cali*, tap*]\nmetrics-max-series: 500\n\
+             metrics-granularity: pod\nmetrics-address: 127.0.0.1:9999\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let a = parse(&["--config", path, "--metrics-max-series", "7"]).unwrap();
+        assert_eq!(a.poll_interval, Duration::from_secs(5));
+        assert_eq!(a.pod_interfaces, ["cali*", "tap*"]);
+        assert_eq!(a.metrics_granularity, Granularity::Pod);
+        assert_eq!(a.metrics_address.0, Some("127.0.0.1:9999".parse().unwrap()));
+        // The flag wins over the file.
+        assert_eq!(a.metrics_max_series, 7);
+        // Untouched settings keep their defaults.
+        assert_eq!(a.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        let unknown = file("poll-intervall: 5s\n");
+        let e = parse(&["--config", unknown.path().to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting `poll-intervall`"), "{e}");
+        assert!(e.contains("poll-interval"), "lists the settings: {e}");
+
+        let bad_address = file("metrics-address: nowhere\n");
+        let e = format!(
+            "{:#}",
+            parse(&["--config", bad_address.path().to_str().unwrap()]).unwrap_err()
+        );
+        assert!(e.contains("is not an address"), "{e}");
+
+        let not_a_map = file("- poll-interval\n");
+        let e = format!(
+            "{:#}",
+            parse(&["--config", not_a_map.path().to_str().unwrap()]).unwrap_err()
+        );
+        assert!(e.contains("expected a YAML mapping"), "{e}");
+
+        let e = format!(
+            "{:#}",
+            parse(&["--config", "/nonexistent/observer.yaml"]).unwrap_err()
+        );
+        assert!(e.contains("reading the config file"), "{e}");
+    }
+
+    #[test]
+    fn bad_patterns_stop_the_daemon_at_start() {
+        let f = file("pod-interfaces: ['cali[']\n");
+        let a = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+        let e = format!("{:#}", a.validate().unwrap_err());
+        assert!(e.contains("bad --pod-interfaces pattern"), "{e}");
+    }
+}

@@ -141,15 +141,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     None => bail!("the rtnetlink event stream ended"),
                 },
                 _ = tick.tick() => {
-                    poll(&dp, &attacher, &args, jiffy_ns, &state).await?;
+                    let sources = names.synced(&args);
+                    poll(&dp, &attacher, &args, jiffy_ns, &state, &metrics, &sources).await?;
                     names.refresh(&args, &state, false).await;
-                    let st = state.read().await;
-                    if let Ok(mut m) = metrics.lock() {
-                        m.update(&st, &names.synced(&args));
-                    }
+                    // Routes to other nodes may have come or gone.
+                    mtu_limits.apply(&mut dp, &state).await;
                     health.polled();
                     // Attached to what was there, polled and named once.
-                    health.set_ready();
+                    if names.ready(&args) {
+                        health.set_ready();
+                    }
                 }
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
@@ -167,10 +168,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     result
 }
 
-/// Pod interfaces get the tunnel devices' MTU (per family) as their
-/// limit, so that the kernel counts what pods send that cannot fit through
-/// the tunnel. Set on every pod interface when the tunnels' MTU changes, and
-/// on new pod interfaces.
+/// Pod interfaces get the MTU of the tunnel devices that carry routes to
+/// other nodes' blocks (per family) as their limit, so that the kernel
+/// counts what pods send that cannot fit through the tunnel. A tunnel
+/// device that routes nothing (a `tunl0` that exists because the module is
+/// loaded) sets no limit. Set on every pod interface when the limits change,
+/// and on new pod interfaces.
 #[derive(Default)]
 struct MtuLimits {
     current: (u16, u16),
@@ -180,8 +183,18 @@ struct MtuLimits {
 impl MtuLimits {
     async fn apply(&mut self, dp: &mut Datapath, state: &Shared) {
         let st = state.read().await;
+        let routed: std::collections::HashSet<u32> = st
+            .model
+            .routes()
+            .remote_blocks
+            .values()
+            .map(|r| r.ifindex)
+            .collect();
         let (mut v4, mut v6) = (u16::MAX, u16::MAX);
-        for s in st.interfaces.values().filter(|s| !s.gone) {
+        for (ifindex, s) in st.interfaces.iter().filter(|(_, s)| !s.gone) {
+            if !routed.contains(ifindex) {
+                continue;
+            }
             if let (InterfaceKind::Tunnel(_), Some(mtu)) = (s.iface.kind, s.mtu) {
                 let mtu = mtu.min(u16::MAX as u32) as u16;
                 if s.iface.name.contains("v6") {
@@ -202,10 +215,14 @@ impl MtuLimits {
             .iter()
             .filter(|(_, s)| s.iface.kind == InterfaceKind::Pod && s.via.is_some() && !s.gone);
         for (ifindex, s) in pods {
-            if self.set_on.insert(*ifindex)
-                && let Err(e) = dp.set_mtu_limit(*ifindex, limits.0, limits.1)
-            {
-                tracing::warn!(interface = %s.iface.name, "{e:#}");
+            if self.set_on.contains(ifindex) {
+                continue;
+            }
+            match dp.set_mtu_limit(*ifindex, limits.0, limits.1) {
+                Ok(()) => {
+                    self.set_on.insert(*ifindex);
+                }
+                Err(e) => tracing::warn!(interface = %s.iface.name, "{e:#}"),
             }
         }
         self.set_on.retain(|i| st.interfaces.contains_key(i));
@@ -286,6 +303,8 @@ async fn poll(
     args: &RunArgs,
     jiffy_ns: u64,
     state: &Shared,
+    metrics: &Mutex<Metrics>,
+    sources: &[(&'static str, bool)],
 ) -> Result<()> {
     let started = Instant::now();
     let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
@@ -338,9 +357,13 @@ async fn poll(
         status.stats_history.pop_front();
     }
     status.encap = encap;
-    status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
     status.program_stats = dp.program_stats();
+    // The metrics' share of the poll is part of its time.
+    if let Ok(mut m) = metrics.lock() {
+        m.update(&st, sources, started);
+    }
+    st.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(())
 }
 
@@ -478,20 +501,39 @@ impl Names {
             out.push(("objects", self.dir_stamp.is_some()));
         }
         if let Some(k) = &self.kube {
-            // Ready once every reflector has listed.
+            // Synced once every reflector has listed.
             use futures::FutureExt as _;
-            let listed = [
-                k.pods.wait_until_ready().now_or_never(),
-                k.nodes.wait_until_ready().now_or_never(),
-                k.services.wait_until_ready().now_or_never(),
-                k.endpoint_slices.wait_until_ready().now_or_never(),
-            ];
-            out.push((
-                "kubernetes",
-                listed.iter().all(|r| matches!(r, Some(Ok(())))),
-            ));
+            fn listed<K>(s: &::kube::runtime::reflector::Store<K>) -> bool
+            where
+                K: ::kube::Resource + Clone + 'static,
+                K::DynamicType: Eq + std::hash::Hash + Clone,
+            {
+                matches!(s.wait_until_ready().now_or_never(), Some(Ok(())))
+            }
+            let core = listed(&k.pods)
+                && listed(&k.nodes)
+                && listed(&k.services)
+                && listed(&k.endpoint_slices)
+                && listed(&k.jobs)
+                && listed(&k.replica_sets);
+            out.push(("kubernetes", core));
+            let calico =
+                listed(&k.ip_pools) && listed(&k.block_affinities) && listed(&k.ipam_blocks);
+            out.push(("calico", calico));
         }
+        out.push(("bird", self.bird.borrow().iter().any(|b| b.running)));
+        out.push(("cni", self.cni.as_ref().is_some_and(|c| c.error.is_none())));
         out
+    }
+
+    /// Whether the names the daemon needs before it is ready have been read
+    /// once: the routes, the objects directory, the Kubernetes API's core
+    /// kinds (Calico's CRDs, BIRD and CNI are optional).
+    fn ready(&self, args: &RunArgs) -> bool {
+        self.synced(args)
+            .iter()
+            .filter(|(s, _)| matches!(*s, "routes" | "objects" | "kubernetes"))
+            .all(|(_, ok)| *ok)
     }
 }
 

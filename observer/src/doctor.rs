@@ -83,22 +83,40 @@ fn tunnel_overhead(name: &str) -> u32 {
 
 /// Runs every check on the daemon's state.
 pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
-    let st = state.read().await;
-    // Attachments as the kernel has them, not as we remember them.
-    let mut clsact = std::collections::HashMap::new();
-    for (ifindex, i) in &st.interfaces {
-        if i.via == Some(Via::Clsact) && !i.gone {
-            let found = crate::datapath::attach::clsact_filters_present(*ifindex).await;
-            clsact.insert(*ifindex, found.unwrap_or((false, false)));
-        }
+    // Attachments as the kernel has them, not as we remember them; asked
+    // without holding the state, so that polls go on meanwhile.
+    let attached: Vec<(u32, String, Via)> = {
+        let st = state.read().await;
+        st.interfaces
+            .iter()
+            .filter(|(_, i)| i.iface.kind == InterfaceKind::Pod && !i.gone)
+            .filter_map(|(ix, i)| Some((*ix, i.iface.name.clone(), i.via?)))
+            .collect()
+    };
+    let mut kernel = Hooks::new();
+    for (ifindex, name, via) in attached {
+        let found = match via {
+            Via::Clsact => crate::datapath::attach::clsact_filters_present(ifindex)
+                .await
+                .map_err(|e| format!("{e:#}")),
+            Via::Tcx => tokio::task::spawn_blocking(move || tcx_present(&name))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string())),
+        };
+        kernel.insert(ifindex, (via, found));
     }
-    tokio::task::block_in_place(|| checks(&st, &clsact))
+    let st = state.read().await;
+    checks(&st, &kernel)
 }
 
-fn checks(st: &State, clsact: &std::collections::HashMap<u32, (bool, bool)>) -> Vec<Check> {
+/// Per interface: how we attached, and whether the kernel has our program
+/// on (ingress, egress), or why it could not tell.
+type Hooks = std::collections::HashMap<u32, (Via, Result<(bool, bool), String>)>;
+
+fn checks(st: &State, kernel: &Hooks) -> Vec<Check> {
     let m = &st.model;
     vec![
-        pod_routes_and_interfaces(st, m, clsact),
+        pod_routes_and_interfaces(st, m, kernel),
         interfaces_belong_to_pods(st, m),
         remote_block_routes(m),
         bgp_peers(m),
@@ -108,10 +126,13 @@ fn checks(st: &State, clsact: &std::collections::HashMap<u32, (bool, bool)>) -> 
     ]
 }
 
+/// This node's pods that have their network: an address (pending pods
+/// have none yet).
 fn local_pods(st: &State, m: &Model) -> Vec<crate::model::PodEntry> {
     let local = m.local_node();
     m.pods()
         .iter()
+        .filter(|p| !p.ips.is_empty())
         .filter(|p| match local {
             Some(n) => p.node.as_deref() == Some(n),
             None => st.interfaces.values().any(|i| i.iface.name == p.interface),
@@ -122,11 +143,7 @@ fn local_pods(st: &State, m: &Model) -> Vec<crate::model::PodEntry> {
 
 /// Every local pod has its `/32` (`/128`) route to its interface, and the
 /// interface is there with our programs on it (asked of the kernel).
-fn pod_routes_and_interfaces(
-    st: &State,
-    m: &Model,
-    clsact: &std::collections::HashMap<u32, (bool, bool)>,
-) -> Check {
+fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Hooks) -> Check {
     let pods = local_pods(st, m);
     if pods.is_empty() {
         return Check::skip(
@@ -159,28 +176,30 @@ fn pod_routes_and_interfaces(
                 )),
             }
         }
-        match (i.via, &i.attach_error) {
-            (_, Some(e)) => problems.push(format!("{name}: {} not attached: {e}", p.interface)),
-            (None, _) => problems.push(format!("{name}: {} not attached", p.interface)),
-            (Some(Via::Tcx), _) => {
-                if let Some(missing) = tcx_missing(&p.interface) {
-                    problems.push(format!("{name}: {missing}"));
-                }
+        let hooks = |ingress: bool, egress: bool| match (ingress, egress) {
+            (false, false) => "ingress and egress",
+            (false, true) => "ingress",
+            _ => "egress",
+        };
+        match (&i.attach_error, kernel.get(ifindex)) {
+            (Some(e), _) => problems.push(format!("{name}: {} not attached: {e}", p.interface)),
+            (None, None) => problems.push(format!("{name}: {} not attached", p.interface)),
+            (None, Some((_, Err(e)))) => problems.push(format!(
+                "{name}: cannot ask the kernel about {}: {e}",
+                p.interface
+            )),
+            (None, Some((via, Ok((ingress, egress))))) if !(*ingress && *egress) => {
+                let what = match via {
+                    Via::Tcx => "program is not on TCX",
+                    Via::Clsact => "filter is not on clsact",
+                };
+                problems.push(format!(
+                    "{name}: {}: our {what} {} (the kernel says)",
+                    p.interface,
+                    hooks(*ingress, *egress)
+                ));
             }
-            (Some(Via::Clsact), _) => {
-                let (ingress, egress) = clsact.get(ifindex).copied().unwrap_or((false, false));
-                if !(ingress && egress) {
-                    problems.push(format!(
-                        "{name}: {}: our filter is not on clsact {} (the kernel says)",
-                        p.interface,
-                        match (ingress, egress) {
-                            (false, false) => "ingress and egress",
-                            (false, true) => "ingress",
-                            _ => "egress",
-                        }
-                    ));
-                }
-            }
+            (None, Some(_)) => {}
         }
     }
     Check::new(
@@ -193,33 +212,18 @@ fn pod_routes_and_interfaces(
     )
 }
 
-/// Our TCX programs as the kernel lists them on an interface.
-fn tcx_missing(interface: &str) -> Option<String> {
+/// Whether our TCX programs are on an interface's (ingress, egress), as
+/// the kernel lists them.
+fn tcx_present(interface: &str) -> Result<(bool, bool), String> {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
-    let mut missing = Vec::new();
-    for (hook, t) in [
-        ("ingress", TcAttachType::Ingress),
-        ("egress", TcAttachType::Egress),
-    ] {
-        match SchedClassifier::query_tcx(interface, t) {
-            Ok((_, programs)) => {
-                let ours = programs.iter().any(|p| {
-                    p.name_as_str()
-                        .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
-                });
-                if !ours {
-                    missing.push(hook);
-                }
-            }
-            Err(e) => return Some(format!("cannot ask the kernel about {interface}: {e}")),
-        }
-    }
-    (!missing.is_empty()).then(|| {
-        format!(
-            "{interface}: our program is not on TCX {} (the kernel says)",
-            missing.join(" and ")
-        )
-    })
+    let ours = |t: TcAttachType| -> Result<bool, String> {
+        let (_, programs) = SchedClassifier::query_tcx(interface, t).map_err(|e| e.to_string())?;
+        Ok(programs.iter().any(|p| {
+            p.name_as_str()
+                .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
+        }))
+    };
+    Ok((ours(TcAttachType::Ingress)?, ours(TcAttachType::Egress)?))
 }
 
 /// Every `cali*` interface belongs to a pod we know.
@@ -260,6 +264,8 @@ fn remote_block_routes(m: &Model) -> Check {
         .blocks
         .iter()
         .filter(|b| b.node.is_some() && b.node.as_deref() != local)
+        // Ours by the blackhole route, even when our name is not known.
+        .filter(|b| !m.routes().local_blocks.contains_key(&b.cidr))
         .collect();
     if remote.is_empty() {
         return Check::skip(
@@ -365,11 +371,21 @@ fn mtus(st: &State, m: &Model) -> Check {
             }
         }
     }
-    // What a pod may send: the smallest tunnel MTU, or the underlay's.
-    let limit = tunnels
+    // What a pod may send: the smallest MTU of the tunnels that carry
+    // routes to other nodes (either family: the veth's MTU serves both),
+    // else the underlay's.
+    let routed: BTreeSet<u32> = m
+        .routes()
+        .remote_blocks
+        .values()
+        .map(|r| r.ifindex)
+        .collect();
+    let limit = st
+        .interfaces
         .iter()
-        .filter(|(n, _)| !n.contains("v6"))
-        .map(|(_, m)| *m)
+        .filter(|(i, s)| routed.contains(i) && !s.gone)
+        .filter(|(_, s)| matches!(s.iface.kind, InterfaceKind::Tunnel(_)))
+        .filter_map(|(_, s)| s.mtu)
         .min()
         .or(underlay);
     if let Some(limit) = limit {

@@ -198,10 +198,12 @@ fn real_bird_peers_as_calicoctl_shows_them() {
     // device1, direct1, kernel1 and our three BGP protocols.
     assert_eq!(protocols.len(), 6, "{protocols:#?}");
 
+    // Established, and past BIRD's short `feed` state (routes being sent)
+    // into `up`.
     let s = wait_for(&a4, false, "the IPv4 mesh session", |s| {
         s.peers
             .iter()
-            .any(|p| p.name == "Mesh_10_99_0_2" && p.bgp_state == "Established")
+            .any(|p| p.name == "Mesh_10_99_0_2" && p.bgp_state == "Established" && p.state == "up")
     });
     assert!(s.running && s.error.is_none());
     assert_eq!(s.family, "IPv4");

@@ -192,20 +192,27 @@ pub async fn clsact_filters_present(ifindex: u32) -> Result<(bool, bool)> {
     use netlink_packet_route::tc::TcAttribute;
     let (conn, handle, _) = rtnetlink::new_connection()?;
     let task = tokio::spawn(conn);
-    let mut present = [false; 2];
-    for (i, egress) in [false, true].into_iter().enumerate() {
+    let ours = |egress: bool| {
         let req = handle.traffic_filter(ifindex as i32).get();
         let req = if egress { req.egress() } else { req.ingress() };
-        let filters: Vec<_> = req.execute().try_collect().await.unwrap_or_default();
-        present[i] = filters.iter().any(|f| {
-            (f.header.info >> 16) as u16 == CLSACT_PRIORITY
-                && f.attributes
-                    .iter()
-                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
-        });
-    }
+        async move {
+            let filters: Vec<_> = req
+                .execute()
+                .try_collect()
+                .await
+                .context("dumping tc filters")?;
+            anyhow::Ok(filters.iter().any(|f| {
+                (f.header.info >> 16) as u16 == CLSACT_PRIORITY
+                    && f.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+            }))
+        }
+    };
+    let found = async { Ok((ours(false).await?, ours(true).await?)) }.await;
+    // The connection task ends here whatever the dumps said.
     task.abort();
-    Ok((present[0], present[1]))
+    found
 }
 
 /// `tc qdisc del dev IFACE clsact`, over rtnetlink.

@@ -16,7 +16,7 @@ use axum::{
     Router,
     extract::State,
     http::{HeaderMap, StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::get,
 };
 use tokio::task::JoinHandle;
@@ -99,24 +99,34 @@ pub async fn serve(
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else
-/// Prometheus' plain text format.
-async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> impl IntoResponse {
+/// Prometheus' plain text format. Encoded off the async workers: with many
+/// series it takes a while, and the poll loop waits for the same lock.
+async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let text = s
-        .metrics
-        .lock()
-        .map(|m| m.encode(openmetrics))
-        .unwrap_or_default();
-    let content_type = if openmetrics {
-        OPENMETRICS
-    } else {
-        PROMETHEUS_TEXT
-    };
-    ([(header::CONTENT_TYPE, content_type)], text)
+    let metrics = s.metrics.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        metrics
+            .lock()
+            .map(|m| m.encode(openmetrics))
+            .map_err(|_| "the metrics lock is poisoned".to_owned())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match text {
+        Ok(text) => {
+            let content_type = if openmetrics {
+                OPENMETRICS
+            } else {
+                PROMETHEUS_TEXT
+            };
+            ([(header::CONTENT_TYPE, content_type)], text).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn healthz(State(s): State<Shared>) -> (StatusCode, String) {

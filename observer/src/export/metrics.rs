@@ -70,6 +70,14 @@ struct EncapLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MtuLabels {
+    namespace: String,
+    pod: String,
+    encap: String,
+    peer_node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IcmpLabels {
     family: String,
     direction: String,
@@ -237,7 +245,7 @@ pub struct Metrics {
     flows: Capped<FlowLabels, 2>,
     services: Capped<ServiceLabels, 3>,
     encap: Capped<EncapLabels, 3>,
-    mtu_exceeded: Family<PodLabels, Counter>,
+    mtu_exceeded: Family<MtuLabels, Counter>,
     icmp_too_big: Family<IcmpLabels, Counter>,
     own: SelfMetrics,
     /// Each flow's counters at the last update.
@@ -311,7 +319,7 @@ impl Metrics {
             ],
             cap,
         );
-        let mtu_exceeded = Family::<PodLabels, Counter>::default();
+        let mtu_exceeded = Family::<MtuLabels, Counter>::default();
         r.register(
             "mtu_exceeded_packets",
             "Packets a local pod sent to another node that are larger than the tunnel MTU",
@@ -361,8 +369,14 @@ impl Metrics {
         out
     }
 
-    /// Adds what happened since the last update.
-    pub fn update(&mut self, st: &State, sources: &[(&'static str, bool)]) {
+    /// Adds what happened since the last update, at the end of the poll
+    /// that began at `poll_started`.
+    pub fn update(
+        &mut self,
+        st: &State,
+        sources: &[(&'static str, bool)],
+        poll_started: std::time::Instant,
+    ) {
         let model = st.model.clone();
         for (key, entry) in st.table.iter() {
             let now = entry.counters();
@@ -371,12 +385,14 @@ impl Metrics {
             if now == before {
                 continue;
             }
+            // The table's counters only grow; saturating all the same, so
+            // that no exported counter can ever go down.
             let delta = Counters {
-                packets: now.packets - before.packets,
-                bytes: now.bytes - before.bytes,
-                skbs: now.skbs - before.skbs,
-                overhead_bytes: now.overhead_bytes - before.overhead_bytes,
-                oversize_packets: now.oversize_packets - before.oversize_packets,
+                packets: now.packets.saturating_sub(before.packets),
+                bytes: now.bytes.saturating_sub(before.bytes),
+                skbs: now.skbs.saturating_sub(before.skbs),
+                overhead_bytes: now.overhead_bytes.saturating_sub(before.overhead_bytes),
+                oversize_packets: now.oversize_packets.saturating_sub(before.oversize_packets),
             };
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
@@ -404,6 +420,9 @@ impl Metrics {
             self.exported.retain(|k, _| live.contains(k));
         }
         self.update_own(st, sources);
+        self.own
+            .poll_duration
+            .observe(poll_started.elapsed().as_secs_f64());
     }
 
     fn pod_flow(
@@ -427,12 +446,17 @@ impl Metrics {
             if self.pods.add(labels, [d.packets, d.bytes]) {
                 folded.push(self.pods.name);
             }
-            if d.oversize_packets > 0 && dir == "egress" && self.is_remote(model, dst) {
+            // Over the tunnel's MTU matters only for what goes through it.
+            let encap = model.expected_encap(src, dst);
+            let tunnelled = encap.as_deref().is_none_or(|e| e != "none");
+            if d.oversize_packets > 0 && dir == "egress" && tunnelled && self.is_remote(model, dst)
+            {
                 self.mtu_exceeded
-                    .get_or_create(&PodLabels {
+                    .get_or_create(&MtuLabels {
                         namespace: ns.clone(),
                         pod: name.clone(),
-                        direction: dir.to_owned(),
+                        encap: encap.unwrap_or_else(|| "unknown".into()),
+                        peer_node: model.node_of(dst).unwrap_or_default(),
                     })
                     .inc_by(d.oversize_packets);
             }
@@ -582,7 +606,6 @@ impl Metrics {
         catch_up(&o.non_ip, s.stats[Stat::NonIp as usize]);
         catch_up(&o.lru_evictions, st.table.lru_evictions);
         catch_up(&o.polls, s.polls);
-        o.poll_duration.observe(s.last_poll_ms / 1e3);
         for (source, synced) in sources {
             o.source_synced
                 .get_or_create(&label("source", source))

@@ -46,6 +46,9 @@ pub struct FlowEntry {
     pub first_seen: u64,
     pub last_seen: u64,
     pub tcp_flags: u32,
+    /// When the current kernel entry was created: another value means the
+    /// kernel entry was evicted and created anew.
+    kernel_first_seen: u64,
     in_kernel: bool,
     seen_in_poll: u64,
 }
@@ -84,14 +87,27 @@ impl FlowTable {
             first_seen: s.first_seen_jiffies,
             last_seen: s.last_seen_jiffies,
             tcp_flags: 0,
+            kernel_first_seen: s.first_seen_jiffies,
             in_kernel: true,
             seen_in_poll: poll,
         });
-        // Fewer skbs than last time: the kernel entry was evicted and created
-        // anew since our last read, keep what the old one had counted.
-        if now.skbs < e.current.skbs {
-            e.retired.add(&e.current);
+        // A kernel entry created anew since our last read (the LRU evicted
+        // the old one): keep what the old one had counted, so that no
+        // counter ever goes down.
+        let c = &e.current;
+        let renewed = s.first_seen_jiffies != e.kernel_first_seen
+            || now.skbs < c.skbs
+            || now.packets < c.packets
+            || now.bytes < c.bytes
+            || now.overhead_bytes < c.overhead_bytes;
+        if renewed {
+            let old = e.current;
+            e.retired.add(&old);
+        } else if now.oversize_packets < c.oversize_packets {
+            // The kernel's 32-bit count wrapped.
+            e.retired.oversize_packets += 1 << 32;
         }
+        e.kernel_first_seen = s.first_seen_jiffies;
         e.current = now;
         e.last_seen = e.last_seen.max(s.last_seen_jiffies);
         e.first_seen = e.first_seen.min(s.first_seen_jiffies);
@@ -154,11 +170,12 @@ impl FlowTable {
 mod tests {
     use super::*;
 
+    /// A kernel entry created at jiffy 1, last seen at `t`.
     fn stats(skbs: u64, bytes: u64, t: u64) -> FlowStats {
         FlowStats {
             skbs,
             bytes,
-            first_seen_jiffies: t,
+            first_seen_jiffies: 1,
             last_seen_jiffies: t,
             ..Default::default()
         }
@@ -219,6 +236,51 @@ mod tests {
         t.observe(&key(1), &stats(3, 300, 20));
         t.end_poll(0, 0);
         assert_eq!(t.iter().next().unwrap().1.counters().packets, 13);
+    }
+
+    #[test]
+    fn recreated_with_more_skbs_but_fewer_bytes_is_detected() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(2, 3000, 10));
+        t.end_poll(0, 0);
+        // Evicted by the LRU and created anew between two reads: more skbs
+        // than before, fewer bytes, a later creation time.
+        let mut renewed = stats(3, 180, 20);
+        renewed.first_seen_jiffies = 15;
+        t.begin_poll();
+        t.observe(&key(1), &renewed);
+        t.end_poll(0, 0);
+        let c = t.iter().next().unwrap().1.counters();
+        assert_eq!((c.packets, c.bytes), (5, 3180));
+        // The same entry read again adds only its growth.
+        let mut later = renewed;
+        later.skbs = 4;
+        later.bytes = 240;
+        t.begin_poll();
+        t.observe(&key(1), &later);
+        t.end_poll(0, 0);
+        let c = t.iter().next().unwrap().1.counters();
+        assert_eq!((c.packets, c.bytes), (6, 3240));
+    }
+
+    #[test]
+    fn a_wrapped_32_bit_counter_never_goes_down() {
+        let mut t = FlowTable::default();
+        let mut s = stats(10, 1000, 10);
+        s.oversize_packets = u32::MAX - 1;
+        t.begin_poll();
+        t.observe(&key(1), &s);
+        t.end_poll(0, 0);
+        s.skbs = 13;
+        s.oversize_packets = 1;
+        t.begin_poll();
+        t.observe(&key(1), &s);
+        t.end_poll(0, 0);
+        let c = t.iter().next().unwrap().1.counters();
+        // 2^32 - 2, then 3 more.
+        assert_eq!(c.oversize_packets, (1 << 32) + 1);
+        assert_eq!((c.packets, c.bytes), (13, 1000));
     }
 
     #[test]

@@ -204,6 +204,9 @@ fn routes_to_peers(plan: &Plan, node: &NodePlan) -> Result<()> {
                     "dev",
                     dev,
                     "onlink",
+                    // Felix's own route protocol number.
+                    "proto",
+                    "80",
                 ],
             )?;
             ip(

@@ -162,6 +162,12 @@ impl Model {
             if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
                 continue;
             }
+            // Finished pods keep their IPs in their status, but Calico has
+            // released them (to other pods, maybe) and removed their veth.
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                continue;
+            }
             let entry = PodEntry {
                 interface: calico_interface(iface_prefix, &namespace, &name),
                 node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -541,7 +547,10 @@ mod tests {
                  "spec": {"nodeName": "node1", "containers": []}, "status": {"podIP": "10.244.0.5"}},
                 {"metadata": {"name": "db-0", "namespace": "shop",
                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u", "controller": true}]},
-                 "spec": {"nodeName": "node2", "containers": []}, "status": {"podIP": "10.244.0.70"}}
+                 "spec": {"nodeName": "node2", "containers": []}, "status": {"podIP": "10.244.0.70"}},
+                {"metadata": {"name": "backup-1-x", "namespace": "shop"},
+                 "spec": {"nodeName": "node1", "containers": []},
+                 "status": {"phase": "Succeeded", "podIP": "10.244.0.6"}}
             ]}))
             .unwrap();
         objects
@@ -599,6 +608,14 @@ mod tests {
             (anon.kind.as_str(), anon.pod, anon.node.as_deref()),
             ("pod", None, Some("node2"))
         );
+    }
+
+    #[test]
+    fn finished_pods_name_nothing() {
+        let m = model();
+        assert!(m.pods().iter().all(|p| p.name != "backup-1-x"));
+        // Its address is free for Calico to give to another pod.
+        assert_eq!(m.endpoint("10.244.0.6".parse().unwrap()).pod, None);
     }
 
     #[test]
