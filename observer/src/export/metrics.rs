@@ -491,11 +491,14 @@ impl Metrics {
                     .unwrap_or_default()
             }),
             // On a pod interface a packet is not encapsulated yet (or any
-            // more): the label says how it crosses between nodes.
+            // more): the label says how it crosses between nodes. To a VIP,
+            // before DNAT, the backend (and so the path) is not known yet.
             encap: kept(c.keeps(Dimension::Encap), || {
-                model
-                    .expected_encap(src, dst)
-                    .unwrap_or_else(|| "unknown".into())
+                let to_vip = service.as_ref().is_some_and(|s| s.via == "vip");
+                match model.expected_encap(src, dst) {
+                    Some(e) if !to_vip => e,
+                    _ => "unknown".into(),
+                }
             }),
         };
         if self.flows.add(labels, [d.packets, d.bytes]) {
@@ -762,7 +765,8 @@ fn icmp_too_big(key: &FlowKey) -> Option<&'static str> {
 
 /// Header bytes an encapsulation adds per packet, for tunnel devices (the
 /// outer headers are only seen on the underlay): VXLAN 50 (IPv4 outer) or
-/// 70 (IPv6), IPIP 20 or 40; WireGuard's depends on padding, left out.
+/// 70 (IPv6), IPIP 20 or 40, WireGuard 60 or 80 (without its padding to
+/// 16 bytes). The same figures as `observer encap`.
 fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
     let v6 = inner_src.is_ipv6();
     match encap {
@@ -770,6 +774,8 @@ fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
         Encap::Vxlan => 50,
         Encap::Ipip if v6 => 40,
         Encap::Ipip => 20,
-        _ => 0,
+        Encap::Wireguard if v6 => 80,
+        Encap::Wireguard => 60,
+        Encap::None => 0,
     }
 }

@@ -120,6 +120,10 @@ pub fn show_protocols(socket: &Path) -> Result<(Option<String>, Vec<Protocol>)> 
     Ok((version, parse_protocols(&lines)?))
 }
 
+/// Longest reply line we read, and most lines per reply.
+const MAX_LINE: u64 = 4096;
+const MAX_LINES: usize = 100_000;
+
 /// One command: its reply lines, greeting included, up to and including
 /// the final `0000` (or error) line.
 pub fn exchange(socket: &Path, command: &str) -> Result<Vec<String>> {
@@ -145,12 +149,26 @@ pub fn exchange(socket: &Path, command: &str) -> Result<Vec<String>> {
         if Instant::now() > deadline {
             bail!("BIRD at {} took longer than {DEADLINE:?}", socket.display());
         }
+        // BIRD's lines are short: a bounded line and a bounded reply keep
+        // a confused peer from growing our memory.
+        if lines.len() >= MAX_LINES {
+            bail!(
+                "BIRD at {} sent more than {MAX_LINES} lines",
+                socket.display()
+            );
+        }
         let mut line = String::new();
-        let n = reader
+        let n = std::io::Read::take(&mut reader, MAX_LINE)
             .read_line(&mut line)
             .with_context(|| format!("reading from BIRD at {}", socket.display()))?;
         if n == 0 {
             bail!("BIRD at {} closed the connection", socket.display());
+        }
+        if !line.ends_with('\n') && n as u64 == MAX_LINE {
+            bail!(
+                "BIRD at {} sent a line over {MAX_LINE} bytes",
+                socket.display()
+            );
         }
         let line = line.trim_end_matches(['\n', '\r']).to_owned();
         lines.push(line.clone());

@@ -50,6 +50,16 @@ impl EncapMode {
 
 /// Booleans that some Calico releases write as strings
 /// (`BlockAffinity.spec.deleted` is `"false"` in the v1 CRD).
+/// `null` as the empty value (Go marshals a nil slice as `null`): one
+/// such object must not fail the whole list.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 fn bool_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -218,11 +228,11 @@ pub struct IpamBlockSpec {
     #[serde(default)]
     pub affinity: Option<String>,
     /// Index into `attributes` per address of the block; `null` is free.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub allocations: Vec<Option<i64>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub unallocated: Vec<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub attributes: Vec<AllocationAttribute>,
     #[serde(default, deserialize_with = "bool_or_string")]
     pub strict_affinity: bool,
@@ -505,5 +515,13 @@ mod tests {
         }))
         .unwrap();
         assert!(ba.is_active());
+        // Go's nil slices arrive as null.
+        let empty: IpamBlock = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "10-0-0-0-26"},
+            "spec": {"cidr": "10.0.0.0/26", "affinity": "host:n", "allocations": null,
+                     "unallocated": null, "attributes": null}
+        }))
+        .unwrap();
+        assert!(empty.spec.allocations.is_empty() && empty.spec.attributes.is_empty());
     }
 }
