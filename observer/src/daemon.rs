@@ -361,7 +361,7 @@ async fn poll(
     status.program_stats = dp.program_stats();
     // The metrics' share of the poll is part of its time.
     if let Ok(mut m) = metrics.lock() {
-        m.update(&st, sources, started);
+        m.update(&mut st, sources, started);
     }
     st.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(())

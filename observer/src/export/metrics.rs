@@ -18,7 +18,6 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
-use rustc_hash::FxHashMap;
 
 use crate::{
     config::{Dimension, Granularity, RunArgs},
@@ -248,8 +247,6 @@ pub struct Metrics {
     mtu_exceeded: Family<MtuLabels, Counter>,
     icmp_too_big: Family<IcmpLabels, Counter>,
     own: SelfMetrics,
-    /// Each flow's counters at the last update.
-    exported: FxHashMap<FlowKey, Counters>,
 }
 
 impl Metrics {
@@ -352,7 +349,6 @@ impl Metrics {
             mtu_exceeded,
             icmp_too_big,
             own,
-            exported: FxHashMap::default(),
         }
     }
 
@@ -373,51 +369,30 @@ impl Metrics {
     /// that began at `poll_started`.
     pub fn update(
         &mut self,
-        st: &State,
+        st: &mut State,
         sources: &[(&'static str, bool)],
         poll_started: std::time::Instant,
     ) {
         let model = st.model.clone();
-        for (key, entry) in st.table.iter() {
-            let now = entry.counters();
-            let before = self.exported.insert(*key, now);
-            let before = before.unwrap_or_default();
-            if now == before {
-                continue;
-            }
-            // The table's counters only grow; saturating all the same, so
-            // that no exported counter can ever go down.
-            let delta = Counters {
-                packets: now.packets.saturating_sub(before.packets),
-                bytes: now.bytes.saturating_sub(before.bytes),
-                skbs: now.skbs.saturating_sub(before.skbs),
-                overhead_bytes: now.overhead_bytes.saturating_sub(before.overhead_bytes),
-                oversize_packets: now.oversize_packets.saturating_sub(before.oversize_packets),
-            };
+        for (key, delta, new_flow) in st.table.take_growth() {
+            let (key, delta) = (&key, &delta);
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
             };
-            let new_flow = before == Counters::default();
             match iface.iface.kind {
                 InterfaceKind::Pod => {
                     let pod = model.pod_of_interface(&iface.iface.name);
                     self.pod_flow(
                         key,
-                        &delta,
+                        delta,
                         new_flow,
                         &model,
                         pod.map(|p| (&p.namespace, &p.name)),
                     )
                 }
-                InterfaceKind::Tunnel(e) => self.tunnel_flow(key, &delta, e, &model),
+                InterfaceKind::Tunnel(e) => self.tunnel_flow(key, delta, e, &model),
                 InterfaceKind::Underlay => {}
             }
-        }
-        // Forgotten flows (past --retain) need no baseline any more.
-        if self.exported.len() > st.table.len() {
-            let live: std::collections::HashSet<&FlowKey> =
-                st.table.iter().map(|(k, _)| k).collect();
-            self.exported.retain(|k, _| live.contains(k));
         }
         self.update_own(st, sources);
         self.own

@@ -70,27 +70,36 @@ pub struct FlowTable {
     /// Kernel entries that vanished without us evicting them (the LRU made
     /// room): their packets after our last read were lost.
     pub lru_evictions: u64,
+    /// What flows grew by in this poll (and whether they are new), for the
+    /// metrics: only the flows that changed, with no second map to keep.
+    growth: Vec<(FlowKey, Counters, bool)>,
 }
 
 impl FlowTable {
     pub fn begin_poll(&mut self) {
         self.poll += 1;
+        self.growth.clear();
     }
 
     /// Takes one kernel entry read during the current poll.
     pub fn observe(&mut self, key: &FlowKey, s: &FlowStats) {
         let poll = self.poll;
         let now = Counters::from_kernel(s);
-        let e = self.entries.entry(*key).or_insert_with(|| FlowEntry {
-            retired: Counters::default(),
-            current: Counters::default(),
-            first_seen: s.first_seen_jiffies,
-            last_seen: s.last_seen_jiffies,
-            tcp_flags: 0,
-            kernel_first_seen: s.first_seen_jiffies,
-            in_kernel: true,
-            seen_in_poll: poll,
+        let mut created = false;
+        let e = self.entries.entry(*key).or_insert_with(|| {
+            created = true;
+            FlowEntry {
+                retired: Counters::default(),
+                current: Counters::default(),
+                first_seen: s.first_seen_jiffies,
+                last_seen: s.last_seen_jiffies,
+                tcp_flags: 0,
+                kernel_first_seen: s.first_seen_jiffies,
+                in_kernel: true,
+                seen_in_poll: poll,
+            }
         });
+        let before = e.counters();
         // A kernel entry created anew since our last read (the LRU evicted
         // the old one): keep what the old one had counted, so that no
         // counter ever goes down.
@@ -114,6 +123,21 @@ impl FlowTable {
         e.tcp_flags |= s.tcp_flags;
         e.in_kernel = true;
         e.seen_in_poll = poll;
+        let after = e.counters();
+        if after != before {
+            // Totals only grow; saturating all the same, so that no
+            // exported counter can ever go down.
+            let growth = Counters {
+                packets: after.packets.saturating_sub(before.packets),
+                bytes: after.bytes.saturating_sub(before.bytes),
+                skbs: after.skbs.saturating_sub(before.skbs),
+                overhead_bytes: after.overhead_bytes.saturating_sub(before.overhead_bytes),
+                oversize_packets: after
+                    .oversize_packets
+                    .saturating_sub(before.oversize_packets),
+            };
+            self.growth.push((*key, growth, created));
+        }
     }
 
     /// Ends a poll: entries the kernel no longer has are retired. Returns the
@@ -151,6 +175,12 @@ impl FlowTable {
             e.current = Counters::default();
             e.in_kernel = false;
         }
+    }
+
+    /// What each flow grew by in this poll, and whether it is new: the
+    /// metrics add it to their series.
+    pub fn take_growth(&mut self) -> Vec<(FlowKey, Counters, bool)> {
+        std::mem::take(&mut self.growth)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
@@ -281,6 +311,40 @@ mod tests {
         // 2^32 - 2, then 3 more.
         assert_eq!(c.oversize_packets, (1 << 32) + 1);
         assert_eq!((c.packets, c.bytes), (13, 1000));
+    }
+
+    #[test]
+    fn growth_is_what_changed_in_the_poll_and_new_flows_are_told() {
+        let mut t = FlowTable::default();
+        let take = |t: &mut FlowTable| {
+            let got: Vec<_> = t
+                .take_growth()
+                .into_iter()
+                .map(|(k, g, new)| (k.src_port, g.packets, g.bytes, new))
+                .collect();
+            got
+        };
+        t.begin_poll();
+        t.observe(&key(1), &stats(3, 300, 10));
+        t.end_poll(0, 0);
+        assert_eq!(take(&mut t), [(1, 3, 300, true)]);
+        assert_eq!(take(&mut t), []);
+        // Unchanged: nothing; grown: the difference.
+        t.begin_poll();
+        t.observe(&key(1), &stats(3, 300, 10));
+        t.observe(&key(2), &stats(1, 60, 10));
+        t.end_poll(0, 0);
+        assert_eq!(take(&mut t), [(2, 1, 60, true)]);
+        t.begin_poll();
+        t.observe(&key(1), &stats(5, 520, 20));
+        t.end_poll(0, 0);
+        assert_eq!(take(&mut t), [(1, 2, 220, false)]);
+        // Idle, evicted by us with a packet since the read: that counts.
+        t.begin_poll();
+        t.observe(&key(1), &stats(5, 520, 20));
+        assert_eq!(t.end_poll(100, 0), [key(1)]);
+        t.retire(&key(1), Some(&stats(6, 600, 30)));
+        assert_eq!(take(&mut t), [(1, 1, 80, false)]);
     }
 
     #[test]
