@@ -453,10 +453,13 @@ fn ipvs_backends(m: &Model) -> Check {
                 continue;
             };
             compared += 1;
+            // With internalTrafficPolicy Local, kube-proxy programs only
+            // this node's endpoints.
             let ready: BTreeSet<(IpAddr, u16)> = sp
                 .backends
                 .iter()
                 .filter(|b| b.ready)
+                .filter(|b| !sp.node_local || b.node.as_deref() == m.local_node())
                 .map(|b| (b.ip, b.port))
                 .collect();
             let ipvs: BTreeSet<(IpAddr, u16)> = v
@@ -520,4 +523,93 @@ fn datapath_counters(st: &State) -> Check {
          with tcpdump and run `observer replay` on them",
         Verdict::Warn,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::sources::{
+        ipvs::{IpvsDest, IpvsService},
+        objects::ClusterObjects,
+        routes::RouteTable,
+    };
+
+    /// Service shop/web (10.96.0.10:80) with ready endpoints on node1 and
+    /// node2, as node1 sees it, and an IPVS table sending to `dests`.
+    fn model(policy: &str, dests: &[&str]) -> Model {
+        let mut o = ClusterObjects::default();
+        o.add_value(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.10", "internalTrafficPolicy": policy,
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}))
+            .unwrap();
+        o.add_value(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-x", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "nodeName": "node1"},
+                {"addresses": ["10.244.0.70"], "conditions": {"ready": true}, "nodeName": "node2"},
+                {"addresses": ["10.244.0.71"], "conditions": {"ready": false}, "nodeName": "node2"}
+            ]}),
+        )
+        .unwrap();
+        let mut m = Model::build(
+            &o,
+            Arc::new(RouteTable::default()),
+            "cali",
+            Some("node1".into()),
+        );
+        m.set_ipvs(vec![IpvsService {
+            protocol: 6,
+            address: Some("10.96.0.10:80".parse().unwrap()),
+            fwmark: None,
+            scheduler: "rr".into(),
+            destinations: dests
+                .iter()
+                .map(|d| IpvsDest {
+                    address: d.parse().unwrap(),
+                    forward: "Masq".into(),
+                    weight: 1,
+                    active_conns: 0,
+                    inactive_conns: 0,
+                })
+                .collect(),
+        }]);
+        m
+    }
+
+    #[test]
+    fn ipvs_destinations_must_be_the_ready_endpoints() {
+        let ok = ipvs_backends(&model("Cluster", &["10.244.0.5:8080", "10.244.0.70:8080"]));
+        assert_eq!(ok.verdict, Verdict::Ok, "{ok:?}");
+
+        // kube-proxy behind: one endpoint missing, a not-ready one kept.
+        let behind = ipvs_backends(&model("Cluster", &["10.244.0.5:8080", "10.244.0.71:8080"]));
+        assert_eq!(behind.verdict, Verdict::Fail);
+        assert_eq!(
+            behind.evidence,
+            [
+                "shop/web 10.96.0.10:80: IPVS sends to 10.244.0.71:8080, not a ready endpoint",
+                "shop/web 10.96.0.10:80: ready endpoint 10.244.0.70:8080 missing from IPVS",
+            ]
+        );
+
+        // internalTrafficPolicy Local: only this node's endpoint belongs.
+        let local = ipvs_backends(&model("Local", &["10.244.0.5:8080"]));
+        assert_eq!(local.verdict, Verdict::Ok, "{local:?}");
+    }
+
+    #[test]
+    fn no_ipvs_is_a_skip_not_a_pass() {
+        let mut m = model("Cluster", &[]);
+        m.set_ipvs(Vec::new());
+        assert_eq!(ipvs_backends(&m).verdict, Verdict::Skip);
+    }
 }

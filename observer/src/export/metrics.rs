@@ -422,9 +422,11 @@ impl Metrics {
                 folded.push(self.pods.name);
             }
             // Over the tunnel's MTU matters only for what goes through it.
-            let encap = model.expected_encap(src, dst);
-            let tunnelled = encap.as_deref().is_none_or(|e| e != "none");
-            if d.oversize_packets > 0 && dir == "egress" && tunnelled && self.is_remote(model, dst)
+            let encap =
+                (d.oversize_packets > 0 && dir == "egress").then(|| model.expected_encap(src, dst));
+            if let Some(encap) = encap
+                && encap.as_deref() != Some("none")
+                && self.is_remote(model, dst)
             {
                 self.mtu_exceeded
                     .get_or_create(&MtuLabels {

@@ -94,6 +94,10 @@ pub struct ServicePort {
     pub port: u16,
     pub vips: Vec<IpAddr>,
     pub backends: Vec<Backend>,
+    /// `internalTrafficPolicy: Local`: kube-proxy sends only to endpoints
+    /// on the client's node.
+    #[serde(default)]
+    pub node_local: bool,
 }
 
 impl ServicePort {
@@ -346,6 +350,7 @@ impl Model {
                     port: sp.port as u16,
                     vips: vips.clone(),
                     backends,
+                    node_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 });
             }
         }
