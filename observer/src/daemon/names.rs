@@ -1,0 +1,245 @@
+//! Where names come from (routes, the objects directory, the Kubernetes
+//! API, IPVS, BIRD, the CNI config) and when to rebuild the model.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use anyhow::Result;
+
+use super::Shared;
+use crate::{
+    config::{KubeMode, RunArgs},
+    model::Model,
+    sources::{
+        bird::BirdStatus,
+        cni::CniDir,
+        ipvs::{self, IpvsService},
+        kube::{self, KubeStores},
+        objects::ClusterObjects,
+        routes,
+    },
+};
+
+/// Where names come from, and when to rebuild the model.
+pub(super) struct Names {
+    routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
+    dir_objects: ClusterObjects,
+    dir_stamp: Option<std::time::SystemTime>,
+    kube: Option<KubeStores>,
+    kube_changed: Arc<AtomicBool>,
+    ipvs: Vec<IpvsService>,
+    /// BIRD's peers (IPv4, IPv6), read by their own task (see
+    /// [`follow_bird`]) so that a hung BIRD never holds up a poll.
+    bird: tokio::sync::watch::Receiver<Vec<BirdStatus>>,
+    cni: Option<CniDir>,
+    cni_stamp: Option<std::time::SystemTime>,
+    interfaces: Vec<(String, ipnet::IpNet)>,
+}
+
+impl Names {
+    pub(super) async fn start(args: &RunArgs) -> Result<Self> {
+        let kube_changed = Arc::new(AtomicBool::new(true));
+        let use_kube = match args.kubernetes {
+            KubeMode::Never => false,
+            KubeMode::Always => true,
+            KubeMode::Auto => kube::configured(),
+        };
+        let kube = if use_kube {
+            match kube::start(kube_changed.clone()).await {
+                Ok(stores) => Some(stores),
+                Err(e) if args.kubernetes == KubeMode::Auto => {
+                    tracing::warn!("going on without the Kubernetes API: {e:#}");
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            routes: routes::follow().await?,
+            dir_objects: ClusterObjects::default(),
+            dir_stamp: None,
+            kube,
+            kube_changed,
+            ipvs: Vec::new(),
+            bird: follow_bird(
+                args.bird_socket.clone(),
+                args.bird6_socket.clone(),
+                args.poll_interval,
+            ),
+            cni: None,
+            cni_stamp: None,
+            interfaces: Vec::new(),
+        })
+    }
+
+    /// Rebuilds the model if the routes, the API's objects or the objects
+    /// directory changed.
+    pub(super) async fn refresh(&mut self, args: &RunArgs, state: &Shared, force: bool) {
+        let mut changed = force || self.routes.has_changed().unwrap_or(false);
+        if let Some(dir) = &args.objects_dir {
+            let stamp = dir_stamp(dir);
+            if stamp != self.dir_stamp {
+                match ClusterObjects::load_dir(dir) {
+                    Ok(o) => {
+                        self.dir_objects = o;
+                        self.dir_stamp = stamp;
+                        changed = true;
+                    }
+                    Err(e) => tracing::warn!("reading objects: {e:#}"),
+                }
+            }
+        }
+        changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
+        // kube-proxy in IPVS mode: its table, where the kernel has IPVS.
+        let ipvs = ipvs::read().unwrap_or_default();
+        if ipvs != self.ipvs {
+            self.ipvs = ipvs;
+            changed = true;
+        }
+        // BGP peers (read by their own task), the CNI directory (when it
+        // changed) and this node's addresses (for CrossSubnet).
+        changed |= self.bird.has_changed().unwrap_or(false);
+        let stamp = dir_stamp(&args.cni_dir);
+        if stamp != self.cni_stamp || self.cni.is_none() {
+            self.cni_stamp = stamp;
+            let cni = CniDir::read(&args.cni_dir);
+            if self.cni.as_ref() != Some(&cni) {
+                self.cni = Some(cni);
+                changed = true;
+            }
+        }
+        let interfaces = crate::model::calico::interface_networks();
+        if interfaces != self.interfaces {
+            self.interfaces = interfaces;
+            changed = true;
+        }
+        if changed {
+            let mut objects = self.dir_objects.clone();
+            if let Some(k) = &self.kube {
+                let live = k.snapshot();
+                objects.pods.extend(live.pods);
+                objects.nodes.extend(live.nodes);
+                objects.services.extend(live.services);
+                objects.endpoint_slices.extend(live.endpoint_slices);
+                objects.jobs.extend(live.jobs);
+                objects.replica_sets.extend(live.replica_sets);
+                objects.ip_pools.extend(live.ip_pools);
+                objects.block_affinities.extend(live.block_affinities);
+                objects.ipam_blocks.extend(live.ipam_blocks);
+            }
+            let routes = self.routes.borrow_and_update().clone();
+            let mut model = Model::build(
+                &objects,
+                routes,
+                &args.interface_prefix(),
+                args.node_name.clone(),
+            );
+            model.set_node_state(
+                self.bird.borrow_and_update().clone(),
+                self.cni.clone(),
+                &self.interfaces,
+            );
+            state.write().await.model = Arc::new(model);
+        }
+    }
+}
+
+impl Names {
+    /// Whether each configured source of names answered at its last read.
+    pub(super) fn synced(&self, args: &RunArgs) -> Vec<(&'static str, bool)> {
+        let mut out = vec![("routes", true)];
+        if args.objects_dir.is_some() {
+            out.push(("objects", self.dir_stamp.is_some()));
+        }
+        if let Some(k) = &self.kube {
+            // Synced once every reflector has listed.
+            use futures::FutureExt as _;
+            fn listed<K>(s: &::kube::runtime::reflector::Store<K>) -> bool
+            where
+                K: ::kube::Resource + Clone + 'static,
+                K::DynamicType: Eq + std::hash::Hash + Clone,
+            {
+                matches!(s.wait_until_ready().now_or_never(), Some(Ok(())))
+            }
+            let core = listed(&k.pods)
+                && listed(&k.nodes)
+                && listed(&k.services)
+                && listed(&k.endpoint_slices)
+                && listed(&k.jobs)
+                && listed(&k.replica_sets);
+            out.push(("kubernetes", core));
+            let calico =
+                listed(&k.ip_pools) && listed(&k.block_affinities) && listed(&k.ipam_blocks);
+            out.push(("calico", calico));
+        }
+        out.push(("bird", self.bird.borrow().iter().any(|b| b.running)));
+        out.push(("cni", self.cni.as_ref().is_some_and(|c| c.error.is_none())));
+        out
+    }
+
+    /// Whether the names the daemon needs before it is ready have been read
+    /// once: the routes, the objects directory, the Kubernetes API's core
+    /// kinds (Calico's CRDs, BIRD and CNI are optional).
+    pub(super) fn ready(&self, args: &RunArgs) -> bool {
+        self.synced(args)
+            .iter()
+            .filter(|(s, _)| matches!(*s, "routes" | "objects" | "kubernetes"))
+            .all(|(_, ok)| *ok)
+    }
+}
+
+/// Asks BIRD (IPv4 and IPv6) every `interval` on a blocking thread; each
+/// exchange is bounded ([`crate::sources::bird::DEADLINE`]). Publishes
+/// only changes, and logs only when a BIRD comes or goes.
+fn follow_bird(
+    v4: std::path::PathBuf,
+    v6: std::path::PathBuf,
+    interval: std::time::Duration,
+) -> tokio::sync::watch::Receiver<Vec<BirdStatus>> {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(async move {
+        let mut was_running: [Option<bool>; 2] = [None, None];
+        loop {
+            let (a, b) = (v4.clone(), v6.clone());
+            let Ok(now) = tokio::task::spawn_blocking(move || {
+                vec![BirdStatus::query(&a, false), BirdStatus::query(&b, true)]
+            })
+            .await
+            else {
+                return;
+            };
+            for (i, s) in now.iter().enumerate() {
+                if was_running[i] != Some(s.running) {
+                    was_running[i] = Some(s.running);
+                    match &s.error {
+                        None => {
+                            tracing::info!(family = %s.family, socket = %s.socket, "BIRD answers")
+                        }
+                        Some(e) => tracing::info!(family = %s.family, "BIRD: {e}"),
+                    }
+                }
+            }
+            let differs = *tx.borrow() != now;
+            if differs && tx.send(now).is_err() {
+                return;
+            }
+            tokio::time::sleep(interval.max(std::time::Duration::from_millis(500))).await;
+        }
+    });
+    rx
+}
+
+/// The newest modification time in a directory (it and its files).
+fn dir_stamp(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = std::fs::metadata(dir).and_then(|m| m.modified()).ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
+}
