@@ -351,6 +351,16 @@ pub fn status_text(s: &StatusView) -> String {
         };
         let _ = writeln!(out, "{k}: {v}");
     }
+    // Outer headers seen on watched underlay devices, per encapsulation.
+    for (encap, e) in s.encap.iter().filter(|(_, e)| e.packets > 0) {
+        let _ = writeln!(
+            out,
+            "{encap} on the underlay: {} packets, {} inner, {} overhead",
+            count(e.packets),
+            bytes(e.bytes),
+            bytes(e.overhead_bytes)
+        );
+    }
     out
 }
 
