@@ -30,7 +30,23 @@ impl Client {
             .with_context(|| format!("decoding the daemon's answer to {path}"))
     }
 
+    /// GET `path` and decode the JSON answer, with when the daemon read the
+    /// counters in it (`None` from a daemon that does not say).
+    pub async fn get_polled<T: DeserializeOwned>(&self, path: &str) -> Result<(T, Option<u64>)> {
+        let (body, headers) = self.request(path).await?;
+        let polled = headers
+            .get(crate::export::api::POLLED_AT)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let answer = serde_json::from_slice(&body)
+            .with_context(|| format!("decoding the daemon's answer to {path}"))?;
+        Ok((answer, polled))
+    }
+
     pub async fn get_bytes(&self, path: &str) -> Result<Bytes> {
+        Ok(self.request(path).await?.0)
+    }
+
+    async fn request(&self, path: &str) -> Result<(Bytes, hyper::HeaderMap)> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|e| connect_error(&self.socket, &e))?;
@@ -46,6 +62,7 @@ impl Client {
             .await
             .context("sending request to the daemon")?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp.into_body().collect().await?.to_bytes();
         conn.abort();
         if !status.is_success() {
@@ -54,7 +71,7 @@ impl Client {
                 String::from_utf8_lossy(&body)
             );
         }
-        Ok(body)
+        Ok((body, headers))
     }
 }
 

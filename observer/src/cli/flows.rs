@@ -96,26 +96,52 @@ impl FlowId {
     }
 }
 
-/// The counters of one fetch, and when it was made.
+/// The counters of one fetch, when it was made, and when the daemon read
+/// them from the kernel (its poll: what rates are computed over, when the
+/// daemon says).
 pub struct Sample {
     at: Instant,
+    polled_ms: Option<u64>,
     counts: HashMap<FlowId, (u64, u64)>,
 }
 
 impl Sample {
     pub fn new(flows: &[FlowView], at: Instant) -> Self {
+        Self::polled(flows, at, None)
+    }
+
+    pub fn polled(flows: &[FlowView], at: Instant, polled_ms: Option<u64>) -> Self {
         let mut counts = HashMap::with_capacity(flows.len());
         for f in flows {
             let c = counts.entry(FlowId::of(f)).or_insert((0, 0));
             c.0 += f.bytes;
             c.1 += f.packets;
         }
-        Self { at, counts }
+        Self {
+            at,
+            polled_ms,
+            counts,
+        }
     }
 
     /// `flows` (fetched at `now`) with their rates since this sample.
     pub fn rates(&self, flows: Vec<FlowView>, now: Instant) -> Vec<FlowRow> {
-        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        self.rates_polled(flows, now, None)
+    }
+
+    /// Rates over the time between the daemon's two polls when both are
+    /// known (the client's own timing jitters against the poll interval),
+    /// else between the two fetches.
+    pub fn rates_polled(
+        &self,
+        flows: Vec<FlowView>,
+        now: Instant,
+        polled_ms: Option<u64>,
+    ) -> Vec<FlowRow> {
+        let secs = match (self.polled_ms, polled_ms) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e3,
+            _ => now.saturating_duration_since(self.at).as_secs_f64(),
+        };
         flows
             .into_iter()
             .map(|f| {
@@ -211,6 +237,26 @@ async fn fetch(client: &Client) -> Result<Vec<FlowView>> {
     client.get("/v1/flows").await
 }
 
+/// Fetches a sample of a later poll than `before` (waiting a little when the
+/// daemon has not polled since), so that a rate always spans polls.
+async fn fetch_after(client: &Client, before: &Sample) -> Result<(Vec<FlowView>, Sample)> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (flows, polled): (Vec<FlowView>, _) = client.get_polled("/v1/flows").await?;
+        let same_poll = polled.is_some() && polled == before.polled_ms;
+        if !same_poll || Instant::now() > deadline {
+            let sample = Sample::polled(&flows, Instant::now(), polled);
+            return Ok((flows, sample));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+async fn first_sample(client: &Client) -> Result<Sample> {
+    let (flows, polled): (Vec<FlowView>, _) = client.get_polled("/v1/flows").await?;
+    Ok(Sample::polled(&flows, Instant::now(), polled))
+}
+
 pub async fn run(args: FlowsArgs) -> Result<()> {
     args.filter.validate()?;
     if args.top == Some(0) {
@@ -223,10 +269,10 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
 
     if !args.watch {
         let rows = if args.sort == SortBy::Rate {
-            let before = Sample::new(&fetch(&client).await?, Instant::now());
+            let before = first_sample(&client).await?;
             tokio::time::sleep(args.interval).await;
-            let flows = fetch(&client).await?;
-            before.rates(flows, Instant::now())
+            let (flows, after) = fetch_after(&client, &before).await?;
+            before.rates_polled(flows, after.at, after.polled_ms)
         } else {
             without_rates(fetch(&client).await?)
         };
@@ -237,14 +283,12 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
     }
 
     let tty = std::io::stdout().is_terminal();
-    let mut before = Sample::new(&fetch(&client).await?, Instant::now());
+    let mut before = first_sample(&client).await?;
     let mut shown = 0u64;
     loop {
         tokio::time::sleep_until((before.at + args.interval).into()).await;
-        let flows = fetch(&client).await?;
-        let now = Instant::now();
-        let next = Sample::new(&flows, now);
-        let rows = before.rates(flows, now);
+        let (flows, next) = fetch_after(&client, &before).await?;
+        let rows = before.rates_polled(flows, next.at, next.polled_ms);
         before = next;
         let total = rows.len();
         let rows = select(rows, &args.filter, args.sort, args.top);
@@ -366,6 +410,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(ports(select(rows, &port3, SortBy::Bytes, Some(5))), [3]);
+    }
+
+    #[test]
+    fn rates_span_the_daemons_polls_when_it_says_when() {
+        let mut f = flow("cali1", "udp", 1, 53, "none");
+        let t0 = Instant::now();
+        let before = Sample::polled(std::slice::from_ref(&f), t0, Some(10_000));
+        f.bytes += 2000;
+        // Fetched 300 ms later, but the daemon's polls were 2 s apart.
+        let t1 = t0 + std::time::Duration::from_millis(300);
+        let rows = before.rates_polled(vec![f.clone()], t1, Some(12_000));
+        assert_eq!(rows[0].bytes_per_second, Some(1000.0));
+        // Without poll times, the fetches' own.
+        let rows = Sample::new(std::slice::from_ref(&f), t0).rates(vec![f], t1);
+        assert_eq!(rows[0].bytes_per_second, Some(0.0));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct InterfaceState {
 pub struct DatapathStatus {
     pub polls: u64,
     pub last_poll_ms: f64,
+    /// When the last poll ended (milliseconds since the Unix epoch): what
+    /// clients compute rates with, whatever their own timing.
+    pub last_poll_at_ms: u64,
     pub kernel_flow_entries: u64,
     pub flow_capacity: u32,
     pub stats: [u64; Stat::COUNT as usize],
@@ -297,6 +300,9 @@ async fn poll(
         m.update(&mut st, sources, started);
     }
     st.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
+    st.status.last_poll_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     Ok(())
 }
 

@@ -121,7 +121,13 @@ async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::doctor::Chec
     Json(crate::doctor::run(&state).await)
 }
 
-async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
+/// The header that says when the counters of an answer were read from the
+/// kernel (milliseconds since the Unix epoch).
+pub const POLLED_AT: &str = "x-observer-polled-at-ms";
+
+async fn flows(
+    AxState(state): AxState<Shared>,
+) -> ([(&'static str, String); 1], Json<Vec<FlowView>>) {
     let st = state.read().await;
     // Flows to Service VIPs are named by their endpoint through conntrack.
     let to_vip = st.table.iter().any(|(k, _)| {
@@ -156,7 +162,8 @@ async fn flows(AxState(state): AxState<Shared>) -> Json<Vec<FlowView>> {
             .cmp(&a.bytes)
             .then_with(|| a.interface.cmp(&b.interface))
     });
-    Json(out)
+    let polled = [(POLLED_AT, st.status.last_poll_at_ms.to_string())];
+    (polled, Json(out))
 }
 
 /// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
