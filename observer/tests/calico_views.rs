@@ -6,21 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{TestLab, observer};
+use common::lab::TestLab;
 use serde_json::Value;
-
-fn view(lab: &TestLab, verb: &str, node: &str) -> Value {
-    serde_json::from_str(&observer(&[
-        verb,
-        "--lab",
-        &lab.name,
-        "--lab-node",
-        node,
-        "-o",
-        "json",
-    ]))
-    .unwrap_or_else(|e| panic!("{verb} JSON: {e}"))
-}
 
 #[test]
 fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
@@ -29,7 +16,7 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
     // node1 sends 12 datagrams to a pod on node2: the peer's traffic.
     lab.send_udp("node1-pod1", "node2-pod1", false, 7300, 12, 200);
 
-    let ipam = view(&lab, "ipam", "node1");
+    let ipam = &lab.json("node1", "ipam", &[]);
     let pools = ipam["pools"].as_array().unwrap();
     assert_eq!(pools.len(), 1, "{ipam:#}");
     let pool = &pools[0];
@@ -57,7 +44,7 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
 
     // Routes: every other node's block over vxlan.calico to its tunnel
     // address, as its pool asks; Felix's protocol 80.
-    let routes = view(&lab, "routes", "node1");
+    let routes = &lab.json("node1", "routes", &[]);
     let peers = routes["peers"].as_array().unwrap();
     assert_eq!(peers.len(), 2, "{routes:#}");
     for n in plan.nodes.iter().filter(|n| n.name != "node1") {
@@ -73,7 +60,7 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
     // The datagrams, once the daemon has polled.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let routes = view(&lab, "routes", "node1");
+        let routes = &lab.json("node1", "routes", &[]);
         let node2 = routes["peers"]
             .as_array()
             .unwrap()
@@ -90,7 +77,7 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
 
     // Node: no BIRD in VXLAN mode, the tunnel device at the lab's MTU, the
     // CNI config's MTU the same.
-    let node = view(&lab, "node", "node1");
+    let node = &lab.json("node1", "node", &[]);
     assert!(
         node["bgp"]
             .as_array()
@@ -114,7 +101,7 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
 
 /// The BGP state of node1's session with `peer` in `observer node`.
 fn peer_state(lab: &TestLab, peer: &str) -> String {
-    let node = view(lab, "node", "node1");
+    let node = lab.json("node1", "node", &[]);
     node["bgp"]
         .as_array()
         .unwrap()
@@ -132,21 +119,8 @@ fn observer_node_sees_a_frozen_bird_peer_go_down_within_the_hold_time() {
     let node2 = &plan.nodes[1];
     let peer = node2.underlay_ip.to_string();
     assert_eq!(peer_state(&lab, &peer), "Established");
-    let doctor = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_observer"))
-            .args([
-                "doctor",
-                "--lab",
-                &lab.name,
-                "--lab-node",
-                "node1",
-                "-o",
-                "json",
-            ])
-            .output()
-            .unwrap()
-    };
-    assert!(doctor().status.success(), "doctor on a healthy BGP lab");
+    let (healthy, checks) = lab.doctor("node1");
+    assert!(healthy, "doctor on a healthy BGP lab: {checks:#?}");
 
     // Frozen, node2's BIRD sends no keepalives: node1 notices when the
     // lab's hold time (9 s) runs out.
@@ -169,11 +143,10 @@ fn observer_node_sees_a_frozen_bird_peer_go_down_within_the_hold_time() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let out = doctor();
+    let (healthy, checks) = lab.doctor("node1");
     // SAFETY: as above; lets `lab down` stop it.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    assert!(!out.status.success(), "doctor passed with a peer down");
-    let checks: Vec<observer::doctor::Check> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!healthy, "doctor passed with a peer down");
     let bgp = checks.iter().find(|c| c.name == "bgp-peers").unwrap();
     assert_eq!(bgp.verdict, observer::doctor::Verdict::Fail);
     assert!(

@@ -5,31 +5,10 @@
 mod common;
 
 use common::{
-    lab::{TestLab, pod, run},
+    lab::{TestLab, pod},
     sh,
 };
 use observer::doctor::{Check, Verdict};
-
-/// (exit success, checks) of `observer doctor -o json` on a lab node.
-fn doctor(lab: &TestLab, node: &str) -> (bool, Vec<Check>) {
-    let out = run(&[
-        "doctor",
-        "--lab",
-        &lab.name,
-        "--lab-node",
-        node,
-        "-o",
-        "json",
-    ]);
-    let checks = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "doctor JSON: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.success(), checks)
-}
 
 fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
     checks.iter().find(|c| c.name == name).expect(name)
@@ -40,7 +19,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     // clsact, so that the test can take a filter off with `tc`.
     let lab = TestLab::up(&[], &[("OBSERVER_ATTACH_MODE", "clsact")]);
     for node in ["node1", "node2"] {
-        let (ok, checks) = doctor(&lab, node);
+        let (ok, checks) = lab.doctor(node);
         assert!(ok, "{node}: {checks:#?}");
         for name in [
             "pod-routes-and-interfaces",
@@ -92,7 +71,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
 
     // Route changes reach the daemon by netlink; give it a poll.
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let (ok, checks) = doctor(&lab, "node1");
+    let (ok, checks) = lab.doctor("node1");
     assert!(!ok, "doctor exited 0 with faults: {checks:#?}");
     let pods = check(&checks, "pod-routes-and-interfaces");
     assert_eq!(pods.verdict, Verdict::Fail);
@@ -120,6 +99,6 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     );
     assert!(mtu.hint.is_some() && pods.hint.is_some());
     // The other node is untouched.
-    let (ok, checks) = doctor(&lab, "node2");
+    let (ok, checks) = lab.doctor("node2");
     assert!(ok, "node2: {checks:#?}");
 }

@@ -143,6 +143,29 @@ impl TestLab {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{verb} JSON: {e}: {text}"))
     }
 
+    /// (exit success, checks) of `observer doctor -o json` on a node: it
+    /// exits 1 when it finds a problem, so its status is part of the answer.
+    pub fn doctor(&self, node: &str) -> (bool, Vec<observer::doctor::Check>) {
+        let args = [
+            "doctor",
+            "--lab",
+            &self.name,
+            "--lab-node",
+            node,
+            "-o",
+            "json",
+        ];
+        let out = run(&args);
+        let checks = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor JSON: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.success(), checks)
+    }
+
     /// A node's flows.
     pub fn flows(&self, node: &str) -> Vec<FlowView> {
         self.flows_where(node, &[])
