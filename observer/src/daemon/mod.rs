@@ -145,7 +145,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     mtu_limits.apply(&mut dp, &state).await;
                     health.polled();
                     // Attached to what was there, polled and named once.
-                    if names.ready(&args) {
+                    if !health.is_ready() && names.ready(&args) {
                         health.set_ready();
                     }
                 }

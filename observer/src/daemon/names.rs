@@ -22,6 +22,9 @@ use crate::{
     },
 };
 
+/// How often kube-proxy's IPVS table is read.
+const IPVS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where names come from, and when to rebuild the model.
 pub(super) struct Names {
     routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
@@ -30,6 +33,9 @@ pub(super) struct Names {
     kube: Option<KubeStores>,
     kube_changed: Arc<AtomicBool>,
     ipvs: Vec<IpvsService>,
+    /// When IPVS was last dumped: every [`IPVS_EVERY`], not every poll (a
+    /// large kube-proxy table is thousands of services).
+    ipvs_read_at: Option<std::time::Instant>,
     /// BIRD's peers (IPv4, IPv6), read by their own task (see
     /// [`follow_bird`]) so that a hung BIRD never holds up a poll.
     bird: tokio::sync::watch::Receiver<Vec<BirdStatus>>,
@@ -65,6 +71,7 @@ impl Names {
             kube,
             kube_changed,
             ipvs: Vec::new(),
+            ipvs_read_at: None,
             bird: follow_bird(
                 args.bird_socket.clone(),
                 args.bird6_socket.clone(),
@@ -95,10 +102,14 @@ impl Names {
         }
         changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
         // kube-proxy in IPVS mode: its table, where the kernel has IPVS.
-        let ipvs = ipvs::read().unwrap_or_default();
-        if ipvs != self.ipvs {
-            self.ipvs = ipvs;
-            changed = true;
+        let due = self.ipvs_read_at.is_none_or(|t| t.elapsed() >= IPVS_EVERY);
+        if due {
+            self.ipvs_read_at = Some(std::time::Instant::now());
+            let ipvs = ipvs::read().unwrap_or_default();
+            if ipvs != self.ipvs {
+                self.ipvs = ipvs;
+                changed = true;
+            }
         }
         // BGP peers (read by their own task), the CNI directory (when it
         // changed) and this node's addresses (for CrossSubnet).

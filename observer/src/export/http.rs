@@ -49,6 +49,10 @@ impl Health {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     fn alive(&self) -> Result<(), String> {
         let last = self.last_poll_ms.load(Ordering::Relaxed);
         if last == 0 {
@@ -137,7 +141,7 @@ async fn healthz(State(s): State<Shared>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(s): State<Shared>) -> (StatusCode, String) {
-    if !s.health.ready.load(Ordering::Relaxed) {
+    if !s.health.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "starting: attaching and reading names\n".into(),

@@ -4,7 +4,7 @@
 //! the series its current names give, so counters never go back when flows
 //! are evicted or renamed.
 
-use std::{collections::HashSet, hash::Hash, net::IpAddr};
+use std::{collections::HashSet, hash::Hash, net::IpAddr, sync::Arc};
 
 use observer_common::{Encap, FlowKey, Hook, Stat};
 use prometheus_client::{
@@ -18,6 +18,8 @@ use prometheus_client::{
     },
     registry::{Registry, Unit},
 };
+
+use rustc_hash::FxHashMap;
 
 use crate::{
     config::{Dimension, Granularity, RunArgs},
@@ -180,19 +182,55 @@ where
         }
     }
 
-    /// Adds `values` to the series of `labels`; returns whether it folded.
-    fn add(&mut self, labels: L, values: [u64; N]) -> bool {
-        let folded = !self.known.contains(&labels) && self.known.len() >= self.cap;
-        let labels = if folded {
+    /// The counters of the series of `labels` (or of `other`, past the cap:
+    /// then also the family's folded counter), each to add `what` to.
+    fn resolve(
+        &mut self,
+        labels: L,
+        what: [What; N],
+        folded: &Family<OneLabel, Counter>,
+        out: &mut Vec<(Counter, What)>,
+    ) {
+        let fold = !self.known.contains(&labels) && self.known.len() >= self.cap;
+        let labels = if fold {
+            out.push((
+                folded.get_or_create(&label("family", self.name)).clone(),
+                What::One,
+            ));
             L::other()
         } else {
             self.known.insert(labels.clone());
             labels
         };
-        for (f, v) in self.families.iter().zip(values) {
-            f.get_or_create(&labels).inc_by(v);
+        for (f, w) in self.families.iter().zip(what) {
+            out.push((f.get_or_create(&labels).clone(), w));
         }
-        folded
+    }
+}
+
+/// What a resolved counter adds per update.
+#[derive(Clone, Copy, Debug)]
+enum What {
+    Packets,
+    Bytes,
+    /// Overhead bytes: measured, else packets times this many.
+    Overhead(u64),
+    /// 1 for a new flow.
+    NewFlow,
+    /// 1 per update (a folded update).
+    One,
+}
+
+impl What {
+    fn of(self, d: &Counters, new_flow: bool) -> u64 {
+        match self {
+            What::Packets => d.packets,
+            What::Bytes => d.bytes,
+            What::Overhead(_) if d.overhead_bytes > 0 => d.overhead_bytes,
+            What::Overhead(per_packet) => d.packets * per_packet,
+            What::NewFlow => new_flow as u64,
+            What::One => 1,
+        }
     }
 }
 
@@ -247,6 +285,10 @@ pub struct Metrics {
     mtu_exceeded: Family<MtuLabels, Counter>,
     icmp_too_big: Family<IcmpLabels, Counter>,
     own: SelfMetrics,
+    /// Each flow's series, resolved once per version of the names (label
+    /// computation is most of the cost of a changed flow).
+    resolved: FxHashMap<FlowKey, Vec<(Counter, What)>>,
+    resolved_with: Option<Arc<Model>>,
 }
 
 impl Metrics {
@@ -349,6 +391,8 @@ impl Metrics {
             mtu_exceeded,
             icmp_too_big,
             own,
+            resolved: FxHashMap::default(),
+            resolved_with: None,
         }
     }
 
@@ -374,24 +418,38 @@ impl Metrics {
         poll_started: std::time::Instant,
     ) {
         let model = st.model.clone();
+        // New names: every flow's series may have changed. A cache much
+        // larger than the table holds forgotten flows: start afresh too.
+        let renamed = !self
+            .resolved_with
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &model));
+        if renamed || self.resolved.len() > 2 * st.table.len() + 1024 {
+            self.resolved.clear();
+            self.resolved_with = Some(model.clone());
+        }
         for (key, delta, new_flow) in st.table.take_growth() {
-            let (key, delta) = (&key, &delta);
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
             };
-            match iface.iface.kind {
-                InterfaceKind::Pod => {
-                    let pod = model.pod_of_interface(&iface.iface.name);
-                    self.pod_flow(
-                        key,
-                        delta,
-                        new_flow,
-                        &model,
-                        pod.map(|p| (&p.namespace, &p.name)),
-                    )
-                }
-                InterfaceKind::Tunnel(e) => self.tunnel_flow(key, delta, e, &model),
-                InterfaceKind::Underlay => {}
+            let pod = match iface.iface.kind {
+                InterfaceKind::Pod => model.pod_of_interface(&iface.iface.name),
+                _ => None,
+            };
+            if !self.resolved.contains_key(&key) {
+                let series = match iface.iface.kind {
+                    InterfaceKind::Pod => self.resolve_pod_flow(&key, &model, pod),
+                    InterfaceKind::Tunnel(e) => self.resolve_tunnel_flow(&key, e, &model),
+                    InterfaceKind::Underlay => Vec::new(),
+                };
+                self.resolved.insert(key, series);
+            }
+            for (counter, what) in &self.resolved[&key] {
+                counter.inc_by(what.of(&delta, new_flow));
+            }
+            // Rare: worth no cache.
+            if iface.iface.kind == InterfaceKind::Pod {
+                self.mtu_and_icmp(&key, &delta, &model, pod);
             }
         }
         self.update_own(st, sources);
@@ -400,38 +458,28 @@ impl Metrics {
             .observe(poll_started.elapsed().as_secs_f64());
     }
 
-    fn pod_flow(
+    /// Packets over the tunnel MTU, and ICMP too-big, on a pod interface.
+    fn mtu_and_icmp(
         &mut self,
         key: &FlowKey,
         d: &Counters,
-        new_flow: bool,
         model: &Model,
-        pod: Option<(&String, &String)>,
+        pod: Option<&crate::model::PodEntry>,
     ) {
         let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
         let dir = direction(InterfaceKind::Pod, hook);
         let (src, dst) = key_addrs(key);
-        let mut folded = Vec::new();
-        if let Some((ns, name)) = pod {
-            let labels = PodLabels {
-                namespace: ns.clone(),
-                pod: name.clone(),
-                direction: dir.to_owned(),
-            };
-            if self.pods.add(labels, [d.packets, d.bytes]) {
-                folded.push(self.pods.name);
-            }
-            // Over the tunnel's MTU matters only for what goes through it.
-            let encap =
-                (d.oversize_packets > 0 && dir == "egress").then(|| model.expected_encap(src, dst));
-            if let Some(encap) = encap
-                && encap.as_deref() != Some("none")
-                && self.is_remote(model, dst)
-            {
+        // Over the tunnel's MTU matters only for what goes through it.
+        if let Some(p) = pod
+            && d.oversize_packets > 0
+            && dir == "egress"
+        {
+            let encap = model.expected_encap(src, dst);
+            if encap.as_deref() != Some("none") && self.is_remote(model, dst) {
                 self.mtu_exceeded
                     .get_or_create(&MtuLabels {
-                        namespace: ns.clone(),
-                        pod: name.clone(),
+                        namespace: p.namespace.clone(),
+                        pod: p.name.clone(),
                         encap: encap.unwrap_or_else(|| "unknown".into()),
                         peer_node: model.node_of(dst).unwrap_or_default(),
                     })
@@ -446,10 +494,34 @@ impl Metrics {
                 })
                 .inc_by(d.packets);
         }
+    }
+
+    /// The series a flow on a pod interface adds to: its pod's, its
+    /// aggregate's, and its Service's.
+    fn resolve_pod_flow(
+        &mut self,
+        key: &FlowKey,
+        model: &Model,
+        pod: Option<&crate::model::PodEntry>,
+    ) -> Vec<(Counter, What)> {
+        let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
+        let dir = direction(InterfaceKind::Pod, hook);
+        let (src, dst) = key_addrs(key);
+        let folded = &self.own.folded;
+        let mut out = Vec::new();
+        if let Some(p) = pod {
+            let labels = PodLabels {
+                namespace: p.namespace.clone(),
+                pod: p.name.clone(),
+                direction: dir.to_owned(),
+            };
+            self.pods
+                .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
+        }
 
         let service = model.service_of(dst, key.dst_port, key.protocol);
-        let (src_ns, src_name) = self.name_of(&model.endpoint(src));
-        let (dst_ns, dst_name) = self.name_of(&model.endpoint(dst));
+        let (src_ns, src_name) = name_of(self.config.granularity, &model.endpoint(src));
+        let (dst_ns, dst_name) = name_of(self.config.granularity, &model.endpoint(dst));
         let c = &self.config;
         let labels = FlowLabels {
             direction: dir.to_owned(),
@@ -478,9 +550,8 @@ impl Metrics {
                 }
             }),
         };
-        if self.flows.add(labels, [d.packets, d.bytes]) {
-            folded.push(self.flows.name);
-        }
+        self.flows
+            .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
 
         // Service traffic: the client's side (to the VIP, before DNAT) and
         // the backend's side (delivered to a local endpoint).
@@ -501,38 +572,39 @@ impl Metrics {
                     via: s.via,
                     backend,
                 };
-                if self
-                    .services
-                    .add(labels, [d.packets, d.bytes, new_flow as u64])
-                {
-                    folded.push(self.services.name);
-                }
+                self.services.resolve(
+                    labels,
+                    [What::Packets, What::Bytes, What::NewFlow],
+                    folded,
+                    &mut out,
+                );
             }
         }
-        for f in folded {
-            self.own.folded.get_or_create(&label("family", f)).inc();
-        }
+        out
     }
 
-    fn tunnel_flow(&mut self, key: &FlowKey, d: &Counters, encap: Encap, model: &Model) {
+    /// The series a flow through a tunnel device adds to: by peer node.
+    fn resolve_tunnel_flow(
+        &mut self,
+        key: &FlowKey,
+        encap: Encap,
+        model: &Model,
+    ) -> Vec<(Counter, What)> {
         let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
         let (src, dst) = key_addrs(key);
-        let overhead = if d.overhead_bytes > 0 {
-            d.overhead_bytes
-        } else {
-            d.packets * nominal_overhead(encap, src)
-        };
         let labels = EncapLabels {
             encap: encap.name().to_owned(),
             peer_node: model.peer_node(src, dst).unwrap_or_default(),
             direction: direction(InterfaceKind::Tunnel(encap), hook).to_owned(),
         };
-        if self.encap.add(labels, [d.packets, d.bytes, overhead]) {
-            self.own
-                .folded
-                .get_or_create(&label("family", self.encap.name))
-                .inc();
-        }
+        let mut out = Vec::new();
+        let what = [
+            What::Packets,
+            What::Bytes,
+            What::Overhead(nominal_overhead(encap, src)),
+        ];
+        self.encap.resolve(labels, what, &self.own.folded, &mut out);
+        out
     }
 
     /// Whether an address lives on another node (traffic to it crosses the
@@ -545,34 +617,18 @@ impl Metrics {
         }
     }
 
-    /// (namespace, name) labels of an endpoint at the configured granularity.
-    fn name_of(&self, ep: &EndpointView) -> (String, String) {
-        match (ep.kind.as_str(), &ep.namespace) {
-            ("pod", Some(ns)) => {
-                let name = match self.config.granularity {
-                    Granularity::Pod => ep.pod.clone().unwrap_or_default(),
-                    Granularity::Workload => ep
-                        .workload
-                        .clone()
-                        .or_else(|| ep.pod.clone())
-                        .unwrap_or_default(),
-                    Granularity::Namespace => String::new(),
-                };
-                (ns.clone(), name)
-            }
-            (kind, _) => (String::new(), kind.to_owned()),
-        }
-    }
-
     fn update_own(&mut self, st: &State, sources: &[(&'static str, bool)]) {
         let o = &self.own;
-        for kind in ["pod", "tunnel", "underlay"] {
-            let n = st
-                .interfaces
-                .values()
-                .filter(|i| i.via.is_some() && i.iface.kind.label().starts_with(kind))
-                .count();
-            o.attached.get_or_create(&label("kind", kind)).set(n as i64);
+        let mut attached = [0i64; 3];
+        for i in st.interfaces.values().filter(|i| i.via.is_some()) {
+            attached[match i.iface.kind {
+                InterfaceKind::Pod => 0,
+                InterfaceKind::Tunnel(_) => 1,
+                InterfaceKind::Underlay => 2,
+            }] += 1;
+        }
+        for (kind, n) in ["pod", "tunnel", "underlay"].into_iter().zip(attached) {
+            o.attached.get_or_create(&label("kind", kind)).set(n);
         }
         let s = &st.status;
         o.map_entries.set(s.kernel_flow_entries as i64);
@@ -713,6 +769,25 @@ impl SelfMetrics {
     }
 }
 
+/// (namespace, name) labels of an endpoint at the configured granularity.
+fn name_of(granularity: Granularity, ep: &EndpointView) -> (String, String) {
+    match (ep.kind.as_str(), &ep.namespace) {
+        ("pod", Some(ns)) => {
+            let name = match granularity {
+                Granularity::Pod => ep.pod.clone().unwrap_or_default(),
+                Granularity::Workload => ep
+                    .workload
+                    .clone()
+                    .or_else(|| ep.pod.clone())
+                    .unwrap_or_default(),
+                Granularity::Namespace => String::new(),
+            };
+            (ns.clone(), name)
+        }
+        (kind, _) => (String::new(), kind.to_owned()),
+    }
+}
+
 /// Brings a counter that mirrors a monotonic total up to it.
 fn catch_up(c: &Counter, total: u64) {
     let have = c.get();
@@ -754,5 +829,126 @@ fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
         Encap::Wireguard if v6 => 80,
         Encap::Wireguard => 60,
         Encap::None => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use observer_common::{ClockSample, FAMILY_IPV4, FlowStats, IfaceTotals};
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        daemon::{DatapathStatus, InterfaceState},
+        datapath::attach::{LinkLayer, Via},
+        flows::{Clock, Interface, table::FlowTable},
+        model::calico_interface,
+        sources::{objects::ClusterObjects, routes::RouteTable},
+    };
+
+    fn model(with_pod: bool) -> Arc<Model> {
+        let mut o = ClusterObjects::default();
+        if with_pod {
+            o.add_value(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "web-1", "namespace": "shop"},
+                "spec": {"nodeName": "node1", "containers": []},
+                "status": {"podIP": "10.244.0.5"}}))
+                .unwrap();
+        }
+        Arc::new(Model::build(
+            &o,
+            Arc::new(RouteTable::default()),
+            "cali",
+            Some("node1".into()),
+        ))
+    }
+
+    fn state() -> State {
+        let mut interfaces = BTreeMap::new();
+        interfaces.insert(
+            7,
+            InterfaceState {
+                iface: Interface {
+                    name: calico_interface("cali", "shop", "web-1"),
+                    kind: InterfaceKind::Pod,
+                },
+                layer: LinkLayer::Ethernet,
+                via: Some(Via::Tcx),
+                attach_error: None,
+                totals: IfaceTotals::default(),
+                gone: false,
+                mtu: Some(1450),
+            },
+        );
+        State {
+            table: FlowTable::default(),
+            model: model(false),
+            interfaces,
+            status: DatapathStatus::default(),
+            clock: Clock::new(ClockSample::default(), 4_000_000),
+            started: std::time::SystemTime::now(),
+        }
+    }
+
+    /// One poll in which the pod's flow to 8.8.8.8:53 reached `skbs`.
+    fn poll(st: &mut State, m: &mut Metrics, skbs: u64) {
+        let mut key = FlowKey {
+            ifindex: 7,
+            src_port: 40000,
+            dst_port: 53,
+            family: FAMILY_IPV4,
+            protocol: 17,
+            ..Default::default()
+        };
+        let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+        s[..4].copy_from_slice(&[10, 244, 0, 5]);
+        d[..4].copy_from_slice(&[8, 8, 8, 8]);
+        key.set_addrs(s, d);
+        st.table.begin_poll();
+        let stats = FlowStats {
+            skbs,
+            bytes: 100 * skbs,
+            first_seen_jiffies: 1,
+            last_seen_jiffies: 1,
+            ..Default::default()
+        };
+        st.table.observe(&key, &stats);
+        st.table.end_poll(0, 0);
+        m.update(st, &[], std::time::Instant::now());
+    }
+
+    fn sample(m: &Metrics, series: &str) -> Option<u64> {
+        m.encode(false)
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn series_follow_the_names_and_count_only_growth() {
+        let mut st = state();
+        let config = MetricsConfig {
+            granularity: Granularity::Pod,
+            dimensions: vec![Dimension::Protocol, Dimension::Port],
+            max_series: 100,
+        };
+        let mut m = Metrics::new(config, "node1");
+        let unnamed = r#"observer_flow_packets_total{node="node1",direction="egress",src_namespace="",src="world""#;
+        let named = r#"observer_flow_packets_total{node="node1",direction="egress",src_namespace="shop",src="web-1""#;
+        poll(&mut st, &mut m, 3);
+        poll(&mut st, &mut m, 5);
+        assert_eq!(sample(&m, unnamed), Some(5));
+        // The pod becomes known: growth from now on goes to its series.
+        st.model = model(true);
+        poll(&mut st, &mut m, 9);
+        assert_eq!(sample(&m, unnamed), Some(5));
+        assert_eq!(sample(&m, named), Some(4));
+        let pod = r#"observer_pod_packets_total{node="node1",namespace="shop",pod="web-1",direction="egress"}"#;
+        assert_eq!(sample(&m, pod), Some(4));
+        // An unchanged poll adds nothing.
+        poll(&mut st, &mut m, 9);
+        assert_eq!(sample(&m, named), Some(4));
     }
 }

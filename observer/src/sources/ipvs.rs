@@ -410,7 +410,9 @@ FWM  00000001 rr
             ),
             Err(e) => {
                 assert!(format!("{e:#}").contains("no IPVS"), "{e:#}");
-                eprintln!("real_kernel_ipvs_table: skipped: {e:#}");
+                // No table to check here: what was checked is that the
+                // absence is said plainly.
+                eprintln!("real_kernel_ipvs_table: {e:#}");
             }
         }
     }
