@@ -139,6 +139,39 @@ pub struct RunArgs {
     /// The node's CNI configuration directory (`*.conflist`).
     #[arg(long, env = "OBSERVER_CNI_DIR", default_value = "/etc/cni/net.d")]
     pub cni_dir: PathBuf,
+
+    /// Where to pin the maps and TCX links on the BPF file system, so that
+    /// counting goes on while no daemon runs and the next daemon (a
+    /// restart, an upgrade) takes over; `none` to pin nothing and detach
+    /// at exit. `observer cleanup` removes what is pinned.
+    #[arg(long, env = "OBSERVER_PIN_PATH", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PinPath,
+
+    /// Where the daemon saves its counts (at exit and every 30 s) for the
+    /// next daemon to go on from; used only with --pin-path.
+    #[arg(long, env = "OBSERVER_STATE_FILE", default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+}
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/observer";
+pub const DEFAULT_STATE_FILE: &str = "/run/observer/state";
+
+/// A directory on the BPF file system, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinPath(pub Option<PathBuf>);
+
+impl std::str::FromStr for PinPath {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Self(None)),
+            p if p.starts_with('/') => Ok(Self(Some(PathBuf::from(p)))),
+            p => Err(format!(
+                "{p:?} is not an absolute path: use a directory on the BPF file system such \
+                 as {DEFAULT_PIN_PATH}, or `none`"
+            )),
+        }
+    }
 }
 
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9477";

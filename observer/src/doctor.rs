@@ -503,7 +503,8 @@ fn datapath_counters(st: &State) -> Check {
     for (stat, why) in [
         (
             Stat::FlowInsertFailures,
-            "the flow map is full: raise --flow-capacity",
+            "packets counted without a flow because the flow map was full: they are in the \
+             pods' and interfaces' totals, not in any flow; raise --flow-capacity",
         ),
         (Stat::Unparsed, "packets the classifier cannot parse"),
     ] {
@@ -519,8 +520,8 @@ fn datapath_counters(st: &State) -> Check {
         "datapath-counters",
         problems,
         format!("no insert failures or unparsed packets in the last {secs} s"),
-        "insert failures lose flows: raise --flow-capacity; unparsed packets: capture some \
-         with tcpdump and run `observer replay` on them",
+        "a full flow map loses flow detail (not counts): raise --flow-capacity; unparsed \
+         packets: capture some with tcpdump and run `observer replay` on them",
         Verdict::Warn,
     )
 }

@@ -1,156 +1,21 @@
 //! The daemon on real interfaces in network namespaces: attaching (TCX and
 //! clsact), following 50 interfaces coming and going, exact counts of
-//! known traffic, and a shutdown that leaves no tc state behind.
+//! known traffic, and a shutdown that leaves no tc state behind (without
+//! pins), or that `observer cleanup` removes (with pins).
 
 mod common;
 
 use std::{
     net::UdpSocket,
-    os::fd::AsRawFd as _,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::sh;
-use observer::{cli::client::Client, export::api::InterfaceView, flows::view::FlowView};
-
-/// A network namespace removed on drop, even when the test fails.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "obst-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        sh(&["ip", "netns", "add", &name]);
-        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Netns(name)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "-n", &self.0];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["ip", "netns", "exec", &self.0];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-
-    /// Runs `f` on a thread that entered this namespace (sockets made there
-    /// stay in it).
-    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only, with a valid fd.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns")
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// `observer run` in a namespace, stopped with SIGTERM on drop.
-struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let socket = dir.path().join("api.sock");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                env!("CARGO_BIN_EXE_observer"),
-                "run",
-                "--poll-interval",
-                "200ms",
-            ])
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start observer run");
-        let d = Daemon {
-            child: Some(child),
-            socket,
-            _dir: dir,
-        };
-        d.wait_for(
-            |d| d.get::<serde_json::Value>("/v1/status").is_some(),
-            "the API socket to answer",
-        );
-        d
-    }
-
-    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(Client::new(&self.socket).get(path)).ok()
-    }
-
-    fn wait_for(&self, mut cond: impl FnMut(&Self) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if cond(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn interfaces(&self) -> Vec<InterfaceView> {
-        self.get("/v1/interfaces").expect("interfaces")
-    }
-
-    fn flows(&self) -> Vec<FlowView> {
-        self.get("/v1/flows").expect("flows")
-    }
-
-    /// SIGTERM, and the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // `ip netns exec` execs the observer: the pid is the daemon's.
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().expect("wait for daemon")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
-        }
-    }
-}
+use common::{
+    node::{Daemon, Netns},
+    sh,
+};
+use observer::flows::view::FlowView;
 
 /// Everything tc and bpftool show on an interface: empty when we left
 /// nothing behind.
@@ -178,27 +43,19 @@ fn tc_state(ns: &Netns, dev: &str) -> String {
     s.trim().to_owned()
 }
 
-fn known_udp_counts(mode: &str) {
+/// Ten datagrams each way between a pod and its node, counted exactly;
+/// then the daemon stops: without pins it leaves nothing behind, with pins
+/// its programs stay until `observer cleanup`.
+fn known_udp_counts(mode: &str, pinned: bool) {
     common::require_root();
     let node = Netns::new("node");
-    let pod = Netns::new("pod");
-    node.ip(&[
-        "link",
-        "add",
-        "cali0123456789a",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &pod.0,
-    ]);
-    node.ip(&["addr", "add", "10.99.0.1/24", "dev", "cali0123456789a"]);
-    node.ip(&["link", "set", "cali0123456789a", "up"]);
-    pod.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
-    pod.ip(&["link", "set", "eth0", "up"]);
-    let mut d = Daemon::start(&node, &["--attach-mode", mode]);
+    let pod = node.pod("cali0123456789a", "10.99.0.1", "10.99.0.2");
+    let keep = common::node::Keep::new();
+    let mut extra = vec!["--attach-mode", mode];
+    if !pinned {
+        extra.extend(["--pin-path", "none"]);
+    }
+    let mut d = Daemon::start_keeping(&node, &keep, &extra);
     d.wait_for(
         |d| {
             d.interfaces()
@@ -259,29 +116,64 @@ fn known_udp_counts(mode: &str) {
         .unwrap();
     assert_eq!((got.packets, got.bytes, got.src_port), (10, 1280, 9000));
 
+    let stopping = Instant::now();
     assert!(d.stop().success(), "daemon exits cleanly on SIGTERM");
+    let took = stopping.elapsed();
+    eprintln!("shutdown took {took:?}");
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+    let attached = |node: &Netns| {
+        let (i, e) = common::node::tcx_programs(node, "cali0123456789a");
+        let filters = tc_state(node, "cali0123456789a");
+        let ours = filters
+            .lines()
+            .filter(|l| l.contains(" bpf ") && l.contains("handle"));
+        i.len() + e.len() + ours.count()
+    };
+    if pinned {
+        // Still attached for the next daemon, until cleanup.
+        assert_eq!(attached(&node), 2, "attached after exit");
+        let out = node.exec(&[
+            env!("CARGO_BIN_EXE_observer"),
+            "cleanup",
+            "--pin-path",
+            keep.pins.to_str().unwrap(),
+            "--state-file",
+            keep.state_file().to_str().unwrap(),
+            "--socket",
+            keep.socket().to_str().unwrap(),
+        ]);
+        assert!(out.contains("removed"), "{out}");
+        assert!(!keep.pins.exists(), "cleanup removes the pins");
+        assert!(!keep.state_file().exists(), "cleanup removes the state");
+    }
     assert_eq!(
         tc_state(&node, "cali0123456789a"),
         "",
-        "no tc state left after shutdown"
+        "no tc state left after shutdown (and cleanup)"
     );
+    assert_eq!(attached(&node), 0, "no TCX link left");
 }
 
 #[test]
-fn exact_udp_counts_with_tcx() {
-    known_udp_counts("tcx");
+fn exact_udp_counts_with_tcx_and_cleanup() {
+    known_udp_counts("tcx", true);
 }
 
 #[test]
 fn exact_udp_counts_with_clsact_and_clean_shutdown() {
-    known_udp_counts("clsact");
+    known_udp_counts("clsact", false);
+}
+
+#[test]
+fn exact_udp_counts_with_clsact_and_cleanup() {
+    known_udp_counts("clsact", true);
 }
 
 #[test]
 fn follows_fifty_interfaces_coming_and_going() {
     common::require_root();
     let node = Netns::new("churn");
-    let mut d = Daemon::start(&node, &[]);
+    let mut d = Daemon::start(&node, &["--pin-path", "none"]);
     // A non-matching interface stays alone.
     node.ip(&[
         "link", "add", "other0", "type", "veth", "peer", "name", "other1",
@@ -394,15 +286,8 @@ fn tcpdump_totals(pcap: &std::path::Path, client: &str) -> ((u64, u64), (u64, u6
 fn tcp_counts_match_tcpdump() {
     common::require_root();
     let node = Netns::new("tcpn");
-    let pod = Netns::new("tcpp");
     let cali = "cali5e1f0c0ffee";
-    node.ip(&[
-        "link", "add", cali, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
-    ]);
-    node.ip(&["addr", "add", "10.99.0.1/24", "dev", cali]);
-    node.ip(&["link", "set", cali, "up"]);
-    pod.ip(&["addr", "add", "10.99.0.2/24", "dev", "eth0"]);
-    pod.ip(&["link", "set", "eth0", "up"]);
+    let pod = node.pod(cali, "10.99.0.1", "10.99.0.2");
     // One skb per wire packet, so that tcpdump's frames are the packets.
     node.exec(&[
         "ethtool", "-K", cali, "tso", "off", "gso", "off", "gro", "off",

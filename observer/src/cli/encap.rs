@@ -327,6 +327,7 @@ mod tests {
             egress_packets: 0,
             egress_bytes: 0,
             non_ip_packets: 0,
+            overflow_packets: 0,
             mtu: Some(mtu),
         }
     }

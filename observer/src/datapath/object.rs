@@ -1,11 +1,16 @@
 //! The embedded eBPF object and loading it into the kernel.
 
+use std::path::Path;
+
 use anyhow::{Context as _, Result};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 use observer_common::FLOWS_MAP;
 
+use super::pin::PINNED_MAPS;
+
 /// The kernel programs, built from `observer-ebpf` by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// Entry points, by link layer and TC hook.
 pub const ETH_INGRESS: &str = "eth_ingress";
@@ -20,10 +25,18 @@ pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS,
 
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
-pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+/// With `maps_dir`, the maps that carry counts are pinned there, or taken
+/// from there when an earlier daemon pinned them.
+pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
     raise_memlock_limit();
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(FLOWS_MAP, flow_capacity)
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(FLOWS_MAP, flow_capacity);
+    if let Some(dir) = maps_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .context("loading the eBPF object (are we root, with CAP_BPF and CAP_NET_ADMIN?)")?;
     for name in PROGRAMS {

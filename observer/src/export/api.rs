@@ -32,6 +32,10 @@ pub struct InterfaceView {
     pub egress_packets: u64,
     pub egress_bytes: u64,
     pub non_ip_packets: u64,
+    /// Packets counted without a flow because the flow map was full (in
+    /// the totals above, in no flow).
+    #[serde(default)]
+    pub overflow_packets: u64,
     /// The link's MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -58,8 +62,13 @@ pub struct StatusView {
     pub flows_tracked: usize,
     /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
     pub datapath: BTreeMap<String, u64>,
-    /// Kernel entries that vanished before we evicted them (map full).
+    /// Kernel entries that vanished before we read them out (only after a
+    /// crash: nothing else deletes flows).
     pub lru_evictions: u64,
+    /// Packets counted without a flow because the flow map was full: in
+    /// their interface's and pod's totals, in no flow.
+    #[serde(default)]
+    pub overflow_packets: u64,
     /// Per encapsulation, from outer headers on underlay devices.
     pub encap: BTreeMap<String, EncapView>,
 }
@@ -376,6 +385,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                     egress_packets: 0,
                     egress_bytes: 0,
                     non_ip_packets: s.totals.non_ip_packets,
+                    overflow_packets: s.totals.overflow.iter().map(|t| t.packets).sum(),
                     mtu: s.mtu,
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
@@ -423,6 +433,12 @@ async fn status(AxState(state): AxState<Shared>) -> Json<StatusView> {
             .map(|x| (x.name().to_owned(), s.stats[*x as usize]))
             .collect(),
         lru_evictions: st.table.lru_evictions,
+        overflow_packets: st
+            .interfaces
+            .values()
+            .flat_map(|i| i.totals.overflow)
+            .map(|t| t.packets)
+            .sum(),
         encap,
     })
 }

@@ -53,6 +53,11 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Whether a poll has completed since the start.
+    pub fn has_polled(&self) -> bool {
+        self.last_poll_ms.load(Ordering::Relaxed) != 0
+    }
+
     fn alive(&self) -> Result<(), String> {
         let last = self.last_poll_ms.load(Ordering::Relaxed);
         if last == 0 {
@@ -106,6 +111,15 @@ pub async fn serve(
 /// Prometheus' plain text format. Encoded off the async workers: with many
 /// series it takes a while, and the poll loop waits for the same lock.
 async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    // Before the first poll a counter taken over from an earlier daemon
+    // may not have caught up with what that one last served.
+    if !s.health.has_polled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: not polled yet\n",
+        )
+            .into_response();
+    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
