@@ -211,11 +211,20 @@ impl Daemon {
         rt.block_on(Client::new(&self.socket).get(path)).ok()
     }
 
-    pub fn wait_for(&self, mut cond: impl FnMut(&Self) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
+    pub fn wait_for(&self, cond: impl FnMut(&Self) -> bool, what: &str) {
+        self.wait_within(Duration::from_secs(15), cond, what);
+    }
+
+    pub fn wait_within(
+        &self,
+        limit: Duration,
+        mut cond: impl FnMut(&Self) -> bool,
+        what: &str,
+    ) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < limit {
             if cond(self) {
-                return;
+                return started.elapsed();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
