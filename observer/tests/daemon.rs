@@ -1,13 +1,15 @@
 //! The daemon on real interfaces in network namespaces: attaching (TCX and
 //! clsact), following 50 interfaces coming and going, exact counts of
-//! known traffic, and a shutdown that leaves no tc state behind.
+//! known traffic, and a shutdown that leaves no tc state behind. And the
+//! daemon under abuse: idle and oversized clients, a second daemon on its
+//! socket.
 
 mod common;
 
 use std::{
     net::UdpSocket,
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -72,39 +74,53 @@ impl Drop for Netns {
 struct Daemon {
     child: Option<Child>,
     socket: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Daemon {
     fn start(ns: &Netns, extra: &[&str]) -> Self {
+        Self::start_with(ns, extra, |_| {})
+    }
+
+    /// [`start`](Self::start) with `tweak` applied to the command.
+    fn start_with(ns: &Netns, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("api.sock");
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                env!("CARGO_BIN_EXE_observer"),
-                "run",
-                "--poll-interval",
-                "200ms",
-            ])
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start observer run");
-        let d = Daemon {
-            child: Some(child),
-            socket,
-            _dir: dir,
-        };
+        let mut d = Self::spawn(ns, &socket, extra, tweak);
+        d._dir = Some(dir);
         d.wait_for(
             |d| d.get::<serde_json::Value>("/v1/status").is_some(),
             "the API socket to answer",
         );
         d
+    }
+
+    /// `observer run --socket socket extra...` in `ns` (polling every
+    /// 200ms unless `extra` says), with `tweak` applied to the command;
+    /// does not wait for it.
+    fn spawn(ns: &Netns, socket: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.0,
+            env!("CARGO_BIN_EXE_observer"),
+            "run",
+        ])
+        .arg("--socket")
+        .arg(socket)
+        .args(extra)
+        .stdout(Stdio::null());
+        if !extra.contains(&"--poll-interval") {
+            cmd.args(["--poll-interval", "200ms"]);
+        }
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("start observer run");
+        Daemon {
+            child: Some(child),
+            socket: socket.to_owned(),
+            _dir: None,
+        }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Option<T> {
@@ -136,10 +152,15 @@ impl Daemon {
 
     /// SIGTERM, and the exit status.
     fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    fn signal(&mut self, signal: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         // `ip netns exec` execs the observer: the pid is the daemon's.
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         child.wait().expect("wait for daemon")
     }
 }
@@ -506,4 +527,326 @@ fn tcp_counts_match_tcpdump() {
         ),
         (7000, true, true)
     );
+}
+
+/// The metrics port of a [`Daemon`] (its default address), inside its
+/// namespace.
+const METRICS: &str = "127.0.0.1:9477";
+
+/// The status code of an HTTP answer; 0 when there was none.
+fn status_of(answer: &[u8]) -> u16 {
+    String::from_utf8_lossy(answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Writes `request` as is and reads the answer until the server closes;
+/// its status.
+fn exchange(mut stream: impl std::io::Read + std::io::Write, request: &[u8]) -> u16 {
+    // The server may stop reading (and answer) before the end of it.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    status_of(&answer)
+}
+
+fn tcp_connect(address: &str) -> std::net::TcpStream {
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let s = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+fn unix_connect(socket: &Path) -> std::os::unix::net::UnixStream {
+    let s = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// GET `path` from the metrics port in `ns`: (status, body, time taken).
+fn metrics_get(ns: &Netns, path: &str) -> (u16, String, Duration) {
+    ns.within(|| {
+        use std::io::{Read as _, Write as _};
+        let started = Instant::now();
+        let mut s = tcp_connect(METRICS);
+        write!(s, "GET {path} HTTP/1.0\r\nHost: observer\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+        (
+            status_of(&answer),
+            body.unwrap_or_default(),
+            started.elapsed(),
+        )
+    })
+}
+
+/// Lowers the soft limit on open files of the command's process.
+fn soft_fd_limit(cmd: &mut Command, soft: u64) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only getrlimit/setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = soft.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// A client socket that can wait for its peer to close it.
+trait Idle: std::io::Read {
+    fn wait_at_most(&self, t: Duration);
+}
+
+impl Idle for std::net::TcpStream {
+    fn wait_at_most(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+impl Idle for std::os::unix::net::UnixStream {
+    fn wait_at_most(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+/// Whether the peer closed `s` before `deadline`.
+fn closed_by_peer(s: &mut impl Idle, deadline: Instant) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.wait_at_most(left);
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            // Reset: closed all the same.
+            Err(_) => return true,
+        }
+    }
+}
+
+/// 300 idle connections on the metrics port and 300 on the API socket,
+/// to a daemon started with a soft limit of 256 open files (as some
+/// runtimes start it): `/healthz` and the CLI still answer within a
+/// second, and the daemon closes the idle ones after its idle timeout.
+#[test]
+fn idle_clients_never_starve_the_daemon_and_are_closed() {
+    use observer::export::serve::IDLE_TIMEOUT;
+    common::require_root();
+    let node = Netns::new("idle");
+    let d = Daemon::start_with(&node, &[], |c| soft_fd_limit(c, 256));
+    let opened = Instant::now();
+    let mut tcp: Vec<_> = node.within(|| (0..300).map(|_| tcp_connect(METRICS)).collect());
+    let mut unix: Vec<_> = (0..300).map(|_| unix_connect(&d.socket)).collect();
+    // Time for the daemon to accept them all.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (status, body, healthz) = metrics_get(&node, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"), "/healthz");
+    let started = Instant::now();
+    let out = common::lab::run(&["status", "--socket", d.socket.to_str().unwrap()]);
+    let cli = started.elapsed();
+    assert!(
+        out.status.success(),
+        "observer status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "with 600 idle clients: /healthz answered in {healthz:?}, observer status in {cli:?}"
+    );
+    assert!(
+        healthz < Duration::from_secs(1),
+        "/healthz took {healthz:?}"
+    );
+    assert!(cli < Duration::from_secs(1), "observer status took {cli:?}");
+
+    let deadline = opened + IDLE_TIMEOUT + Duration::from_secs(5);
+    for (i, s) in tcp.iter_mut().enumerate() {
+        assert!(
+            closed_by_peer(s, deadline),
+            "idle TCP client {i} still open after {:?}",
+            opened.elapsed()
+        );
+    }
+    for (i, s) in unix.iter_mut().enumerate() {
+        assert!(
+            closed_by_peer(s, deadline),
+            "idle API client {i} still open after {:?}",
+            opened.elapsed()
+        );
+    }
+    let closed = opened.elapsed();
+    eprintln!("all 600 idle clients closed {closed:?} after they connected");
+    assert!(
+        closed > IDLE_TIMEOUT - Duration::from_secs(1),
+        "closed early: {closed:?}"
+    );
+    assert!(
+        d.get::<serde_json::Value>("/v1/status").is_some(),
+        "still answering"
+    );
+}
+
+/// Request heads and bodies beyond the bounds are refused on both
+/// listeners; ordinary requests are served.
+#[test]
+fn oversized_requests_are_refused() {
+    common::require_root();
+    let node = Netns::new("big");
+    let d = Daemon::start(&node, &[]);
+    let request = |path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: observer\r\nConnection: close\r\n{extra}\r\n")
+    };
+    let big_head = |path| request(path, &format!("X-Filler: {}\r\n", "a".repeat(64 * 1024)));
+    // Announces 1 MiB, sends 8 KiB of it.
+    let big_body = |path| request(path, "Content-Length: 1048576\r\n") + &"b".repeat(8192);
+    let tcp = |r: String| node.within(|| exchange(tcp_connect(METRICS), r.as_bytes()));
+    let unix = |r: String| exchange(unix_connect(&d.socket), r.as_bytes());
+
+    assert_eq!(tcp(request("/healthz", "")), 200);
+    assert_eq!(
+        tcp(big_head("/healthz")),
+        431,
+        "a 64 KiB head on the metrics port"
+    );
+    assert_eq!(
+        tcp(big_body("/healthz")),
+        413,
+        "a 1 MiB body on the metrics port"
+    );
+    assert_eq!(unix(request("/v1/status", "")), 200);
+    assert_eq!(
+        unix(big_head("/v1/status")),
+        431,
+        "a 64 KiB head on the API socket"
+    );
+    assert_eq!(
+        unix(big_body("/v1/status")),
+        413,
+        "a 1 MiB body on the API socket"
+    );
+    assert!(
+        d.get::<serde_json::Value>("/v1/status").is_some(),
+        "still answering"
+    );
+}
+
+/// Runs `cmd` for at most `limit`; its output (killed if still running).
+fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("try_wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("output")
+}
+
+/// A second `observer run` on a live socket exits 1 saying so, before it
+/// attaches anything, and the first keeps answering on its socket; once
+/// the first is killed, its stale socket is replaced.
+#[test]
+fn a_second_daemon_is_refused_and_a_stale_socket_replaced() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    common::require_root();
+    let node = Netns::new("twice");
+    node.ip(&[
+        "link",
+        "add",
+        "cali0000000aaaa",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ]);
+    let mut first = Daemon::start(&node, &[]);
+    first.wait_for(
+        |d| d.interfaces().iter().any(|i| i.attached_via.is_some()),
+        "the cali interface attached",
+    );
+    let socket = first.socket.clone();
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the API socket's mode"
+    );
+    let pid = first.child.as_ref().unwrap().id();
+
+    let mut second = Command::new("ip");
+    second
+        .args([
+            "netns",
+            "exec",
+            &node.0,
+            env!("CARGO_BIN_EXE_observer"),
+            "run",
+            "--socket",
+        ])
+        .arg(&socket);
+    let started = Instant::now();
+    let out = output_within(second, Duration::from_secs(10));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("the second daemon exited in {:?}", started.elapsed());
+    assert!(
+        first.get::<serde_json::Value>("/v1/status").is_some(),
+        "the first answers: {stderr}"
+    );
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().ino(),
+        meta.ino(),
+        "its socket is untouched: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let want = format!(
+        "error: another observer daemon (pid {pid}) is already running with --socket {}",
+        socket.display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        !stderr.contains("attached"),
+        "it attached before refusing: {stderr}"
+    );
+
+    // A dead daemon's socket: nothing answers on it.
+    assert!(!first.signal(libc::SIGKILL).success());
+    assert!(socket.exists());
+    let third = Daemon::spawn(&node, &socket, &[], |_| {});
+    third.wait_for(
+        |d| d.get::<serde_json::Value>("/v1/status").is_some(),
+        "a new daemon on the stale socket",
+    );
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 }
