@@ -123,6 +123,7 @@ fn checks(st: &State, kernel: &Hooks) -> Vec<Check> {
         mtus(st, m),
         ipvs_backends(m),
         datapath_counters(st),
+        name_sources(m),
     ]
 }
 
@@ -487,6 +488,24 @@ fn ipvs_backends(m: &Model) -> Check {
         problems,
         format!("{compared} IPVS virtual services match their EndpointSlices"),
         "kube-proxy is behind: check its logs and `ipvsadm -Ln`",
+        Verdict::Fail,
+    )
+}
+
+/// Every source of names decodes. One that does not keeps its last good
+/// state, which goes stale while the file stays wrong.
+fn name_sources(m: &Model) -> Check {
+    let problems = m
+        .source_errors()
+        .iter()
+        .map(|e| format!("{}: {}", e.source, e.error))
+        .collect();
+    Check::new(
+        "name-sources",
+        problems,
+        "every source of names decodes".into(),
+        "fix or remove the file named: until it decodes, the names read before it broke are \
+         kept and new pods stay unnamed",
         Verdict::Fail,
     )
 }

@@ -2,7 +2,7 @@
 //! clsact), following 50 interfaces coming and going, exact counts of
 //! known traffic, and a shutdown that leaves no tc state behind. And the
 //! daemon under abuse: idle and oversized clients, a second daemon on its
-//! socket.
+//! socket, objects that do not decode.
 
 mod common;
 
@@ -849,4 +849,112 @@ fn a_second_daemon_is_refused_and_a_stale_socket_replaced() {
     );
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+/// A pod as `kubectl get pod -o json` prints it.
+fn pod_object(name: &str, ip: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "i"}]},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}]}
+    })
+}
+
+/// `observer doctor -o json` against `socket`: (exit success, checks).
+fn doctor(socket: &Path) -> (bool, Vec<observer::doctor::Check>) {
+    let out = common::lab::run(&["doctor", "--socket", socket.to_str().unwrap(), "-o", "json"]);
+    let checks = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), checks)
+}
+
+fn check(checks: Vec<observer::doctor::Check>, name: &str) -> observer::doctor::Check {
+    checks.into_iter().find(|c| c.name == name).expect(name)
+}
+
+/// `observer_source_synced{source="objects"}` as the daemon in `ns` says.
+fn objects_synced(ns: &Netns) -> Option<f64> {
+    let (_, body, _) = metrics_get(ns, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with("observer_source_synced{") && l.contains(r#"source="objects""#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A wrong-shaped and a garbage objects file: the names read before stay,
+/// `observer_source_synced` says 0, the doctor names the file and what is
+/// wrong, and the daemon logs each once; fixed, all is well again.
+#[test]
+fn objects_that_do_not_decode_keep_their_names_and_say_so() {
+    use observer::{doctor::Verdict, export::api::PodView};
+    common::require_root();
+    let node = Netns::new("objs");
+    let objects = tempfile::tempdir().unwrap();
+    let pods = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [pod_object("web-1", "10.99.0.2")]});
+    std::fs::write(objects.path().join("pods.json"), pods.to_string()).unwrap();
+    let log = objects.path().join("daemon.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let dir = objects.path().to_str().unwrap();
+    let mut d = Daemon::start_with(
+        &node,
+        &["--node-name", "node1", "--objects-dir", dir],
+        |c| {
+            c.stderr(log_file);
+        },
+    );
+    let named = |d: &Daemon| {
+        d.get::<Vec<PodView>>("/v1/pods").is_some_and(|pods| {
+            pods.iter()
+                .any(|p| p.name == "web-1" && p.networks == ["10.99.0.2/32"])
+        })
+    };
+    d.wait_for(
+        |d| named(d) && objects_synced(&node) == Some(1.0),
+        "names from the objects",
+    );
+
+    let bad = objects.path().join("bad.json");
+    for (text, why) in [
+        (r#"{"items":5}"#, "an object has no `kind`"),
+        (r#"{"kind": "PodList", "items": [{"#, "is not JSON"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        d.wait_for(
+            |_| objects_synced(&node) == Some(0.0),
+            "objects source_synced 0",
+        );
+        let sources = |d: &Daemon| check(doctor(&d.socket).1, "name-sources");
+        // The doctor names the file and what is wrong with it.
+        d.wait_for(
+            |d| {
+                sources(d).evidence.iter().any(|e| e.contains(why))
+                    && objects_synced(&node) == Some(0.0)
+            },
+            "the doctor to see the new error, and source_synced 0",
+        );
+        let sources = sources(&d);
+        assert_eq!(sources.verdict, Verdict::Fail, "{sources:?}");
+        let evidence = sources.evidence.join("\n");
+        assert!(
+            evidence.starts_with("objects: ") && evidence.contains(bad.to_str().unwrap()),
+            "{evidence}"
+        );
+        assert!(named(&d), "the names read before are kept");
+    }
+    std::fs::remove_file(&bad).unwrap();
+    d.wait_for(
+        |_| objects_synced(&node) == Some(1.0),
+        "objects source_synced 1 again",
+    );
+    assert_eq!(
+        check(doctor(&d.socket).1, "name-sources").verdict,
+        Verdict::Ok
+    );
+    assert!(d.stop().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("keeping the names read before").count(),
+        2,
+        "once per error: {log}"
+    );
 }
