@@ -2,7 +2,8 @@
 //! clsact), following 50 interfaces coming and going, exact counts of
 //! known traffic, and a shutdown that leaves no tc state behind. And the
 //! daemon under abuse: idle and oversized clients, a second daemon on its
-//! socket, objects that do not decode.
+//! socket, objects that do not decode, a doctor asked right after a route
+//! went away.
 
 mod common;
 
@@ -957,4 +958,79 @@ fn objects_that_do_not_decode_keep_their_names_and_say_so() {
         2,
         "once per error: {log}"
     );
+}
+
+/// The doctor asks the kernel when it runs: a pod route deleted a moment
+/// before is missing at once, though the daemon (polling every 30 s here)
+/// has not looked again.
+#[test]
+fn doctor_reads_the_kernel_at_the_moment_it_runs() {
+    use observer::doctor::Verdict;
+    common::require_root();
+    let node = Netns::new("docn");
+    let pod = Netns::new("docp");
+    let cali = observer::model::calico_interface("cali", "default", "web-1");
+    node.ip(&[
+        "link", "add", &cali, "type", "veth", "peer", "name", "eth0", "netns", &pod.0,
+    ]);
+    node.ip(&["link", "set", &cali, "up"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    node.ip(&[
+        "route",
+        "add",
+        "10.99.0.2/32",
+        "dev",
+        &cali,
+        "scope",
+        "link",
+    ]);
+    let objects = tempfile::tempdir().unwrap();
+    std::fs::write(
+        objects.path().join("pod.json"),
+        pod_object("web-1", "10.99.0.2").to_string(),
+    )
+    .unwrap();
+    let dir = objects.path().to_str().unwrap();
+    let d = Daemon::start(
+        &node,
+        &[
+            "--poll-interval",
+            "30s",
+            "--node-name",
+            "node1",
+            "--objects-dir",
+            dir,
+        ],
+    );
+    d.wait_for(
+        |d| {
+            d.interfaces()
+                .iter()
+                .any(|i| i.name == cali && i.attached_via.is_some())
+        },
+        "the pod interface attached",
+    );
+    let routes = |d: &Daemon| check(doctor(&d.socket).1, "pod-routes-and-interfaces");
+    let before = routes(&d);
+    assert_eq!(before.verdict, Verdict::Ok, "{before:?}");
+
+    node.ip(&["route", "del", "10.99.0.2/32", "dev", &cali]);
+    let after = routes(&d);
+    assert_eq!(after.verdict, Verdict::Fail, "{after:?}");
+    assert_eq!(
+        after.evidence,
+        [format!(
+            "default/web-1: no route to 10.99.0.2 dev {cali} (Felix programs one per pod IP)"
+        )]
+    );
+    node.ip(&[
+        "route",
+        "add",
+        "10.99.0.2/32",
+        "dev",
+        &cali,
+        "scope",
+        "link",
+    ]);
+    assert_eq!(routes(&d).verdict, Verdict::Ok, "the route is back");
 }
