@@ -198,19 +198,21 @@ impl Names {
 struct ObjectsDir {
     last_good: ClusterObjects,
     loaded: bool,
-    /// The stamp of the last read, good or bad: re-read only on a change.
+    /// The stamp of the last read: re-read when it changes, and at every
+    /// poll while failing (a write that raced a read may leave the stamp
+    /// as it was).
     stamp: Option<Option<std::time::SystemTime>>,
     error: Option<SourceError>,
 }
 
 impl ObjectsDir {
     /// Re-reads `dir` if it changed. A read that fails keeps the names of
-    /// the last good one and is logged once, not at every poll. Returns
-    /// whether the model must be rebuilt: new names, or a new error for
-    /// the doctor to show.
+    /// the last good one and is logged once per error, not at every poll.
+    /// Returns whether the model must be rebuilt: new names, or a new
+    /// error for the doctor to show.
     fn refresh(&mut self, dir: &std::path::Path) -> bool {
         let stamp = dir_stamp(dir);
-        if self.stamp == Some(stamp) {
+        if self.error.is_none() && self.stamp == Some(stamp) {
             return false;
         }
         self.stamp = Some(stamp);
