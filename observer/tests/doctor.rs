@@ -69,8 +69,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
         "1",
     ]);
 
-    // Route changes reach the daemon by netlink; give it a poll.
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // No wait: the doctor asks the kernel when it runs.
     let (ok, checks) = lab.doctor("node1");
     assert!(!ok, "doctor exited 0 with faults: {checks:#?}");
     let pods = check(&checks, "pod-routes-and-interfaces");

@@ -86,6 +86,8 @@ pub struct State {
 pub type Shared = Arc<RwLock<State>>;
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    // First, before anything is loaded: the only daemon on this socket.
+    let _claim = crate::export::prepare(&args).await?;
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
     let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;

@@ -1,7 +1,7 @@
 //! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
 //! shows comes from here.
 
-use std::{collections::BTreeMap, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State as AxState, routing::get};
@@ -73,42 +73,27 @@ pub struct StatusView {
     pub encap: BTreeMap<String, EncapView>,
 }
 
-/// Binds the socket (replacing a stale one), restricts it to root, and
-/// serves until the returned task is aborted.
+/// Binds the socket (mode 0600 from the start; [`super::prepare`] has
+/// removed a stale one) and serves until the returned task is aborted.
 pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding the API socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server failed: {e}");
-        }
-    }))
+    let listener = super::socket::bind(socket)?;
+    Ok(super::serve::spawn(listener, router(state), "API socket"))
 }
 
 /// Also serves the API on TCP (`--api-address`): no authentication, so
-/// for loopback or a trusted network only.
+/// loopback unless `--api-allow-remote` (checked at start).
 pub async fn serve_tcp(address: std::net::SocketAddr, state: Shared) -> Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the API address {address}"))?;
-    let app = router(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server failed: {e}");
-        }
-    }))
+    if !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "the JSON API listens beyond loopback (--api-allow-remote) and has no \
+             authentication: whoever reaches {address} reads every flow"
+        );
+    }
+    Ok(super::serve::spawn(listener, router(state), "API address"))
 }
 
 /// Every API route.

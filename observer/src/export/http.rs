@@ -83,6 +83,9 @@ fn now_ms() -> u64 {
 struct Shared {
     metrics: Arc<Mutex<Metrics>>,
     health: Arc<Health>,
+    /// One encoding at a time: the poll loop waits for the same lock, and
+    /// many scrapes at once would make it wait behind each of them.
+    encoding: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn serve(
@@ -99,12 +102,12 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, health });
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server failed: {e}");
-        }
-    }))
+        .with_state(Shared {
+            metrics,
+            health,
+            encoding: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
+    Ok(super::serve::spawn(listener, app, "metrics"))
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else
@@ -125,6 +128,9 @@ async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
+    let Ok(_turn) = s.encoding.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
     let metrics = s.metrics.clone();
     let text = tokio::task::spawn_blocking(move || {
         metrics

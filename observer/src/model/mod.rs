@@ -138,6 +138,18 @@ pub struct Model {
     routes: Arc<RouteTable>,
     local_node: Option<String>,
     calico: CalicoView,
+    /// Sources of names whose last read failed (their last good state is
+    /// what the model holds).
+    source_errors: Vec<SourceError>,
+}
+
+/// A source of names whose input did not decode, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceError {
+    /// `objects`, ...: as `observer_source_synced` labels it.
+    pub source: String,
+    /// What is wrong, naming the file.
+    pub error: String,
 }
 
 impl Model {
@@ -217,6 +229,14 @@ impl Model {
             .pick_local_subnets(self.local_node.as_deref(), interfaces);
         self.calico.bgp = bgp;
         self.calico.cni = cni;
+    }
+
+    pub fn set_source_errors(&mut self, errors: Vec<SourceError>) {
+        self.source_errors = errors;
+    }
+
+    pub fn source_errors(&self) -> &[SourceError] {
+        &self.source_errors
     }
 
     /// Whether `ip` lives on this node: a local pod interface's or in a

@@ -156,46 +156,82 @@ pub struct Daemon {
 impl Daemon {
     /// A daemon with pins and state of its own.
     pub fn start(ns: &Netns, extra: &[&str]) -> Self {
+        Self::start_with(ns, extra, |_| {})
+    }
+
+    /// [`start`](Self::start) with `tweak` applied to the command.
+    pub fn start_with(ns: &Netns, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Self {
         let keep = Keep::new();
-        let mut d = Self::start_keeping(ns, &keep, extra);
+        let mut d = Self::spawn_with(ns, &keep.socket(), &keep.args(), extra, tweak);
         d._keep = Some(keep);
+        d.wait_answers();
         d
     }
 
     /// A daemon using `keep`'s socket, pins and state file: one started
     /// after it on the same `keep` takes over from it.
     pub fn start_keeping(ns: &Netns, keep: &Keep, extra: &[&str]) -> Self {
-        let socket = keep.socket();
-        // `--pin-path none` in `extra` wins over the keep's pins.
-        let mut own = keep.args();
-        if extra.contains(&"--pin-path") {
-            own.truncate(2);
+        let d = Self::spawn_with(ns, &keep.socket(), &keep.args(), extra, |_| {});
+        d.wait_answers();
+        d
+    }
+
+    /// `observer run --socket socket extra...` in `ns`, pinning nothing
+    /// unless `extra` says, with `tweak` applied to the command; does not
+    /// wait for it.
+    pub fn spawn(
+        ns: &Netns,
+        socket: &Path,
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Self {
+        let own = ["--socket".into(), socket.display().to_string()];
+        Self::spawn_with(ns, socket, &own, extra, tweak)
+    }
+
+    fn spawn_with(
+        ns: &Netns,
+        socket: &Path,
+        own: &[String],
+        extra: &[&str],
+        tweak: impl FnOnce(&mut Command),
+    ) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &ns.0,
+            env!("CARGO_BIN_EXE_observer"),
+            "run",
+        ]);
+        // What `extra` gives wins over our own settings.
+        let given = |flag: &str| extra.contains(&flag);
+        for pair in own.chunks(2) {
+            if !given(&pair[0]) {
+                cmd.args(pair);
+            }
         }
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.0,
-                env!("CARGO_BIN_EXE_observer"),
-                "run",
-                "--poll-interval",
-                "200ms",
-            ])
-            .args(own)
-            .args(extra)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start observer run");
-        let d = Daemon {
+        if !given("--pin-path") && !own.iter().any(|a| a == "--pin-path") {
+            cmd.args(["--pin-path", "none"]);
+        }
+        if !given("--poll-interval") {
+            cmd.args(["--poll-interval", "200ms"]);
+        }
+        cmd.args(extra).stdout(Stdio::null());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("start observer run");
+        Daemon {
             child: Some(child),
-            socket,
+            socket: socket.to_owned(),
             _keep: None,
-        };
-        d.wait_for(
+        }
+    }
+
+    fn wait_answers(&self) {
+        self.wait_for(
             |d| d.get::<serde_json::Value>("/v1/status").is_some(),
             "the API socket to answer",
         );
-        d
     }
 
     pub fn pid(&self) -> i32 {
