@@ -424,7 +424,7 @@ pub async fn our_filters(ifindex: u32, egress: bool) -> Result<Vec<OurFilter>> {
             let program = name?;
             ATTACHED_PROGRAMS
                 .iter()
-                .any(|p| program.trim_end_matches(|c: char| c == '\0') == *p)
+                .any(|p| program.trim_end_matches('\0') == *p)
                 .then(|| OurFilter {
                     handle: u32::from(f.header.handle),
                     program,
