@@ -52,6 +52,8 @@ pub struct FlowEntry {
     kernel_first_seen: u64,
     in_kernel: bool,
     seen_in_poll: u64,
+    /// The last poll its counts grew in.
+    grew_in_poll: u64,
 }
 
 impl FlowEntry {
@@ -100,6 +102,7 @@ impl FlowTable {
                 kernel_first_seen: s.first_seen_jiffies,
                 in_kernel: true,
                 seen_in_poll: poll,
+                grew_in_poll: poll,
             }
         });
         let before = e.counters();
@@ -128,6 +131,7 @@ impl FlowTable {
         e.seen_in_poll = poll;
         let after = e.counters();
         if after != before {
+            e.grew_in_poll = poll;
             // Totals only grow; saturating all the same, so that no
             // exported counter can ever go down.
             let growth = Counters {
@@ -151,8 +155,9 @@ impl FlowTable {
     }
 
     /// [`end_poll`](Self::end_poll), and also, when more than `keep`
-    /// entries would stay in the kernel map, the least recently seen ones
-    /// beyond `keep`: room for new flows before the next poll. Evicting
+    /// entries would stay in the kernel map, the least recently seen of
+    /// those that did not grow in this poll, down to `keep` (flows still
+    /// active stay): room for new flows before the next poll. Evicting
     /// reads final counts, so this costs flow detail, never counts.
     pub fn end_poll_keeping(
         &mut self,
@@ -162,7 +167,8 @@ impl FlowTable {
     ) -> Vec<FlowKey> {
         let poll = self.poll;
         let mut idle = Vec::new();
-        let mut staying = Vec::new();
+        let mut quiet = Vec::new();
+        let mut in_kernel = 0usize;
         let mut lru = 0;
         self.entries.retain(|key, e| {
             if e.in_kernel && e.seen_in_poll != poll {
@@ -175,17 +181,20 @@ impl FlowTable {
             if e.in_kernel {
                 if e.last_seen < idle_before {
                     idle.push(*key);
-                } else if keep != usize::MAX {
-                    staying.push((e.last_seen, *key));
+                } else {
+                    in_kernel += 1;
+                    if keep != usize::MAX && e.grew_in_poll != poll {
+                        quiet.push((e.last_seen, *key));
+                    }
                 }
             }
             e.in_kernel || e.last_seen >= forget_before
         });
         self.lru_evictions += lru;
-        if staying.len() > keep {
-            let extra = staying.len() - keep;
-            staying.select_nth_unstable_by_key(extra - 1, |(seen, _)| *seen);
-            idle.extend(staying[..extra].iter().map(|(_, k)| *k));
+        let extra = in_kernel.saturating_sub(keep).min(quiet.len());
+        if extra > 0 {
+            quiet.select_nth_unstable_by_key(extra - 1, |(seen, _)| *seen);
+            idle.extend(quiet[..extra].iter().map(|(_, k)| *k));
         }
         idle
     }
@@ -412,19 +421,27 @@ mod tests {
     }
 
     #[test]
-    fn past_the_room_to_keep_the_least_recently_seen_go() {
+    fn past_the_room_to_keep_the_least_recently_seen_quiet_ones_go() {
         let mut t = FlowTable::default();
         t.begin_poll();
         for port in 1..=6 {
             t.observe(&key(port), &stats(1, 100, 100 + port as u64));
         }
-        // Port 1 is idle; of the five others, keep three: 2 and 3 go.
-        let mut out = t.end_poll_keeping(102, 0, 3);
-        out.sort_by_key(|k| k.src_port);
-        assert_eq!(out, [key(1), key(2), key(3)]);
+        // All new, so all grew: only the idle one (port 1) goes.
+        assert_eq!(t.end_poll_keeping(102, 0, 3), [key(1)]);
+        // Ports 2..=4 quiet, 5 and 6 grew: keep three, so 2 and 3 go.
         t.begin_poll();
-        for port in 1..=6 {
-            t.observe(&key(port), &stats(1, 100, 100 + port as u64));
+        for port in 2..=6 {
+            let n = if port >= 5 { 2 } else { 1 };
+            t.observe(&key(port), &stats(n, 100 * n, 100 + port as u64));
+        }
+        let mut out = t.end_poll_keeping(0, 0, 3);
+        out.sort_by_key(|k| k.src_port);
+        assert_eq!(out, [key(2), key(3)]);
+        // Within the room: nothing.
+        t.begin_poll();
+        for port in 2..=6 {
+            t.observe(&key(port), &stats(2, 200, 200));
         }
         assert_eq!(t.end_poll_keeping(0, 0, 10), []);
     }
