@@ -1,7 +1,7 @@
 //! The embedded eBPF object and loading it into the kernel.
 
-use anyhow::{Context as _, Result};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
 use observer_common::FLOWS_MAP;
 
 /// The kernel programs, built from `observer-ebpf` by `build.rs`.
@@ -21,6 +21,7 @@ pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS,
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
 pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+    check_kernel()?;
     raise_memlock_limit();
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(FLOWS_MAP, flow_capacity)
@@ -41,6 +42,28 @@ pub fn load(flow_capacity: u32) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// The oldest kernel the programs and the daemon's map reads work on:
+/// `BPF_MAP_LOOKUP_BATCH` came in 5.6, `bpf_jiffies64` in 5.5. Older ones
+/// are told so in one line rather than with the verifier's log.
+fn check_kernel() -> Result<()> {
+    // A version we cannot read is left to the kernel to judge.
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 6, 0)) {
+        bail!(
+            "observer needs Linux 5.6 or newer (batched map reads, bpf_jiffies64); \
+             this kernel is {}",
+            kernel_release()
+        );
+    }
+    Ok(())
+}
+
+/// `uname -r`, for messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so that
