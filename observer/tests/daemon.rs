@@ -116,7 +116,7 @@ impl Daemon {
     }
 
     fn wait_for(&self, mut cond: impl FnMut(&Self) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + common::patience(15);
         while Instant::now() < deadline {
             if cond(self) {
                 return;
@@ -487,7 +487,7 @@ fn tcp_counts_match_tcpdump() {
         let get = |dir| flows.iter().find(tcp(dir)).map(|f| (f.packets, f.bytes));
         (get("egress"), get("ingress"))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     while counts(&d) != (Some(up), Some(down)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
