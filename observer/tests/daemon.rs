@@ -376,7 +376,7 @@ fn tcp_counts_match_tcpdump() {
         let get = |dir| flows.iter().find(tcp(dir)).map(|f| (f.packets, f.bytes));
         (get("egress"), get("ingress"))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     while counts(&d) != (Some(up), Some(down)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
