@@ -705,8 +705,10 @@ mod tests {
                     weight: 1,
                     active_conns: 0,
                     inactive_conns: 0,
+                    stats: None,
                 })
                 .collect(),
+            stats: None,
         }]);
         m
     }

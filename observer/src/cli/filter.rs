@@ -278,8 +278,7 @@ pub(crate) mod tests {
             name: "kube-dns".into(),
             port: "dns".into(),
             via: "endpoint".into(),
-            backend: None,
-            backend_pod: None,
+            ..Default::default()
         });
         f
     }

@@ -143,7 +143,12 @@ pub fn flow_rows_table(flows: &[FlowRow], wide: bool) -> String {
                     bytes(f.overhead_bytes),
                     f.service.as_ref().map_or_else(
                         || "-".into(),
-                        |s| format!("{}/{}:{} ({})", s.namespace, s.name, s.port, s.via),
+                        |s| match (&s.backend_pod, &s.backend) {
+                            (Some(b), _) | (None, Some(b)) if s.via == "vip" => {
+                                format!("{} (vip -> {b})", s.label())
+                            }
+                            _ => format!("{} ({})", s.label(), s.via),
+                        },
                     ),
                     f.peer_node.clone().unwrap_or_else(|| "-".into()),
                     f.tcp_flags.clone(),
@@ -233,11 +238,37 @@ pub(crate) fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
 }
 
 /// Like `ipvsadm -Ln`: a virtual service per line, its backends under it.
+/// Where IPVS serves them (kube-proxy's IPVS mode), like `ipvsadm -Ln
+/// --stats` instead, with what this node counted beside IPVS's numbers.
 pub fn services_text(list: &[ServiceView]) -> String {
     if list.is_empty() {
         return "no Services known (give the daemon --objects-dir or a Kubernetes API)\n"
             .to_owned();
     }
+    let (ipvs, plain): (Vec<&ServiceView>, Vec<&ServiceView>) =
+        list.iter().partition(|s| !s.ipvs.is_empty());
+    let mut out = String::new();
+    if !ipvs.is_empty() {
+        out.push_str(&ipvs_text(&ipvs));
+    }
+    if !plain.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&plain_services_text(&plain));
+    }
+    out
+}
+
+fn service_name(s: &ServiceView) -> String {
+    if s.name.is_empty() {
+        "(IPVS, no Service)".into()
+    } else {
+        format!("{}/{}:{}", s.namespace, s.name, s.port)
+    }
+}
+
+fn plain_services_text(list: &[&ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in list {
         rows.push(vec![
@@ -246,7 +277,7 @@ pub fn services_text(list: &[ServiceView]) -> String {
             if s.name.is_empty() {
                 format!("(IPVS, no Service) :{}", s.port)
             } else {
-                format!("{}/{}:{}", s.namespace, s.name, s.port)
+                service_name(s)
             },
             count(s.vip_packets),
             bytes(s.vip_bytes),
@@ -272,6 +303,82 @@ pub fn services_text(list: &[ServiceView]) -> String {
             "PROT",
             "LOCAL ADDRESS",
             "SERVICE / BACKEND",
+            "PACKETS",
+            "BYTES",
+        ],
+        &rows,
+    )
+}
+
+/// `ipvsadm -Ln --stats` with names: per virtual service its scheduler and
+/// IPVS's counters, per real server its forwarding method, weight and
+/// connections; then the Service or pod, and what this node counted (sent
+/// to the VIP by local pods; per real server, on the connections IPVS gave
+/// it).
+fn ipvs_text(list: &[&ServiceView]) -> String {
+    let stats = |s: Option<crate::sources::ipvs::IpvsStats>| match s {
+        Some(s) => vec![
+            count(s.connections),
+            count(s.in_packets),
+            count(s.out_packets),
+            bytes(s.in_bytes),
+            bytes(s.out_bytes),
+        ],
+        None => vec!["-".into(); 5],
+    };
+    let mut rows = Vec::new();
+    for s in list {
+        for v in &s.ipvs {
+            let (proto, vip) = v
+                .virtual_service
+                .split_once(' ')
+                .unwrap_or(("", &v.virtual_service));
+            let mut row = vec![
+                proto.to_owned(),
+                vip.to_owned(),
+                v.scheduler.clone(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ];
+            row.extend(stats(v.stats));
+            row.extend([service_name(s), count(v.packets), bytes(v.bytes)]);
+            rows.push(row);
+            for r in &v.real_servers {
+                let who = match (&r.pod, &r.node) {
+                    (Some(p), Some(n)) => format!("{p} on {n}"),
+                    (Some(p), None) => p.clone(),
+                    (None, Some(n)) => format!("on {n}"),
+                    _ => "-".into(),
+                };
+                let mut row = vec![
+                    String::new(),
+                    format!("  -> {}", r.address),
+                    r.forward.clone(),
+                    r.weight.to_string(),
+                    r.active_connections.to_string(),
+                    r.inactive_connections.to_string(),
+                ];
+                row.extend(stats(r.stats));
+                row.extend([who, count(r.packets), bytes(r.bytes)]);
+                rows.push(row);
+            }
+        }
+    }
+    table(
+        &[
+            "PROT",
+            "LOCAL ADDRESS",
+            "SCHED/FORWARD",
+            "WEIGHT",
+            "ACTIVE",
+            "INACT",
+            "CONNS",
+            "INPKTS",
+            "OUTPKTS",
+            "INBYTES",
+            "OUTBYTES",
+            "SERVICE / POD",
             "PACKETS",
             "BYTES",
         ],

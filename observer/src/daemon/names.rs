@@ -31,10 +31,8 @@ pub(super) struct Names {
     objects: ObjectsDir,
     kube: Option<KubeStores>,
     kube_changed: Arc<AtomicBool>,
-    ipvs: Vec<IpvsService>,
-    /// When IPVS was last dumped: every [`IPVS_EVERY`], not every poll (a
-    /// large kube-proxy table is thousands of services).
-    ipvs_read_at: Option<std::time::Instant>,
+    /// kube-proxy's IPVS table, read by its own task (see [`follow_ipvs`]).
+    ipvs: tokio::sync::watch::Receiver<IpvsRead>,
     /// BIRD's peers (IPv4, IPv6), read by their own task (see
     /// [`follow_bird`]) so that a hung BIRD never holds up a poll.
     bird: tokio::sync::watch::Receiver<Vec<BirdStatus>>,
@@ -68,8 +66,7 @@ impl Names {
             objects: ObjectsDir::default(),
             kube,
             kube_changed,
-            ipvs: Vec::new(),
-            ipvs_read_at: None,
+            ipvs: follow_ipvs(),
             bird: follow_bird(
                 args.bird_socket.clone(),
                 args.bird6_socket.clone(),
@@ -90,15 +87,7 @@ impl Names {
         }
         changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
         // kube-proxy in IPVS mode: its table, where the kernel has IPVS.
-        let due = self.ipvs_read_at.is_none_or(|t| t.elapsed() >= IPVS_EVERY);
-        if due {
-            self.ipvs_read_at = Some(std::time::Instant::now());
-            let ipvs = ipvs::read().unwrap_or_default();
-            if ipvs != self.ipvs {
-                self.ipvs = ipvs;
-                changed = true;
-            }
-        }
+        changed |= self.ipvs.has_changed().unwrap_or(false);
         // BGP peers (read by their own task), the CNI directory (when it
         // changed) and this node's addresses (for CrossSubnet).
         changed |= self.bird.has_changed().unwrap_or(false);
@@ -142,7 +131,14 @@ impl Names {
                 self.cni.clone(),
                 &self.interfaces,
             );
-            model.set_source_errors(self.objects.error.iter().cloned().collect());
+            let ipvs = self.ipvs.borrow_and_update().clone();
+            model.set_ipvs(ipvs.table);
+            let errors = self.objects.error.iter().cloned();
+            let ipvs_error = ipvs.error.map(|error| SourceError {
+                source: "ipvs".into(),
+                error,
+            });
+            model.set_source_errors(errors.chain(ipvs_error).collect());
             state.write().await.model = Arc::new(model);
         }
     }
@@ -176,6 +172,12 @@ impl Names {
                 listed(&k.ip_pools) && listed(&k.block_affinities) && listed(&k.ipam_blocks);
             out.push(("calico", calico));
         }
+        // Only where the kernel has IPVS: elsewhere there is nothing to read.
+        let ipvs = self.ipvs.borrow();
+        if ipvs.present || ipvs.error.is_some() {
+            out.push(("ipvs", ipvs.error.is_none()));
+        }
+        drop(ipvs);
         out.push(("bird", self.bird.borrow().iter().any(|b| b.running)));
         out.push(("cni", self.cni.as_ref().is_some_and(|c| c.error.is_none())));
         out
@@ -247,6 +249,57 @@ impl ObjectsDir {
     fn synced(&self) -> bool {
         self.loaded && self.error.is_none()
     }
+}
+
+/// The last read of the IPVS table.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct IpvsRead {
+    /// The last table read (kept while a read fails).
+    table: Vec<IpvsService>,
+    /// Whether the kernel has IPVS.
+    present: bool,
+    /// Why the last read failed, when it did (not for a kernel without
+    /// IPVS: that is no failure).
+    error: Option<String>,
+}
+
+/// Reads the IPVS table every [`IPVS_EVERY`] (a large kube-proxy table is
+/// thousands of services: not every poll) on a blocking thread, since the
+/// generic netlink dumps block. Publishes only changes; a failed read
+/// keeps the last table, is logged when its error changes and is reported
+/// as the `ipvs` source's error (doctor's `name-sources`).
+fn follow_ipvs() -> tokio::sync::watch::Receiver<IpvsRead> {
+    let (tx, rx) = tokio::sync::watch::channel(IpvsRead::default());
+    tokio::spawn(async move {
+        loop {
+            let Ok(result) = tokio::task::spawn_blocking(ipvs::read).await else {
+                return;
+            };
+            let mut now = tx.borrow().clone();
+            match result {
+                Ok(table) => {
+                    if now.error.take().is_some() {
+                        tracing::info!("the IPVS table reads again");
+                    }
+                    (now.table, now.present) = (table, true);
+                }
+                Err(e) if ipvs::is_absent(&e) => now = IpvsRead::default(),
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    if now.error.as_ref() != Some(&error) {
+                        tracing::warn!("IPVS: {error}; keeping the table read before");
+                    }
+                    (now.error, now.present) = (Some(error), true);
+                }
+            }
+            let differs = *tx.borrow() != now;
+            if differs && tx.send(now).is_err() {
+                return;
+            }
+            tokio::time::sleep(IPVS_EVERY).await;
+        }
+    });
+    rx
 }
 
 /// Asks BIRD (IPv4 and IPv6) every `interval` on a blocking thread; each

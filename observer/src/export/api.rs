@@ -9,6 +9,7 @@ use observer_common::{Encap, Hook, Stat};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+pub use super::services::{BackendView, IpvsView, RealServerView, ServiceView};
 use crate::{
     daemon::{Shared, interface_of},
     flows::{direction, to_view, view::FlowView},
@@ -103,7 +104,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/interfaces", get(interfaces))
         .route("/v1/status", get(status))
         .route("/v1/pods", get(pods))
-        .route("/v1/services", get(services))
+        .route("/v1/services", get(super::services::services))
         .route("/v1/doctor", get(doctor))
         .route("/v1/ipam", get(super::calico_views::ipam))
         .route("/v1/routes", get(super::calico_views::routes))
@@ -123,20 +124,9 @@ async fn flows(
     AxState(state): AxState<Shared>,
 ) -> ([(&'static str, String); 1], Json<Vec<FlowView>>) {
     let st = state.read().await;
-    // Flows to Service VIPs are named by their endpoint through conntrack.
-    let to_vip = st.table.iter().any(|(k, _)| {
-        let (_, dst) = crate::flows::key_addrs(k);
-        st.model
-            .service_of(dst, k.dst_port, k.protocol)
-            .is_some_and(|r| r.via == "vip")
-    });
-    let nat = if to_vip {
-        tokio::task::block_in_place(crate::sources::conntrack::dnat_table)
-            .inspect_err(|e| tracing::debug!("conntrack: {e:#}"))
-            .ok()
-    } else {
-        None
-    };
+    // Flows to VIPs are named by their backend: IPVS's connection table for
+    // IPVS VIPs, conntrack's DNAT for the others; read only when needed.
+    let nat = vip_connections(&st);
     let mut out: Vec<FlowView> = st
         .table
         .iter()
@@ -158,6 +148,30 @@ async fn flows(
     });
     let polled = [(POLLED_AT, st.status.last_poll_at_ms.to_string())];
     (polled, Json(out))
+}
+
+/// Where the connections of the flows to VIPs went, if any flow goes to
+/// one: IPVS's connections when a flow goes to an IPVS VIP, conntrack's
+/// DNAT when one goes to another Service's VIP.
+fn vip_connections(st: &crate::daemon::State) -> Option<crate::flows::NatTable> {
+    let (mut to_ipvs, mut to_other) = (false, false);
+    for (k, _) in st.table.iter() {
+        let (_, dst) = crate::flows::key_addrs(k);
+        if st.model.ipvs_at(dst, k.dst_port, k.protocol).is_some() {
+            to_ipvs = true;
+        } else if !to_other {
+            to_other = st
+                .model
+                .service_of(dst, k.dst_port, k.protocol)
+                .is_some_and(|r| r.via == "vip");
+        }
+        if to_ipvs && to_other {
+            break;
+        }
+    }
+    (to_ipvs || to_other).then(|| {
+        tokio::task::block_in_place(|| crate::model::ipvs::VipConnections::read(to_ipvs, to_other))
+    })
 }
 
 /// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
@@ -223,131 +237,6 @@ async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
         });
     }
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Json(out)
-}
-
-/// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
-/// the traffic this node saw: sent to its VIPs by local pods, and delivered
-/// to its endpoints on local pods.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ServiceView {
-    pub namespace: String,
-    pub name: String,
-    pub port: String,
-    pub protocol: String,
-    pub vips: Vec<String>,
-    pub vip_packets: u64,
-    pub vip_bytes: u64,
-    pub backends: Vec<BackendView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct BackendView {
-    pub address: String,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    pub ready: bool,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-fn socket_addr(ip: std::net::IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(ip, port).to_string()
-}
-
-async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
-    use std::collections::HashMap;
-    let st = state.read().await;
-    // Traffic per (destination, port, protocol, hook) on pod interfaces:
-    // TC ingress there is what local pods sent, TC egress what they got.
-    let mut seen: HashMap<(std::net::IpAddr, u16, u8, u8), (u64, u64)> = HashMap::new();
-    for (k, e) in st.table.iter() {
-        let on_pod = interface_of(&st, k.ifindex)
-            .is_some_and(|i| i.kind == crate::flows::InterfaceKind::Pod);
-        if !on_pod {
-            continue;
-        }
-        let (_, dst) = crate::flows::key_addrs(k);
-        let c = e.counters();
-        let t = seen
-            .entry((dst, k.dst_port, k.protocol, k.hook))
-            .or_default();
-        t.0 += c.packets;
-        t.1 += c.bytes;
-    }
-    let get = |ip, port, proto, hook: Hook| {
-        seen.get(&(ip, port, proto, hook as u8))
-            .copied()
-            .unwrap_or_default()
-    };
-    let mut out: Vec<ServiceView> = st
-        .model
-        .services()
-        .iter()
-        .map(|sp| {
-            let (mut vp, mut vb) = (0, 0);
-            for vip in &sp.vips {
-                let (p, b) = get(*vip, sp.port, sp.protocol, Hook::Ingress);
-                vp += p;
-                vb += b;
-            }
-            ServiceView {
-                namespace: sp.namespace.clone(),
-                name: sp.name.clone(),
-                port: sp.port_name.clone().unwrap_or_else(|| sp.port.to_string()),
-                protocol: crate::flows::protocol_name(sp.protocol),
-                vips: sp.vips.iter().map(|v| socket_addr(*v, sp.port)).collect(),
-                vip_packets: vp,
-                vip_bytes: vb,
-                backends: sp
-                    .backends
-                    .iter()
-                    .map(|b| {
-                        let (packets, bytes) = get(b.ip, b.port, sp.protocol, Hook::Egress);
-                        BackendView {
-                            address: socket_addr(b.ip, b.port),
-                            pod: b.pod.clone(),
-                            node: b.node.clone(),
-                            ready: b.ready,
-                            packets,
-                            bytes,
-                        }
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    // IPVS virtual services without a Service object: listed, unnamed.
-    for v in st.model.unnamed_ipvs() {
-        out.push(ServiceView {
-            namespace: String::new(),
-            name: String::new(),
-            port: v.address.map_or_else(
-                || format!("fwmark {}", v.fwmark.unwrap_or(0)),
-                |a| a.port().to_string(),
-            ),
-            protocol: crate::flows::protocol_name(v.protocol),
-            vips: v.address.iter().map(ToString::to_string).collect(),
-            vip_packets: 0,
-            vip_bytes: 0,
-            backends: v
-                .destinations
-                .iter()
-                .map(|d| {
-                    let (packets, bytes) =
-                        get(d.address.ip(), d.address.port(), v.protocol, Hook::Egress);
-                    BackendView {
-                        address: d.address.to_string(),
-                        pod: None,
-                        node: None,
-                        ready: d.weight > 0,
-                        packets,
-                        bytes,
-                    }
-                })
-                .collect(),
-        });
-    }
     Json(out)
 }
 

@@ -741,7 +741,7 @@ impl Metrics {
             service: kept(c.keeps(Dimension::Service), || {
                 service
                     .as_ref()
-                    .map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port))
+                    .map(crate::model::ServiceRef::label)
                     .unwrap_or_default()
             }),
             // On a pod interface a packet is not encapsulated yet (or any
@@ -770,9 +770,16 @@ impl Metrics {
                     _ => None,
                 };
             if let Some(backend) = backend {
+                // An IPVS virtual service without a Service object is named
+                // by its VIP.
+                let service = if s.name.is_empty() {
+                    s.label()
+                } else {
+                    s.name.clone()
+                };
                 let labels = ServiceLabels {
                     namespace: s.namespace,
-                    service: s.name,
+                    service,
                     port: s.port,
                     via: s.via,
                     backend,

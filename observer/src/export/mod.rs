@@ -6,6 +6,7 @@ pub mod calico_views;
 pub mod http;
 pub mod metrics;
 pub mod serve;
+pub mod services;
 pub mod socket;
 
 use anyhow::Result;

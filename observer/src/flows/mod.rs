@@ -74,12 +74,11 @@ pub fn key_addrs(key: &FlowKey) -> (IpAddr, IpAddr) {
     }
 }
 
+/// Where connections to VIPs went (IPVS's choice, conntrack's DNAT).
+pub type NatTable = crate::model::ipvs::VipConnections;
+
 /// Builds the shown form of a flow. `iface` is `None` for an interface we
 /// no longer know (its name is then `if<N>`).
-/// Conntrack's DNAT: original (src, dst, protocol) -> endpoint.
-pub type NatTable =
-    std::collections::HashMap<crate::sources::conntrack::Tuple, std::net::SocketAddr>;
-
 pub fn to_view(
     key: &FlowKey,
     entry: &FlowEntry,
@@ -106,7 +105,8 @@ pub fn to_view(
         Some(m.with_backend(
             r,
             d,
-            nat.and_then(|n| n.get(&(s, d, key.protocol)).copied()),
+            key.protocol,
+            nat.and_then(|n| n.chosen(s, d, key.protocol)),
         ))
     });
     // To a Service VIP: where it goes is its backend (when known).

@@ -4,6 +4,7 @@
 //! change, read on every API call.
 
 pub mod calico;
+pub mod ipvs;
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
@@ -66,12 +67,39 @@ pub struct ServiceRef {
     /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
     /// one of its ready endpoints (after DNAT, or directly).
     pub via: String,
-    /// The endpoint that serves it (for `vip`: from conntrack's DNAT), and
-    /// its pod as `namespace/name`.
+    /// The endpoint that serves it (for `vip`: the real server IPVS chose,
+    /// else conntrack's DNAT), and its pod as `namespace/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_pod: Option<String>,
+    /// The backend's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_node: Option<String>,
+    /// Where `backend` was read for `vip`: `ipvs` (`/proc/net/ip_vs_conn`)
+    /// or `conntrack` (its DNAT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_source: Option<String>,
+    /// The IPVS virtual service that serves the VIP (`TCP
+    /// 10.96.0.10:80`), its scheduler, and the chosen real server's
+    /// forwarding method (`Masq`): present when IPVS serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_service: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<String>,
+}
+
+impl ServiceRef {
+    /// `namespace/name:port`, or for an IPVS virtual service that no
+    /// Service object accounts for, `ipvs/<virtual service>`.
+    pub fn label(&self) -> String {
+        match (&self.virtual_service, self.name.is_empty()) {
+            (Some(vs), true) => format!("ipvs/{}", vs.replace(' ', "/")),
+            _ => format!("{}/{}:{}", self.namespace, self.name, self.port),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,8 +138,7 @@ impl ServicePort {
                 .clone()
                 .unwrap_or_else(|| self.port.to_string()),
             via: via.into(),
-            backend: None,
-            backend_pod: None,
+            ..Default::default()
         }
     }
 }
@@ -127,7 +154,7 @@ pub fn protocol_number(p: Option<&str>) -> u8 {
 #[derive(Default)]
 pub struct Model {
     /// kube-proxy's IPVS virtual services (what `ipvsadm -Ln` shows).
-    ipvs: Vec<crate::sources::ipvs::IpvsService>,
+    ipvs: ipvs::IpvsTable,
     services: Vec<ServicePort>,
     service_by_vip: HashMap<(IpAddr, u16, u8), usize>,
     service_by_backend: HashMap<(IpAddr, u16, u8), usize>,
@@ -381,12 +408,22 @@ impl Model {
     }
 
     pub fn set_ipvs(&mut self, table: Vec<crate::sources::ipvs::IpvsService>) {
-        self.ipvs = table;
+        self.ipvs = ipvs::IpvsTable::new(table);
     }
 
     /// kube-proxy's IPVS table as last read.
     pub fn ipvs(&self) -> &[crate::sources::ipvs::IpvsService] {
-        &self.ipvs
+        self.ipvs.services()
+    }
+
+    /// The IPVS virtual service at a VIP, port and protocol.
+    pub fn ipvs_at(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        protocol: u8,
+    ) -> Option<&crate::sources::ipvs::IpvsService> {
+        self.ipvs.at(vip, port, protocol)
     }
 
     /// The node's Calico routes as last read.
@@ -396,7 +433,7 @@ impl Model {
 
     /// IPVS virtual services that no Service object accounts for.
     pub fn unnamed_ipvs(&self) -> impl Iterator<Item = &crate::sources::ipvs::IpvsService> {
-        self.ipvs.iter().filter(|v| {
+        self.ipvs.services().iter().filter(|v| {
             v.address.is_none_or(|a| {
                 !self
                     .service_by_vip
@@ -405,11 +442,25 @@ impl Model {
         })
     }
 
-    /// The Service a destination belongs to: its virtual IP and port, or one
+    /// The Service a destination belongs to: its virtual IP and port (a
+    /// Service object's, or an IPVS virtual service's without one), or one
     /// of its ready endpoints.
     pub fn service_of(&self, dst: IpAddr, port: u16, protocol: u8) -> Option<ServiceRef> {
-        if let Some(i) = self.service_by_vip.get(&(dst, port, protocol)) {
-            return Some(self.services[*i].reference("vip"));
+        let vs = self.ipvs.at(dst, port, protocol);
+        let at_vip = match self.service_by_vip.get(&(dst, port, protocol)) {
+            Some(i) => Some(self.services[*i].reference("vip")),
+            None => vs.map(|_| ServiceRef {
+                port: port.to_string(),
+                via: "vip".into(),
+                ..Default::default()
+            }),
+        };
+        if let Some(mut r) = at_vip {
+            if let Some(vs) = vs {
+                r.virtual_service = Some(ipvs::name(vs));
+                r.scheduler = Some(vs.scheduler.clone());
+            }
+            return Some(r);
         }
         self.service_by_backend
             .get(&(dst, port, protocol))
@@ -477,7 +528,7 @@ impl Model {
                 node: p.node.clone(),
             };
         }
-        if self.service_by_vip.keys().any(|(vip, _, _)| *vip == ip) {
+        if self.service_by_vip.keys().any(|(vip, _, _)| *vip == ip) || self.ipvs.is_vip(ip) {
             return EndpointView {
                 kind: "service".into(),
                 ..Default::default()
@@ -505,17 +556,23 @@ impl Model {
     }
 
     /// Fills in the backend of a Service flow: the destination itself for
-    /// `endpoint`, the DNAT target for `vip` (when conntrack knows it).
+    /// `endpoint`; for `vip`, where the connection went (`chosen`: the real
+    /// server IPVS chose, or conntrack's DNAT), with its pod and node, and
+    /// for IPVS its forwarding method.
     pub fn with_backend(
         &self,
         mut r: ServiceRef,
         dst: std::net::SocketAddr,
-        dnat_to: Option<std::net::SocketAddr>,
+        protocol: u8,
+        chosen: Option<ipvs::Chosen>,
     ) -> ServiceRef {
         let backend = if r.via == "endpoint" {
             Some(dst)
         } else {
-            dnat_to
+            chosen.map(|c| {
+                r.backend_source = Some(c.source.name().into());
+                c.backend
+            })
         };
         if let Some(b) = backend {
             r.backend = Some(b.to_string());
@@ -523,6 +580,14 @@ impl Model {
                 .pod_by_ip
                 .get(&b.ip())
                 .map(|i| format!("{}/{}", self.pods[*i].namespace, self.pods[*i].name));
+            r.backend_node = self.node_of(b.ip());
+            if r.via == "vip" {
+                r.forward = self
+                    .ipvs
+                    .at(dst.ip(), dst.port(), protocol)
+                    .and_then(|vs| vs.destinations.iter().find(|d| d.address == b))
+                    .map(|d| d.forward.clone());
+            }
         }
         r
     }

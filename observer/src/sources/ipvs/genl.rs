@@ -1,35 +1,13 @@
-//! kube-proxy's IPVS table, as `ipvsadm -Ln` shows it: virtual services
-//! and their real servers. Read over generic netlink (family `IPVS`) where
-//! the kernel has IPVS, falling back to `/proc/net/ip_vs`. This machine's
-//! kernel has no IPVS: the decoders are tested on recorded attribute
-//! payloads and `/proc` text, and [`read`] says why it found nothing.
+//! The IPVS table over generic netlink (family `IPVS`), as `ipvsadm -Ln
+//! --stats` reads it: one dump of the virtual services, then one of each
+//! service's real servers.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
 use netlink_packet_core::{NlaBuffer, NlasIterator};
-use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IpvsService {
-    /// IP protocol number (6, 17, 132); 0 for firewall-mark services.
-    pub protocol: u8,
-    /// The virtual address, or `None` for a firewall-mark service.
-    pub address: Option<SocketAddr>,
-    pub fwmark: Option<u32>,
-    pub scheduler: String,
-    pub destinations: Vec<IpvsDest>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IpvsDest {
-    pub address: SocketAddr,
-    /// `Masq`, `Local`, `Tunnel`, `Route`, `Bypass`.
-    pub forward: String,
-    pub weight: u32,
-    pub active_conns: u32,
-    pub inactive_conns: u32,
-}
+use super::{IpvsDest, IpvsService, IpvsStats};
 
 // include/uapi/linux/ip_vs.h
 const SVC_ATTR_AF: u16 = 1;
@@ -38,13 +16,22 @@ const SVC_ATTR_ADDR: u16 = 3;
 const SVC_ATTR_PORT: u16 = 4;
 const SVC_ATTR_FWMARK: u16 = 5;
 const SVC_ATTR_SCHED_NAME: u16 = 6;
+const SVC_ATTR_STATS: u16 = 10;
+const SVC_ATTR_STATS64: u16 = 12;
 const DEST_ATTR_ADDR: u16 = 1;
 const DEST_ATTR_PORT: u16 = 2;
 const DEST_ATTR_FWD_METHOD: u16 = 3;
 const DEST_ATTR_WEIGHT: u16 = 4;
 const DEST_ATTR_ACTIVE_CONNS: u16 = 7;
 const DEST_ATTR_INACT_CONNS: u16 = 8;
+const DEST_ATTR_STATS: u16 = 10;
 const DEST_ATTR_ADDR_FAMILY: u16 = 11;
+const DEST_ATTR_STATS64: u16 = 12;
+const STATS_ATTR_CONNS: u16 = 1;
+const STATS_ATTR_INPKTS: u16 = 2;
+const STATS_ATTR_OUTPKTS: u16 = 3;
+const STATS_ATTR_INBYTES: u16 = 4;
+const STATS_ATTR_OUTBYTES: u16 = 5;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
@@ -69,6 +56,39 @@ fn u32_ne(v: &[u8]) -> Result<u32> {
     Ok(u32::from_ne_bytes(
         v.get(..4).context("short u32 attribute")?.try_into()?,
     ))
+}
+
+/// A counter: `STATS` has u32 and u64 ones, `STATS64` only u64.
+fn uint_ne(v: &[u8]) -> Result<u64> {
+    match v.len() {
+        4 => Ok(u32_ne(v)?.into()),
+        8 => Ok(u64::from_ne_bytes(v.try_into()?)),
+        n => bail!("a counter of {n} bytes"),
+    }
+}
+
+/// The nested counters of a service or destination: `STATS64` where the
+/// kernel sends it (4.x and later), else the older `STATS`.
+fn stats(a: &[(u16, Vec<u8>)], stats64: u16, stats32: u16) -> Result<Option<IpvsStats>> {
+    let get = |k| a.iter().find(|(kind, _)| *kind == k).map(|(_, v)| v);
+    let Some(nested) = get(stats64).or_else(|| get(stats32)) else {
+        return Ok(None);
+    };
+    let c = attrs(nested).context("IPVS counters")?;
+    let counter = |k| -> Result<u64> {
+        c.iter()
+            .find(|(kind, _)| *kind == k)
+            .map(|(_, v)| uint_ne(v))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok(Some(IpvsStats {
+        connections: counter(STATS_ATTR_CONNS)?,
+        in_packets: counter(STATS_ATTR_INPKTS)?,
+        out_packets: counter(STATS_ATTR_OUTPKTS)?,
+        in_bytes: counter(STATS_ATTR_INBYTES)?,
+        out_bytes: counter(STATS_ATTR_OUTBYTES)?,
+    }))
 }
 
 /// Ports are in network byte order.
@@ -128,6 +148,7 @@ pub fn decode_service(payload: &[u8]) -> Result<IpvsService> {
             .map(|s| String::from_utf8_lossy(s).trim_end_matches('\0').to_owned())
             .unwrap_or_default(),
         destinations: Vec::new(),
+        stats: stats(&a, SVC_ATTR_STATS64, SVC_ATTR_STATS)?,
     })
 }
 
@@ -161,70 +182,8 @@ pub fn decode_dest(payload: &[u8], svc_af: u16) -> Result<IpvsDest> {
         weight: u32_of(DEST_ATTR_WEIGHT)?,
         active_conns: u32_of(DEST_ATTR_ACTIVE_CONNS)?,
         inactive_conns: u32_of(DEST_ATTR_INACT_CONNS)?,
+        stats: stats(&a, DEST_ATTR_STATS64, DEST_ATTR_STATS)?,
     })
-}
-
-/// `0A60000A:0050` (IPv4 as a big-endian hex word) or `[fd00:...]:0050`.
-fn proc_addr(s: &str) -> Result<SocketAddr> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .with_context(|| format!("bad address {s:?}"))?;
-    let port = u16::from_str_radix(port, 16).with_context(|| format!("bad port in {s:?}"))?;
-    let ip = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        IpAddr::V6(
-            v6.parse()
-                .with_context(|| format!("bad IPv6 address in {s:?}"))?,
-        )
-    } else {
-        IpAddr::V4(Ipv4Addr::from(
-            u32::from_str_radix(host, 16).with_context(|| format!("bad IPv4 address in {s:?}"))?,
-        ))
-    };
-    Ok(SocketAddr::new(ip, port))
-}
-
-/// Parses `/proc/net/ip_vs`.
-pub fn parse_proc(text: &str) -> Result<Vec<IpvsService>> {
-    let mut out: Vec<IpvsService> = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || format!("line {}: {line:?}", n + 1);
-        match f.as_slice() {
-            ["IP", ..] | ["Prot", ..] | ["->", "RemoteAddress:Port", ..] | [] => {}
-            ["->", a, fwd, weight, active, inactive, ..] => {
-                let svc = out
-                    .last_mut()
-                    .with_context(|| format!("{}: destination before any service", bad()))?;
-                svc.destinations.push(IpvsDest {
-                    address: proc_addr(a).with_context(bad)?,
-                    forward: (*fwd).to_owned(),
-                    weight: weight.parse().with_context(bad)?,
-                    active_conns: active.parse().with_context(bad)?,
-                    inactive_conns: inactive.parse().with_context(bad)?,
-                });
-            }
-            [proto @ ("TCP" | "UDP" | "SCTP"), a, sched, ..] => out.push(IpvsService {
-                protocol: match *proto {
-                    "TCP" => 6,
-                    "UDP" => 17,
-                    _ => 132,
-                },
-                address: Some(proc_addr(a).with_context(bad)?),
-                fwmark: None,
-                scheduler: (*sched).to_owned(),
-                destinations: Vec::new(),
-            }),
-            ["FWM", mark, sched, ..] => out.push(IpvsService {
-                protocol: 0,
-                address: None,
-                fwmark: Some(u32::from_str_radix(mark, 16).with_context(bad)?),
-                scheduler: (*sched).to_owned(),
-                destinations: Vec::new(),
-            }),
-            _ => bail!("unexpected {}", bad()),
-        }
-    }
-    Ok(out)
 }
 
 const IPVS_CMD_GET_SERVICE: u8 = 4;
@@ -234,8 +193,9 @@ const IPVS_CMD_ATTR_DEST: u16 = 2;
 const IPVS_GENL_VERSION: u8 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 
-/// The payloads of one nested attribute kind in genl replies.
-fn nested_payloads(replies: &[Vec<u8>], kind: u16) -> Result<Vec<Vec<u8>>> {
+/// The payloads of one nested attribute kind in genl replies. The kernel
+/// does not set NLA_F_NESTED on them (see the recorded replies).
+pub fn nested_payloads(replies: &[Vec<u8>], kind: u16) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     for r in replies {
         // After the 4-byte generic netlink header.
@@ -251,7 +211,7 @@ fn nested_payloads(replies: &[Vec<u8>], kind: u16) -> Result<Vec<Vec<u8>>> {
 /// The IPVS table over generic netlink, as `ipvsadm -Ln` reads it; `None`
 /// where the kernel has no IPVS family.
 pub fn read_netlink() -> Result<Option<Vec<IpvsService>>> {
-    use super::netlink::{NLM_F_DUMP, genl_family, put_attr, request};
+    use crate::sources::netlink::{NLM_F_DUMP, genl_family, put_attr, request};
     let Some(family) = genl_family("IPVS")? else {
         return Ok(None);
     };
@@ -261,7 +221,7 @@ pub fn read_netlink() -> Result<Option<Vec<IpvsService>>> {
         .context("dumping IPVS services")?;
     let mut services = Vec::new();
     for svc_attrs in nested_payloads(&replies, IPVS_CMD_ATTR_SERVICE)? {
-        let mut svc = decode_service(&svc_attrs)?;
+        let mut svc = decode_service(&svc_attrs).context("decoding an IPVS service")?;
         let af = if svc.address.is_some_and(|a| a.is_ipv6()) {
             AF_INET6
         } else {
@@ -273,33 +233,12 @@ pub fn read_netlink() -> Result<Option<Vec<IpvsService>>> {
         let dests =
             request(generic, family, NLM_F_DUMP, &ask).context("dumping IPVS destinations")?;
         for d in nested_payloads(&dests, IPVS_CMD_ATTR_DEST)? {
-            svc.destinations.push(decode_dest(&d, af)?);
+            svc.destinations
+                .push(decode_dest(&d, af).context("decoding an IPVS destination")?);
         }
         services.push(svc);
     }
     Ok(Some(services))
-}
-
-/// The IPVS table: over generic netlink, else from `/proc/net/ip_vs`; an
-/// error saying so where the kernel has no IPVS.
-pub fn read() -> Result<Vec<IpvsService>> {
-    match read_netlink() {
-        Ok(Some(table)) => Ok(table),
-        Ok(None) => read_proc(),
-        Err(e) => read_proc().map_err(|p| e.context(format!("and then: {p:#}"))),
-    }
-}
-
-/// The IPVS table from `/proc/net/ip_vs`; an error saying so where the
-/// kernel has no IPVS.
-pub fn read_proc() -> Result<Vec<IpvsService>> {
-    match std::fs::read_to_string("/proc/net/ip_vs") {
-        Ok(text) => parse_proc(&text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("this kernel has no IPVS (no /proc/net/ip_vs)")
-        }
-        Err(e) => Err(e).context("reading /proc/net/ip_vs"),
-    }
 }
 
 #[cfg(test)]
@@ -307,6 +246,107 @@ mod tests {
     use super::*;
 
     use crate::sources::netlink::put_attr as nla;
+
+    /// A live 6.1 kernel's replies (`tests/fixtures/ipvs/`, see its
+    /// README): each after its 16-byte netlink header.
+    fn recorded(which: &str) -> Vec<Vec<u8>> {
+        let json: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../tests/fixtures/ipvs/ipvs-genl-6.1.json"
+        ))
+        .unwrap();
+        json[which]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let h = h.as_str().unwrap();
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn stats(connections: u64, in_packets: u64, in_bytes: u64) -> Option<IpvsStats> {
+        Some(IpvsStats {
+            connections,
+            in_packets,
+            out_packets: 0,
+            in_bytes,
+            out_bytes: 0,
+        })
+    }
+
+    #[test]
+    fn a_live_kernels_services_as_ipvsadm_shows_them() {
+        let services: Vec<IpvsService> =
+            nested_payloads(&recorded("service_dump"), IPVS_CMD_ATTR_SERVICE)
+                .unwrap()
+                .iter()
+                .map(|p| decode_service(p).unwrap())
+                .collect();
+        // The datagram to :53 (29 bytes) as ipvsadm-Ln-stats-6.1.txt
+        // shows it; these replies were recorded before the SYN to :80 that
+        // ipvsadm's later dump counts (1 connection, 60 bytes).
+        let seen: Vec<_> = services
+            .iter()
+            .map(|s| (s.protocol, s.address, s.scheduler.as_str(), s.stats))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    6,
+                    Some("[fd00:10:96::a]:80".parse().unwrap()),
+                    "rr",
+                    stats(0, 0, 0)
+                ),
+                (
+                    6,
+                    Some("10.96.0.10:80".parse().unwrap()),
+                    "rr",
+                    stats(0, 0, 0)
+                ),
+                (
+                    17,
+                    Some("10.96.0.10:53".parse().unwrap()),
+                    "rr",
+                    stats(1, 1, 29)
+                ),
+            ]
+        );
+        assert!(services.iter().all(|s| s.fwmark.is_none()));
+    }
+
+    #[test]
+    fn a_live_kernels_destinations() {
+        let dests: Vec<IpvsDest> = nested_payloads(&recorded("dest_dump"), IPVS_CMD_ATTR_DEST)
+            .unwrap()
+            .iter()
+            .map(|p| decode_dest(p, AF_INET6).unwrap())
+            .collect();
+        assert_eq!(
+            dests,
+            vec![IpvsDest {
+                address: "[fd00:10:244::5]:8080".parse().unwrap(),
+                forward: "Masq".into(),
+                weight: 1,
+                active_conns: 0,
+                inactive_conns: 0,
+                stats: stats(0, 0, 0),
+            }]
+        );
+        // Cut anywhere inside, a reply is an error, never a panic.
+        let whole = &recorded("dest_dump")[0][4..];
+        for end in 1..whole.len() {
+            let _ = attrs(&whole[..end]).and_then(|a| {
+                a.iter()
+                    .map(|(_, v)| decode_dest(v, AF_INET6).map(drop))
+                    .collect::<Result<Vec<_>>>()
+            });
+        }
+    }
 
     #[test]
     fn service_attributes_as_the_kernel_sends_them() {
@@ -328,7 +368,10 @@ mod tests {
         let s = decode_service(&p).unwrap();
         assert_eq!(s.protocol, 6);
         assert_eq!(s.address, Some("127.0.1.1:80".parse().unwrap()));
-        assert_eq!((s.fwmark, s.scheduler.as_str()), (None, "wlc"));
+        assert_eq!(
+            (s.fwmark, s.scheduler.as_str(), s.stats),
+            (None, "wlc", None)
+        );
     }
 
     #[test]
@@ -357,63 +400,11 @@ mod tests {
         );
         // Truncated: an error, not a panic.
         assert!(decode_dest(&p[..6], AF_INET).is_err());
-    }
-
-    #[test]
-    fn proc_net_ip_vs_as_kube_proxy_leaves_it() {
-        let text = "IP Virtual Server version 1.2.1 (size=4096)
-Prot LocalAddress:Port Scheduler Flags
-  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
-TCP  0A60000A:0050 rr
-  -> 0AF40001:1F90      Masq    1      2          5
-  -> 0AF40041:1F90      Masq    1      0          1
-UDP  0A60000A:0035 rr
-  -> 0AF40002:14E9      Masq    1      0          0
-TCP  [fd00:0010:0096:0000:0000:0000:0000:000a]:0050 rr
-  -> [fd00:0010:0244:0000:0000:0000:0000:0001]:1F90      Masq    1      0          0
-FWM  00000001 rr
-";
-        let s = parse_proc(text).unwrap();
-        assert_eq!(s.len(), 4);
-        assert_eq!(
-            (s[0].protocol, s[0].address),
-            (6, Some("10.96.0.10:80".parse().unwrap()))
-        );
-        assert_eq!(
-            s[0].destinations[1].address,
-            "10.244.0.65:8080".parse().unwrap()
-        );
-        assert_eq!(
-            (
-                s[0].destinations[0].active_conns,
-                s[0].destinations[0].inactive_conns
-            ),
-            (2, 5)
-        );
-        assert_eq!(
-            s[1].destinations[0].address,
-            "10.244.0.2:5353".parse().unwrap()
-        );
-        assert_eq!(s[2].address, Some("[fd00:10:96::a]:80".parse().unwrap()));
-        assert_eq!((s[3].fwmark, s[3].address), (Some(1), None));
-        assert!(parse_proc("TCP  nothex:0050 rr").is_err());
-    }
-
-    #[test]
-    fn real_kernel_ipvs_table() {
-        // Needs a kernel with IPVS; this one has none, and says so.
-        match read() {
-            Ok(table) => assert!(
-                table
-                    .iter()
-                    .all(|s| s.address.is_some() || s.fwmark.is_some())
-            ),
-            Err(e) => {
-                assert!(format!("{e:#}").contains("no IPVS"), "{e:#}");
-                // No table to check here: what was checked is that the
-                // absence is said plainly.
-                eprintln!("real_kernel_ipvs_table: {e:#}");
-            }
-        }
+        // Counters of a size no kernel sends: an error, not a zero.
+        let mut bad = p.clone();
+        let mut nested = Vec::new();
+        nla(&mut nested, STATS_ATTR_CONNS, &[1, 2, 3]);
+        nla(&mut bad, DEST_ATTR_STATS64, &nested);
+        assert!(decode_dest(&bad, AF_INET).is_err());
     }
 }
