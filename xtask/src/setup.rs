@@ -29,6 +29,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "BIRD 1.6 (bird, bird6, birdc): the BGP mesh of `observer lab up --routing bgp`",
     ),
     ("prometheus", "scraping the lab's node observers"),
+    (
+        "wireguard-tools",
+        "wg: the keys and peers of `observer lab up --encap wireguard`",
+    ),
+    (
+        "ipvsadm",
+        "kube-proxy's IPVS tables in `observer lab up --kube-proxy ipvs`",
+    ),
     ("qemu-system-x86", "the VM of `cargo xtask vm`"),
     (
         "linux-image-amd64",

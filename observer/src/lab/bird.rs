@@ -22,7 +22,7 @@ use ipnet::IpNet;
 
 use super::{
     netns,
-    plan::{NodePlan, POOL_V4, POOL_V6, Plan},
+    plan::{Encap, NodePlan, POOL_V4, POOL_V6, Plan},
     state,
 };
 
@@ -92,6 +92,27 @@ pub fn mesh_protocol(peer: IpAddr) -> String {
     format!("Mesh_{}", peer.to_string().replace(['.', ':'], "_"))
 }
 
+/// calico-node's kernel protocol: learned routes into the kernel.
+const KERNEL_PROTOCOL: &str = "# Configure synchronization between routing tables and kernel.
+protocol kernel {
+  learn;             # Learn all alien routes from the kernel
+  persist;           # Don't remove routes on bird shutdown
+  scan time 2;       # Scan kernel routing table every 2 seconds
+  import all;
+  export filter calico_kernel_programming; # Default is export none
+  graceful restart;  # Turn on graceful restart to reduce potential flaps in
+                     # routes when reloading BIRD configuration.
+  merge paths on;    # Allow export multipath routes (ECMP)
+}
+
+";
+
+/// Whether BIRD programs the kernel's routes for a family: not IPv4 in
+/// IPIP mode (see [`super::ipip`]).
+fn programs_kernel(plan: &Plan, family: Family) -> bool {
+    !(plan.encap == Encap::Ipip && family == Family::V4)
+}
+
 /// The configuration of one node's BIRD for one family.
 pub fn config(plan: &Plan, node: &NodePlan, family: Family) -> Result<String> {
     let me = underlay(node, family).context("no underlay address for this family")?;
@@ -137,26 +158,23 @@ pub fn config(plan: &Plan, node: &NodePlan, family: Family) -> Result<String> {
     )?;
 
     // bird.cfg.
+    writeln!(c, "router id {};\n", node.underlay_ip)?;
+    if programs_kernel(plan, family) {
+        c.push_str(KERNEL_PROTOCOL);
+    } else {
+        c.push_str(
+            "# IPIP: the lab installs the blocks' routes via tunl0 onlink, `proto bird`, as\n\
+             # Calico's BIRD fork does (upstream BIRD cannot); without a kernel protocol\n\
+             # BIRD leaves them alone instead of pruning them as stale routes of its own.\n\n",
+        );
+    }
     writeln!(
         c,
-        "router id {};\n\n\
-         # Configure synchronization between routing tables and kernel.\n\
-         protocol kernel {{\n\
-         \x20 learn;             # Learn all alien routes from the kernel\n\
-         \x20 persist;           # Don't remove routes on bird shutdown\n\
-         \x20 scan time 2;       # Scan kernel routing table every 2 seconds\n\
-         \x20 import all;\n\
-         \x20 export filter calico_kernel_programming; # Default is export none\n\
-         \x20 graceful restart;  # Turn on graceful restart to reduce potential flaps in\n\
-         \x20                    # routes when reloading BIRD configuration.\n\
-         \x20 merge paths on;    # Allow export multipath routes (ECMP)\n\
-         }}\n\n\
-         # Watch interface up/down events.\n\
+        "# Watch interface up/down events.\n\
          protocol device {{\n  debug {{ states }};\n  scan time 2;    # Scan interfaces every 2 seconds\n}}\n\n\
          protocol direct {{\n  debug {{ states }};\n\
          \x20 interface -\"cali*\", -\"kube-ipvs*\", \"*\"; # Exclude cali* and kube-ipvs* but\n\
          \x20                                         # include everything else.\n}}\n",
-        node.underlay_ip
     )?;
     writeln!(
         c,
@@ -295,7 +313,14 @@ fn kernel_routes(node: &NodePlan, family: Family) -> Result<String> {
 /// blocks not in the kernel yet.
 fn missing(plan: &Plan, node: &NodePlan, family: Family, socket: &str) -> Result<Vec<String>> {
     let protocols = show_protocols(family, socket)?;
-    let routes = kernel_routes(node, family)?;
+    // Where BIRD programs the kernel, its routes must be there; in IPIP
+    // mode (the lab installs them) BIRD must have learned the blocks.
+    let kernel = programs_kernel(plan, family);
+    let routes = if kernel {
+        kernel_routes(node, family)?
+    } else {
+        netns::run(&[family.client(), "-s", socket, "show", "route"])?
+    };
     let mut out = Vec::new();
     for peer in plan.nodes.iter().filter(|p| p.name != node.name) {
         let Some(addr) = underlay(peer, family) else {
@@ -312,8 +337,20 @@ fn missing(plan: &Plan, node: &NodePlan, family: Family, socket: &str) -> Result
             .iter()
             .filter(|b| matches!(b, IpNet::V4(_)) == (family == Family::V4))
         {
-            let want = format!("{block} via {addr} dev eth0");
-            if !routes.lines().any(|l| l.starts_with(&want)) {
+            let (want, present) = if kernel {
+                let want = format!("{block} via {addr} dev eth0");
+                let present = routes.lines().any(|l| l.starts_with(&want));
+                (want, present)
+            } else {
+                // `10.244.1.0/24 via 172.30.0.12 on eth0 [Mesh_172_30_0_12 ...`
+                // (the next hop BIRD shows is the resolved gateway).
+                let want = format!("{block} learned from {name}");
+                let present = routes.lines().any(|l| {
+                    l.starts_with(&format!("{block} ")) && l.contains(&format!("[{name} "))
+                });
+                (want, present)
+            };
+            if !present {
                 out.push(format!("no route {want}"));
             }
         }

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     netns::{self, ip, sysctl},
-    plan::{NodePlan, Plan, PodPlan, Routing},
+    plan::{Encap, KubeProxy, NodePlan, Plan, PodPlan, Routing},
     state,
 };
 use crate::cli::client::Client;
@@ -28,9 +28,23 @@ pub fn underlay_ns(lab: &str) -> String {
 const HOST_VETH_MAC: &str = "ee:ee:ee:ee:ee:ee";
 const HOST_VETH_LL: &str = "fe80::ecee:eeff:feee:eeee";
 const VXLAN_VNI: &str = "4096";
-const UNDERLAY_GATEWAY: &str = "172.30.0.1";
 const UNDERLAY_GATEWAY_CIDR: &str = "172.30.0.1/24";
+/// CrossSubnet labs' second underlay subnet (even nodes).
+const UNDERLAY_GATEWAY2_CIDR: &str = "172.30.1.1/24";
+
+/// A node's gateway: the bridge's address in the node's /24.
+fn gateway(node: &NodePlan) -> String {
+    match node.underlay_ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.1", o[0], o[1], o[2])
+        }
+        IpAddr::V6(_) => unreachable!("IPv4 underlay"),
+    }
+}
 const VXLAN_PORT: &str = "4789";
+/// How long a node's observer may take to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn prefix_len(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "32" } else { "128" }
@@ -49,14 +63,24 @@ pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
     // The nodes' default gateway. Besides being realistic, proxy ARP for
     // the pods' 169.254.1.1 only answers for addresses the node can route.
     ip(&ul, &["addr", "add", UNDERLAY_GATEWAY_CIDR, "dev", "br0"])?;
+    if plan.cross_subnet {
+        // Two subnets on one bridge, routed between by the bridge's host.
+        ip(&ul, &["addr", "add", UNDERLAY_GATEWAY2_CIDR, "dev", "br0"])?;
+        sysctl(&ul, "net.ipv4.ip_forward", "1")?;
+    }
     for (k, node) in plan.nodes.iter().enumerate() {
         build_node(plan, node, &ul, k)?;
     }
     for node in &plan.nodes {
-        if plan.routing == Routing::Vxlan {
-            routes_to_peers(plan, node)?;
+        match plan.encap {
+            Encap::Vxlan => routes_to_peers(plan, node)?,
+            Encap::Ipip => super::ipip::routes(plan, node)?,
+            Encap::Wireguard | Encap::None => {}
         }
-        super::services::program(plan, node)?;
+        match plan.kube_proxy {
+            KubeProxy::Nftables => super::services::program(plan, node)?,
+            KubeProxy::Ipvs => super::ipvs::program(plan, node)?,
+        }
     }
     for pod in &plan.pods {
         build_pod(plan, pod)?;
@@ -108,12 +132,15 @@ fn build_node(plan: &Plan, node: &NodePlan, ul: &str, k: usize) -> Result<()> {
         )?;
     }
     ip(ns, &["link", "set", "eth0", "up"])?;
-    ip(ns, &["route", "add", "default", "via", UNDERLAY_GATEWAY])?;
+    ip(ns, &["route", "add", "default", "via", &gateway(node)])?;
 
-    if plan.routing == Routing::Bgp {
+    match plan.encap {
+        Encap::Vxlan => {}
+        Encap::Ipip => return super::ipip::tunnel(node),
+        Encap::Wireguard => return super::wireguard::device(plan, node),
         // No tunnel: BIRD blackholes the node's blocks (a static protocol,
         // as calico-node's bird_aggr.cfg does) and routes the others'.
-        return Ok(());
+        Encap::None => return Ok(()),
     }
     // Calico's VXLAN devices: VNI 4096, port 4789, no learning (Felix
     // programs neighbours and FDB entries), 50 bytes under the underlay.
@@ -348,14 +375,16 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
     Ok(())
 }
 
-/// The underlay's 1500 less VXLAN's overhead: 50 bytes over IPv4, 70 over
-/// IPv6; unencapsulated (BGP), the underlay's own (Calico's automatic MTU
-/// does the same).
+/// The underlay's 1500 less the encapsulation's overhead, as Calico's
+/// automatic MTU picks it: VXLAN 50 bytes over IPv4 (70 over IPv6, for
+/// dual-stack), IPIP 20, WireGuard 60; unencapsulated, the underlay's own.
 pub fn pod_mtu(plan: &Plan) -> &'static str {
-    match plan.routing {
-        Routing::Bgp => "1500",
-        Routing::Vxlan if plan.ipv6 => "1430",
-        Routing::Vxlan => "1450",
+    match plan.encap {
+        Encap::None => "1500",
+        Encap::Vxlan if plan.ipv6 => "1430",
+        Encap::Vxlan => "1450",
+        Encap::Ipip => super::ipip::TUNNEL_MTU,
+        Encap::Wireguard => super::wireguard::TUNNEL_MTU,
     }
 }
 
@@ -409,7 +438,10 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
 /// Waits until a daemon's API answers; if it exits or times out, fails with
 /// the end of its log.
 fn wait_ready(child: &mut Child, socket: &str, log: &Path) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Loading and verifying the programs takes a second here, and a
+    // minute on an emulated CPU (`cargo xtask vm`); a daemon that fails
+    // exits, which ends the wait at once.
+    let deadline = Instant::now() + READY_TIMEOUT;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -426,7 +458,7 @@ fn wait_ready(child: &mut Child, socket: &str, log: &Path) -> Result<()> {
             break format!("exited ({status}) before its API answered");
         }
         if Instant::now() > deadline {
-            break "did not answer within 20 s".to_owned();
+            break format!("did not answer within {} s", READY_TIMEOUT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -5,12 +5,16 @@
 
 pub mod bird;
 pub mod build;
+pub mod ipip;
+pub mod ipvs;
+pub mod kernel;
 pub mod netns;
 pub mod objects;
 pub mod plan;
 pub mod services;
 pub mod state;
 pub mod traffic;
+pub mod wireguard;
 
 use std::{
     path::{Path, PathBuf},
@@ -62,10 +66,25 @@ pub struct Shape {
     /// Prefix length of each node's IPv4 block (Calico's default: 26).
     #[arg(long, default_value_t = 26)]
     pub block_size: u8,
-    /// How nodes reach each other's blocks: `vxlan` (Felix's VXLAN routes)
-    /// or `bgp` (a BIRD per node in a node-to-node iBGP mesh, unencapsulated).
-    #[arg(long, value_enum, default_value = "vxlan")]
-    pub routing: plan::Routing,
+    /// How nodes reach each other's blocks: `vxlan` (Felix's VXLAN routes;
+    /// the default) or `bgp` (a BIRD per node in a node-to-node iBGP mesh;
+    /// the default with `--encap ipip|wireguard|none`).
+    #[arg(long, value_enum)]
+    pub routing: Option<plan::Routing>,
+    /// How pods' IPv4 traffic crosses between nodes: `vxlan` (the default),
+    /// `ipip` (tunl0; needs the ipip module), `wireguard` (wireguard.cali;
+    /// needs the wireguard module and `wg`) or `none`.
+    #[arg(long, value_enum)]
+    pub encap: Option<plan::Encap>,
+    /// IPIP only between nodes in different subnets (the pool's `ipipMode:
+    /// CrossSubnet`); the nodes alternate between two underlay subnets.
+    #[arg(long)]
+    pub cross_subnet: bool,
+    /// How Services are programmed: `nftables` (the default) or `ipvs`
+    /// (kube-ipvs0 and IPVS virtual services; needs the ip_vs module and
+    /// `ipvsadm`).
+    #[arg(long, value_enum, default_value = "nftables")]
+    pub kube_proxy: plan::KubeProxy,
 }
 
 #[derive(Args, Debug)]
@@ -145,15 +164,26 @@ fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
         );
     }
     let dir = state::dir(&shape.name);
-    let plan = plan::plan_routed(
+    let modes = plan::Modes::resolve(
+        shape.routing,
+        shape.encap,
+        shape.cross_subnet,
+        shape.kube_proxy,
+    )?;
+    // What this kernel and machine lack is said before anything is built.
+    kernel::check(&modes)?;
+    let mut plan = plan::plan_modes(
         &shape.name,
         shape.nodes,
         shape.pods_per_node,
         shape.block_size,
         shape.ipv6,
-        shape.routing,
+        modes,
         &dir.to_string_lossy(),
     )?;
+    if plan.encap == plan::Encap::Wireguard {
+        wireguard::generate_keys(&mut plan)?;
+    }
     state::save(&plan)?;
     if let Err(e) = build::up(&plan, exe) {
         // Leave nothing half-built behind.
@@ -165,9 +195,16 @@ fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
         bail!("interrupted: lab {:?} was torn down", shape.name);
     }
     eprintln!(
-        "lab {:?} up ({} routing): {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
+        "lab {:?} up ({} routing, {} encapsulation{}, kube-proxy {}): {} nodes, {} pods; `observer lab status`, `observer flows --lab-node {}`",
         plan.lab,
         plan.routing.name(),
+        plan.encap.name(),
+        if plan.cross_subnet {
+            " across subnets"
+        } else {
+            ""
+        },
+        plan.kube_proxy.name(),
         plan.nodes.len(),
         plan.pods.len(),
         plan.nodes[0].name
@@ -199,7 +236,17 @@ fn status(o: &OutputArgs) -> Result<()> {
             ]
         })
         .collect();
-    println!("routing: {}", plan.routing.name());
+    println!(
+        "routing: {}, encapsulation: {}{}, kube-proxy: {}",
+        plan.routing.name(),
+        plan.encap.name(),
+        if plan.cross_subnet {
+            " (CrossSubnet)"
+        } else {
+            ""
+        },
+        plan.kube_proxy.name()
+    );
     print!(
         "{}",
         render::table(

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 
-use super::plan::{BLOCK_V6, POOL_V4, POOL_V6, Plan, PodPlan, Routing, ServicePlan, deployment_of};
+use super::plan::{BLOCK_V6, Encap, POOL_V4, POOL_V6, Plan, PodPlan, ServicePlan, deployment_of};
 
 /// Calico's CRD group and version in the Kubernetes datastore.
 const CALICO_API: &str = "crd.projectcalico.org/v1";
@@ -125,12 +125,11 @@ fn node_objects(plan: &Plan) -> Vec<Value> {
                 );
             }
             for ip in &n.tunnel_ips {
-                let key = if ip.is_ipv4() {
-                    "IPv4VXLANTunnelAddr"
-                } else {
-                    "IPv6VXLANTunnelAddr"
-                };
+                let key = tunnel_address_kind(plan.encap, ip.is_ipv6()).annotation;
                 annotations.insert(format!("projectcalico.org/{key}"), json!(ip.to_string()));
+            }
+            if let Some(key) = &n.wireguard_public_key {
+                annotations.insert("projectcalico.org/WireguardPublicKey".into(), json!(key));
             }
             json!({
                 "apiVersion": "v1",
@@ -210,13 +209,59 @@ pub fn cidr_name(cidr: &IpNet) -> String {
     cidr.to_string().replace(['.', ':', '/'], "-")
 }
 
-/// The lab's IPPools, one per family, in the mode of its routing.
-fn ip_pools(plan: &Plan) -> Vec<Value> {
-    let vxlan = match plan.routing {
-        Routing::Vxlan => "Always",
-        Routing::Bgp => "Never",
+/// How Calico names a node's tunnel address: the Node annotation, and the
+/// IPAM handle and attribute type of its allocation.
+pub struct TunnelAddressKind {
+    pub annotation: &'static str,
+    pub handle: &'static str,
+    pub kind: &'static str,
+}
+
+pub fn tunnel_address_kind(encap: Encap, v6: bool) -> TunnelAddressKind {
+    let (annotation, handle, kind) = match (encap, v6) {
+        (Encap::Ipip, _) => (
+            "IPv4IPIPTunnelAddr",
+            "ipip-tunnel-addr",
+            "ipipTunnelAddress",
+        ),
+        (Encap::Wireguard, _) => (
+            "IPv4WireguardInterfaceAddr",
+            "wireguard-tunnel-addr",
+            "wireguardTunnelAddress",
+        ),
+        (_, false) => (
+            "IPv4VXLANTunnelAddr",
+            "vxlan-tunnel-addr",
+            "vxlanTunnelAddress",
+        ),
+        (_, true) => (
+            "IPv6VXLANTunnelAddr",
+            "vxlan-v6-tunnel-addr",
+            "vxlanV6TunnelAddress",
+        ),
     };
-    let pool = |name: &str, cidr: &str, block: u8| {
+    TunnelAddressKind {
+        annotation,
+        handle,
+        kind,
+    }
+}
+
+/// The lab's IPPools, one per family, in the lab's modes: IPv4 in its
+/// encapsulation, IPv6 in VXLAN only in VXLAN labs (Calico's IPv6 pools
+/// have no IPIP; WireGuard is a Felix setting, not a pool mode).
+fn ip_pools(plan: &Plan) -> Vec<Value> {
+    let vxlan = if plan.encap == Encap::Vxlan {
+        "Always"
+    } else {
+        "Never"
+    };
+    let ipip = match (plan.encap, plan.cross_subnet) {
+        (Encap::Ipip, true) => "CrossSubnet",
+        (Encap::Ipip, false) => "Always",
+        _ => "Never",
+    };
+    let pool = |name: &str, cidr: &str, block: u8, ipip: &str| {
         json!({
             "apiVersion": CALICO_API,
             "kind": "IPPool",
@@ -225,7 +270,7 @@ fn ip_pools(plan: &Plan) -> Vec<Value> {
                 "allowedUses": ["Workload", "Tunnel"],
                 "blockSize": block,
                 "cidr": cidr,
-                "ipipMode": "Never",
+                "ipipMode": ipip,
                 "natOutgoing": true,
                 "nodeSelector": "all()",
                 "vxlanMode": vxlan
@@ -237,9 +282,9 @@ fn ip_pools(plan: &Plan) -> Vec<Value> {
         .first()
         .and_then(|n| n.blocks.first())
         .map_or(26, IpNet::prefix_len);
-    let mut out = vec![pool(POOL_V4_NAME, POOL_V4, v4_block)];
+    let mut out = vec![pool(POOL_V4_NAME, POOL_V4, v4_block, ipip)];
     if plan.ipv6 {
-        out.push(pool(POOL_V6_NAME, POOL_V6, BLOCK_V6));
+        out.push(pool(POOL_V6_NAME, POOL_V6, BLOCK_V6, "Never"));
     }
     out
 }
@@ -282,11 +327,8 @@ fn ipam_blocks(plan: &Plan, timestamp: &str) -> Vec<Value> {
             let mut allocations: Vec<Value> = vec![Value::Null; size];
             let mut attributes = Vec::new();
             for tunnel in n.tunnel_ips.iter().filter(|ip| block.contains(*ip)) {
-                let (handle, kind) = if tunnel.is_ipv4() {
-                    ("vxlan-tunnel-addr", "vxlanTunnelAddress")
-                } else {
-                    ("vxlan-v6-tunnel-addr", "vxlanV6TunnelAddress")
-                };
+                let TunnelAddressKind { handle, kind, .. } =
+                    tunnel_address_kind(plan.encap, tunnel.is_ipv6());
                 if let Some(i) = ordinal(block, *tunnel) {
                     allocations[i] = json!(attributes.len());
                     attributes.push(json!({
@@ -479,8 +521,16 @@ mod tests {
         assert_eq!(cni["plugins"][0]["mtu"], 1430);
         assert_eq!(cni["plugins"][0]["ipam"]["ipv6_pools"][0], POOL_V6);
 
-        let bgp =
-            crate::lab::plan::plan_routed("lab", 2, 2, 26, false, Routing::Bgp, "/x").unwrap();
+        let bgp = crate::lab::plan::plan_routed(
+            "lab",
+            2,
+            2,
+            26,
+            false,
+            crate::lab::plan::Routing::Bgp,
+            "/x",
+        )
+        .unwrap();
         assert_eq!(ip_pools(&bgp)[0]["spec"]["vxlanMode"], "Never");
         let blocks = ipam_blocks(&bgp, "t");
         let b = &blocks[0]["spec"];

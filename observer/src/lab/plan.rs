@@ -38,6 +38,115 @@ impl Routing {
     }
 }
 
+/// How pod traffic between nodes is encapsulated, as the IPv4 pool's
+/// `ipipMode`/`vxlanMode` (and Felix's `wireguardEnabled`) say.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// `vxlanMode: Always`: `vxlan.calico` (and `vxlan-v6.calico`).
+    #[default]
+    Vxlan,
+    /// `ipipMode: Always` (or `CrossSubnet`): `tunl0`, IPv4 only; IPv6
+    /// pods go unencapsulated over BGP, as Calico's IPv6 pools have no IPIP.
+    Ipip,
+    /// WireGuard over `wireguard.cali` (IPv4) on top of BGP routes; IPv6
+    /// pods go unencapsulated.
+    Wireguard,
+    /// Unencapsulated BGP routes.
+    None,
+}
+
+impl Encap {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encap::Vxlan => "vxlan",
+            Encap::Ipip => "ipip",
+            Encap::Wireguard => "wireguard",
+            Encap::None => "none",
+        }
+    }
+}
+
+/// How Services are programmed in each node, as kube-proxy's `--proxy-mode`.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeProxy {
+    /// nftables DNAT to a random endpoint.
+    #[default]
+    Nftables,
+    /// IPVS: VIPs on `kube-ipvs0`, a virtual service per Service port
+    /// (`rr`), its ready endpoints as Masq real servers.
+    Ipvs,
+}
+
+impl KubeProxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            KubeProxy::Nftables => "nftables",
+            KubeProxy::Ipvs => "ipvs",
+        }
+    }
+}
+
+/// The lab's modes, resolved from what was asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    pub routing: Routing,
+    pub encap: Encap,
+    /// IPIP only towards nodes in another subnet (`ipipMode: CrossSubnet`).
+    pub cross_subnet: bool,
+    pub kube_proxy: KubeProxy,
+}
+
+impl Modes {
+    /// `--routing` and `--encap` together: VXLAN is Felix's routes; IPIP,
+    /// WireGuard and none ride BGP routes (a BIRD mesh). Without `--encap`,
+    /// `--routing bgp` is unencapsulated BGP; without either, VXLAN.
+    pub fn resolve(
+        routing: Option<Routing>,
+        encap: Option<Encap>,
+        cross_subnet: bool,
+        kube_proxy: KubeProxy,
+    ) -> Result<Self> {
+        let encap = encap.unwrap_or(match routing {
+            Some(Routing::Bgp) => Encap::None,
+            _ => Encap::Vxlan,
+        });
+        let routing = match (encap, routing) {
+            (Encap::Vxlan, None | Some(Routing::Vxlan)) => Routing::Vxlan,
+            (Encap::Vxlan, Some(Routing::Bgp)) => bail!(
+                "--encap vxlan routes with Felix's VXLAN routes (--routing vxlan); \
+                 for BGP use --encap ipip, wireguard or none"
+            ),
+            (_, None | Some(Routing::Bgp)) => Routing::Bgp,
+            (e, Some(Routing::Vxlan)) => bail!(
+                "--encap {} needs BGP routes (--routing bgp, the default for it), as in Calico",
+                e.name()
+            ),
+        };
+        if cross_subnet && encap != Encap::Ipip {
+            bail!("--cross-subnet is IPIP's CrossSubnet mode: use it with --encap ipip");
+        }
+        Ok(Modes {
+            routing,
+            encap,
+            cross_subnet,
+            kube_proxy,
+        })
+    }
+
+    fn of_routing(routing: Routing) -> Self {
+        Modes {
+            routing,
+            encap: match routing {
+                Routing::Vxlan => Encap::Vxlan,
+                Routing::Bgp => Encap::None,
+            },
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NodePlan {
     pub name: String,
@@ -51,6 +160,10 @@ pub struct NodePlan {
     pub tunnel_ips: Vec<IpAddr>,
     /// MAC of the node's VXLAN devices (the static FDB entries point at it).
     pub vxlan_mac: String,
+    /// The public key of the node's `wireguard.cali` (encap `wireguard`);
+    /// its private key is in the node's directory, `wireguard.key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard_public_key: Option<String>,
     pub api_socket: String,
     /// The node observer's Prometheus endpoint, on its underlay address
     /// (reachable from the lab's underlay namespace).
@@ -104,6 +217,16 @@ pub struct Plan {
     pub ipv6: bool,
     #[serde(default)]
     pub routing: Routing,
+    /// How pods' traffic crosses between nodes (IPv4; IPv6 is VXLAN in
+    /// `vxlan` labs, unencapsulated BGP otherwise).
+    #[serde(default)]
+    pub encap: Encap,
+    /// IPIP's CrossSubnet: nodes alternate between 172.30.0.0/24 and
+    /// 172.30.1.0/24, and only traffic between the two is encapsulated.
+    #[serde(default)]
+    pub cross_subnet: bool,
+    #[serde(default)]
+    pub kube_proxy: KubeProxy,
     /// The namespace of the underlay bridge (172.30.0.1): the node
     /// observers' metrics are reachable from there.
     #[serde(default)]
@@ -175,6 +298,35 @@ pub fn plan_routed(
     routing: Routing,
     state_dir: &str,
 ) -> Result<Plan> {
+    plan_modes(
+        lab,
+        nodes,
+        pods,
+        block_size,
+        ipv6,
+        Modes::of_routing(routing),
+        state_dir,
+    )
+}
+
+/// The underlay address of node `k` (from 1): 172.30.0.1k; with
+/// CrossSubnet, even nodes are in 172.30.1.0/24.
+fn underlay_v4(k: u32, cross_subnet: bool) -> Ipv4Addr {
+    let subnet = u8::from(cross_subnet && k.is_multiple_of(2));
+    Ipv4Addr::new(172, 30, subnet, 10 + k as u8)
+}
+
+/// Plans a lab of `nodes` nodes with `pods` pods each in `modes`.
+pub fn plan_modes(
+    lab: &str,
+    nodes: u32,
+    pods: u32,
+    block_size: u8,
+    ipv6: bool,
+    modes: Modes,
+    state_dir: &str,
+) -> Result<Plan> {
+    let routing = modes.routing;
     if !(1..=50).contains(&nodes) {
         bail!("--nodes must be between 1 and 50");
     }
@@ -198,6 +350,9 @@ pub fn plan_routed(
         lab: lab.to_owned(),
         ipv6,
         routing,
+        encap: modes.encap,
+        cross_subnet: modes.cross_subnet,
+        kube_proxy: modes.kube_proxy,
         underlay_netns: format!("{lab}-underlay"),
         nodes: Vec::new(),
         pods: Vec::new(),
@@ -213,11 +368,14 @@ pub fn plan_routed(
             blocks.push(IpNet::V6(b6));
             tunnel_ips.push(host_v6(b6, 0));
         }
-        if routing == Routing::Bgp {
+        match modes.encap {
+            Encap::Vxlan => {}
+            // IPv4 only: the node's tunl0 or wireguard.cali address.
+            Encap::Ipip | Encap::Wireguard => tunnel_ips.truncate(1),
             // No tunnel device, so no tunnel address (ordinal 0 stays free).
-            tunnel_ips.clear();
+            Encap::None => tunnel_ips.clear(),
         }
-        let underlay_ip = Ipv4Addr::new(172, 30, 0, 10 + k as u8);
+        let underlay_ip = underlay_v4(k, modes.cross_subnet);
         let node_dir = format!("{state_dir}/{name}");
         let bgp = routing == Routing::Bgp;
         for i in 1..=pods {
@@ -254,6 +412,7 @@ pub fn plan_routed(
             blocks,
             tunnel_ips,
             vxlan_mac: format!("66:ca:11:00:00:{k:02x}"),
+            wireguard_public_key: None,
             api_socket: format!("{state_dir}/{name}.sock"),
             metrics_url: format!("http://{underlay_ip}:{METRICS_PORT}/metrics"),
             bird_socket: bgp.then(|| format!("{node_dir}/bird.ctl")),
@@ -344,6 +503,42 @@ mod tests {
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["routing"], "bgp");
         assert_eq!(json["underlay_netns"], "lab-underlay");
+    }
+
+    #[test]
+    fn modes_resolve_as_calico_combines_them() {
+        let m = |r, e, x| Modes::resolve(r, e, x, KubeProxy::Nftables);
+        assert_eq!(m(None, None, false).unwrap(), Modes::default());
+        let bgp = m(Some(Routing::Bgp), None, false).unwrap();
+        assert_eq!((bgp.routing, bgp.encap), (Routing::Bgp, Encap::None));
+        let ipip = m(None, Some(Encap::Ipip), true).unwrap();
+        assert_eq!(
+            (ipip.routing, ipip.encap, ipip.cross_subnet),
+            (Routing::Bgp, Encap::Ipip, true)
+        );
+        assert!(m(Some(Routing::Vxlan), Some(Encap::Ipip), false).is_err());
+        assert!(m(Some(Routing::Bgp), Some(Encap::Vxlan), false).is_err());
+        assert!(m(None, Some(Encap::Wireguard), true).is_err());
+    }
+
+    #[test]
+    fn ipip_and_wireguard_nodes_have_an_ipv4_tunnel_address_from_their_block() {
+        let modes = Modes::resolve(None, Some(Encap::Ipip), true, KubeProxy::Ipvs).unwrap();
+        let p = plan_modes("lab", 3, 2, 24, true, modes, "/x").unwrap();
+        assert_eq!(p.nodes[1].blocks[0].to_string(), "10.244.1.0/24");
+        assert_eq!(
+            p.nodes[1].tunnel_ips,
+            vec!["10.244.1.0".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(p.pods[2].ips[0].to_string(), "10.244.1.1");
+        // CrossSubnet: node2 in the other subnet, node3 with node1.
+        let ul: Vec<String> = p.nodes.iter().map(|n| n.underlay_ip.to_string()).collect();
+        assert_eq!(ul, ["172.30.0.11", "172.30.1.12", "172.30.0.13"]);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(
+            (&json["encap"], &json["kube_proxy"]),
+            (&"ipip".into(), &"ipvs".into())
+        );
     }
 
     #[test]

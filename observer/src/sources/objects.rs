@@ -268,6 +268,8 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
         "projectcalico.org/IPv4VXLANTunnelAddr",
         "projectcalico.org/IPv6VXLANTunnelAddr",
         "projectcalico.org/IPv4IPIPTunnelAddr",
+        "projectcalico.org/IPv4WireguardInterfaceAddr",
+        "projectcalico.org/IPv6WireguardInterfaceAddr",
     ] {
         if let Some(ip) = node
             .metadata
