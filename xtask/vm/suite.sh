@@ -35,6 +35,10 @@ run classifier
 # IPIP on a real tunl0, TCX refused, and every capture replayed to the
 # same flows as on the host; ignored there.
 run older_kernel --ignored --test-threads 1
+# The lab in IPIP (with kube-proxy's IPVS) and WireGuard modes: exact
+# counts through real tunl0 and wireguard.cali, IPVS naming flows; ignored
+# on the host, whose kernel has neither module.
+run tunnels --ignored --test-threads 1
 
 if [ -n "$failed" ]; then
     echo "suite: FAILED:$failed"

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The integration tests `xtask/vm/suite.sh` runs (`$TEST_<name>`).
-pub const SUITE_TESTS: &[&str] = &["daemon", "classifier", "older_kernel"];
+pub const SUITE_TESTS: &[&str] = &["daemon", "classifier", "older_kernel", "tunnels"];
 
 pub struct Binaries {
     pub observer: PathBuf,
