@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod doctor;
 pub mod export;
 pub mod flows;
+pub mod fuzz;
 pub mod lab;
 pub mod model;
 pub mod replay;
