@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench`.
+//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench | fuzz`.
 //!
 //! `setup` installs what a fresh machine lacks (nightly rust-src,
 //! bpf-linker built against the nightly's LLVM, Debian packages the lab and
@@ -33,6 +33,13 @@ enum Task {
     /// Set up, build, and run the benchmarks (`--quick`: a CI smoke); writes
     /// target/bench/report.md and report.json (arguments go to observer-bench).
     Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run generated and mutated frames through the kernel
+    /// classifier; exits non-zero on any violation (arguments go to
+    /// observer-fuzz: `--frames N`, default 1,000,000; `--seed`, `--start`).
+    Fuzz {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -81,6 +88,21 @@ fn main() -> Result<()> {
             cmd.args(&args).current_dir(workspace_root());
             run(&mut cmd)
         }
+        Task::Fuzz { args } => {
+            setup::run()?;
+            require_root("the fuzzer loads eBPF programs")?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "observer",
+                "--bin",
+                "observer-fuzz",
+            ])?;
+            let mut cmd = Command::new(target_dir().join("release/observer-fuzz"));
+            cmd.args(&args);
+            run(&mut cmd)
+        }
         Task::Test { no_lint, args } => {
             setup::run()?;
             require_root("the tests load eBPF programs and build network namespaces")?;
@@ -116,6 +138,13 @@ fn workspace_root() -> std::path::PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// Where cargo puts what it builds: CARGO_TARGET_DIR (relative to the
+/// workspace, where `cargo` runs), else `target/`.
+fn target_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    workspace_root().join(dir)
 }
 
 fn require_root(why: &str) -> Result<()> {
