@@ -114,9 +114,26 @@ pub struct Run {
     pub result: Result<(u32, Vec<u8>), String>,
 }
 
-/// Where a run's packets went (index into [`PER_RUN`]), or None when the
-/// kernel refused the frame before our program ran.
-pub type Landed = Option<usize>;
+/// Where a run's packets went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Landed {
+    /// BPF_PROG_TEST_RUN refused the frame before any program ran.
+    Refused,
+    /// In no category: lost (always a violation).
+    Nowhere,
+    /// In [`PER_RUN`]`[i]` (the first one, if several moved).
+    In(usize),
+}
+
+impl Landed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Landed::Refused => "refused by BPF_PROG_TEST_RUN",
+            Landed::Nowhere => "nowhere",
+            Landed::In(i) => PER_RUN[i].name,
+        }
+    }
+}
 
 /// Checks one run; returns where its packets landed and what was wrong.
 pub fn run(case: &Case, run: &Run, before: &Counters, after: &Counters) -> (Landed, Vec<String>) {
@@ -129,7 +146,7 @@ pub fn run(case: &Case, run: &Run, before: &Counters, after: &Counters) -> (Land
             if deltas(PER_RUN, before, after).iter().any(|&d| d != 0) {
                 problems.push(format!("refused run ({e}) moved counters"));
             }
-            return (None, problems);
+            return (Landed::Refused, problems);
         }
         Err(e) => problems.push(format!("the run failed: {e}")),
         Ok((ret, out)) => {
@@ -158,7 +175,10 @@ pub fn run(case: &Case, run: &Run, before: &Counters, after: &Counters) -> (Land
             describe(PER_RUN, &d)
         ));
     }
-    let landed = d.iter().position(|&n| n != 0);
+    let landed = d
+        .iter()
+        .position(|&n| n != 0)
+        .map_or(Landed::Nowhere, Landed::In);
 
     // Lengths come from the skb, never from a length field: the IP bytes
     // counted cannot exceed the frame (a GSO segment repeats at most all
@@ -194,7 +214,7 @@ pub fn run(case: &Case, run: &Run, before: &Counters, after: &Counters) -> (Land
             Class::Flow => "ip",
             Class::NonIp => "non_ip",
         };
-        let got = landed.map_or("nowhere", |i| PER_RUN[i].name);
+        let got = landed.name();
         if got != want {
             problems.push(format!("a valid {class:?} frame was counted as {got}"));
         }
@@ -298,7 +318,7 @@ mod tests {
         let c = case(Some(Class::Flow), None);
         let a = after(|a| a.iface.hook[0].packets = 1);
         let (landed, problems) = run(&c, &ran(&c), &Counters::default(), &a);
-        assert_eq!((landed, problems), (Some(0), Vec::<String>::new()));
+        assert_eq!((landed, problems), (Landed::In(0), Vec::<String>::new()));
         let gso = case(None, Some((3, 100)));
         let a = after(|a| a.iface.hook[0].packets = 3);
         assert!(run(&gso, &ran(&gso), &Counters::default(), &a).1.is_empty());
@@ -353,7 +373,10 @@ mod tests {
         let none = Counters::default();
         assert!(run(&c, &refused, &none, &none).1.len() > 1);
         c.frame.bytes.truncate(13);
-        assert_eq!(run(&c, &refused, &none, &none), (None, Vec::new()));
+        assert_eq!(
+            run(&c, &refused, &none, &none),
+            (Landed::Refused, Vec::new())
+        );
         assert!(refused_by_kernel(&[0; 13]));
         assert!(!refused_by_kernel(&[0; 14]));
         let mut v4 = vec![0; 33];

@@ -21,7 +21,7 @@ pub fn describe(seed: u64, case: &Case, landed: Landed, problems: &[String]) -> 
         "frame {} (seed {seed}): {} -> {}\n",
         case.index,
         case.prog,
-        landed.map_or("refused by the kernel", |i| PER_RUN[i].name)
+        landed.name()
     );
     for p in problems {
         s += &format!("  - {p}\n");
@@ -56,6 +56,8 @@ pub struct Summary {
     pub frames: u64,
     pub runs: BTreeMap<&'static str, u64>,
     pub refused: u64,
+    /// Runs whose packets were counted nowhere.
+    pub lost: u64,
     /// Runs per [`PER_RUN`] category.
     pub landed: Vec<u64>,
     pub packets: u64,
@@ -65,8 +67,12 @@ pub struct Summary {
     pub batches: u64,
     pub flows_cleared: u64,
     pub violations: u64,
-    /// Violations described in full, at most the configured number.
+    /// Of which found by the flow-map check at the end of a batch.
+    pub batch_violations: u64,
+    /// Violations described in full, at most the configured number of
+    /// each kind (per run, per batch).
     pub reports: Vec<String>,
+    batch_reports: usize,
     pub elapsed: Duration,
 }
 
@@ -78,6 +84,7 @@ impl Summary {
             frames: 0,
             runs: BTreeMap::new(),
             refused: 0,
+            lost: 0,
             landed: vec![0; PER_RUN.len()],
             packets: 0,
             valid: 0,
@@ -86,7 +93,9 @@ impl Summary {
             batches: 0,
             flows_cleared: 0,
             violations: 0,
+            batch_violations: 0,
             reports: Vec::new(),
+            batch_reports: 0,
             elapsed: Duration::ZERO,
         }
     }
@@ -95,11 +104,12 @@ impl Summary {
         self.frames += 1;
         *self.runs.entry(case.prog).or_default() += 1;
         match landed {
-            Some(i) => {
+            Landed::In(i) => {
                 self.landed[i] += 1;
                 self.packets += case.frame.packets();
             }
-            None => self.refused += 1,
+            Landed::Refused => self.refused += 1,
+            Landed::Nowhere => self.lost += 1,
         }
         if case.mutations.is_empty() {
             self.valid += 1;
@@ -110,15 +120,29 @@ impl Summary {
         self.swept += u64::from(case.sweep_cut.is_some());
     }
 
-    /// Counts a violation; describes it (printing it at once) while under
-    /// `max` reports.
+    /// Counts a violation found in a run; describes it (printing it at
+    /// once) while under `max` such reports.
     pub fn violation(&mut self, max: usize, describe: impl FnOnce() -> String) {
         self.violations += 1;
-        if self.reports.len() < max {
-            let text = describe();
-            eprintln!("VIOLATION {text}");
-            self.reports.push(text);
+        if self.reports.len() - self.batch_reports < max {
+            self.report(describe());
         }
+    }
+
+    /// The same for a violation found by a batch's flow-map check, so that
+    /// a flood of per-run reports does not hide it.
+    pub fn batch_violation(&mut self, max: usize, describe: impl FnOnce() -> String) {
+        self.violations += 1;
+        self.batch_violations += 1;
+        if self.batch_reports < max {
+            self.batch_reports += 1;
+            self.report(describe());
+        }
+    }
+
+    fn report(&mut self, text: String) {
+        eprintln!("VIOLATION {text}");
+        self.reports.push(text);
     }
 
     pub fn frames_per_sec(&self) -> f64 {
@@ -155,10 +179,12 @@ impl fmt::Display for Summary {
             .collect();
         writeln!(
             f,
-            "  accounted: {} ({} packets); refused by BPF_PROG_TEST_RUN before any \
-             program ran (shorter than Ethernet + the IP header bytes 12-13 name): {}",
+            "  accounted: {} ({} packets); nowhere: {}; refused by BPF_PROG_TEST_RUN \
+             before any program ran (shorter than Ethernet + the IP header bytes 12-13 \
+             name): {}",
             landed.join(", "),
             self.packets,
+            self.lost,
             self.refused
         )?;
         let muts: Vec<String> = self
@@ -179,6 +205,10 @@ impl fmt::Display for Summary {
             "  flow map: {} batches checked against the interface totals, {} flows cleared",
             self.batches, self.flows_cleared
         )?;
-        write!(f, "  violations: {}", self.violations)
+        write!(
+            f,
+            "  violations: {} ({} found by the flow-map check)",
+            self.violations, self.batch_violations
+        )
     }
 }

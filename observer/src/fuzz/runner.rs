@@ -63,7 +63,7 @@ pub fn run(cfg: &Config) -> Result<Summary> {
             let now = Counters::read_all(&dp)?;
             if let Some(problem) = check::batch(&batch_start, &now) {
                 let culprit = locate(cfg.seed, batch_first, index + 1)?;
-                sum.violation(cfg.max_reports, || {
+                sum.batch_violation(cfg.max_reports, || {
                     format!(
                         "flow map after frames {batch_first}..={index} (seed {}): {problem}\n{}",
                         cfg.seed,
