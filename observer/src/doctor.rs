@@ -12,11 +12,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::State,
     datapath::{attach::Via, links::LinkInfoView},
     flows::InterfaceKind,
     model::Model,
     sources::routes::RouteTable,
+    state::State,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,19 +80,8 @@ pub fn healthy(checks: &[Check]) -> bool {
         .all(|c| matches!(c.verdict, Verdict::Ok | Verdict::Skip))
 }
 
-/// Header bytes each tunnel adds to an inner packet, by device name.
-fn tunnel_overhead(name: &str) -> u32 {
-    match name {
-        n if n.starts_with("vxlan-v6") => 70,
-        n if n.starts_with("vxlan") => 50,
-        n if n.starts_with("wg-v6") => 80,
-        n if n.starts_with("wireguard") || n.starts_with("wg") => 60,
-        _ => 20, // tunl0: IPIP
-    }
-}
-
 /// Runs every check: the daemon's state beside what the kernel says now.
-pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
+pub async fn run(state: &crate::state::Shared) -> Vec<Check> {
     // Asked of the kernel without holding the state, so that polls go on
     // meanwhile.
     let attached: Vec<(u32, String, Via)> = {
@@ -392,11 +381,14 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
             continue;
         };
         let device = kernel.link_name(route.ifindex);
-        let fits = match expected.as_deref() {
-            Some("vxlan") => device.starts_with("vxlan"),
-            Some("ipip") => device == "tunl0",
-            Some("none") => !device.starts_with("vxlan") && device != "tunl0",
-            _ => true,
+        let on = observer_common::Encap::from_device(&device);
+        let fits = match expected
+            .as_deref()
+            .and_then(observer_common::Encap::from_name)
+        {
+            Some(observer_common::Encap::None) => on.is_none(),
+            Some(want) => on == Some(want),
+            None => true,
         };
         if !fits {
             problems.push(format!(
@@ -472,11 +464,11 @@ fn mtus(st: &State, m: &Model, kernel: &Kernel) -> Check {
     let mut problems = Vec::new();
     if let Some(u) = underlay {
         for (name, mtu) in &tunnels {
-            let fits = u.saturating_sub(tunnel_overhead(name));
+            let headers = observer_common::Encap::device_overhead(name);
+            let fits = u.saturating_sub(headers);
             if *mtu > fits {
                 problems.push(format!(
-                    "{name} MTU {mtu} > underlay {u} - {} bytes of headers = {fits}",
-                    tunnel_overhead(name)
+                    "{name} MTU {mtu} > underlay {u} - {headers} bytes of headers = {fits}"
                 ));
             }
         }

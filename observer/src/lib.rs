@@ -17,3 +17,4 @@ pub mod lab;
 pub mod model;
 pub mod replay;
 pub mod sources;
+pub mod state;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{
-    daemon::{Shared, interface_of},
     flows::{direction, to_view, view::FlowView},
+    state::{Shared, interface_of},
 };
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
