@@ -84,16 +84,18 @@ pub fn healthy(checks: &[Check]) -> bool {
 pub async fn run(state: &crate::state::Shared) -> Vec<Check> {
     // Asked of the kernel without holding the state, so that polls go on
     // meanwhile.
-    let attached: Vec<(u32, String, Via)> = {
+    let (attached, ours) = {
         let st = state.read().await;
-        st.interfaces
+        let attached: Vec<(u32, String, Via)> = st
+            .interfaces
             .iter()
             .filter(|(_, i)| i.iface.kind == InterfaceKind::Pod && !i.gone)
             .filter_map(|(ix, i)| Some((*ix, i.iface.name.clone(), i.via?)))
-            .collect()
+            .collect();
+        (attached, st.status.program_ids.clone())
     };
     let (hooks, routes, links) = tokio::join!(
-        hooks(attached),
+        hooks(attached, ours),
         crate::sources::routes::dump(),
         crate::datapath::links::dump()
     );
@@ -102,21 +104,41 @@ pub async fn run(state: &crate::state::Shared) -> Vec<Check> {
     checks(&st, &kernel)
 }
 
-/// Whether our programs are on each interface, as the kernel lists them.
-async fn hooks(attached: Vec<(u32, String, Via)>) -> Hooks {
+/// Whether our programs are on each interface, as the kernel lists them:
+/// the very programs we loaded (`ours`, by id), not any of the same name.
+async fn hooks(attached: Vec<(u32, String, Via)>, ours: Vec<u32>) -> Hooks {
     let mut kernel = Hooks::new();
     for (ifindex, name, via) in attached {
         let found = match via {
-            Via::Clsact => crate::datapath::attach::clsact_filters_present(ifindex)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Via::Tcx => tokio::task::spawn_blocking(move || tcx_present(&name))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string())),
+            Via::Clsact => clsact_present(ifindex, &ours).await,
+            Via::Tcx => {
+                let ours = ours.clone();
+                tokio::task::spawn_blocking(move || tcx_present(&name, &ours))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
         };
         kernel.insert(ifindex, (via, found));
     }
     kernel
+}
+
+/// Whether one of `ours` is among the cls_bpf filters at our priority on
+/// the clsact (ingress, egress) hooks.
+async fn clsact_present(ifindex: u32, ours: &[u32]) -> Result<(bool, bool), String> {
+    use crate::datapath::attach::our_filters;
+    let on = |filters: Vec<crate::datapath::attach::OurFilter>| {
+        filters
+            .iter()
+            .any(|f| f.program_id.is_some_and(|id| ours.contains(&id)))
+    };
+    let ingress = our_filters(ifindex, false)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let egress = our_filters(ifindex, true)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((on(ingress), on(egress)))
 }
 
 /// How we attached to an interface, and whether the kernel has our program
@@ -310,16 +332,13 @@ fn attachment_problem(attach_error: Option<&String>, kernel: Option<&Found>) -> 
 
 /// Whether our TCX programs are on an interface's (ingress, egress), as
 /// the kernel lists them.
-fn tcx_present(interface: &str) -> Result<(bool, bool), String> {
+fn tcx_present(interface: &str, ours: &[u32]) -> Result<(bool, bool), String> {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
-    let ours = |t: TcAttachType| -> Result<bool, String> {
+    let on = |t: TcAttachType| -> Result<bool, String> {
         let (_, programs) = SchedClassifier::query_tcx(interface, t).map_err(|e| e.to_string())?;
-        Ok(programs.iter().any(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
-        }))
+        Ok(programs.iter().any(|p| ours.contains(&p.id())))
     };
-    Ok((ours(TcAttachType::Ingress)?, ours(TcAttachType::Egress)?))
+    Ok((on(TcAttachType::Ingress)?, on(TcAttachType::Egress)?))
 }
 
 /// Every `cali*` interface belongs to a pod we know.

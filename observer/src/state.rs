@@ -44,6 +44,9 @@ pub struct DatapathStatus {
     pub stats_history: std::collections::VecDeque<(Instant, [u64; Stat::COUNT as usize])>,
     /// (run time ns, runs) per program when `kernel.bpf_stats_enabled`.
     pub program_stats: Vec<(String, (u64, u64))>,
+    /// The kernel's ids of the programs we loaded: how the doctor tells
+    /// ours from others of the same name.
+    pub program_ids: Vec<u32>,
 }
 
 /// Everything the API shows; written by the poll loop.

@@ -60,6 +60,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         interfaces: BTreeMap::new(),
         status: DatapathStatus {
             flow_capacity: args.flow_capacity,
+            program_ids: dp.program_ids(),
             ..Default::default()
         },
         clock: Clock::new(dp.clock_sample()?, jiffy_ns),
