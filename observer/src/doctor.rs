@@ -542,7 +542,13 @@ fn mtus(st: &State, m: &Model, kernel: &Kernel) -> Check {
         "mtu",
         problems,
         format!(
-            "tunnels {tunnels:?}, underlay {}",
+            "tunnel MTUs: {}; underlay MTU: {}",
+            if tunnels.is_empty() {
+                "none".to_owned()
+            } else {
+                let each: Vec<String> = tunnels.iter().map(|(n, m)| format!("{n} {m}")).collect();
+                each.join(", ")
+            },
             underlay.map_or("not watched".into(), |u| u.to_string())
         ),
         "set Calico's MTU (FelixConfiguration mtu / the CNI config's mtu) to the underlay MTU \
@@ -635,6 +641,10 @@ fn datapath_counters(st: &State) -> Check {
         return Check::skip("datapath-counters", "not polled yet");
     };
     let secs = t1.duration_since(*t0).as_secs();
+    let window = match secs {
+        0 => "since the first poll".to_owned(),
+        s => format!("in the last {s} s"),
+    };
     let mut problems = Vec::new();
     for (stat, why) in [
         (
@@ -646,16 +656,13 @@ fn datapath_counters(st: &State) -> Check {
     ] {
         let grew = last[stat as usize].saturating_sub(first[stat as usize]);
         if grew > 0 {
-            problems.push(format!(
-                "{}: +{grew} in the last {secs} s ({why})",
-                stat.name()
-            ));
+            problems.push(format!("{}: +{grew} {window} ({why})", stat.name()));
         }
     }
     Check::new(
         "datapath-counters",
         problems,
-        format!("no insert failures or unparsed packets in the last {secs} s"),
+        format!("no insert failures or unparsed packets {window}"),
         "a full flow map loses flow detail (not counts): raise --flow-capacity; unparsed \
          packets: capture some with tcpdump and run `observer replay` on them",
         Verdict::Warn,
