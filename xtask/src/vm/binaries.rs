@@ -24,19 +24,18 @@ pub struct Binaries {
 }
 
 /// Builds with cargo (output passed through) and reads the executables'
-/// paths from its JSON messages.
-pub fn build(with_tests: bool, release: bool) -> Result<Binaries> {
+/// paths from its JSON messages. Always with the suite's tests, also for
+/// another command: building the binary alone unifies other features
+/// (no dev-dependencies) and would rebuild most crates a second time.
+pub fn build(release: bool) -> Result<Binaries> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    if !with_tests {
-        cmd.args(["build", "--package", "observer", "--bin", "observer"]);
-    } else if release {
-        cmd.args(["test", "--no-run", "--package", "observer"]);
+    if release {
+        cmd.args(["test", "--no-run", "--release", "--package", "observer"]);
         for t in SUITE_TESTS {
             cmd.args(["--test", t]);
         }
     } else {
-        // `cargo xtask test`'s own selection: features unified over other
-        // packages would rebuild everything.
+        // `cargo xtask test`'s own selection, for the same reason.
         cmd.args([
             "test",
             "--no-run",
@@ -44,9 +43,6 @@ pub fn build(with_tests: bool, release: bool) -> Result<Binaries> {
             "--exclude",
             "observer-ebpf",
         ]);
-    }
-    if release {
-        cmd.arg("--release");
     }
     cmd.arg("--message-format=json-render-diagnostics")
         .current_dir(crate::workspace_root())
@@ -70,9 +66,11 @@ pub fn build(with_tests: bool, release: bool) -> Result<Binaries> {
             .cloned()
             .unwrap_or_default();
         let is = |k: &str| kinds.iter().any(|v| v == k);
-        if msg["profile"]["test"] == true && is("test") && SUITE_TESTS.contains(&name) {
+        // A bin's own unit tests are a `bin` built as a test: not the bin.
+        let test_harness = msg["profile"]["test"] == true;
+        if test_harness && is("test") && SUITE_TESTS.contains(&name) {
             tests.push((name.to_owned(), PathBuf::from(exe)));
-        } else if is("bin") && name == "observer" {
+        } else if !test_harness && is("bin") && name == "observer" {
             observer = Some(PathBuf::from(exe));
         }
     }

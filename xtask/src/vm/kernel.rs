@@ -54,7 +54,7 @@ fn stock_image() -> Result<PathBuf> {
     }
     let version = depends
         .split(',')
-        .filter_map(|d| d.trim().split_whitespace().next())
+        .filter_map(|d| d.split_whitespace().next())
         .find_map(|p| p.strip_prefix("linux-image-"))
         .with_context(|| format!("{STOCK_PACKAGE} depends on no linux-image-*: {depends:?}"))?;
     let image = PathBuf::from(format!("/boot/vmlinuz-{version}"));

@@ -72,7 +72,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     if suite {
         crate::require_root("the VM suite replays captures on the host to compare")?;
     }
-    let bins = binaries::build(suite, opts.release)?;
+    let bins = binaries::build(opts.release)?;
     let dir = vm_dir(&bins.observer)?;
     let mut env = vec![
         ("OBSERVER".to_owned(), bins.observer.clone()),
@@ -84,8 +84,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 .into(),
         ),
     ];
+    // The suite's test binaries, also for a command of one's own:
+    // `cargo xtask vm -- '$TEST_daemon --exact ...'`.
+    env.extend(
+        bins.tests
+            .iter()
+            .map(|(name, exe)| (format!("TEST_{name}"), exe.clone())),
+    );
     let command = if suite {
-        env.extend(suite::prepare(&bins, &dir)?);
+        env.extend(suite::prepare(&bins.observer, &dir)?);
         suite::COMMAND.to_owned()
     } else {
         opts.command.join(" ")
