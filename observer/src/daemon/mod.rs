@@ -83,9 +83,10 @@ pub type Shared = Arc<RwLock<State>>;
 pub async fn run(args: RunArgs) -> Result<()> {
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
+    // Before loading anything: a kernel without TCX is told at once.
+    let mut attacher = Attacher::new(args.attach_mode)?;
     let mut dp = Datapath::load(args.flow_capacity)?;
     let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
-    let mut attacher = Attacher::new(args.attach_mode)?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
         model: Arc::new(Model::default()),
