@@ -61,7 +61,8 @@ enum Task {
         /// emulated CPU is used).
         #[arg(long)]
         kvm: bool,
-        /// The dev-profile binaries (what `cargo xtask test` runs) instead of release.
+        /// The dev-profile binaries instead of release (no release build, but
+        /// many times slower in the VM).
         #[arg(long)]
         dev: bool,
         /// A shell command line for the guest.

@@ -1,10 +1,10 @@
 //! What the guest runs, built on the host: `observer` and, for the VM
 //! suite, its test binaries, of one profile (so that the tests'
 //! `CARGO_BIN_EXE_observer` is that same binary). Release by default, what
-//! a node runs; `cargo xtask test` takes the dev binaries it has just built
-//! rather than spend minutes building release ones (the eBPF object, all
-//! the kernel sees, is the same release build in both). The guest sees the
-//! host's root file system, so the host paths cargo reports work there.
+//! a node runs, and what `cargo xtask test` uses: dev binaries save the
+//! release build but run many times slower on the emulated CPU (27 minutes
+//! for the suite instead of 4). The guest sees the host's root file
+//! system, so the host paths cargo reports work there.
 
 use std::{
     io::{BufRead as _, BufReader},
