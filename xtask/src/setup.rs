@@ -29,7 +29,17 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "BIRD 1.6 (bird, bird6, birdc): the BGP mesh of `observer lab up --routing bgp`",
     ),
     ("prometheus", "scraping the lab's node observers"),
+    ("qemu-system-x86", "the VM of `cargo xtask vm`"),
+    (
+        "linux-image-amd64",
+        "Debian's stock kernel (and its modules) that `cargo xtask vm` boots",
+    ),
+    ("busybox-static", "virtme-ng's initramfs"),
 ];
+
+/// virtme-ng (PyPI), which boots a kernel on a copy-on-write view of this
+/// machine's root file system; the release checked here.
+const VIRTME_NG: &str = "virtme-ng==1.42";
 
 /// System-wide services the packages above start on install. The lab runs
 /// its own BIRDs (and Prometheus) inside its namespaces; a host-wide BIRD
@@ -44,6 +54,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    virtme_ng()?;
     Ok(())
 }
 
@@ -216,4 +227,50 @@ fn disable_services(installed: &[&str]) {
             eprintln!("setup: could not disable {units:?}; stop them by hand if they run");
         }
     }
+}
+
+fn virtme_ng() -> Result<()> {
+    if vng().is_some() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {VIRTME_NG} with pip");
+    crate::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        VIRTME_NG,
+    ]))
+    .context("installing virtme-ng needs python3 with pip")?;
+    if vng().is_none() {
+        bail!(
+            "virtme-ng was installed but its `vng` is neither on PATH nor beside python3's scripts"
+        );
+    }
+    Ok(())
+}
+
+/// virtme-ng's `vng`: on PATH, else where pip put python3's scripts.
+pub fn vng() -> Option<PathBuf> {
+    which("vng").or_else(|| {
+        let scripts = output(Command::new("python3").args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ]))
+        .ok()?;
+        let vng = Path::new(scripts.trim()).join("vng");
+        vng.is_file().then_some(vng)
+    })
+}
+
+/// `name` as the shell would find it on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }

@@ -48,12 +48,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
     let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;
+    // Before loading anything: a kernel without TCX is told at once.
+    let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
     let mut dp = match &pins {
         Some(p) => Datapath::load_pinned(args.flow_capacity, p)?,
         None => Datapath::load(args.flow_capacity)?,
     };
     let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
-    let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
         model: Arc::new(Model::default()),

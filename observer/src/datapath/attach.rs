@@ -105,7 +105,11 @@ impl Attacher {
         let tcx_kernel = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         let use_tcx = match mode {
             AttachMode::Auto => tcx_kernel,
-            AttachMode::Tcx if !tcx_kernel => bail!("--attach-mode tcx needs Linux 6.6 or newer"),
+            AttachMode::Tcx if !tcx_kernel => bail!(
+                "--attach-mode tcx needs Linux 6.6 or newer; this kernel is {} \
+                 (--attach-mode auto or clsact attach with a clsact qdisc)",
+                super::object::kernel_release()
+            ),
             AttachMode::Tcx => true,
             AttachMode::Clsact => false,
         };

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
 use observer_common::FLOWS_MAP;
 
 use super::pin::PINNED_MAPS;
@@ -28,6 +28,7 @@ pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS,
 /// With `maps_dir`, the maps that carry counts are pinned there, or taken
 /// from there when an earlier daemon pinned them.
 pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
+    check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS_MAP, flow_capacity);
@@ -54,6 +55,28 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// The oldest kernel the programs and the daemon's map reads work on:
+/// `BPF_MAP_LOOKUP_BATCH` came in 5.6, `bpf_jiffies64` in 5.5. Older ones
+/// are told so in one line rather than with the verifier's log.
+fn check_kernel() -> Result<()> {
+    // A version we cannot read is left to the kernel to judge.
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 6, 0)) {
+        bail!(
+            "observer needs Linux 5.6 or newer (batched map reads, bpf_jiffies64); \
+             this kernel is {}",
+            kernel_release()
+        );
+    }
+    Ok(())
+}
+
+/// `uname -r`, for messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so that
