@@ -40,8 +40,9 @@ pub fn vm_suite() -> (Tally, Result<()>) {
     let outcome = vm::run(&vm::Options {
         kernel: None,
         kvm: false,
-        // Release: the dev binaries run many times slower on the emulated
-        // CPU (the suite took 27 minutes with them, 4 with release).
+        // The `ci` profile's binaries, which the host's run just built: dev
+        // ones run many times slower on the emulated CPU (the suite took
+        // 27 minutes with them, 4 optimised).
         release: true,
         command: Vec::new(),
     });

@@ -1,10 +1,11 @@
 //! What the guest runs, built on the host: `observer` and, for the VM
 //! suite, its test binaries, of one profile (so that the tests'
-//! `CARGO_BIN_EXE_observer` is that same binary). Release by default, what
-//! a node runs, and what `cargo xtask test` uses: dev binaries save the
-//! release build but run many times slower on the emulated CPU (27 minutes
-//! for the suite instead of 4). The guest sees the host's root file
-//! system, so the host paths cargo reports work there.
+//! `CARGO_BIN_EXE_observer` is that same binary). The `ci` profile by
+//! default (optimised, with debug checks), with the same selection as
+//! `cargo xtask test`'s host run, so that after it nothing is built again:
+//! dev binaries run many times slower on the emulated CPU (27 minutes for
+//! the suite instead of 4). The guest sees the host's root file system, so
+//! the host paths cargo reports work there.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -24,26 +25,13 @@ pub struct Binaries {
 }
 
 /// Builds with cargo (output passed through) and reads the executables'
-/// paths from its JSON messages. Always with the suite's tests, also for
-/// another command: building the binary alone unifies other features
-/// (no dev-dependencies) and would rebuild most crates a second time.
-pub fn build(release: bool) -> Result<Binaries> {
+/// paths from its JSON messages. Always `cargo xtask test`'s selection,
+/// also for another command: building the binary alone unifies other
+/// features (no dev-dependencies) and would rebuild most crates again.
+pub fn build(profile: &str) -> Result<Binaries> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    if release {
-        cmd.args(["test", "--no-run", "--release", "--package", "observer"]);
-        for t in SUITE_TESTS {
-            cmd.args(["--test", t]);
-        }
-    } else {
-        // `cargo xtask test`'s own selection, for the same reason.
-        cmd.args([
-            "test",
-            "--no-run",
-            "--workspace",
-            "--exclude",
-            "observer-ebpf",
-        ]);
-    }
+    cmd.args(["test", "--no-run", "--profile", profile]);
+    cmd.args(crate::TEST_SELECTION);
     cmd.arg("--message-format=json-render-diagnostics")
         .current_dir(crate::workspace_root())
         .stdout(Stdio::piped());
