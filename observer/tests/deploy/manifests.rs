@@ -1,4 +1,8 @@
-//! The Kubernetes manifests.
+//! The Kubernetes manifests as `kubectl apply -k` sees them: every variant
+//! rendered by kubectl's own kustomize, each object parsed strictly into its
+//! API type (the first field it would lose named), and what the DaemonSet
+//! tells the daemon checked against the daemon's own defaults and argument
+//! parser.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -89,88 +93,7 @@ struct RelabelConfig {
     action: Option<String>,
 }
 
-/// kustomize's Kustomization (or Component), limited to what a plain base,
-/// overlay and component use.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct Kustomization {
-    api_version: String,
-    kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    namespace: Option<String>,
-    #[serde(default)]
-    resources: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    components: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    images: Vec<KustomizeImage>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    patches: Vec<KustomizePatch>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct KustomizeImage {
-    name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    new_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    new_tag: Option<String>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct KustomizePatch {
-    path: String,
-    target: PatchTarget,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct PatchTarget {
-    group: String,
-    version: String,
-    kind: String,
-    name: String,
-}
-
-/// One operation of a JSON patch (RFC 6902).
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct PatchOp {
-    op: String,
-    path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    value: Option<Value>,
-}
-
-/// Applies `add`/`replace`/`remove` JSON patch operations.
-fn json_patch(doc: &mut Value, ops: &[PatchOp]) {
-    for op in ops {
-        let (parent, last) = op.path.rsplit_once('/').expect("patch path");
-        let last = last.replace("~1", "/").replace("~0", "~");
-        let target = doc
-            .pointer_mut(parent)
-            .unwrap_or_else(|| panic!("patch path {} does not exist", op.path));
-        match (op.op.as_str(), target) {
-            ("add" | "replace", Value::Object(m)) => {
-                if op.op == "replace" {
-                    assert!(m.contains_key(&last), "replace of missing {}", op.path);
-                }
-                m.insert(last, op.value.clone().expect("value"));
-            }
-            ("replace", Value::Array(a)) => {
-                a[last.parse::<usize>().expect("index")] = op.value.clone().expect("value");
-            }
-            ("remove", Value::Object(m)) => {
-                m.remove(&last).expect("remove of missing key");
-            }
-            (other, _) => panic!("patch op {other} at {} not supported here", op.path),
-        }
-    }
-}
-
-/// The objects of one kustomization directory.
+/// The objects of a rendered kustomization, by kind, each parsed strictly.
 #[derive(Default)]
 struct Objects {
     namespaces: Vec<Namespace>,
@@ -215,27 +138,29 @@ impl Objects {
     }
 }
 
+/// The parts of a `kustomization.yaml` this test reads: kustomize itself
+/// rejects unknown fields when it renders.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Kustomization {
+    kind: String,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default)]
+    patches: Vec<KustomizePatch>,
+}
+
+#[derive(Deserialize)]
+struct KustomizePatch {
+    /// A patch file; an inline patch (`patch: |-`) has none.
+    path: Option<String>,
+}
+
 fn kustomization(dir: &Path) -> Kustomization {
     let path = dir.join("kustomization.yaml");
     let docs = yaml_docs(&path);
     assert_eq!(docs.len(), 1, "{}: one document", path.display());
-    let k: Kustomization = strict(&docs[0], &path.display().to_string());
-    assert!(
-        matches!(
-            (k.api_version.as_str(), k.kind.as_str()),
-            ("kustomize.config.k8s.io/v1beta1", "Kustomization")
-                | ("kustomize.config.k8s.io/v1alpha1", "Component")
-        ),
-        "{}: {} {}",
-        path.display(),
-        k.api_version,
-        k.kind
-    );
-    k
-}
-
-fn is_component(dir: &Path) -> bool {
-    kustomization(dir).kind == "Component"
+    serde_json::from_value(docs[0].clone()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The files of a directory other than its kustomization, sorted.
@@ -249,122 +174,54 @@ fn files_of(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Builds a kustomization the way kustomize does for what we use
-/// (resources: files and directories; components; `namespace`; JSON
-/// patches), parsing every file strictly. Returns the objects as JSON.
-fn build(dir: &Path) -> Vec<Value> {
-    build_onto(dir, Vec::new())
+/// `kubectl version --client`, on one line (for failure messages).
+fn kubectl_version() -> String {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .replace('\n', ", ")
+        })
+        .unwrap_or_default()
 }
 
-/// `build`, onto the objects accumulated so far: a Kustomization starts
-/// from none; a Component (kind: Component) adds its resources to those of
-/// the kustomization that lists it, and its patches and transformers apply
-/// to all of them, after that kustomization's resources and before its own
-/// patches.
-fn build_onto(dir: &Path, mut out: Vec<Value>) -> Vec<Value> {
-    let k = kustomization(dir);
+/// `kubectl kustomize DIR`: the objects `kubectl apply -k DIR` applies.
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "kubectl: {e}. The manifests are rendered as `kubectl apply -k` renders them, \
+                 by kubectl's kustomize: `cargo xtask setup` installs kubectl"
+            )
+        });
     assert!(
-        k.kind == "Component" || out.is_empty(),
-        "{}: a Kustomization starts from nothing",
-        dir.display()
+        out.status.success(),
+        "kubectl kustomize {}: {}\n  ({}; Components need kustomize v3.7 or later)",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim(),
+        kubectl_version()
     );
-    // Every file here is used: a resource or a patch.
-    let mut used: BTreeSet<String> = BTreeSet::new();
-    for r in &k.resources {
-        let path = dir.join(r);
-        assert!(
-            path.exists(),
-            "{}: resource {r} does not exist",
-            dir.display()
-        );
-        if path.is_dir() {
-            // kustomize refuses a Component as a resource.
-            assert!(
-                !is_component(&path),
-                "{}: {r} is a Component: list it under components",
-                dir.display()
-            );
-            out.extend(build(&path));
-        } else {
-            used.insert(r.clone());
-            out.extend(yaml_docs(&path));
-        }
-    }
-    for c in &k.components {
-        let path = dir.join(c);
-        assert!(
-            path.is_dir(),
-            "{}: component {c} is not a directory",
-            dir.display()
-        );
-        assert!(
-            is_component(&path),
-            "{}: component {c} is not a kind: Component",
-            dir.display()
-        );
-        out = build_onto(&path, out);
-    }
-    for p in &k.patches {
-        used.insert(p.path.clone());
-        let path = dir.join(&p.path);
-        let docs = yaml_docs(&path);
-        assert_eq!(docs.len(), 1, "{}: one document", path.display());
-        let ops: Vec<PatchOp> = strict(&docs[0], &path.display().to_string());
-        let api_version = format!("{}/{}", p.target.group, p.target.version);
-        let mut hits = 0;
-        for o in out.iter_mut().filter(|o| {
-            o["apiVersion"] == api_version.as_str()
-                && o["kind"] == p.target.kind.as_str()
-                && o["metadata"]["name"] == p.target.name.as_str()
-        }) {
-            json_patch(o, &ops);
-            hits += 1;
-        }
-        assert_eq!(hits, 1, "{}: the patch's target", path.display());
-    }
-    assert_eq!(
-        used,
-        files_of(dir),
-        "{}: the kustomization must list every file of its directory",
-        dir.display()
-    );
-    if let Some(ns) = &k.namespace {
-        for o in &mut out {
-            let cluster_scoped = matches!(
-                o["kind"].as_str(),
-                Some("Namespace" | "ClusterRole" | "ClusterRoleBinding")
-            );
-            if !cluster_scoped {
-                o["metadata"]["namespace"] = Value::String(ns.clone());
-            }
-        }
-    }
-    for image in &k.images {
-        for o in &mut out {
-            if let Some(cs) = o
-                .pointer_mut("/spec/template/spec/containers")
-                .and_then(Value::as_array_mut)
-            {
-                for c in cs {
-                    if c["image"] == image.name.as_str() {
-                        let name = image.new_name.clone().unwrap_or(image.name.clone());
-                        let tag = image.new_tag.clone().expect("a tag");
-                        c["image"] = Value::String(format!("{name}:{tag}"));
-                    }
-                }
-            }
-        }
-    }
-    out
+    let text = String::from_utf8(out.stdout).expect("kubectl's output is UTF-8");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("kubectl's output is YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
 }
 
+/// The objects of a kustomization as kubectl renders them, each parsed
+/// strictly.
 fn objects(dir: &Path) -> Objects {
     let mut o = Objects::default();
-    for (i, doc) in build(dir).iter().enumerate() {
+    for (i, doc) in kustomize(dir).iter().enumerate() {
         o.add(
             doc,
             &format!(
-                "{} object {i} ({} {})",
+                "kubectl kustomize {} object {i} ({} {})",
                 dir.display(),
                 doc["kind"],
                 doc["metadata"]["name"]
@@ -374,8 +231,6 @@ fn objects(dir: &Path) -> Objects {
     o
 }
 
-/// The daemon's flags as the DaemonSet's container gives them, parsed by
-/// the daemon's own argument parser.
 #[derive(clap::Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -682,6 +537,7 @@ fn check_component(o: &Objects, what: &str) {
 }
 
 /// API groups every cluster serves: what `base/` may use.
+/// API groups every cluster serves: what `base/` may use.
 fn built_in(api_version: &str) -> bool {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     matches!(group, "" | "apps" | "rbac.authorization.k8s.io")
@@ -692,7 +548,7 @@ fn manifests_parse_strictly_and_agree_with_the_daemon() {
     // The base, as `kubectl apply -k deploy/kubernetes` installs it: only
     // built-in kinds, so it applies on a cluster without the Prometheus
     // Operator's CRDs.
-    for doc in build(&kube_dir()) {
+    for doc in kustomize(&kube_dir()) {
         let v = doc["apiVersion"].as_str().unwrap_or("");
         assert!(
             built_in(v),
@@ -722,7 +578,7 @@ fn manifests_parse_strictly_and_agree_with_the_daemon() {
     let c = check_install(&po, "deploy/kubernetes/prometheus-operator", true);
     assert_eq!(c.security_context.and_then(|s| s.privileged), Some(true));
     let component = kube_dir().join("components/prometheus-operator");
-    assert!(is_component(&component));
+    assert_eq!(kustomization(&component).kind, "Component");
     check_component(&objects(&component), "components/prometheus-operator");
 
     // The least-privilege overlay: the same, with capabilities.
@@ -744,7 +600,8 @@ fn manifests_parse_strictly_and_agree_with_the_daemon() {
 }
 
 /// Every YAML file under deploy/kubernetes is some kustomization, one of
-/// its resources or one of its patches: nothing lies around unchecked.
+/// its resources or one of its patches: nothing lies around unchecked; and
+/// every directory renders, its objects parsing strictly.
 #[test]
 fn every_file_under_deploy_kubernetes_is_used() {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -769,41 +626,27 @@ fn every_file_under_deploy_kubernetes_is_used() {
         );
         dirs.insert(f.parent().unwrap().to_path_buf());
     }
-    // `build` asserts that each kustomization lists every file of its
-    // directory; every directory has one.
     for d in dirs {
         assert!(
             d.join("kustomization.yaml").exists(),
             "{}: no kustomization",
             d.display()
         );
-        build(&d);
-    }
-}
-
-/// `kubectl kustomize DIR`, its objects parsed strictly.
-fn kubectl_kustomize(path: &Path) -> Objects {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(path)
-        .output()
-        .expect("kubectl kustomize");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut o = Objects::default();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
-        let v = Value::deserialize(doc).unwrap();
-        o.add(
-            &v,
-            &format!("kubectl kustomize {} object {i}", path.display()),
+        let k = kustomization(&d);
+        let used: BTreeSet<String> = k
+            .resources
+            .into_iter()
+            .filter(|r| d.join(r).is_file())
+            .chain(k.patches.into_iter().filter_map(|p| p.path))
+            .collect();
+        assert_eq!(
+            used,
+            files_of(&d),
+            "{}: the kustomization must list every file of its directory",
+            d.display()
         );
+        objects(&d);
     }
-    o
 }
 
 /// The README's example kustomization that adds the PodMonitor (and the
@@ -819,45 +662,12 @@ fn readme_kustomization() -> String {
         .to_owned()
 }
 
-/// kubectl's own kustomize (when kubectl is installed) renders every
-/// variant, the component alone and the README's own kustomization into
-/// objects that also parse strictly.
+/// The README's own kustomization renders into a whole installation whose
+/// PodMonitor carries the `release` label.
 #[test]
-fn kubectl_kustomize_renders_every_variant() {
-    let Ok(out) = Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-    else {
-        eprintln!("SKIPPED: kubectl is not installed (the other manifest tests still ran)");
-        return;
-    };
-    assert!(out.status.success());
-    for (dir, privileged, pod_monitor) in [
-        ("", true, false),
-        ("least-privilege", false, false),
-        ("prometheus-operator", true, true),
-    ] {
-        let path = kube_dir().join(dir);
-        let o = kubectl_kustomize(&path);
-        let c = check_install(
-            &o,
-            &format!("kubectl kustomize {}", path.display()),
-            pod_monitor,
-        );
-        assert_eq!(
-            c.security_context.and_then(|s| s.privileged),
-            Some(privileged)
-        );
-    }
-    let component = kube_dir().join("components/prometheus-operator");
-    check_component(
-        &kubectl_kustomize(&component),
-        "kubectl kustomize components/prometheus-operator",
-    );
-
-    // The README's kustomization, as a user writes it next to a checkout
-    // (`../observer/`): kustomize takes only relative paths to bases.
+fn the_readmes_kustomization_renders() {
+    // As a user writes it next to a checkout (`../observer/`): kustomize
+    // takes only relative paths to bases.
     let dir = std::env::temp_dir().join(format!("observer-deploy-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let dir = dir.canonicalize().unwrap();
@@ -866,8 +676,9 @@ fn kubectl_kustomize_renders_every_variant() {
     let root = root.strip_prefix("/").unwrap();
     let yaml = readme_kustomization().replace("../observer/", &format!("{up}{}/", root.display()));
     std::fs::write(dir.join("kustomization.yaml"), &yaml).unwrap();
-    let o = kubectl_kustomize(&dir);
+    let rendered = std::panic::catch_unwind(|| objects(&dir));
     std::fs::remove_dir_all(&dir).unwrap();
+    let o = rendered.unwrap_or_else(|e| std::panic::resume_unwind(e));
     let what = "the README's kustomization";
     check_install(&o, what, true);
     let labels = o.pod_monitors[0]
