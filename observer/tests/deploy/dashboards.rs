@@ -6,6 +6,10 @@ use std::{
     time::Duration,
 };
 
+use promql_parser::{
+    label::MatchOp,
+    parser::{Expr, VectorSelector},
+};
 use serde_json::Value;
 
 use crate::{common, read, repo, yaml_docs};
@@ -129,78 +133,127 @@ fn label_values_query(q: &str) -> (String, String) {
     (format!("count by ({label}) ({})", selector.trim()), label)
 }
 
-/// Identifiers in a PromQL expression outside string literals.
-fn idents(expr: &str) -> Vec<(usize, String)> {
-    let mut out = Vec::new();
-    let b = expr.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'"' {
-            i += 1;
-            while i < b.len() && b[i] != b'"' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
-            }
-            i += 1;
-        } else if c.is_ascii_alphabetic() || c == b'_' || c == b'$' {
-            let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$') {
-                i += 1;
-            }
-            out.push((start, expr[start..i].to_owned()));
-        } else {
-            i += 1;
-        }
+/// Grafana's variables in an expression: `$name`, `${name}` and
+/// `${name:format}`, in string literals too.
+fn grafana_variables(expr: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    expr.split('$')
+        .skip(1)
+        .filter_map(|rest| match rest.strip_prefix('{') {
+            Some(braced) => braced.split(['}', ':']).next(),
+            None => rest.split(|c| !is_name(c)).next(),
+        })
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Substitutes `$name` and `${name}` (longest names first).
+fn substitute(expr: &str, values: &BTreeMap<String, String>) -> String {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let mut out = expr.to_owned();
+    for n in names {
+        out = out
+            .replace(&format!("${{{n}}}"), &values[n])
+            .replace(&format!("${n}"), &values[n]);
     }
     out
 }
 
-/// The label names an expression uses: in `{...}` matchers and in
-/// `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` lists.
-fn labels_used(expr: &str) -> Vec<(Option<String>, String)> {
-    let mut out = Vec::new();
-    let ids = idents(expr);
-    let mut metric: Option<String> = None;
-    let mut depth_braces = false;
-    let mut grouping = false;
-    let mut last_end = 0;
-    for (start, id) in &ids {
-        // What lies between the previous identifier and this one.
-        let between = &expr[last_end..*start];
-        if between.contains('}') {
-            depth_braces = false;
-        }
-        if between.contains(')') {
-            grouping = false;
-        }
-        if depth_braces {
-            out.push((metric.clone(), id.clone()));
-        } else if grouping && between.trim_start().starts_with([',', '(']) {
-            out.push((None, id.clone()));
-        } else if id.starts_with("observer_") {
-            metric = Some(id.clone());
-        }
-        let end = start + id.len();
-        let rest = expr[end..].trim_start();
-        if id.starts_with("observer_") && rest.starts_with('{') {
-            depth_braces = true;
-        }
-        if [
-            "by",
-            "without",
-            "on",
-            "ignoring",
-            "group_left",
-            "group_right",
-        ]
-        .contains(&id.as_str())
-            && rest.starts_with('(')
-        {
-            grouping = true;
-        }
-        last_end = end;
+/// An expression's syntax tree, its Grafana variables replaced first as
+/// Grafana does: the built-in intervals by a duration, the dashboard's own
+/// variables (used only in label values) by a label value.
+fn parse(expr: &str) -> Result<Expr, String> {
+    let values = grafana_variables(expr)
+        .into_iter()
+        .map(|v| {
+            let value = if v.starts_with("__") { "1m" } else { "x" };
+            (v, value.to_owned())
+        })
+        .collect();
+    promql_parser::parser::parse(&substitute(expr, &values)).map_err(|e| format!("not PromQL: {e}"))
+}
+
+/// What an expression reads.
+#[derive(Debug, Default)]
+struct Uses {
+    /// Each selector's metric (none for a selector without a name) and the
+    /// labels its matchers name.
+    selectors: Vec<(Option<String>, Vec<String>)>,
+    /// The labels of each grouping (an aggregation's `by`/`without`, a
+    /// binary operation's `on`/`ignoring` and `group_left`/`group_right`),
+    /// with the metrics of the expressions it groups.
+    groupings: Vec<(BTreeSet<String>, Vec<String>)>,
+}
+
+impl Uses {
+    fn of(expr: &str) -> Result<Uses, String> {
+        let mut uses = Uses::default();
+        uses.walk(&parse(expr)?);
+        Ok(uses)
     }
-    out
+
+    /// Records what `e` reads; gives the metrics it reads.
+    fn walk(&mut self, e: &Expr) -> BTreeSet<String> {
+        match e {
+            Expr::VectorSelector(vs) => self.selector(vs),
+            Expr::MatrixSelector(ms) => self.selector(&ms.vs),
+            Expr::Aggregate(a) => {
+                let mut metrics = self.walk(&a.expr);
+                if let Some(param) = &a.param {
+                    metrics.extend(self.walk(param));
+                }
+                if let Some(m) = &a.modifier {
+                    self.groupings
+                        .push((metrics.clone(), m.labels().labels.clone()));
+                }
+                metrics
+            }
+            Expr::Binary(b) => {
+                let mut metrics = self.walk(&b.lhs);
+                metrics.extend(self.walk(&b.rhs));
+                if let Some(m) = &b.modifier {
+                    let labels: Vec<String> = m
+                        .matching
+                        .iter()
+                        .map(|l| l.labels())
+                        .chain(m.card.labels())
+                        .flat_map(|l| l.labels.iter().cloned())
+                        .collect();
+                    if !labels.is_empty() {
+                        self.groupings.push((metrics.clone(), labels));
+                    }
+                }
+                metrics
+            }
+            Expr::Paren(p) => self.walk(&p.expr),
+            Expr::Unary(u) => self.walk(&u.expr),
+            Expr::Subquery(s) => self.walk(&s.expr),
+            Expr::Call(c) => c.args.args.iter().flat_map(|a| self.walk(a)).collect(),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => BTreeSet::new(),
+        }
+    }
+
+    fn selector(&mut self, vs: &VectorSelector) -> BTreeSet<String> {
+        let matchers = vs
+            .matchers
+            .matchers
+            .iter()
+            .chain(vs.matchers.or_matchers.iter().flatten());
+        let name = vs.name.clone().or_else(|| {
+            matchers
+                .clone()
+                .find(|m| m.name == "__name__" && m.op == MatchOp::Equal)
+                .map(|m| m.value.clone())
+        });
+        let labels = matchers
+            .filter(|m| m.name != "__name__")
+            .map(|m| m.name.clone())
+            .collect();
+        self.selectors.push((name.clone(), labels));
+        name.into_iter().collect()
+    }
 }
 
 /// Strips a histogram's series suffix.
@@ -222,31 +275,34 @@ const COMMON_LABELS: &[&str] = &["node", "job", "instance", "le"];
 
 /// What is wrong with an expression's metrics and labels, if anything.
 fn check_expr(expr: &str, documented: &BTreeMap<String, BTreeSet<String>>) -> Result<(), String> {
-    let mut metrics = BTreeSet::new();
-    for (_, id) in idents(expr) {
-        if id.starts_with("observer_") {
-            let f = family(&id, documented)
-                .ok_or_else(|| format!("metric {id} is not in docs/metrics.md"))?;
-            metrics.insert(f);
-        }
-    }
-    if metrics.is_empty() {
+    let uses = Uses::of(expr)?;
+    if uses.selectors.is_empty() {
         return Err("uses no observer_ metric".into());
     }
-    let all_labels: BTreeSet<&String> = metrics.iter().flat_map(|m| &documented[m]).collect();
-    for (metric, label) in labels_used(expr) {
-        if COMMON_LABELS.contains(&label.as_str()) {
-            continue;
+    let labels_of = |metric: &str| -> Result<&BTreeSet<String>, String> {
+        family(metric, documented)
+            .map(|f| &documented[&f])
+            .ok_or_else(|| format!("metric {metric} is not in docs/metrics.md"))
+    };
+    let undocumented = |label: &String, allowed: &BTreeSet<&String>| {
+        !COMMON_LABELS.contains(&label.as_str()) && !allowed.contains(label)
+    };
+    for (metric, labels) in &uses.selectors {
+        let metric = metric
+            .as_deref()
+            .ok_or("a selector without a metric name")?;
+        let allowed = labels_of(metric)?.iter().collect();
+        if let Some(label) = labels.iter().find(|l| undocumented(l, &allowed)) {
+            return Err(format!("label {label} is not documented for {metric}"));
         }
-        let ok = match &metric {
-            Some(m) => family(m, documented).is_some_and(|f| documented[&f].contains(&label)),
-            None => all_labels.contains(&label),
-        };
-        if !ok {
-            return Err(format!(
-                "label {label} is not documented for {}",
-                metric.unwrap_or_else(|| format!("{metrics:?}"))
-            ));
+    }
+    for (metrics, labels) in &uses.groupings {
+        let mut allowed = BTreeSet::new();
+        for m in metrics {
+            allowed.extend(labels_of(m)?);
+        }
+        if let Some(label) = labels.iter().find(|l| undocumented(l, &allowed)) {
+            return Err(format!("label {label} is not documented for {metrics:?}"));
         }
     }
     Ok(())
@@ -254,16 +310,41 @@ fn check_expr(expr: &str, documented: &BTreeMap<String, BTreeSet<String>>) -> Re
 
 #[test]
 fn label_extraction_sees_matchers_and_groupings() {
-    let used = labels_used(
-        r#"sum by (node, direction) (rate(observer_pod_bytes_total{node=~"$node", pod="a,b{c}"}[1m])) / ignoring (backend) group_left sum(observer_x)"#,
+    let uses = Uses::of(
+        r#"sum by (node, direction) (rate(observer_pod_bytes_total{node=~"$node", pod="a,b{c}"}[$__rate_interval])) / ignoring (backend) group_left sum(observer_x)"#,
+    )
+    .unwrap();
+    let pod_bytes = "observer_pod_bytes_total".to_owned();
+    assert_eq!(
+        uses.selectors,
+        [
+            (Some(pod_bytes.clone()), vec!["node".into(), "pod".into()]),
+            (Some("observer_x".into()), vec![])
+        ]
     );
-    let names: Vec<&str> = used.iter().map(|(_, l)| l.as_str()).collect();
-    assert_eq!(names, ["node", "direction", "node", "pod", "backend"]);
+    assert_eq!(
+        uses.groupings,
+        [
+            (
+                BTreeSet::from([pod_bytes.clone()]),
+                vec!["node".into(), "direction".into()]
+            ),
+            (
+                BTreeSet::from([pod_bytes, "observer_x".into()]),
+                vec!["backend".into()]
+            )
+        ]
+    );
+    assert_eq!(
+        grafana_variables(r#"x{a="$node", b="${pod:regex}"}[$__rate_interval]"#),
+        ["__rate_interval", "node", "pod"].map(str::to_owned).into()
+    );
     let docs = documented_metrics();
     assert!(check_expr("rate(observer_pod_bytes_total{podd=\"x\"}[1m])", &docs).is_err());
     assert!(check_expr("rate(observer_nope_total[1m])", &docs).is_err());
     assert!(check_expr("sum by (nope) (observer_flows_tracked)", &docs).is_err());
-    assert!(check_expr("histogram_quantile(0.9, sum by (le) (rate(observer_poll_duration_seconds_bucket[1m])))", &docs).is_ok());
+    assert!(check_expr("sum(rate(observer_polls_total[1m]", &docs).is_err());
+    assert!(check_expr("histogram_quantile(0.9, sum by (le) (rate(observer_poll_duration_seconds_bucket[$__rate_interval])))", &docs).is_ok());
 }
 
 #[test]
@@ -341,13 +422,11 @@ fn dashboards_query_only_documented_metrics_through_the_datasource_variable() {
                 assert!(!expr.trim().is_empty(), "{f}: panel {title}: empty expr");
                 check_expr(expr, &documented)
                     .unwrap_or_else(|e| panic!("{f}: panel {title}: {e}\n  {expr}"));
-                for (_, id) in idents(expr) {
-                    if let Some(var) = id.strip_prefix('$') {
-                        assert!(
-                            defined.contains(var),
-                            "{f}: panel {title}: undefined ${var}"
-                        );
-                    }
+                for var in grafana_variables(expr) {
+                    assert!(
+                        defined.contains(&var),
+                        "{f}: panel {title}: undefined ${var}"
+                    );
                 }
                 count += 1;
             }
@@ -369,19 +448,6 @@ fn dashboards_query_only_documented_metrics_through_the_datasource_variable() {
 
 // ---------------------------------------------------------------------------
 // Live: every dashboard query against a real Prometheus scraping the lab.
-
-/// Substitutes `$name` and `${name}` (longest names first).
-fn substitute(expr: &str, values: &BTreeMap<String, String>) -> String {
-    let mut names: Vec<&String> = values.keys().collect();
-    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    let mut out = expr.to_owned();
-    for n in names {
-        out = out
-            .replace(&format!("${{{n}}}"), &values[n])
-            .replace(&format!("${n}"), &values[n]);
-    }
-    out
-}
 
 #[test]
 fn every_dashboard_query_returns_data_from_the_lab() {
