@@ -5,7 +5,10 @@
 //! syscall. A `user` feature adds `aya::Pod` impls for userspace.
 #![no_std]
 
-/// Name of the shared LRU hash holding one entry per flow.
+/// Name of the shared hash holding one entry per flow. Not an LRU: an entry
+/// leaves only when userspace reads and deletes it, so no count is ever
+/// dropped unread; when the map is full, packets go to the interface's
+/// overflow totals (see [`IfaceTotals::overflow`]).
 pub const FLOWS_MAP: &str = "FLOWS";
 /// Name of the per-CPU array of per-interface totals.
 pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
@@ -19,7 +22,7 @@ pub const MTU_LIMITS_MAP: &str = "MTU_LIMITS";
 pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default number of flow slots (the map is preallocated).
-pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 /// Slots in the per-interface totals array; an interface uses slot
 /// `ifindex % IFACE_SLOTS`.
 pub const IFACE_SLOTS: u32 = 4096;
@@ -80,6 +83,48 @@ impl Encap {
             Self::Wireguard => "wireguard",
         }
     }
+
+    /// The encapsulation named `none`, `ipip`, `vxlan` or `wireguard`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::None, Self::Ipip, Self::Vxlan, Self::Wireguard]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
+
+    /// The encapsulation a tunnel device does, by Calico's device names:
+    /// `tunl0` (IPIP), `vxlan.calico` and `vxlan-v6.calico`,
+    /// `wireguard.cali` and `wg-v6.cali`.
+    pub fn from_device(name: &str) -> Option<Self> {
+        if name.starts_with("tunl") {
+            Some(Self::Ipip)
+        } else if name.starts_with("vxlan") {
+            Some(Self::Vxlan)
+        } else if name.starts_with("wireguard") || name.starts_with("wg") {
+            Some(Self::Wireguard)
+        } else {
+            None
+        }
+    }
+
+    /// Header bytes it adds to each inner packet over an IPv4 underlay, or
+    /// an IPv6 one (`v6`): the outer IP header, plus VXLAN's UDP, VXLAN
+    /// header and inner Ethernet, or WireGuard's UDP and its own 32 (without
+    /// its padding to 16 bytes).
+    pub const fn overhead(self, v6: bool) -> u32 {
+        let ip = if v6 { 40 } else { 20 };
+        match self {
+            Self::None => 0,
+            Self::Ipip => ip,
+            Self::Vxlan => ip + 8 + 8 + 14,
+            Self::Wireguard => ip + 8 + 32,
+        }
+    }
+
+    /// [`overhead`](Self::overhead) of a tunnel device by its name (the
+    /// `-v6` devices run over IPv6); 0 for a device that is no tunnel.
+    pub fn device_overhead(name: &str) -> u32 {
+        Self::from_device(name).map_or(0, |e| e.overhead(name.contains("-v6")))
+    }
 }
 
 /// Address family of a flow key.
@@ -91,6 +136,7 @@ pub const FAMILY_IPV6: u8 = 6;
 /// IPv4 uses the first word, the rest zero. See [`FlowKey::src_bytes`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct FlowKey {
     pub ifindex: u32,
     pub src_addr: [u32; 4],
@@ -195,6 +241,7 @@ pub struct ClockSample {
 /// Totals of one direction on one interface slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Totals {
     pub packets: u64,
     pub bytes: u64,
@@ -202,10 +249,15 @@ pub struct Totals {
 
 /// Per-interface totals slot: one [`Totals`] per hook, plus the ifindex that
 /// last wrote it (so userspace can notice two interfaces sharing a slot).
+/// Every IP packet is in `hook`, and also either in a flow entry or, when
+/// the flow map had no room for its flow, in `overflow`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct IfaceTotals {
     pub hook: [Totals; 2],
+    /// Packets counted without a flow entry (the flow map was full), per hook.
+    pub overflow: [Totals; 2],
     /// Packets that were not IP (ARP, LLDP, ...), counted but not in flows.
     pub non_ip_packets: u64,
     pub ifindex: u32,
@@ -231,7 +283,8 @@ pub enum Stat {
     Unparsed = 0,
     /// New flow entries inserted.
     FlowInserts = 1,
-    /// Flow entries that could not be inserted (accounting lost).
+    /// Packets whose flow found no slot in the flow map (full): counted in
+    /// their interface's overflow totals instead, never lost.
     FlowInsertFailures = 2,
     /// Frames that are not IP (ARP, ...), including inner non-IP frames.
     NonIp = 3,
@@ -272,6 +325,35 @@ mod pod_impls {
 // Layout checks: the kernel and userspace must agree byte for byte.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
-const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 48);
+const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 80);
 const _: () = assert!(core::mem::size_of::<MtuLimit>() == 8);
 const _: () = assert!(core::mem::size_of::<EncapTotals>() == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::Encap;
+
+    #[test]
+    fn calico_devices_and_their_headers() {
+        let figures = [
+            (Encap::Vxlan, 50, 70),
+            (Encap::Ipip, 20, 40),
+            (Encap::Wireguard, 60, 80),
+        ];
+        for (e, v4, v6) in figures {
+            assert_eq!((e.overhead(false), e.overhead(true)), (v4, v6), "{e:?}");
+            assert_eq!(Encap::from_name(e.name()), Some(e));
+        }
+        for (device, encap, bytes) in [
+            ("tunl0", Some(Encap::Ipip), 20),
+            ("vxlan.calico", Some(Encap::Vxlan), 50),
+            ("vxlan-v6.calico", Some(Encap::Vxlan), 70),
+            ("wireguard.cali", Some(Encap::Wireguard), 60),
+            ("wg-v6.cali", Some(Encap::Wireguard), 80),
+            ("eth0", None, 0),
+        ] {
+            assert_eq!(Encap::from_device(device), encap, "{device}");
+            assert_eq!(Encap::device_overhead(device), bytes, "{device}");
+        }
+    }
+}

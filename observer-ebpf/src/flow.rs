@@ -1,4 +1,4 @@
-//! Map updates: the flow map (shared LRU hash, atomic adds), per-interface
+//! Map updates: the flow map (shared hash, atomic adds), per-interface
 //! and per-encapsulation totals and datapath counters (per-CPU arrays).
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FlowKey, FlowStats,
@@ -15,10 +15,11 @@ use observer_common::{
 };
 
 /// One entry per flow; values shared by all CPUs (memory does not grow
-/// with the CPU count). Capacity is set by userspace at load time.
+/// with the CPU count). Capacity is set by userspace at load time. A plain
+/// (preallocated) hash, not an LRU: the LRU would drop entries whose counts
+/// userspace has not read yet; here only userspace deletes, after reading.
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowStats> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
 #[map(name = "IFACE_TOTALS")]
 static IFACE_TOTALS: PerCpuArray<IfaceTotals> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
@@ -141,13 +142,14 @@ pub fn account(key: &FlowKey, d: &Delta) {
     // SAFETY: helper without preconditions; jiffies, because a nanosecond
     // clock read costs as much as the rest of the update.
     let now = unsafe { bpf_jiffies64() };
+    let hook = (key.hook & 1) as usize;
+    let slot = iface_slot(key.ifindex);
 
-    if let Some(slot) = iface_slot(key.ifindex) {
-        let t = (key.hook & 1) as usize;
+    if let Some(slot) = slot {
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {
-            (*slot).hook[t].packets += d.segs;
-            (*slot).hook[t].bytes += d.bytes;
+            (*slot).hook[hook].packets += d.segs;
+            (*slot).hook[hook].bytes += d.bytes;
         }
     }
     if key.encap != Encap::None as u8
@@ -176,12 +178,23 @@ pub fn account(key: &FlowKey, d: &Delta) {
         oversize_packets: d.oversize,
     };
     match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
-        Ok(()) => count(Stat::FlowInserts),
+        Ok(()) => return count(Stat::FlowInserts),
         // Another CPU inserted the same flow first: add to its entry.
-        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(key) {
-            Some(v) => add_to_flow(v, d, now),
-            None => count(Stat::FlowInsertFailures),
-        },
-        Err(_) => count(Stat::FlowInsertFailures),
+        Err(e) if e as i64 == -EEXIST => {
+            if let Some(v) = FLOWS.get_ptr_mut(key) {
+                return add_to_flow(v, d, now);
+            }
+        }
+        Err(_) => {}
+    }
+    // No room for the flow (or it was deleted under us): the packet still
+    // counts, in its interface's overflow totals.
+    count(Stat::FlowInsertFailures);
+    if let Some(slot) = slot {
+        // SAFETY: per-CPU slot; index masked to 0..2.
+        unsafe {
+            (*slot).overflow[hook].packets += d.segs;
+            (*slot).overflow[hook].bytes += d.bytes;
+        }
     }
 }

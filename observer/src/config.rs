@@ -90,10 +90,16 @@ pub struct RunArgs {
     #[arg(long, env = "OBSERVER_METRICS_ADDRESS", default_value = DEFAULT_METRICS_ADDRESS)]
     pub metrics_address: ListenAddress,
 
-    /// Also serve the JSON API over TCP here (it has no authentication:
-    /// keep it on loopback); by default only the Unix socket.
+    /// Also serve the JSON API over TCP here; by default only the Unix
+    /// socket. It has no authentication: loopback addresses only, unless
+    /// --api-allow-remote.
     #[arg(long, env = "OBSERVER_API_ADDRESS")]
     pub api_address: Option<std::net::SocketAddr>,
+
+    /// Let --api-address be a non-loopback address: anyone who can reach
+    /// it reads every flow (there is no authentication).
+    #[arg(long, env = "OBSERVER_API_ALLOW_REMOTE")]
+    pub api_allow_remote: bool,
 
     /// How finely metrics name pods: `pod`, `workload` (pods of one
     /// Deployment, StatefulSet, ... share a series) or `namespace`.
@@ -139,6 +145,44 @@ pub struct RunArgs {
     /// The node's CNI configuration directory (`*.conflist`).
     #[arg(long, env = "OBSERVER_CNI_DIR", default_value = "/etc/cni/net.d")]
     pub cni_dir: PathBuf,
+
+    /// Where to pin the maps and TCX links on the BPF file system, so that
+    /// counting goes on while no daemon runs and the next daemon (a
+    /// restart, an upgrade) takes over; `none` to pin nothing and detach
+    /// at exit. `observer cleanup` removes what is pinned.
+    #[arg(long, env = "OBSERVER_PIN_PATH", default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PinPath,
+
+    /// Where the daemon saves its counts (at exit and every 30 s) for the
+    /// next daemon to go on from; used only with --pin-path.
+    #[arg(long, env = "OBSERVER_STATE_FILE", default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+
+    /// The settings that came from the config file (as written there), so
+    /// that errors found later name them as the file does.
+    #[arg(skip)]
+    pub from_file: Vec<String>,
+}
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/observer";
+pub const DEFAULT_STATE_FILE: &str = "/run/observer/state";
+
+/// A directory on the BPF file system, or `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinPath(pub Option<PathBuf>);
+
+impl std::str::FromStr for PinPath {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "none" => Ok(Self(None)),
+            p if p.starts_with('/') => Ok(Self(Some(PathBuf::from(p)))),
+            p => Err(format!(
+                "{p:?} is not an absolute path: use a directory on the BPF file system such \
+                 as {DEFAULT_PIN_PATH}, or `none`"
+            )),
+        }
+    }
 }
 
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9477";
@@ -190,12 +234,13 @@ pub struct InterfaceSelector {
     underlay: Vec<glob::Pattern>,
 }
 
+/// `what` names the setting (see [`RunArgs::setting`]).
 fn patterns(what: &str, list: &[String]) -> Result<Vec<glob::Pattern>> {
     list.iter()
         .filter(|p| !p.is_empty())
         .map(|p| {
             glob::Pattern::new(p)
-                .with_context(|| format!("bad {what} pattern {p:?}: use a glob such as `cali*`"))
+                .with_context(|| format!("{what}: bad pattern {p:?}: use a glob such as `cali*`"))
         })
         .collect()
 }
@@ -203,9 +248,9 @@ fn patterns(what: &str, list: &[String]) -> Result<Vec<glob::Pattern>> {
 impl InterfaceSelector {
     pub fn new(args: &RunArgs) -> Result<Self> {
         Ok(Self {
-            pod: patterns("--pod-interfaces", &args.pod_interfaces)?,
-            tunnel: patterns("--tunnel-interfaces", &args.tunnel_interfaces)?,
-            underlay: patterns("--underlay", &args.underlay)?,
+            pod: patterns(&args.setting("pod-interfaces"), &args.pod_interfaces)?,
+            tunnel: patterns(&args.setting("tunnel-interfaces"), &args.tunnel_interfaces)?,
+            underlay: patterns(&args.setting("underlay"), &args.underlay)?,
         })
     }
 
@@ -216,24 +261,15 @@ impl InterfaceSelector {
             Some(InterfaceKind::Pod)
         } else if m(&self.tunnel) {
             Some(InterfaceKind::Tunnel(
-                link.tunnel.unwrap_or_else(|| encap_by_name(&link.name)),
+                link.tunnel
+                    .or_else(|| Encap::from_device(&link.name))
+                    .unwrap_or(Encap::Ipip),
             ))
         } else if m(&self.underlay) {
             Some(InterfaceKind::Underlay)
         } else {
             None
         }
-    }
-}
-
-/// Calico's device names, for tunnel devices whose link kind did not say.
-fn encap_by_name(name: &str) -> Encap {
-    if name.starts_with("vxlan") {
-        Encap::Vxlan
-    } else if name.starts_with("wireguard") || name.starts_with("wg") {
-        Encap::Wireguard
-    } else {
-        Encap::Ipip
     }
 }
 
@@ -253,23 +289,62 @@ impl RunArgs {
             .to_owned()
     }
 
+    /// A setting as errors name it: as the config file wrote it when it
+    /// came from there, else as its flag.
+    pub fn setting(&self, key: &str) -> String {
+        match &self.config {
+            Some(path) if self.from_file.iter().any(|k| k == key) => {
+                format!("config file {}: {key}", path.display())
+            }
+            _ => format!("--{key}"),
+        }
+    }
+
+    /// A setting with its value, as errors show it.
+    fn given(&self, key: &str, value: impl std::fmt::Display) -> String {
+        let name = self.setting(key);
+        if name.starts_with("--") {
+            format!("{name} {value}")
+        } else {
+            format!("{name}: {value}")
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if let Some(dir) = &self.objects_dir
             && !dir.is_dir()
         {
-            bail!("--objects-dir {} is not a directory", dir.display());
+            bail!(
+                "{} is not a directory",
+                self.given("objects-dir", dir.display())
+            );
         }
         if self.flow_capacity < 1024 {
             bail!(
-                "--flow-capacity {} is too small: use at least 1024",
-                self.flow_capacity
+                "{} is too small: use at least 1024",
+                self.given("flow-capacity", self.flow_capacity)
             );
         }
         if self.poll_interval < Duration::from_millis(100) {
-            bail!("--poll-interval must be at least 100ms");
+            bail!("{} must be at least 100ms", self.setting("poll-interval"));
         }
         if self.idle_timeout < self.poll_interval {
-            bail!("--idle-timeout must be at least --poll-interval");
+            bail!(
+                "{} must be at least {}",
+                self.setting("idle-timeout"),
+                self.setting("poll-interval")
+            );
+        }
+        if let Some(address) = self.api_address
+            && !address.ip().is_loopback()
+            && !self.api_allow_remote
+        {
+            bail!(
+                "{} is not a loopback address: the JSON API has no authentication, so anyone \
+                 who reaches it reads every flow; use 127.0.0.1:PORT or [::1]:PORT, or add \
+                 --api-allow-remote to serve it there anyway",
+                self.given("api-address", address)
+            );
         }
         InterfaceSelector::new(self)?;
         Ok(())
@@ -283,88 +358,155 @@ pub fn with_config_file(args: RunArgs, argv: &[std::ffi::OsString]) -> Result<Ru
     let Some(path) = &args.config else {
         return Ok(args);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the config file {}", path.display()))?;
-    let settings: serde_yaml_ng::Mapping = if text.trim().is_empty() {
-        Default::default()
-    } else {
-        serde_yaml_ng::from_str(&text).with_context(|| {
-            format!(
-                "config file {}: expected a YAML mapping of settings",
-                path.display()
-            )
-        })?
-    };
+    let settings = read_settings(path)?;
     let command = <RunArgs as Args>::augment_args(clap::Command::new("run"));
     // Which settings the command line or the environment already gave.
     let given = command
         .clone()
         .try_get_matches_from(std::iter::once("run".into()).chain(argv.iter().cloned()))
         .with_context(|| "parsing the command line".to_string())?;
+    let in_file = |e: String| anyhow::anyhow!("config file {}: {e}", path.display());
     let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+    let mut keys = Vec::new();
     for (key, value) in &settings {
-        let key = key.as_str().with_context(|| {
-            format!(
-                "config file {}: keys must be strings, got {key:?}",
-                path.display()
-            )
-        })?;
-        let id = key.replace('-', "_");
-        let Some(arg) = command.get_arguments().find(|a| a.get_id() == id.as_str()) else {
-            let known: Vec<String> = command
-                .get_arguments()
-                .filter_map(|a| a.get_long().map(str::to_owned))
-                .filter(|k| k != "config" && k != "help")
-                .collect();
-            bail!(
-                "config file {}: unknown setting `{key}`; the settings are {}",
-                path.display(),
-                known.join(", ")
-            );
-        };
-        if key == "config" {
-            bail!(
-                "config file {}: `config` cannot be set in a config file",
-                path.display()
-            );
-        }
+        let key = key
+            .as_str()
+            .ok_or_else(|| in_file(format!("keys must be strings, got {key:?}")))?;
+        let arg = setting_arg(&command, key).map_err(in_file)?;
         use clap::parser::ValueSource;
         if matches!(
-            given.value_source(&id),
+            given.value_source(arg.get_id().as_str()),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ) {
             continue;
         }
-        let value = yaml_setting(value)
-            .with_context(|| format!("config file {}: setting `{key}`", path.display()))?;
-        from_file.push(format!("--{}", arg.get_long().unwrap_or(key)).into());
-        from_file.push(value.into());
+        let flag = file_arg(arg, value).map_err(|e| in_file(format!("{key}: {e}")))?;
+        from_file.extend(flag);
+        keys.push(key.to_owned());
     }
     let all = std::iter::once("run".into())
         .chain(from_file)
         .chain(argv.iter().cloned());
     let matches = command
         .try_get_matches_from(all)
-        .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.render()))?;
-    Ok(<RunArgs as clap::FromArgMatches>::from_arg_matches(
-        &matches,
-    )?)
+        .map_err(|e| in_file(e.render().to_string()))?;
+    let mut out = <RunArgs as clap::FromArgMatches>::from_arg_matches(&matches)?;
+    out.from_file = keys;
+    Ok(out)
 }
 
-/// A setting as its flag's text: scalars as they are, lists comma-joined.
-fn yaml_setting(v: &serde_yaml_ng::Value) -> Result<String> {
-    use serde_yaml_ng::Value;
-    Ok(match v {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Sequence(items) => items
-            .iter()
-            .map(yaml_setting)
-            .collect::<Result<Vec<_>>>()?
-            .join(","),
-        other => bail!("expected a string, number or list, got {other:?}"),
+/// The file as a YAML mapping (an empty file sets nothing).
+fn read_settings(path: &std::path::Path) -> Result<serde_yaml_ng::Mapping> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the config file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Ok(Default::default());
+    }
+    serde_yaml_ng::from_str(&text).with_context(|| {
+        format!(
+            "config file {}: expected a YAML mapping of settings",
+            path.display()
+        )
     })
+}
+
+/// The flag a setting of the file stands for.
+fn setting_arg<'a>(command: &'a clap::Command, key: &str) -> Result<&'a clap::Arg, String> {
+    if key == "config" {
+        return Err("`config` cannot be set in a config file".into());
+    }
+    let known = || {
+        command
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|k| *k != "config" && *k != "help")
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(key))
+        .ok_or_else(|| format!("unknown setting `{key}`; the settings are {}", known()))
+}
+
+/// A setting of the file as command-line arguments. Each value is checked
+/// with its flag's own parser here, so that an error names the key as the
+/// file wrote it, and passed as `--flag=value`, so that a value starting
+/// with `-` stays a value and never becomes a flag.
+fn file_arg(
+    arg: &clap::Arg,
+    value: &serde_yaml_ng::Value,
+) -> Result<Option<std::ffi::OsString>, String> {
+    let long = arg.get_long().unwrap_or_default();
+    if matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+        return match value {
+            serde_yaml_ng::Value::Bool(true) => Ok(Some(format!("--{long}").into())),
+            serde_yaml_ng::Value::Bool(false) => Ok(None),
+            other => Err(format!("expected true or false, got {}", shown(other))),
+        };
+    }
+    let values = scalars(value, arg.get_value_delimiter())?;
+    // The flag alone, to check each value with its own parser.
+    let alone = clap::Command::new("run").arg(arg.clone());
+    for v in &values {
+        alone
+            .clone()
+            .try_get_matches_from(["run".to_owned(), format!("--{long}={v}")])
+            .map_err(|e| invalid(v, &e))?;
+    }
+    let joined = values.join(&arg.get_value_delimiter().unwrap_or(',').to_string());
+    Ok(Some(format!("--{long}={joined}").into()))
+}
+
+/// A setting's values: a scalar (split like its flag's when the flag
+/// takes a list), or a YAML list when it takes one.
+fn scalars(v: &serde_yaml_ng::Value, list: Option<char>) -> Result<Vec<String>, String> {
+    use serde_yaml_ng::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(format!(
+            "expected a string or a number, got {}",
+            shown(other)
+        )),
+    };
+    match (v, list) {
+        (Value::Sequence(items), Some(d)) => items
+            .iter()
+            .map(|i| {
+                let s = scalar(i)?;
+                if s.contains(d) {
+                    return Err(format!("list item '{s}' contains '{d}'"));
+                }
+                Ok(s)
+            })
+            .collect(),
+        (Value::Sequence(_), None) => Err("expected one value, got a list".into()),
+        (v, Some(d)) => Ok(scalar(v)?.split(d).map(str::to_owned).collect()),
+        (v, None) => Ok(vec![scalar(v)?]),
+    }
+}
+
+/// A YAML value for an error message.
+fn shown(v: &serde_yaml_ng::Value) -> String {
+    serde_yaml_ng::to_string(v)
+        .map(|s| s.trim_end().to_owned())
+        .unwrap_or_else(|_| format!("{v:?}"))
+}
+
+/// What a flag's parser said of `value`, without naming the flag.
+fn invalid(value: &str, e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(why) = std::error::Error::source(e) {
+        return format!("invalid value '{value}': {why}");
+    }
+    match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => {
+            format!("invalid value '{value}': use one of {}", valid.join(", "))
+        }
+        _ => format!("invalid value '{value}'"),
+    }
 }
 
 #[cfg(test)]
@@ -445,8 +587,108 @@ mod tests {
     #[test]
     fn bad_patterns_stop_the_daemon_at_start() {
         let f = file("pod-interfaces: ['cali[']\n");
-        let a = parse(&["--config", f.path().to_str().unwrap()]).unwrap();
+        let path = f.path().to_str().unwrap();
+        let a = parse(&["--config", path]).unwrap();
         let e = format!("{:#}", a.validate().unwrap_err());
-        assert!(e.contains("bad --pod-interfaces pattern"), "{e}");
+        assert!(
+            e.contains(&format!("config file {path}: pod-interfaces: bad pattern")),
+            "{e}"
+        );
+        let a = parse(&["--pod-interfaces", "cali["]).unwrap();
+        let e = format!("{:#}", a.validate().unwrap_err());
+        assert!(e.contains("--pod-interfaces: bad pattern"), "{e}");
+    }
+
+    /// `argv` with the config file `text`: the arguments, or the error.
+    fn with_file(text: &str, argv: &[&str]) -> (String, Result<RunArgs>) {
+        let f = file(text);
+        let path = f.path().to_str().unwrap().to_owned();
+        let mut all = vec!["--config", &path];
+        all.extend_from_slice(argv);
+        let parsed = parse(&all);
+        (path, parsed)
+    }
+
+    #[test]
+    fn values_that_look_like_flags_stay_values() {
+        for name in ["-V", "--help", "-h", "--flow-capacity=1"] {
+            let (_, a) = with_file(&format!("node-name: {name:?}\n"), &[]);
+            let a = a.unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert_eq!(a.node_name.as_deref(), Some(name));
+            assert_eq!(
+                a.flow_capacity, DEFAULT_FLOW_CAPACITY,
+                "{name} set nothing else"
+            );
+        }
+        let (_, a) = with_file("underlay: [-x, eth0]\n", &[]);
+        assert_eq!(a.unwrap().underlay, ["-x", "eth0"]);
+    }
+
+    #[test]
+    fn errors_name_the_key_as_the_file_writes_it() {
+        let (path, a) = with_file("flow-capacity: -5\n", &[]);
+        let e = format!("{:#}", a.unwrap_err());
+        assert!(
+            e.starts_with(&format!(
+                "config file {path}: flow-capacity: invalid value '-5': "
+            )),
+            "{e}"
+        );
+        assert!(!e.contains("--flow-capacity"), "{e}");
+
+        let (path, a) = with_file("metrics-granularity: pods\n", &[]);
+        let e = format!("{:#}", a.unwrap_err());
+        assert_eq!(
+            e,
+            format!(
+                "config file {path}: metrics-granularity: invalid value 'pods': \
+                 use one of pod, workload, namespace"
+            )
+        );
+
+        let (path, a) = with_file("poll-interval: [1s, 2s]\n", &[]);
+        let e = format!("{:#}", a.unwrap_err());
+        assert_eq!(
+            e,
+            format!("config file {path}: poll-interval: expected one value, got a list")
+        );
+
+        // Checked after parsing, still named as in the file.
+        let (path, a) = with_file("flow-capacity: 5\n", &[]);
+        let e = format!("{:#}", a.unwrap().validate().unwrap_err());
+        assert_eq!(
+            e,
+            format!("config file {path}: flow-capacity: 5 is too small: use at least 1024")
+        );
+        let (_, a) = with_file("flow-capacity: 4096\n", &["--flow-capacity", "5"]);
+        let e = format!("{:#}", a.unwrap().validate().unwrap_err());
+        assert_eq!(e, "--flow-capacity 5 is too small: use at least 1024");
+    }
+
+    #[test]
+    fn the_api_stays_on_loopback_unless_allowed() {
+        let a = parse(&["--api-address", "127.0.0.1:9478"]).unwrap();
+        a.validate().unwrap();
+        let a = parse(&["--api-address", "[::1]:9478"]).unwrap();
+        a.validate().unwrap();
+        let a = parse(&["--api-address", "0.0.0.0:9478"]).unwrap();
+        let e = format!("{:#}", a.validate().unwrap_err());
+        assert!(
+            e.contains("--api-address 0.0.0.0:9478 is not a loopback address"),
+            "{e}"
+        );
+        assert!(e.contains("--api-allow-remote"), "{e}");
+        let a = parse(&["--api-address", "0.0.0.0:9478", "--api-allow-remote"]).unwrap();
+        a.validate().unwrap();
+        let (_, a) = with_file("api-address: 10.0.0.1:9478\napi-allow-remote: true\n", &[]);
+        let a = a.unwrap();
+        assert!(a.api_allow_remote);
+        a.validate().unwrap();
+        let (path, a) = with_file("api-allow-remote: yes please\n", &[]);
+        let e = format!("{:#}", a.unwrap_err());
+        assert_eq!(
+            e,
+            format!("config file {path}: api-allow-remote: expected true or false, got yes please")
+        );
     }
 }

@@ -1,13 +1,23 @@
 //! `observer doctor`: the checks an operator would otherwise make by hand
 //! with `ip route`, `ip link`, `bpftool`, `calicoctl node status` and
 //! `ipvsadm -Ln`, each with its evidence and a hint. Run by the daemon
-//! (`/v1/doctor`), which has everything at hand.
+//! (`/v1/doctor`), which has everything at hand; routes, links and our
+//! programs on them are asked of the kernel at the moment it runs.
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{daemon::State, datapath::attach::Via, flows::InterfaceKind, model::Model};
+use crate::{
+    datapath::{attach::Via, links::LinkInfoView},
+    flows::InterfaceKind,
+    model::Model,
+    sources::routes::RouteTable,
+    state::State,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,60 +80,165 @@ pub fn healthy(checks: &[Check]) -> bool {
         .all(|c| matches!(c.verdict, Verdict::Ok | Verdict::Skip))
 }
 
-/// Header bytes each tunnel adds to an inner packet, by device name.
-fn tunnel_overhead(name: &str) -> u32 {
-    match name {
-        n if n.starts_with("vxlan-v6") => 70,
-        n if n.starts_with("vxlan") => 50,
-        n if n.starts_with("wg-v6") => 80,
-        n if n.starts_with("wireguard") || n.starts_with("wg") => 60,
-        _ => 20, // tunl0: IPIP
-    }
-}
-
-/// Runs every check on the daemon's state.
-pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
-    // Attachments as the kernel has them, not as we remember them; asked
-    // without holding the state, so that polls go on meanwhile.
-    let attached: Vec<(u32, String, Via)> = {
+/// Runs every check: the daemon's state beside what the kernel says now.
+pub async fn run(state: &crate::state::Shared) -> Vec<Check> {
+    // Asked of the kernel without holding the state, so that polls go on
+    // meanwhile.
+    let (attached, ours) = {
         let st = state.read().await;
-        st.interfaces
+        let attached: Vec<(u32, String, Via)> = st
+            .interfaces
             .iter()
             .filter(|(_, i)| i.iface.kind == InterfaceKind::Pod && !i.gone)
             .filter_map(|(ix, i)| Some((*ix, i.iface.name.clone(), i.via?)))
-            .collect()
+            .collect();
+        (attached, st.status.program_ids.clone())
     };
-    let mut kernel = Hooks::new();
-    for (ifindex, name, via) in attached {
-        let found = match via {
-            Via::Clsact => crate::datapath::attach::clsact_filters_present(ifindex)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Via::Tcx => tokio::task::spawn_blocking(move || tcx_present(&name))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string())),
-        };
-        kernel.insert(ifindex, (via, found));
-    }
+    let (hooks, routes, links) = tokio::join!(
+        hooks(attached, ours),
+        crate::sources::routes::dump(),
+        crate::datapath::links::dump()
+    );
     let st = state.read().await;
+    let kernel = Kernel::new(&st, routes, links, hooks);
     checks(&st, &kernel)
 }
 
-/// Per interface: how we attached, and whether the kernel has our program
-/// on (ingress, egress), or why it could not tell.
-type Hooks = std::collections::HashMap<u32, (Via, Result<(bool, bool), String>)>;
+/// Whether our programs are on each interface, as the kernel lists them:
+/// the very programs we loaded (`ours`, by id), not any of the same name.
+async fn hooks(attached: Vec<(u32, String, Via)>, ours: Vec<u32>) -> Hooks {
+    let mut kernel = Hooks::new();
+    for (ifindex, name, via) in attached {
+        let found = match via {
+            Via::Clsact => clsact_present(ifindex, &ours).await,
+            Via::Tcx => {
+                let ours = ours.clone();
+                tokio::task::spawn_blocking(move || tcx_present(&name, &ours))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+        };
+        kernel.insert(ifindex, (via, found));
+    }
+    kernel
+}
 
-fn checks(st: &State, kernel: &Hooks) -> Vec<Check> {
+/// Whether one of `ours` is among the cls_bpf filters at our priority on
+/// the clsact (ingress, egress) hooks.
+async fn clsact_present(ifindex: u32, ours: &[u32]) -> Result<(bool, bool), String> {
+    use crate::datapath::attach::our_filters;
+    let on = |filters: Vec<crate::datapath::attach::OurFilter>| {
+        filters
+            .iter()
+            .any(|f| f.program_id.is_some_and(|id| ours.contains(&id)))
+    };
+    let ingress = our_filters(ifindex, false)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let egress = our_filters(ifindex, true)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((on(ingress), on(egress)))
+}
+
+/// How we attached to an interface, and whether the kernel has our program
+/// on (ingress, egress), or why it could not tell.
+type Found = (Via, Result<(bool, bool), String>);
+
+/// [`Found`] per interface.
+type Hooks = std::collections::HashMap<u32, Found>;
+
+/// What the kernel says at the moment the doctor runs: a route deleted a
+/// moment ago is missing here even before the daemon's next poll.
+struct Kernel {
+    routes: RouteTable,
+    /// Links by ifindex.
+    links: BTreeMap<u32, LinkInfoView>,
+    hooks: Hooks,
+    /// Why routes or links are the daemon's last view instead.
+    unread: Vec<String>,
+}
+
+impl Kernel {
+    fn new(
+        st: &State,
+        routes: anyhow::Result<RouteTable>,
+        links: anyhow::Result<Vec<LinkInfoView>>,
+        hooks: Hooks,
+    ) -> Self {
+        let mut unread = Vec::new();
+        let routes = routes.unwrap_or_else(|e| {
+            unread.push(format!("routes: {e:#}"));
+            st.model.routes().clone()
+        });
+        let links = match links {
+            Ok(links) => links.into_iter().map(|l| (l.index, l)).collect(),
+            Err(e) => {
+                unread.push(format!("links: {e:#}"));
+                remembered_links(st)
+            }
+        };
+        Self {
+            routes,
+            links,
+            hooks,
+            unread,
+        }
+    }
+
+    fn link_named(&self, name: &str) -> Option<&LinkInfoView> {
+        self.links.values().find(|l| l.name == name)
+    }
+
+    fn link_name(&self, ifindex: u32) -> String {
+        self.links
+            .get(&ifindex)
+            .map_or_else(|| format!("ifindex {ifindex}"), |l| l.name.clone())
+    }
+}
+
+/// The links as the daemon last heard of them, when the kernel cannot be
+/// asked.
+fn remembered_links(st: &State) -> BTreeMap<u32, LinkInfoView> {
+    st.interfaces
+        .iter()
+        .filter(|(_, i)| !i.gone)
+        .map(|(ix, i)| {
+            let link = LinkInfoView {
+                index: *ix,
+                name: i.iface.name.clone(),
+                layer: i.layer,
+                tunnel: None,
+                mtu: i.mtu,
+            };
+            (*ix, link)
+        })
+        .collect()
+}
+
+fn checks(st: &State, kernel: &Kernel) -> Vec<Check> {
     let m = &st.model;
-    vec![
+    let mut checks = vec![
         pod_routes_and_interfaces(st, m, kernel),
-        interfaces_belong_to_pods(st, m),
-        remote_block_routes(m),
+        interfaces_belong_to_pods(st, m, kernel),
+        remote_block_routes(m, kernel),
         bgp_peers(m),
-        mtus(st, m),
+        mtus(st, m, kernel),
         ipvs_backends(m),
         datapath_counters(st),
-    ]
+        name_sources(m),
+    ];
+    if !kernel.unread.is_empty() {
+        checks.push(Check::new(
+            "kernel-view",
+            kernel.unread.clone(),
+            String::new(),
+            "the checks of routes and links used the daemon's last view, not the kernel's: \
+             see the daemon's log",
+            Verdict::Warn,
+        ));
+    }
+    checks
 }
 
 /// This node's pods that have their network: an address (pending pods
@@ -142,8 +257,8 @@ fn local_pods(st: &State, m: &Model) -> Vec<crate::model::PodEntry> {
 }
 
 /// Every local pod has its `/32` (`/128`) route to its interface, and the
-/// interface is there with our programs on it (asked of the kernel).
-fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Hooks) -> Check {
+/// interface is there with our programs on it (all asked of the kernel).
+fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Kernel) -> Check {
     let pods = local_pods(st, m);
     if pods.is_empty() {
         return Check::skip(
@@ -151,21 +266,17 @@ fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Hooks) -> Check {
             "no local pods known (no API objects or --node-name)",
         );
     }
-    let routes = m.routes();
     let mut problems = Vec::new();
     for p in &pods {
         let name = format!("{}/{}", p.namespace, p.name);
-        let iface = st
-            .interfaces
-            .iter()
-            .find(|(_, i)| i.iface.name == p.interface && !i.gone);
-        let Some((ifindex, i)) = iface else {
+        let Some(link) = kernel.link_named(&p.interface) else {
             problems.push(format!("{name}: interface {} does not exist", p.interface));
             continue;
         };
+        let ifindex = link.index;
         for ip in &p.ips {
-            match routes.local_endpoints.get(ip) {
-                Some(idx) if idx == ifindex => {}
+            match kernel.routes.local_endpoints.get(ip) {
+                Some(idx) if *idx == ifindex => {}
                 Some(idx) => problems.push(format!(
                     "{name}: the route to {ip} goes to ifindex {idx}, not {} ({ifindex})",
                     p.interface
@@ -176,30 +287,12 @@ fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Hooks) -> Check {
                 )),
             }
         }
-        let hooks = |ingress: bool, egress: bool| match (ingress, egress) {
-            (false, false) => "ingress and egress",
-            (false, true) => "ingress",
-            _ => "egress",
-        };
-        match (&i.attach_error, kernel.get(ifindex)) {
-            (Some(e), _) => problems.push(format!("{name}: {} not attached: {e}", p.interface)),
-            (None, None) => problems.push(format!("{name}: {} not attached", p.interface)),
-            (None, Some((_, Err(e)))) => problems.push(format!(
-                "{name}: cannot ask the kernel about {}: {e}",
-                p.interface
-            )),
-            (None, Some((via, Ok((ingress, egress))))) if !(*ingress && *egress) => {
-                let what = match via {
-                    Via::Tcx => "program is not on TCX",
-                    Via::Clsact => "filter is not on clsact",
-                };
-                problems.push(format!(
-                    "{name}: {}: our {what} {} (the kernel says)",
-                    p.interface,
-                    hooks(*ingress, *egress)
-                ));
-            }
-            (None, Some(_)) => {}
+        let attach_error = st
+            .interfaces
+            .get(&ifindex)
+            .and_then(|i| i.attach_error.as_ref());
+        if let Some(problem) = attachment_problem(attach_error, kernel.hooks.get(&ifindex)) {
+            problems.push(format!("{name}: {}: {problem}", p.interface));
         }
     }
     Check::new(
@@ -212,33 +305,57 @@ fn pod_routes_and_interfaces(st: &State, m: &Model, kernel: &Hooks) -> Check {
     )
 }
 
+/// What is wrong with our programs on an interface, if anything.
+fn attachment_problem(attach_error: Option<&String>, kernel: Option<&Found>) -> Option<String> {
+    let hooks = |ingress: bool, egress: bool| match (ingress, egress) {
+        (false, false) => "ingress and egress",
+        (false, true) => "ingress",
+        _ => "egress",
+    };
+    match (attach_error, kernel) {
+        (Some(e), _) => Some(format!("not attached: {e}")),
+        (None, None) => Some("not attached".into()),
+        (None, Some((_, Err(e)))) => Some(format!("cannot ask the kernel: {e}")),
+        (None, Some((via, Ok((ingress, egress))))) if !(*ingress && *egress) => {
+            let what = match via {
+                Via::Tcx => "program is not on TCX",
+                Via::Clsact => "filter is not on clsact",
+            };
+            Some(format!(
+                "our {what} {} (the kernel says)",
+                hooks(*ingress, *egress)
+            ))
+        }
+        (None, Some(_)) => None,
+    }
+}
+
 /// Whether our TCX programs are on an interface's (ingress, egress), as
 /// the kernel lists them.
-fn tcx_present(interface: &str) -> Result<(bool, bool), String> {
+fn tcx_present(interface: &str, ours: &[u32]) -> Result<(bool, bool), String> {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
-    let ours = |t: TcAttachType| -> Result<bool, String> {
+    let on = |t: TcAttachType| -> Result<bool, String> {
         let (_, programs) = SchedClassifier::query_tcx(interface, t).map_err(|e| e.to_string())?;
-        Ok(programs.iter().any(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
-        }))
+        Ok(programs.iter().any(|p| ours.contains(&p.id())))
     };
-    Ok((ours(TcAttachType::Ingress)?, ours(TcAttachType::Egress)?))
+    Ok((on(TcAttachType::Ingress)?, on(TcAttachType::Egress)?))
 }
 
 /// Every `cali*` interface belongs to a pod we know.
-fn interfaces_belong_to_pods(st: &State, m: &Model) -> Check {
+fn interfaces_belong_to_pods(st: &State, m: &Model, kernel: &Kernel) -> Check {
     if m.pods().is_empty() {
         return Check::skip(
             "interfaces-belong-to-pods",
             "no pod objects to compare with",
         );
     }
+    // Pod interfaces by the daemon's patterns, that the kernel still has.
     let pod_ifaces: Vec<&str> = st
         .interfaces
-        .values()
-        .filter(|i| i.iface.kind == InterfaceKind::Pod && !i.gone)
-        .map(|i| i.iface.name.as_str())
+        .iter()
+        .filter(|(_, i)| i.iface.kind == InterfaceKind::Pod)
+        .filter_map(|(ix, _)| kernel.links.get(ix))
+        .map(|l| l.name.as_str())
         .collect();
     let problems = pod_ifaces
         .iter()
@@ -257,15 +374,16 @@ fn interfaces_belong_to_pods(st: &State, m: &Model) -> Check {
 
 /// Every remote block has a route over the device its pool's
 /// encapsulation mode asks for.
-fn remote_block_routes(m: &Model) -> Check {
+fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
     let calico = m.calico();
     let local = m.local_node();
+    let routes = &kernel.routes;
     let remote: Vec<_> = calico
         .blocks
         .iter()
         .filter(|b| b.node.is_some() && b.node.as_deref() != local)
         // Ours by the blackhole route, even when our name is not known.
-        .filter(|b| !m.routes().local_blocks.contains_key(&b.cidr))
+        .filter(|b| !routes.local_blocks.contains_key(&b.cidr))
         .collect();
     if remote.is_empty() {
         return Check::skip(
@@ -277,16 +395,19 @@ fn remote_block_routes(m: &Model) -> Check {
     for b in &remote {
         let node = b.node.as_deref().unwrap_or("?");
         let expected = m.expected_encap_to(b.cidr.network());
-        let Some(route) = m.routes().remote_blocks.get(&b.cidr) else {
+        let Some(route) = routes.remote_blocks.get(&b.cidr) else {
             problems.push(format!("{} of {node}: no route", b.cidr));
             continue;
         };
-        let device = ifname(route.ifindex).unwrap_or_else(|| format!("ifindex {}", route.ifindex));
-        let fits = match expected.as_deref() {
-            Some("vxlan") => device.starts_with("vxlan"),
-            Some("ipip") => device == "tunl0",
-            Some("none") => !device.starts_with("vxlan") && device != "tunl0",
-            _ => true,
+        let device = kernel.link_name(route.ifindex);
+        let on = observer_common::Encap::from_device(&device);
+        let fits = match expected
+            .as_deref()
+            .and_then(observer_common::Encap::from_name)
+        {
+            Some(observer_common::Encap::None) => on.is_none(),
+            Some(want) => on == Some(want),
+            None => true,
         };
         if !fits {
             problems.push(format!(
@@ -305,17 +426,6 @@ fn remote_block_routes(m: &Model) -> Check {
          (`observer node`), VXLAN routes from Felix",
         Verdict::Fail,
     )
-}
-
-fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
 /// Every BGP peer BIRD has is Established.
@@ -349,24 +459,35 @@ fn bgp_peers(m: &Model) -> Check {
 
 /// Tunnel MTUs fit the underlay minus their overhead; pod interfaces and
 /// the CNI config fit the tunnel.
-fn mtus(st: &State, m: &Model) -> Check {
-    let live = || st.interfaces.values().filter(|i| !i.gone);
-    let underlay = live()
-        .filter(|i| i.iface.kind == InterfaceKind::Underlay)
-        .filter_map(|i| i.mtu)
+fn mtus(st: &State, m: &Model, kernel: &Kernel) -> Check {
+    // The daemon's interfaces as the kernel has them now: (ifindex, kind,
+    // name, MTU).
+    let live: Vec<(u32, InterfaceKind, &str, Option<u32>)> = st
+        .interfaces
+        .iter()
+        .filter_map(|(ix, i)| {
+            let link = kernel.links.get(ix)?;
+            Some((*ix, i.iface.kind, link.name.as_str(), link.mtu))
+        })
+        .collect();
+    let underlay = live
+        .iter()
+        .filter(|l| l.1 == InterfaceKind::Underlay)
+        .filter_map(|l| l.3)
         .min();
-    let tunnels: Vec<(&str, u32)> = live()
-        .filter(|i| matches!(i.iface.kind, InterfaceKind::Tunnel(_)))
-        .filter_map(|i| Some((i.iface.name.as_str(), i.mtu?)))
+    let tunnels: Vec<(&str, u32)> = live
+        .iter()
+        .filter(|l| matches!(l.1, InterfaceKind::Tunnel(_)))
+        .filter_map(|l| Some((l.2, l.3?)))
         .collect();
     let mut problems = Vec::new();
     if let Some(u) = underlay {
         for (name, mtu) in &tunnels {
-            let fits = u.saturating_sub(tunnel_overhead(name));
+            let headers = observer_common::Encap::device_overhead(name);
+            let fits = u.saturating_sub(headers);
             if *mtu > fits {
                 problems.push(format!(
-                    "{name} MTU {mtu} > underlay {u} - {} bytes of headers = {fits}",
-                    tunnel_overhead(name)
+                    "{name} MTU {mtu} > underlay {u} - {headers} bytes of headers = {fits}"
                 ));
             }
         }
@@ -374,30 +495,27 @@ fn mtus(st: &State, m: &Model) -> Check {
     // What a pod may send: the smallest MTU of the tunnels that carry
     // routes to other nodes (either family: the veth's MTU serves both),
     // else the underlay's.
-    let routed: BTreeSet<u32> = m
-        .routes()
+    let routed: BTreeSet<u32> = kernel
+        .routes
         .remote_blocks
         .values()
         .map(|r| r.ifindex)
         .collect();
-    let limit = st
-        .interfaces
+    let limit = live
         .iter()
-        .filter(|(i, s)| routed.contains(i) && !s.gone)
-        .filter(|(_, s)| matches!(s.iface.kind, InterfaceKind::Tunnel(_)))
-        .filter_map(|(_, s)| s.mtu)
+        .filter(|l| routed.contains(&l.0) && matches!(l.1, InterfaceKind::Tunnel(_)))
+        .filter_map(|l| l.3)
         .min()
         .or(underlay);
     if let Some(limit) = limit {
-        for i in live().filter(|i| i.iface.kind == InterfaceKind::Pod) {
-            if let Some(mtu) = i.mtu.filter(|mtu| *mtu > limit) {
+        for (_, _, name, mtu) in live.iter().filter(|l| l.1 == InterfaceKind::Pod) {
+            if let Some(mtu) = mtu.filter(|mtu| *mtu > limit) {
                 let pod = m
-                    .pod_of_interface(&i.iface.name)
+                    .pod_of_interface(name)
                     .map(|p| format!(" ({}/{})", p.namespace, p.name))
                     .unwrap_or_default();
                 problems.push(format!(
-                    "{}{pod} MTU {mtu} > {limit} that the tunnel carries",
-                    i.iface.name
+                    "{name}{pod} MTU {mtu} > {limit} that the tunnel carries"
                 ));
             }
         }
@@ -424,7 +542,13 @@ fn mtus(st: &State, m: &Model) -> Check {
         "mtu",
         problems,
         format!(
-            "tunnels {tunnels:?}, underlay {}",
+            "tunnel MTUs: {}; underlay MTU: {}",
+            if tunnels.is_empty() {
+                "none".to_owned()
+            } else {
+                let each: Vec<String> = tunnels.iter().map(|(n, m)| format!("{n} {m}")).collect();
+                each.join(", ")
+            },
             underlay.map_or("not watched".into(), |u| u.to_string())
         ),
         "set Calico's MTU (FelixConfiguration mtu / the CNI config's mtu) to the underlay MTU \
@@ -491,6 +615,24 @@ fn ipvs_backends(m: &Model) -> Check {
     )
 }
 
+/// Every source of names decodes. One that does not keeps its last good
+/// state, which goes stale while the file stays wrong.
+fn name_sources(m: &Model) -> Check {
+    let problems = m
+        .source_errors()
+        .iter()
+        .map(|e| format!("{}: {}", e.source, e.error))
+        .collect();
+    Check::new(
+        "name-sources",
+        problems,
+        "every source of names decodes".into(),
+        "fix or remove the file named: until it decodes, the names read before it broke are \
+         kept and new pods stay unnamed",
+        Verdict::Fail,
+    )
+}
+
 /// Flow-map insert failures and unparsed packets rising.
 fn datapath_counters(st: &State) -> Check {
     use observer_common::Stat;
@@ -499,28 +641,30 @@ fn datapath_counters(st: &State) -> Check {
         return Check::skip("datapath-counters", "not polled yet");
     };
     let secs = t1.duration_since(*t0).as_secs();
+    let window = match secs {
+        0 => "since the first poll".to_owned(),
+        s => format!("in the last {s} s"),
+    };
     let mut problems = Vec::new();
     for (stat, why) in [
         (
             Stat::FlowInsertFailures,
-            "the flow map is full: raise --flow-capacity",
+            "packets counted without a flow because the flow map was full: they are in the \
+             pods' and interfaces' totals, not in any flow; raise --flow-capacity",
         ),
         (Stat::Unparsed, "packets the classifier cannot parse"),
     ] {
         let grew = last[stat as usize].saturating_sub(first[stat as usize]);
         if grew > 0 {
-            problems.push(format!(
-                "{}: +{grew} in the last {secs} s ({why})",
-                stat.name()
-            ));
+            problems.push(format!("{}: +{grew} {window} ({why})", stat.name()));
         }
     }
     Check::new(
         "datapath-counters",
         problems,
-        format!("no insert failures or unparsed packets in the last {secs} s"),
-        "insert failures lose flows: raise --flow-capacity; unparsed packets: capture some \
-         with tcpdump and run `observer replay` on them",
+        format!("no insert failures or unparsed packets {window}"),
+        "a full flow map loses flow detail (not counts): raise --flow-capacity; unparsed \
+         packets: capture some with tcpdump and run `observer replay` on them",
         Verdict::Warn,
     )
 }

@@ -18,3 +18,4 @@ pub mod lab;
 pub mod model;
 pub mod replay;
 pub mod sources;
+pub mod state;

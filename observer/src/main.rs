@@ -17,6 +17,10 @@ struct Cli {
 enum Command {
     /// Run the daemon: attach to Calico's interfaces and serve the API.
     Run(config::RunArgs),
+    /// Remove what daemons leave in the kernel for the next one (pinned
+    /// maps and TCX links, clsact filters) and the saved state: for an
+    /// uninstall. Stop the daemon first.
+    Cleanup(daemon::cleanup::CleanupArgs),
     /// Flows seen by the daemon: filter, sort, --top, --watch with rates.
     Flows(cli::FlowsArgs),
     /// Pods on this node with their interfaces and traffic (like
@@ -77,7 +81,7 @@ fn run() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         match cli.command {
             Command::Run(args) => {
                 let argv: Vec<_> = std::env::args_os()
@@ -101,7 +105,12 @@ fn run() -> Result<()> {
                 Ok(())
             }
             Command::Replay(args) => replay::main(args),
+            Command::Cleanup(args) => daemon::cleanup::run(args).await,
             Command::Lab(args) => lab::run(args, std::env::current_exe()?).await,
         }
-    })
+    });
+    // Exit without waiting for blocking reads still in flight (a slow name
+    // source): the daemon has saved what it must by now.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }

@@ -156,7 +156,7 @@ fn prometheus_counters_equal_the_traffic_sent_and_promtool_is_clean() {
     );
     assert_eq!(
         p.value("observer_flow_map_capacity{node=\"node1\"}"),
-        65536.0
+        observer_common::DEFAULT_FLOW_CAPACITY as f64
     );
     assert_eq!(
         p.value("observer_attached_interfaces{node=\"node1\",kind=\"pod\"}"),

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench | fuzz | vm`.
 //!
 //! `setup` installs what a fresh machine lacks (nightly rust-src,
 //! bpf-linker built against the nightly's LLVM, Debian packages the lab and
@@ -6,6 +6,9 @@
 //! `lab` and `test` run it first.
 
 mod setup;
+mod tally;
+mod test;
+mod vm;
 
 use std::process::Command;
 
@@ -48,8 +51,29 @@ enum Task {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the VM suite (`cargo xtask vm`), which the closing line then says.
+        #[arg(long)]
+        no_vm: bool,
         /// Extra arguments for `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Boot Debian's stock kernel (or --kernel) in a VM and run COMMAND there
+    /// with an optimised observer on PATH (default: the VM test suite).
+    Vm {
+        /// A bzImage to boot instead, e.g. your nodes' /boot/vmlinuz-<version>.
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<std::path::PathBuf>,
+        /// Try KVM first (nested KVM hangs on some machines; then the
+        /// emulated CPU is used).
+        #[arg(long)]
+        kvm: bool,
+        /// The dev-profile binaries instead of the optimised `ci` profile's
+        /// (no second build after a dev one, but many times slower in the VM).
+        #[arg(long)]
+        dev: bool,
+        /// A shell command line for the guest.
+        #[arg(last = true)]
         args: Vec<String>,
     },
 }
@@ -84,7 +108,7 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the benchmarks load eBPF programs and build network namespaces")?;
             cargo(&["build", "--release", "--package", "observer", "--bins"])?;
-            let mut cmd = Command::new(workspace_root().join("target/release/observer-bench"));
+            let mut cmd = Command::new(target_dir().join("release/observer-bench"));
             cmd.args(&args).current_dir(workspace_root());
             run(&mut cmd)
         }
@@ -103,7 +127,11 @@ fn main() -> Result<()> {
             cmd.args(&args);
             run(&mut cmd)
         }
-        Task::Test { no_lint, args } => {
+        Task::Test {
+            no_lint,
+            no_vm,
+            args,
+        } => {
             setup::run()?;
             require_root("the tests load eBPF programs and build network namespaces")?;
             if !no_lint {
@@ -119,19 +147,36 @@ fn main() -> Result<()> {
                     "warnings",
                 ])?;
             }
-            // Every test binary runs, so the closing line counts them all.
-            let mut test = vec![
-                "test",
-                "--workspace",
-                "--exclude",
-                "observer-ebpf",
-                "--no-fail-fast",
-            ];
+            // Every test binary runs, so the closing line counts them all;
+            // the `ci` profile, which the VM suite runs too (one build).
+            let mut test = vec!["test", "--profile", "ci", "--no-fail-fast"];
+            test.extend(TEST_SELECTION);
             test.extend(args.iter().map(String::as_str));
-            cargo_test(&test)
+            let host = test::cargo_test(&test);
+            let vm = (!no_vm).then(test::vm_suite);
+            test::report(host, vm)
+        }
+        Task::Vm {
+            kernel,
+            kvm,
+            dev,
+            args,
+        } => {
+            setup::run()?;
+            let outcome = vm::run(&vm::Options {
+                kernel,
+                kvm,
+                release: !dev,
+                command: args,
+            })?;
+            std::process::exit(outcome.status)
         }
     }
 }
+
+/// What `cargo xtask test` builds and tests (the eBPF crate is built for
+/// its own target by `observer`'s build script).
+pub(crate) const TEST_SELECTION: [&str; 3] = ["--workspace", "--exclude", "observer-ebpf"];
 
 fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -160,45 +205,6 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
-    }
-    Ok(())
-}
-
-/// Runs `cargo test`, passing its output through, and closes with one line
-/// that adds up every test binary's result (cargo's own last line is that
-/// of whichever binary ran last, often one without tests).
-fn cargo_test(args: &[&str]) -> Result<()> {
-    use std::io::{BufRead as _, BufReader};
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args)
-        .current_dir(workspace_root())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().context("cargo test stdout")?).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            for part in rest.split(';') {
-                let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else {
-                    continue;
-                };
-                let n: u64 = n.parse().unwrap_or(0);
-                match what {
-                    "passed" => passed += n,
-                    "failed" => failed += n,
-                    "ignored" => ignored += n,
-                    _ => {}
-                }
-            }
-        }
-    }
-    let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("cargo test failed: {status}");
     }
     Ok(())
 }

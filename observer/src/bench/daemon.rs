@@ -35,6 +35,8 @@ impl Daemon {
             .arg("run")
             .arg("--socket")
             .arg(&socket)
+            // Measured alone: nothing pinned, nothing left to the next one.
+            .args(["--pin-path", "none"])
             .args(extra)
             .env("OBSERVER_LOG", "warn")
             .stdout(Stdio::null())

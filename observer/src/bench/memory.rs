@@ -12,12 +12,15 @@ use serde::Serialize;
 use super::procfs;
 use crate::datapath::Datapath;
 
+const BPF_MAP_TYPE_HASH: u64 = 1;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u64 = 6;
-const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
-/// Hash maps count `HASHTAB_MAP_LOCK_COUNT` (8) ints per CPU for their
-/// bucket-lock recursion counters (kernels that still have them): an upper
-/// bound of the shared LRU hash's per-CPU part.
-const HASH_PER_CPU_BYTES: u64 = 8 * 4;
+/// Per CPU, a preallocated hash map keeps `HASHTAB_MAP_LOCK_COUNT` (8)
+/// ints of bucket-lock recursion counters (kernels that still have them),
+/// one spare element (for updates of existing keys) and a pointer to it
+/// (`htab_map_mem_usage`).
+const HASH_PER_CPU_BYTES: u64 = 8 * 4 + 8;
+/// `struct htab_elem` before its key (x86_64).
+const HTAB_ELEM_HEADER: u64 = 48;
 
 #[derive(Serialize)]
 pub struct MapMemory {
@@ -65,7 +68,12 @@ pub fn run() -> Result<MemoryResult> {
         let per_cpu_bytes = match map_type {
             // array_map_mem_usage: entries * round_up(value_size, 8) per CPU.
             BPF_MAP_TYPE_PERCPU_ARRAY => n("max_entries") * n("value_size").next_multiple_of(8),
-            BPF_MAP_TYPE_LRU_HASH => HASH_PER_CPU_BYTES,
+            BPF_MAP_TYPE_HASH => {
+                let elem = HTAB_ELEM_HEADER
+                    + n("key_size").next_multiple_of(8)
+                    + n("value_size").next_multiple_of(8);
+                HASH_PER_CPU_BYTES + elem
+            }
             _ => 0,
         };
         let memlock = n("memlock");
@@ -88,7 +96,7 @@ pub fn run() -> Result<MemoryResult> {
         sum(|m| m.memlock_64cpu),
         sum(|m| m.memlock_128cpu),
     );
-    let flow = maps.iter().find(|m| m.map_type == BPF_MAP_TYPE_LRU_HASH);
+    let flow = maps.iter().find(|m| m.map_type == BPF_MAP_TYPE_HASH);
     let slots = capacity as f64;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(MemoryResult {

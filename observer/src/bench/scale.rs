@@ -29,7 +29,7 @@ use crate::{
     flows::table::FlowTable,
 };
 
-const BPF_MAP_TYPE_LRU_HASH: u64 = 9;
+const BPF_MAP_TYPE_HASH: u64 = 1;
 
 pub struct Params {
     /// (live flows, flow-map capacity) to measure.
@@ -235,11 +235,11 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
 }
 
 /// Puts `n` distinct flows, all just seen, into the daemon's flow map (the
-/// only LRU hash among its BPF fds).
+/// only hash map among its BPF fds).
 fn insert_flows(pid: u32, n: u32) -> Result<()> {
     let info = procfs::bpf_fds(pid, "map_id")?
         .into_iter()
-        .find(|i| procfs::num(i, "map_type") == BPF_MAP_TYPE_LRU_HASH)
+        .find(|i| procfs::num(i, "map_type") == BPF_MAP_TYPE_HASH)
         .context("the daemon's flow map not found among its fds")?;
     let id = procfs::num(&info, "map_id") as u32;
     let map = Map::from_map_data(MapData::from_id(id)?)?;

@@ -338,9 +338,36 @@ pub fn status_text(s: &StatusView) -> String {
     let _ = writeln!(out, "attached interfaces: {}", s.attached_interfaces);
     let _ = writeln!(
         out,
-        "kernel flow map: {} / {} entries; {} flows shown; {} LRU evictions",
-        s.kernel_flow_entries, s.flow_capacity, s.flows_tracked, s.lru_evictions
+        "kernel flow map: {} / {} entries; {} flows shown",
+        s.kernel_flow_entries, s.flow_capacity, s.flows_tracked
     );
+    if s.overflow_packets > 0 {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(
+                Paint::Bad,
+                format!(
+                    "{} packets counted without a flow: the flow map was full (they are in \
+                     the pods' and interfaces' totals; raise --flow-capacity)",
+                    s.overflow_packets
+                )
+            )
+        );
+    }
+    if s.lru_evictions > 0 {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(
+                Paint::Bad,
+                format!(
+                    "{} flow entries vanished before they were read (after a crash?)",
+                    s.lru_evictions
+                )
+            )
+        );
+    }
     for (k, v) in &s.datapath {
         // Lost or unreadable packets are worth a look.
         let problem = matches!(k.as_str(), "unparsed" | "flow_insert_failures") && *v > 0;

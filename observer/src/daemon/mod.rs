@@ -1,9 +1,13 @@
 //! `observer run`: load the programs, keep them attached to the selected
 //! interfaces as they come and go, poll the maps into the flow table, and
-//! serve the JSON API; on SIGTERM/SIGINT detach and remove what we added.
+//! serve the JSON API. With pins (the default) the programs stay attached
+//! at SIGTERM/SIGINT and the counts are saved, for the next daemon to take
+//! over; without, we detach and remove what we added.
 
+pub mod cleanup;
 mod mtu;
 mod names;
+pub mod saved;
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use observer_common::{Encap, EncapTotals, FlowKey, FlowStats, IfaceTotals, Stat};
+use observer_common::{FlowKey, FlowStats, Hook, IfaceTotals};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::RwLock,
@@ -23,86 +27,64 @@ use crate::{
     config::{InterfaceSelector, RunArgs},
     datapath::{
         Datapath,
-        attach::{Attacher, LinkLayer, Via},
+        attach::{Attacher, Via},
         links::{self, LinkEvent, LinkInfoView},
+        pin::PinRoot,
     },
     export::{
         api, http,
-        metrics::{Metrics, MetricsConfig},
+        metrics::{Metrics, MetricsConfig, Overflow},
     },
-    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
+    flows::{Clock, Interface, table::FlowTable},
     model::Model,
+    state::{DatapathStatus, InterfaceState, Shared, State},
 };
 
 use self::{mtu::MtuLimits, names::Names};
 
-/// An interface we attached to (or tried to).
-#[derive(Clone, Debug)]
-pub struct InterfaceState {
-    pub iface: Interface,
-    pub layer: LinkLayer,
-    pub via: Option<Via>,
-    pub attach_error: Option<String>,
-    pub totals: IfaceTotals,
-    /// Deleted; kept while flows seen on it are still shown.
-    pub gone: bool,
-    /// The link's MTU, as rtnetlink last said.
-    pub mtu: Option<u32>,
-}
-
-#[derive(Default)]
-pub struct DatapathStatus {
-    pub polls: u64,
-    pub last_poll_ms: f64,
-    /// When the last poll ended (milliseconds since the Unix epoch): what
-    /// clients compute rates with, whatever their own timing.
-    pub last_poll_at_ms: u64,
-    pub kernel_flow_entries: u64,
-    pub flow_capacity: u32,
-    pub stats: [u64; Stat::COUNT as usize],
-    pub encap: [EncapTotals; Encap::COUNT as usize],
-    pub attach_mode_tcx: bool,
-    /// Datapath counters at each poll of the last minute (for the doctor).
-    pub stats_history: std::collections::VecDeque<(Instant, [u64; Stat::COUNT as usize])>,
-    /// (run time ns, runs) per program when `kernel.bpf_stats_enabled`.
-    pub program_stats: Vec<(String, (u64, u64))>,
-}
-
-/// Everything the API shows; written by the poll loop.
-pub struct State {
-    pub table: FlowTable,
-    pub model: Arc<Model>,
-    pub interfaces: BTreeMap<u32, InterfaceState>,
-    pub status: DatapathStatus,
-    pub clock: Clock,
-    pub started: std::time::SystemTime,
-}
-
-pub type Shared = Arc<RwLock<State>>;
-
 pub async fn run(args: RunArgs) -> Result<()> {
+    // First, before anything is loaded: the only daemon on this socket.
+    let _claim = crate::export::prepare(&args).await?;
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
-    let mut dp = Datapath::load(args.flow_capacity)?;
+    let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;
+    // Before loading anything: a kernel without TCX is told at once.
+    let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
+    let mut dp = match &pins {
+        Some(p) => Datapath::load_pinned(args.flow_capacity, p)?,
+        None => Datapath::load(args.flow_capacity)?,
+    };
     let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
-    let mut attacher = Attacher::new(args.attach_mode)?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
         model: Arc::new(Model::default()),
         interfaces: BTreeMap::new(),
         status: DatapathStatus {
             flow_capacity: args.flow_capacity,
+            program_ids: dp.program_ids(),
             ..Default::default()
         },
         clock: Clock::new(dp.clock_sample()?, jiffy_ns),
         started: std::time::SystemTime::now(),
     }));
+    let metrics = Arc::new(Mutex::new(Metrics::new(
+        MetricsConfig::from_args(&args),
+        args.node_name.as_deref().unwrap_or(""),
+    )));
 
     // Attach to what is there before answering: once the API answers, the
     // interfaces present at start are watched.
     let (present, mut link_events) = links::follow().await?;
     for link in present {
         on_link_present(&mut dp, &mut attacher, &selector, &state, link).await;
+    }
+    if let Some(p) = &pins {
+        // Ours took over what an earlier daemon left; the rest is stale.
+        attacher.unpin_stale_links();
+        if let Some(layout) = &dp.layout {
+            p.remove_other_layouts(layout);
+        }
+        take_over_saved(&args, &dp, &state, &metrics).await;
     }
     let mut mtu_limits = MtuLimits::default();
     mtu_limits.apply(&mut dp, &state).await;
@@ -112,10 +94,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(address) = args.api_address {
         servers.push(api::serve_tcp(address, state.clone()).await?);
     }
-    let metrics = Arc::new(Mutex::new(Metrics::new(
-        MetricsConfig::from_args(&args),
-        args.node_name.as_deref().unwrap_or(""),
-    )));
     let health = Arc::new(http::Health::new(args.poll_interval));
     if let Some(address) = args.metrics_address.0 {
         servers.push(http::serve(address, metrics.clone(), health.clone()).await?);
@@ -126,6 +104,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut last_saved = Instant::now();
 
     let result: Result<()> = async {
         loop {
@@ -148,6 +127,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     if !health.is_ready() && names.ready(&args) {
                         health.set_ready();
                     }
+                    if pins.is_some() && last_saved.elapsed() >= saved::SAVE_EVERY {
+                        last_saved = Instant::now();
+                        let s = snapshot(&dp, &state, &metrics).await;
+                        let path = args.state_file.clone();
+                        tokio::task::spawn_blocking(move || save(&path, &s));
+                    }
                 }
                 _ = sigterm.recv() => return Ok(()),
                 _ = sigint.recv() => return Ok(()),
@@ -156,13 +141,86 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     .await;
 
-    tracing::info!("shutting down: detaching");
-    attacher.detach_all(&mut dp.ebpf).await;
     for server in servers {
         server.abort();
     }
     let _ = std::fs::remove_file(&args.socket);
+    if pins.is_some() {
+        save(&args.state_file, &snapshot(&dp, &state, &metrics).await);
+        attacher.keep_all();
+        tracing::info!(
+            "exiting; the programs stay attached and counting for the next daemon \
+             (`observer cleanup` removes them)"
+        );
+    } else {
+        tracing::info!("shutting down: detaching");
+        attacher.detach_all().await;
+    }
     result
+}
+
+/// The state to save: taken under the locks, encoded and written by the
+/// caller.
+async fn snapshot(dp: &Datapath, state: &Shared, metrics: &Mutex<Metrics>) -> saved::Saved {
+    let st = state.read().await;
+    saved::Saved {
+        flows_map_id: dp.flows_map_id,
+        saved_at_ms: saved::Saved::now_ms(),
+        table: st.table.save(),
+        interfaces: st
+            .interfaces
+            .iter()
+            .filter(|(_, s)| !s.gone)
+            .map(|(i, s)| (*i, s.totals))
+            .collect(),
+        metrics: metrics.lock().map(|m| m.save()).unwrap_or_default(),
+    }
+}
+
+fn save(path: &std::path::Path, s: &saved::Saved) {
+    let started = Instant::now();
+    match saved::write(path, s) {
+        Ok(()) => tracing::debug!(
+            path = %path.display(),
+            ms = started.elapsed().as_millis() as u64,
+            "state saved"
+        ),
+        Err(e) => tracing::warn!("saving the state: {e:#}"),
+    }
+}
+
+/// Goes on from the state an earlier daemon saved: its metrics' values, and
+/// its flow table and interface totals when the kernel maps are the very
+/// ones it read (else their counts are kept, and the new maps count from
+/// zero).
+async fn take_over_saved(args: &RunArgs, dp: &Datapath, state: &Shared, metrics: &Mutex<Metrics>) {
+    let saved = match saved::read(&args.state_file) {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("not going on from the saved state: {e:#}");
+            return;
+        }
+    };
+    let same = dp.reused_maps && saved.flows_map_id == dp.flows_map_id;
+    let mut st = state.write().await;
+    st.table.restore(saved.table, same);
+    if same {
+        for (ifindex, totals) in saved.interfaces {
+            if let Some(s) = st.interfaces.get_mut(&ifindex) {
+                s.totals = totals;
+            }
+        }
+    }
+    if let Ok(mut m) = metrics.lock() {
+        m.restore(saved.metrics);
+    }
+    tracing::info!(
+        flows = st.table.len(),
+        same_maps = same,
+        age_s = saved::Saved::now_ms().saturating_sub(saved.saved_at_ms) / 1000,
+        "going on from the saved state"
+    );
 }
 
 async fn on_link(
@@ -175,7 +233,7 @@ async fn on_link(
     match ev {
         LinkEvent::Present(link) => on_link_present(dp, attacher, selector, state, link).await,
         LinkEvent::Gone { index } => {
-            if let Some(name) = attacher.forget(&mut dp.ebpf, index) {
+            if let Some(name) = attacher.forget(index) {
                 tracing::info!(interface = %name, "interface gone, detached");
             }
             if let Some(s) = state.write().await.interfaces.get_mut(&index) {
@@ -196,7 +254,7 @@ async fn on_link_present(
     let Some(kind) = selector.classify(&link) else {
         // Renamed away from our patterns: let it go.
         if attacher.is_attached(link.index) {
-            attacher.forget(&mut dp.ebpf, link.index);
+            attacher.detach(link.index);
             state.write().await.interfaces.remove(&link.index);
         }
         return;
@@ -206,6 +264,11 @@ async fn on_link_present(
             i.mtu = link.mtu;
         }
         return;
+    }
+    // A slot that counted for another (older) interface starts from zero;
+    // one that already counts for this one (a restart) goes on.
+    if let Err(e) = dp.claim_iface_totals(link.index) {
+        tracing::warn!(interface = %link.name, "resetting its totals: {e:#}");
     }
     let result = attacher.attach(&mut dp.ebpf, link.index, &link.name, link.layer);
     let via = attacher
@@ -244,6 +307,8 @@ async fn poll(
 ) -> Result<()> {
     let started = Instant::now();
     let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
+    // Flows first, interface totals after: a packet is in its interface's
+    // totals before it is in its flow, so the totals read are never behind.
     dp.read_flows(|k, v| entries.push((*k, *v)))?;
     let stats = dp.stats()?;
     let encap = dp.encap_totals()?;
@@ -257,18 +322,41 @@ async fn poll(
     let now = clock.now_jiffies();
     let idle_before = now.saturating_sub(clock.jiffies_in(args.idle_timeout));
     let forget_before = now.saturating_sub(clock.jiffies_in(args.retain));
+    // Half the map stays free for the flows of the next interval; past
+    // that, the least recently seen are read out (their counts kept).
+    let keep = (dp.capacity / 2) as usize;
+    let to_evict = {
+        let mut st = state.write().await;
+        st.table.begin_poll();
+        for (k, v) in &entries {
+            st.table.observe(k, v);
+        }
+        st.table.end_poll_keeping(idle_before, forget_before, keep)
+    };
+    // The syscalls without the lock: the API answers meanwhile.
+    let mut evicted = Vec::with_capacity(to_evict.len());
+    for key in to_evict {
+        evicted.push((key, dp.evict(&key)?));
+    }
+
     let mut st = state.write().await;
-    st.table.begin_poll();
-    for (k, v) in &entries {
-        st.table.observe(k, v);
+    for (key, last) in &evicted {
+        st.table.retire(key, last.as_ref());
     }
-    let idle = st.table.end_poll(idle_before, forget_before);
-    for key in idle {
-        let last = dp.evict(&key)?;
-        st.table.retire(&key, last.as_ref());
-    }
+    let mut overflow = Vec::new();
     for (ifindex, t) in totals {
         if let Some(s) = st.interfaces.get_mut(&ifindex) {
+            for (h, hook) in [Hook::Ingress, Hook::Egress].into_iter().enumerate() {
+                let (now, before) = (t.overflow[h], s.totals.overflow[h]);
+                if now.packets > before.packets {
+                    overflow.push(Overflow {
+                        ifindex,
+                        hook,
+                        packets: now.packets - before.packets,
+                        bytes: now.bytes.saturating_sub(before.bytes),
+                    });
+                }
+            }
             s.totals = t;
         }
     }
@@ -282,7 +370,7 @@ async fn poll(
     st.clock = clock;
     let status = &mut st.status;
     status.polls += 1;
-    status.kernel_flow_entries = entries.len() as u64;
+    status.kernel_flow_entries = (entries.len() - evicted.len()) as u64;
     status.stats = stats;
     status.stats_history.push_back((Instant::now(), stats));
     while status
@@ -295,28 +383,18 @@ async fn poll(
     status.encap = encap;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
     status.program_stats = dp.program_stats();
-    // The metrics' share of the poll is part of its time.
-    if let Ok(mut m) = metrics.lock() {
-        m.update(&mut st, sources, started);
-    }
-    st.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
-    st.status.last_poll_at_ms = std::time::SystemTime::now()
+    status.last_poll_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Ok(())
-}
-
-/// The interface of a flow for display: `None` once forgotten.
-pub fn interface_of(st: &State, ifindex: u32) -> Option<&Interface> {
-    st.interfaces.get(&ifindex).map(|s| &s.iface)
-}
-
-impl InterfaceKind {
-    pub fn label(&self) -> String {
-        match self {
-            InterfaceKind::Pod => "pod".into(),
-            InterfaceKind::Tunnel(e) => format!("tunnel/{}", e.name()),
-            InterfaceKind::Underlay => "underlay".into(),
-        }
+    // The poll's growth goes to the metrics, under a read lock: the API
+    // answers meanwhile (a scrape being encoded holds the metrics' lock).
+    let growth = st.table.take_growth();
+    let st = st.downgrade();
+    if let Ok(mut m) = metrics.lock() {
+        m.update(&st, &growth, &overflow, sources, started);
     }
+    drop(st);
+    // The metrics' share of the poll is part of its time.
+    state.write().await.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(())
 }

@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::Shared;
 use crate::{
     config::{KubeMode, RunArgs},
-    model::Model,
+    model::{Model, SourceError},
     sources::{
         bird::BirdStatus,
         cni::CniDir,
@@ -28,8 +28,7 @@ const IPVS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// Where names come from, and when to rebuild the model.
 pub(super) struct Names {
     routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
-    dir_objects: ClusterObjects,
-    dir_stamp: Option<std::time::SystemTime>,
+    objects: ObjectsDir,
     kube: Option<KubeStores>,
     kube_changed: Arc<AtomicBool>,
     ipvs: Vec<IpvsService>,
@@ -66,8 +65,7 @@ impl Names {
         };
         Ok(Self {
             routes: routes::follow().await?,
-            dir_objects: ClusterObjects::default(),
-            dir_stamp: None,
+            objects: ObjectsDir::default(),
             kube,
             kube_changed,
             ipvs: Vec::new(),
@@ -88,17 +86,7 @@ impl Names {
     pub(super) async fn refresh(&mut self, args: &RunArgs, state: &Shared, force: bool) {
         let mut changed = force || self.routes.has_changed().unwrap_or(false);
         if let Some(dir) = &args.objects_dir {
-            let stamp = dir_stamp(dir);
-            if stamp != self.dir_stamp {
-                match ClusterObjects::load_dir(dir) {
-                    Ok(o) => {
-                        self.dir_objects = o;
-                        self.dir_stamp = stamp;
-                        changed = true;
-                    }
-                    Err(e) => tracing::warn!("reading objects: {e:#}"),
-                }
-            }
+            changed |= self.objects.refresh(dir);
         }
         changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
         // kube-proxy in IPVS mode: its table, where the kernel has IPVS.
@@ -129,7 +117,7 @@ impl Names {
             changed = true;
         }
         if changed {
-            let mut objects = self.dir_objects.clone();
+            let mut objects = self.objects.last_good.clone();
             if let Some(k) = &self.kube {
                 let live = k.snapshot();
                 objects.pods.extend(live.pods);
@@ -154,6 +142,7 @@ impl Names {
                 self.cni.clone(),
                 &self.interfaces,
             );
+            model.set_source_errors(self.objects.error.iter().cloned().collect());
             state.write().await.model = Arc::new(model);
         }
     }
@@ -164,7 +153,7 @@ impl Names {
     pub(super) fn synced(&self, args: &RunArgs) -> Vec<(&'static str, bool)> {
         let mut out = vec![("routes", true)];
         if args.objects_dir.is_some() {
-            out.push(("objects", self.dir_stamp.is_some()));
+            out.push(("objects", self.objects.synced()));
         }
         if let Some(k) = &self.kube {
             // Synced once every reflector has listed.
@@ -200,6 +189,63 @@ impl Names {
             .iter()
             .filter(|(s, _)| matches!(*s, "routes" | "objects" | "kubernetes"))
             .all(|(_, ok)| *ok)
+    }
+}
+
+/// The objects directory: what it last said that decoded, and what is
+/// wrong with it now.
+#[derive(Default)]
+struct ObjectsDir {
+    last_good: ClusterObjects,
+    loaded: bool,
+    /// The stamp of the last read: re-read when it changes, and at every
+    /// poll while failing (a write that raced a read may leave the stamp
+    /// as it was).
+    stamp: Option<Option<std::time::SystemTime>>,
+    error: Option<SourceError>,
+}
+
+impl ObjectsDir {
+    /// Re-reads `dir` if it changed. A read that fails keeps the names of
+    /// the last good one and is logged once per error, not at every poll.
+    /// Returns whether the model must be rebuilt: new names, or a new
+    /// error for the doctor to show.
+    fn refresh(&mut self, dir: &std::path::Path) -> bool {
+        let stamp = dir_stamp(dir);
+        if self.error.is_none() && self.stamp == Some(stamp) {
+            return false;
+        }
+        self.stamp = Some(stamp);
+        match ClusterObjects::load_dir(dir) {
+            Ok(objects) => {
+                if self.error.take().is_some() {
+                    tracing::info!(dir = %dir.display(), "the objects directory reads again");
+                }
+                self.last_good = objects;
+                self.loaded = true;
+                true
+            }
+            Err(e) => {
+                let error = SourceError {
+                    source: "objects".into(),
+                    error: format!("{e:#}"),
+                };
+                if self.error.as_ref() == Some(&error) {
+                    return false;
+                }
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "objects: {}; keeping the names read before",
+                    error.error
+                );
+                self.error = Some(error);
+                true
+            }
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.loaded && self.error.is_none()
     }
 }
 

@@ -86,13 +86,7 @@ pub async fn follow() -> Result<(Vec<LinkInfoView>, mpsc::Receiver<LinkEvent>)> 
     let conn_task = tokio::spawn(conn);
 
     let (tx, rx) = mpsc::channel(1024);
-    let mut dump = handle.link().get().execute();
-    let mut initial = Vec::new();
-    while let Some(msg) = dump.try_next().await.context("dumping links")? {
-        if let Some(v) = view(&msg) {
-            initial.push(v);
-        }
-    }
+    let initial = dump_with(&handle).await?;
     tokio::spawn(async move {
         let _conn_task = AbortOnDrop(conn_task);
         while let Some((msg, _)) = messages.next().await {
@@ -116,6 +110,25 @@ pub async fn follow() -> Result<(Vec<LinkInfoView>, mpsc::Receiver<LinkEvent>)> 
         tracing::error!("rtnetlink event stream ended");
     });
     Ok((initial, rx))
+}
+
+/// The links as the kernel has them now, on a connection of its own (the
+/// doctor asks at the moment it runs).
+pub async fn dump() -> Result<Vec<LinkInfoView>> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let _conn = AbortOnDrop(tokio::spawn(conn));
+    dump_with(&handle).await
+}
+
+async fn dump_with(handle: &rtnetlink::Handle) -> Result<Vec<LinkInfoView>> {
+    let mut dump = handle.link().get().execute();
+    let mut links = Vec::new();
+    while let Some(msg) = dump.try_next().await.context("dumping links")? {
+        if let Some(v) = view(&msg) {
+            links.push(v);
+        }
+    }
+    Ok(links)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

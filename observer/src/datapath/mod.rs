@@ -5,6 +5,7 @@ pub mod attach;
 pub mod clock;
 pub mod links;
 pub mod object;
+pub mod pin;
 pub mod sys;
 pub mod testrun;
 
@@ -13,7 +14,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd};
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
-    maps::{Array, IterableMap as _, Map, MapData, PerCpuArray},
+    maps::{Array, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
 };
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
@@ -25,6 +26,13 @@ const BATCH: usize = 4096;
 
 /// The loaded programs and their maps.
 pub struct Datapath {
+    /// The maps were pinned by an earlier daemon and hold its counts.
+    pub reused_maps: bool,
+    /// The kernel's id of the flow map: tells whether a saved state
+    /// describes these very maps.
+    pub flows_map_id: u32,
+    /// The pinned maps' layout (see [`pin::layout_id`]), when pinned.
+    pub layout: Option<String>,
     pub ebpf: Ebpf,
     flows: MapData,
     iface_totals: PerCpuArray<MapData, IfaceTotals>,
@@ -36,12 +44,31 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    /// Loads the programs with maps of their own (replay, benchmarks).
     pub fn load(capacity: u32) -> Result<Self> {
-        let mut ebpf = object::load(capacity)?;
+        Self::load_in(capacity, None)
+    }
+
+    /// Loads the programs with the maps pinned under `pins` (reused when an
+    /// earlier daemon of the same map layout left them there).
+    pub fn load_pinned(capacity: u32, pins: &pin::PinRoot) -> Result<Self> {
+        let layout = pin::layout_id(object::OBJECT, capacity)?;
+        let dir = pins.maps_dir(&layout);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the pin directory {}", dir.display()))?;
+        let mut dp = Self::load_in(capacity, Some(&dir))?;
+        dp.layout = Some(layout);
+        Ok(dp)
+    }
+
+    fn load_in(capacity: u32, maps_dir: Option<&std::path::Path>) -> Result<Self> {
+        let reused_maps = maps_dir.is_some_and(|d| d.join(FLOWS_MAP).exists());
+        let mut ebpf = object::load(capacity, maps_dir)?;
         let flows = match ebpf.take_map(FLOWS_MAP) {
-            Some(Map::LruHashMap(m)) => m,
-            _ => return Err(anyhow!("map {FLOWS_MAP} missing or not an LRU hash")),
+            Some(Map::HashMap(m)) => m,
+            _ => return Err(anyhow!("map {FLOWS_MAP} missing or not a hash")),
         };
+        let flows_map_id = flows.info().map(|i| i.id()).unwrap_or(0);
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))
@@ -52,6 +79,9 @@ impl Datapath {
         let clock = Array::try_from(take(CLOCK_MAP)?)?;
         let mtu_limits = Array::try_from(take(MTU_LIMITS_MAP)?)?;
         Ok(Self {
+            reused_maps,
+            flows_map_id,
+            layout: None,
             mtu_limits,
             clock,
             ebpf,
@@ -68,13 +98,14 @@ impl Datapath {
     }
 
     /// Each kernel map by name, for its memory (`memlock` in fdinfo).
-    pub fn map_fds(&self) -> [(&'static str, BorrowedFd<'_>); 5] {
+    pub fn map_fds(&self) -> [(&'static str, BorrowedFd<'_>); 6] {
         [
             (FLOWS_MAP, self.flows.fd().as_fd()),
             (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
             (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
             (STATS_MAP, self.stats.map().fd().as_fd()),
             (CLOCK_MAP, self.clock.map().fd().as_fd()),
+            (MTU_LIMITS_MAP, self.mtu_limits.map().fd().as_fd()),
         ]
     }
 
@@ -89,6 +120,14 @@ impl Datapath {
         self.mtu_limits
             .set(ifindex % IFACE_SLOTS, limit, 0)
             .context("setting an MTU limit")
+    }
+
+    /// The kernel's ids of our loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect()
     }
 
     /// (run time ns, runs) of each loaded program, by name, from the
@@ -148,6 +187,26 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Makes an interface's totals slot its own before we attach to it: a
+    /// slot last written for another interface (one gone, whose ifindex
+    /// was equal modulo [`IFACE_SLOTS`]) is zeroed; one that already counts
+    /// for this interface (a daemon before us attached) is left alone.
+    pub fn claim_iface_totals(&mut self, ifindex: u32) -> Result<()> {
+        let slot = ifindex % IFACE_SLOTS;
+        let values = self.iface_totals.get(&slot, 0)?;
+        if values.iter().any(|v| v.ifindex == ifindex) {
+            return Ok(());
+        }
+        let fresh = IfaceTotals {
+            ifindex,
+            ..Default::default()
+        };
+        let cpus = values.iter().count();
+        self.iface_totals
+            .set(slot, PerCpuValues::try_from(vec![fresh; cpus])?, 0)
+            .context("zeroing an interface's totals")
+    }
+
     /// Totals of one interface summed over CPUs. A CPU's slot counts only if
     /// it was last written for this ifindex (see `IFACE_SLOTS`).
     pub fn iface_totals(&self, ifindex: u32) -> Result<IfaceTotals> {
@@ -162,6 +221,8 @@ impl Datapath {
             for h in 0..2 {
                 sum.hook[h].packets += v.hook[h].packets;
                 sum.hook[h].bytes += v.hook[h].bytes;
+                sum.overflow[h].packets += v.overflow[h].packets;
+                sum.overflow[h].bytes += v.overflow[h].bytes;
             }
             sum.non_ip_packets += v.non_ip_packets;
         }

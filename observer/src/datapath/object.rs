@@ -1,11 +1,16 @@
 //! The embedded eBPF object and loading it into the kernel.
 
-use anyhow::{Context as _, Result};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use std::path::Path;
+
+use anyhow::{Context as _, Result, bail};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
 use observer_common::FLOWS_MAP;
 
+use super::pin::PINNED_MAPS;
+
 /// The kernel programs, built from `observer-ebpf` by `build.rs`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// Entry points, by link layer and TC hook.
 pub const ETH_INGRESS: &str = "eth_ingress";
@@ -20,10 +25,19 @@ pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS,
 
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
-pub fn load(flow_capacity: u32) -> Result<Ebpf> {
+/// With `maps_dir`, the maps that carry counts are pinned there, or taken
+/// from there when an earlier daemon pinned them.
+pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
+    check_kernel()?;
     raise_memlock_limit();
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(FLOWS_MAP, flow_capacity)
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(FLOWS_MAP, flow_capacity);
+    if let Some(dir) = maps_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .context("loading the eBPF object (are we root, with CAP_BPF and CAP_NET_ADMIN?)")?;
     for name in PROGRAMS {
@@ -41,6 +55,28 @@ pub fn load(flow_capacity: u32) -> Result<Ebpf> {
         }
     }
     Ok(ebpf)
+}
+
+/// The oldest kernel the programs and the daemon's map reads work on:
+/// `BPF_MAP_LOOKUP_BATCH` came in 5.6, `bpf_jiffies64` in 5.5. Older ones
+/// are told so in one line rather than with the verifier's log.
+fn check_kernel() -> Result<()> {
+    // A version we cannot read is left to the kernel to judge.
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 6, 0)) {
+        bail!(
+            "observer needs Linux 5.6 or newer (batched map reads, bpf_jiffies64); \
+             this kernel is {}",
+            kernel_release()
+        );
+    }
+    Ok(())
+}
+
+/// `uname -r`, for messages.
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so that

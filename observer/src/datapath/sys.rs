@@ -1,12 +1,23 @@
-//! The two bpf(2) map commands aya 0.14 does not wrap: batch lookup
-//! (one syscall per few thousand flows instead of one per flow) and
-//! lookup-and-delete of one element (read a flow's final counts as it is
-//! evicted, so nothing counted between the read and the delete is lost).
+//! The bpf(2) commands aya 0.14 does not wrap: batch lookup (one syscall
+//! per few thousand flows instead of one per flow), lookup-and-delete of
+//! one element (read a flow's final counts as it is evicted, so nothing
+//! counted between the read and the delete is lost), and the device a
+//! pinned TCX link is on.
 
-use std::{io, mem::size_of, os::fd::RawFd};
+use std::{
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+    path::Path,
+};
 
+use aya::Pod;
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// `union bpf_attr`, sized generously; unused bytes must be zero.
 #[repr(C, align(8))]
@@ -27,20 +38,52 @@ impl Attr {
     }
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed.
     let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
+}
+
+/// Opens a pinned object (`BPF_OBJ_GET`).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c.as_ptr() as u64);
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The ifindex a TCX link is attached to: 0 once its device is gone, an
+/// error for a link of another kind.
+pub fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the
+    // type's union; for TCX { ifindex, attach_type }.
+    let mut info = [0u8; 64];
+    let mut attr = Attr::new();
+    attr.put_u32(0, link.as_raw_fd() as u32);
+    attr.put_u32(4, info.len() as u32);
+    attr.put_u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let word = |off: usize| u32::from_ne_bytes(info[off..off + 4].try_into().expect("4 bytes"));
+    if word(0) != BPF_LINK_TYPE_TCX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a TCX link (type {})", word(0)),
+        ));
+    }
+    Ok(word(16))
 }
 
 /// Reads every element of a hash map with `BPF_MAP_LOOKUP_BATCH`, calling
 /// `each` for every key/value pair. `K` and `V` must be the map's exact
 /// key and value types (plain old data).
-pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+pub fn lookup_batch<K: Pod + Default, V: Pod + Default>(
     map_fd: RawFd,
     chunk: usize,
     mut each: impl FnMut(&K, &V),
@@ -67,7 +110,7 @@ pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
         attr.put_u64(24, values.as_mut_ptr() as u64);
         attr.put_u32(32, chunk as u32);
         attr.put_u32(36, map_fd as u32);
-        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr).map(drop);
         let count = (attr.get_u32(32) as usize).min(chunk);
         let last = match res {
             Ok(()) => false,
@@ -94,7 +137,7 @@ pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
 }
 
 /// Atomically reads and deletes one element; `Ok(None)` if it is gone.
-pub fn lookup_and_delete<K: Copy, V: Copy + Default>(
+pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
     map_fd: RawFd,
     key: &K,
 ) -> io::Result<Option<V>> {
@@ -104,7 +147,7 @@ pub fn lookup_and_delete<K: Copy, V: Copy + Default>(
     attr.put_u64(8, key as *const K as u64);
     attr.put_u64(16, &mut value as *mut V as u64);
     match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        Ok(()) => Ok(Some(value)),
+        Ok(_) => Ok(Some(value)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }

@@ -1,7 +1,7 @@
 //! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
 //! shows comes from here.
 
-use std::{collections::BTreeMap, os::unix::fs::PermissionsExt as _, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State as AxState, routing::get};
@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{
-    daemon::{Shared, interface_of},
     flows::{direction, to_view, view::FlowView},
+    state::{Shared, interface_of},
 };
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -32,6 +32,10 @@ pub struct InterfaceView {
     pub egress_packets: u64,
     pub egress_bytes: u64,
     pub non_ip_packets: u64,
+    /// Packets counted without a flow because the flow map was full (in
+    /// the totals above, in no flow).
+    #[serde(default)]
+    pub overflow_packets: u64,
     /// The link's MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
@@ -58,48 +62,38 @@ pub struct StatusView {
     pub flows_tracked: usize,
     /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
     pub datapath: BTreeMap<String, u64>,
-    /// Kernel entries that vanished before we evicted them (map full).
+    /// Kernel entries that vanished before we read them out (only after a
+    /// crash: nothing else deletes flows).
     pub lru_evictions: u64,
+    /// Packets counted without a flow because the flow map was full: in
+    /// their interface's and pod's totals, in no flow.
+    #[serde(default)]
+    pub overflow_packets: u64,
     /// Per encapsulation, from outer headers on underlay devices.
     pub encap: BTreeMap<String, EncapView>,
 }
 
-/// Binds the socket (replacing a stale one), restricts it to root, and
-/// serves until the returned task is aborted.
+/// Binds the socket (mode 0600 from the start; [`super::prepare`] has
+/// removed a stale one) and serves until the returned task is aborted.
 pub async fn serve(socket: &Path, state: Shared) -> Result<JoinHandle<()>> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("removing stale socket {}", socket.display()));
-        }
-    }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding the API socket {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server failed: {e}");
-        }
-    }))
+    let listener = super::socket::bind(socket)?;
+    Ok(super::serve::spawn(listener, router(state), "API socket"))
 }
 
 /// Also serves the API on TCP (`--api-address`): no authentication, so
-/// for loopback or a trusted network only.
+/// loopback unless `--api-allow-remote` (checked at start).
 pub async fn serve_tcp(address: std::net::SocketAddr, state: Shared) -> Result<JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("binding the API address {address}"))?;
-    let app = router(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("API server failed: {e}");
-        }
-    }))
+    if !address.ip().is_loopback() {
+        tracing::warn!(
+            %address,
+            "the JSON API listens beyond loopback (--api-allow-remote) and has no \
+             authentication: whoever reaches {address} reads every flow"
+        );
+    }
+    Ok(super::serve::spawn(listener, router(state), "API address"))
 }
 
 /// Every API route.
@@ -376,6 +370,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                     egress_packets: 0,
                     egress_bytes: 0,
                     non_ip_packets: s.totals.non_ip_packets,
+                    overflow_packets: s.totals.overflow.iter().map(|t| t.packets).sum(),
                     mtu: s.mtu,
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
@@ -423,6 +418,12 @@ async fn status(AxState(state): AxState<Shared>) -> Json<StatusView> {
             .map(|x| (x.name().to_owned(), s.stats[*x as usize]))
             .collect(),
         lru_evictions: st.table.lru_evictions,
+        overflow_packets: st
+            .interfaces
+            .values()
+            .flat_map(|i| i.totals.overflow)
+            .map(|t| t.packets)
+            .sum(),
         encap,
     })
 }

@@ -53,6 +53,11 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// Whether a poll has completed since the start.
+    pub fn has_polled(&self) -> bool {
+        self.last_poll_ms.load(Ordering::Relaxed) != 0
+    }
+
     fn alive(&self) -> Result<(), String> {
         let last = self.last_poll_ms.load(Ordering::Relaxed);
         if last == 0 {
@@ -78,6 +83,9 @@ fn now_ms() -> u64 {
 struct Shared {
     metrics: Arc<Mutex<Metrics>>,
     health: Arc<Health>,
+    /// One encoding at a time: the poll loop waits for the same lock, and
+    /// many scrapes at once would make it wait behind each of them.
+    encoding: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn serve(
@@ -94,23 +102,35 @@ pub async fn serve(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, health });
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("metrics server failed: {e}");
-        }
-    }))
+        .with_state(Shared {
+            metrics,
+            health,
+            encoding: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
+    Ok(super::serve::spawn(listener, app, "metrics"))
 }
 
 /// OpenMetrics when the scraper asks for it (Prometheus does), else
 /// Prometheus' plain text format. Encoded off the async workers: with many
 /// series it takes a while, and the poll loop waits for the same lock.
 async fn metrics_text(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    // Before the first poll a counter taken over from an earlier daemon
+    // may not have caught up with what that one last served.
+    if !s.health.has_polled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: not polled yet\n",
+        )
+            .into_response();
+    }
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
+    let Ok(_turn) = s.encoding.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    };
     let metrics = s.metrics.clone();
     let text = tokio::task::spawn_blocking(move || {
         metrics

@@ -20,12 +20,13 @@ use prometheus_client::{
 };
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Dimension, Granularity, RunArgs},
-    daemon::State,
     flows::{InterfaceKind, direction, key_addrs, protocol_name, table::Counters},
     model::{EndpointView, Model},
+    state::State,
 };
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,14 +35,18 @@ pub const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::
 /// The label value of series that folded traffic beyond the cap.
 pub const OTHER: &str = "other";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The label value for what packets counted while the flow map was full
+/// (in their interface's overflow totals) were between: not known.
+pub const OVERFLOW: &str = "overflow";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct PodLabels {
     namespace: String,
     pod: String,
     direction: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct FlowLabels {
     direction: String,
     src_namespace: String,
@@ -54,7 +59,7 @@ struct FlowLabels {
     encap: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct ServiceLabels {
     namespace: String,
     service: String,
@@ -63,14 +68,14 @@ struct ServiceLabels {
     backend: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct EncapLabels {
     encap: String,
     peer_node: String,
     direction: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct MtuLabels {
     namespace: String,
     pod: String,
@@ -78,7 +83,7 @@ struct MtuLabels {
     peer_node: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
 struct IcmpLabels {
     family: String,
     direction: String,
@@ -158,6 +163,8 @@ struct Capped<
     families: [Family<L, Counter>; N],
     known: HashSet<L>,
     cap: usize,
+    /// The `other` series exists (something was folded).
+    folded_any: bool,
 }
 
 impl<L, const N: usize> Capped<L, N>
@@ -179,6 +186,34 @@ where
             families,
             known: HashSet::new(),
             cap,
+            folded_any: false,
+        }
+    }
+
+    /// Every series' values, to carry over a restart.
+    fn save(&self) -> Vec<(L, Vec<u64>)> {
+        let other = self.folded_any.then(L::other);
+        self.known
+            .iter()
+            .chain(other.as_ref())
+            .map(|l| {
+                let values = self.families.iter().map(|f| f.get_or_create(l).get());
+                (l.clone(), values.collect())
+            })
+            .collect()
+    }
+
+    /// Takes over saved series (before any update).
+    fn restore(&mut self, saved: Vec<(L, Vec<u64>)>) {
+        for (labels, values) in saved {
+            if labels == L::other() {
+                self.folded_any = true;
+            } else {
+                self.known.insert(labels.clone());
+            }
+            for (f, v) in self.families.iter().zip(values) {
+                f.get_or_create(&labels).inc_by(v);
+            }
         }
     }
 
@@ -193,6 +228,7 @@ where
     ) {
         let fold = !self.known.contains(&labels) && self.known.len() >= self.cap;
         let labels = if fold {
+            self.folded_any = true;
             out.push((
                 folded.get_or_create(&label("family", self.name)).clone(),
                 What::One,
@@ -206,6 +242,66 @@ where
             out.push((f.get_or_create(&labels).clone(), w));
         }
     }
+}
+
+/// What one interface and hook counted without a flow in one poll.
+#[derive(Clone, Copy, Debug)]
+pub struct Overflow {
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A counter family that remembers its label sets, so that its values can
+/// be carried over a restart (prometheus-client does not list them).
+struct Tracked<L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static> {
+    family: Family<L, Counter>,
+    known: HashSet<L>,
+}
+
+impl<L> Tracked<L>
+where
+    L: Clone + Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn register(r: &mut Registry, metric: &str, help: &str) -> Self {
+        let family = Family::default();
+        r.register(metric, help, family.clone());
+        Self {
+            family,
+            known: HashSet::new(),
+        }
+    }
+
+    fn add(&mut self, labels: L, v: u64) {
+        self.family.get_or_create(&labels).inc_by(v);
+        self.known.insert(labels);
+    }
+
+    fn save(&self) -> Vec<(L, u64)> {
+        self.known
+            .iter()
+            .map(|l| (l.clone(), self.family.get_or_create(l).get()))
+            .collect()
+    }
+
+    fn restore(&mut self, saved: Vec<(L, u64)>) {
+        for (l, v) in saved {
+            self.add(l, v);
+        }
+    }
+}
+
+/// The traffic counters' values, carried over a restart so that they go on
+/// from where they were (see `daemon::saved`).
+#[derive(Serialize, Deserialize, Default)]
+pub struct SavedMetrics {
+    pods: Vec<(PodLabels, Vec<u64>)>,
+    flows: Vec<(FlowLabels, Vec<u64>)>,
+    services: Vec<(ServiceLabels, Vec<u64>)>,
+    encap: Vec<(EncapLabels, Vec<u64>)>,
+    mtu_exceeded: Vec<(MtuLabels, u64)>,
+    icmp_too_big: Vec<(IcmpLabels, u64)>,
 }
 
 /// What a resolved counter adds per update.
@@ -282,8 +378,8 @@ pub struct Metrics {
     flows: Capped<FlowLabels, 2>,
     services: Capped<ServiceLabels, 3>,
     encap: Capped<EncapLabels, 3>,
-    mtu_exceeded: Family<MtuLabels, Counter>,
-    icmp_too_big: Family<IcmpLabels, Counter>,
+    mtu_exceeded: Tracked<MtuLabels>,
+    icmp_too_big: Tracked<IcmpLabels>,
     own: SelfMetrics,
     /// Each flow's series, resolved once per version of the names (label
     /// computation is most of the cost of a changed flow).
@@ -358,17 +454,15 @@ impl Metrics {
             ],
             cap,
         );
-        let mtu_exceeded = Family::<MtuLabels, Counter>::default();
-        r.register(
+        let mtu_exceeded = Tracked::register(
+            r,
             "mtu_exceeded_packets",
             "Packets a local pod sent to another node that are larger than the tunnel MTU",
-            mtu_exceeded.clone(),
         );
-        let icmp_too_big = Family::<IcmpLabels, Counter>::default();
-        r.register(
+        let icmp_too_big = Tracked::register(
+            r,
             "icmp_too_big_packets",
             "ICMP fragmentation-needed and ICMPv6 packet-too-big seen on pod interfaces",
-            icmp_too_big.clone(),
         );
         r.register(
             "build",
@@ -396,6 +490,28 @@ impl Metrics {
         }
     }
 
+    /// The traffic counters' values, to go on from after a restart.
+    pub fn save(&self) -> SavedMetrics {
+        SavedMetrics {
+            pods: self.pods.save(),
+            flows: self.flows.save(),
+            services: self.services.save(),
+            encap: self.encap.save(),
+            mtu_exceeded: self.mtu_exceeded.save(),
+            icmp_too_big: self.icmp_too_big.save(),
+        }
+    }
+
+    /// Takes over the values an earlier daemon saved (before any update).
+    pub fn restore(&mut self, saved: SavedMetrics) {
+        self.pods.restore(saved.pods);
+        self.flows.restore(saved.flows);
+        self.services.restore(saved.services);
+        self.encap.restore(saved.encap);
+        self.mtu_exceeded.restore(saved.mtu_exceeded);
+        self.icmp_too_big.restore(saved.icmp_too_big);
+    }
+
     /// Every series as OpenMetrics text, or in Prometheus' text format
     /// 0.0.4 (for clients that do not ask for OpenMetrics, and promtool).
     pub fn encode(&self, openmetrics: bool) -> String {
@@ -409,11 +525,14 @@ impl Metrics {
         out
     }
 
-    /// Adds what happened since the last update, at the end of the poll
-    /// that began at `poll_started`.
+    /// Adds what happened in the poll that began at `poll_started`: the
+    /// flows' growth (from the flow table) and what interfaces counted
+    /// without a flow (`overflow`), named with the state's model.
     pub fn update(
         &mut self,
-        st: &mut State,
+        st: &State,
+        growth: &[(FlowKey, Counters, bool)],
+        overflow: &[Overflow],
         sources: &[(&'static str, bool)],
         poll_started: std::time::Instant,
     ) {
@@ -428,7 +547,7 @@ impl Metrics {
             self.resolved.clear();
             self.resolved_with = Some(model.clone());
         }
-        for (key, delta, new_flow) in st.table.take_growth() {
+        for &(key, delta, new_flow) in growth {
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
             };
@@ -452,10 +571,95 @@ impl Metrics {
                 self.mtu_and_icmp(&key, &delta, &model, pod);
             }
         }
+        for o in overflow {
+            self.add_overflow(st, &model, o);
+        }
         self.update_own(st, sources);
         self.own
             .poll_duration
             .observe(poll_started.elapsed().as_secs_f64());
+    }
+
+    /// Packets an interface counted while the flow map was full: to its
+    /// pod's series and to explicit `overflow` series of the flow and
+    /// encapsulation families, so that the families still add up to what
+    /// the interfaces counted.
+    fn add_overflow(&mut self, st: &State, model: &Model, o: &Overflow) {
+        let Some(iface) = st.interfaces.get(&o.ifindex) else {
+            return;
+        };
+        let d = Counters {
+            packets: o.packets,
+            bytes: o.bytes,
+            ..Default::default()
+        };
+        let folded = &self.own.folded;
+        let mut out = Vec::new();
+        let dir = direction(iface.iface.kind, o.hook);
+        match iface.iface.kind {
+            InterfaceKind::Pod => {
+                let pod = model.pod_of_interface(&iface.iface.name);
+                if let Some(p) = pod {
+                    let labels = PodLabels {
+                        namespace: p.namespace.clone(),
+                        pod: p.name.clone(),
+                        direction: dir.to_owned(),
+                    };
+                    self.pods
+                        .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
+                }
+                // The pod's side is known, the other one is not.
+                let unknown = (OVERFLOW.to_owned(), OVERFLOW.to_owned());
+                let this = pod
+                    .and_then(|p| p.ips.first())
+                    .map(|ip| name_of(self.config.granularity, &model.endpoint(*ip)))
+                    .unwrap_or_else(|| unknown.clone());
+                let ((src_namespace, src), (dst_namespace, dst)) = if dir == "egress" {
+                    (this, unknown)
+                } else {
+                    (unknown, this)
+                };
+                let c = &self.config;
+                let dim = |d: Dimension| kept(c.keeps(d), || OVERFLOW.to_owned());
+                let labels = FlowLabels {
+                    direction: dir.to_owned(),
+                    src_namespace,
+                    src,
+                    dst_namespace,
+                    dst,
+                    protocol: dim(Dimension::Protocol),
+                    port: dim(Dimension::Port),
+                    service: dim(Dimension::Service),
+                    encap: dim(Dimension::Encap),
+                };
+                self.flows
+                    .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
+            }
+            InterfaceKind::Tunnel(encap) => {
+                let labels = EncapLabels {
+                    encap: encap.name().to_owned(),
+                    peer_node: OVERFLOW.to_owned(),
+                    direction: dir.to_owned(),
+                };
+                // The inner family is not known: the device's name says it.
+                let v6 = iface.iface.name.contains("v6");
+                let inner = if v6 {
+                    IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+                };
+                let what = [
+                    What::Packets,
+                    What::Bytes,
+                    What::Overhead(nominal_overhead(encap, inner)),
+                ];
+                self.encap.resolve(labels, what, folded, &mut out);
+            }
+            InterfaceKind::Underlay => {}
+        }
+        for (counter, what) in out {
+            counter.inc_by(what.of(&d, false));
+        }
     }
 
     /// Packets over the tunnel MTU, and ICMP too-big, on a pod interface.
@@ -476,23 +680,25 @@ impl Metrics {
         {
             let encap = model.expected_encap(src, dst);
             if encap.as_deref() != Some("none") && self.is_remote(model, dst) {
-                self.mtu_exceeded
-                    .get_or_create(&MtuLabels {
+                self.mtu_exceeded.add(
+                    MtuLabels {
                         namespace: p.namespace.clone(),
                         pod: p.name.clone(),
                         encap: encap.unwrap_or_else(|| "unknown".into()),
                         peer_node: model.node_of(dst).unwrap_or_default(),
-                    })
-                    .inc_by(d.oversize_packets);
+                    },
+                    d.oversize_packets,
+                );
             }
         }
         if let Some(family) = icmp_too_big(key) {
-            self.icmp_too_big
-                .get_or_create(&IcmpLabels {
+            self.icmp_too_big.add(
+                IcmpLabels {
                     family: family.to_owned(),
                     direction: dir.to_owned(),
-                })
-                .inc_by(d.packets);
+                },
+                d.packets,
+            );
         }
     }
 
@@ -714,7 +920,8 @@ impl SelfMetrics {
         );
         r.register(
             "map_insert_failures",
-            "Packets whose flow could not be added to the kernel map",
+            "Packets counted without a flow because the flow map was full (they are in the pod \
+             series and in the flow and encap series labelled `overflow`)",
             m.insert_failures.clone(),
         );
         r.register(
@@ -729,7 +936,7 @@ impl SelfMetrics {
         );
         r.register(
             "lru_evictions",
-            "Kernel flow entries the LRU evicted before we read them (map full)",
+            "Kernel flow entries that vanished before they were read (only after a crash)",
             m.lru_evictions.clone(),
         );
         r.register("polls", "Reads of the kernel maps", m.polls.clone());
@@ -816,20 +1023,10 @@ fn icmp_too_big(key: &FlowKey) -> Option<&'static str> {
 }
 
 /// Header bytes an encapsulation adds per packet, for tunnel devices (the
-/// outer headers are only seen on the underlay): VXLAN 50 (IPv4 outer) or
-/// 70 (IPv6), IPIP 20 or 40, WireGuard 60 or 80 (without its padding to
-/// 16 bytes). The same figures as `observer encap`.
+/// outer headers are only seen on the underlay); the inner family stands
+/// for the outer one (Calico's `-v6` devices carry IPv6 over IPv6).
 fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
-    let v6 = inner_src.is_ipv6();
-    match encap {
-        Encap::Vxlan if v6 => 70,
-        Encap::Vxlan => 50,
-        Encap::Ipip if v6 => 40,
-        Encap::Ipip => 20,
-        Encap::Wireguard if v6 => 80,
-        Encap::Wireguard => 60,
-        Encap::None => 0,
-    }
+    encap.overhead(inner_src.is_ipv6()) as u64
 }
 
 #[cfg(test)]
@@ -841,11 +1038,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        daemon::{DatapathStatus, InterfaceState},
         datapath::attach::{LinkLayer, Via},
         flows::{Clock, Interface, table::FlowTable},
         model::calico_interface,
         sources::{objects::ClusterObjects, routes::RouteTable},
+        state::{DatapathStatus, InterfaceState},
     };
 
     fn model(with_pod: bool) -> Arc<Model> {
@@ -916,7 +1113,8 @@ mod tests {
         };
         st.table.observe(&key, &stats);
         st.table.end_poll(0, 0);
-        m.update(st, &[], std::time::Instant::now());
+        let growth = st.table.take_growth();
+        m.update(st, &growth, &[], &[], std::time::Instant::now());
     }
 
     fn sample(m: &Metrics, series: &str) -> Option<u64> {

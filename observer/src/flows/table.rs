@@ -1,12 +1,13 @@
 //! The flow table: kernel counters turned into monotonic counters that
-//! survive eviction from the kernel map (ours, or the LRU's).
+//! survive eviction from the kernel map and restarts of the daemon.
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use observer_common::{FlowKey, FlowStats};
 
 /// Counters of one flow; all monotonic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
@@ -36,7 +37,7 @@ impl Counters {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FlowEntry {
     /// Counts of earlier kernel entries of this flow, already evicted.
     retired: Counters,
@@ -51,6 +52,8 @@ pub struct FlowEntry {
     kernel_first_seen: u64,
     in_kernel: bool,
     seen_in_poll: u64,
+    /// The last poll its counts grew in.
+    grew_in_poll: u64,
 }
 
 impl FlowEntry {
@@ -67,8 +70,10 @@ pub struct FlowTable {
     /// third of the poll at 100k flows.
     entries: FxHashMap<FlowKey, FlowEntry>,
     poll: u64,
-    /// Kernel entries that vanished without us evicting them (the LRU made
-    /// room): their packets after our last read were lost.
+    /// Kernel entries that vanished without us evicting them: their packets
+    /// after our last read were lost. Only userspace deletes from the flow
+    /// map, so this stays 0 unless something else deletes entries (or a
+    /// crashed daemon evicted flows after the state it saved last).
     pub lru_evictions: u64,
     /// What flows grew by in this poll (and whether they are new), for the
     /// metrics: only the flows that changed, with no second map to keep.
@@ -97,6 +102,7 @@ impl FlowTable {
                 kernel_first_seen: s.first_seen_jiffies,
                 in_kernel: true,
                 seen_in_poll: poll,
+                grew_in_poll: poll,
             }
         });
         let before = e.counters();
@@ -125,6 +131,7 @@ impl FlowTable {
         e.seen_in_poll = poll;
         let after = e.counters();
         if after != before {
+            e.grew_in_poll = poll;
             // Totals only grow; saturating all the same, so that no
             // exported counter can ever go down.
             let growth = Counters {
@@ -144,8 +151,24 @@ impl FlowTable {
     /// keys of kernel entries idle since `idle_before` (jiffies), to evict,
     /// and forgets retired flows idle since `forget_before`.
     pub fn end_poll(&mut self, idle_before: u64, forget_before: u64) -> Vec<FlowKey> {
+        self.end_poll_keeping(idle_before, forget_before, usize::MAX)
+    }
+
+    /// [`end_poll`](Self::end_poll), and also, when more than `keep`
+    /// entries would stay in the kernel map, the least recently seen of
+    /// those that did not grow in this poll, down to `keep` (flows still
+    /// active stay): room for new flows before the next poll. Evicting
+    /// reads final counts, so this costs flow detail, never counts.
+    pub fn end_poll_keeping(
+        &mut self,
+        idle_before: u64,
+        forget_before: u64,
+        keep: usize,
+    ) -> Vec<FlowKey> {
         let poll = self.poll;
         let mut idle = Vec::new();
+        let mut quiet = Vec::new();
+        let mut in_kernel = 0usize;
         let mut lru = 0;
         self.entries.retain(|key, e| {
             if e.in_kernel && e.seen_in_poll != poll {
@@ -155,12 +178,24 @@ impl FlowTable {
                 e.current = Counters::default();
                 e.in_kernel = false;
             }
-            if e.in_kernel && e.last_seen < idle_before {
-                idle.push(*key);
+            if e.in_kernel {
+                if e.last_seen < idle_before {
+                    idle.push(*key);
+                } else {
+                    in_kernel += 1;
+                    if keep != usize::MAX && e.grew_in_poll != poll {
+                        quiet.push((e.last_seen, *key));
+                    }
+                }
             }
             e.in_kernel || e.last_seen >= forget_before
         });
         self.lru_evictions += lru;
+        let extra = in_kernel.saturating_sub(keep).min(quiet.len());
+        if extra > 0 {
+            quiet.select_nth_unstable_by_key(extra - 1, |(seen, _)| *seen);
+            idle.extend(quiet[..extra].iter().map(|(_, k)| *k));
+        }
         idle
     }
 
@@ -183,6 +218,37 @@ impl FlowTable {
         std::mem::take(&mut self.growth)
     }
 
+    /// Everything needed to go on counting in another process.
+    pub fn save(&self) -> SavedTable {
+        SavedTable {
+            entries: self.entries.iter().map(|(k, e)| (*k, e.clone())).collect(),
+            lru_evictions: self.lru_evictions,
+        }
+    }
+
+    /// Takes over a saved table. With `same_kernel_entries` the kernel map
+    /// is the one the table was saved from, so its entries go on from the
+    /// counts read then; else (new maps) every flow's counts are kept as
+    /// retired and the kernel's entries count from zero.
+    pub fn restore(&mut self, saved: SavedTable, same_kernel_entries: bool) {
+        self.lru_evictions = saved.lru_evictions;
+        self.entries = saved
+            .entries
+            .into_iter()
+            .map(|(k, mut e)| {
+                if !same_kernel_entries {
+                    let cur = e.current;
+                    e.retired.add(&cur);
+                    e.current = Counters::default();
+                    e.in_kernel = false;
+                }
+                e.seen_in_poll = 0;
+                (k, e)
+            })
+            .collect();
+        self.poll = 0;
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &FlowEntry)> {
         self.entries.iter()
     }
@@ -194,6 +260,13 @@ impl FlowTable {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// A [`FlowTable`] as saved across restarts.
+#[derive(Serialize, Deserialize)]
+pub struct SavedTable {
+    entries: Vec<(FlowKey, FlowEntry)>,
+    lru_evictions: u64,
 }
 
 #[cfg(test)]
@@ -345,6 +418,61 @@ mod tests {
         assert_eq!(t.end_poll(100, 0), [key(1)]);
         t.retire(&key(1), Some(&stats(6, 600, 30)));
         assert_eq!(take(&mut t), [(1, 1, 80, false)]);
+    }
+
+    #[test]
+    fn past_the_room_to_keep_the_least_recently_seen_quiet_ones_go() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        for port in 1..=6 {
+            t.observe(&key(port), &stats(1, 100, 100 + port as u64));
+        }
+        // All new, so all grew: only the idle one (port 1) goes.
+        assert_eq!(t.end_poll_keeping(102, 0, 3), [key(1)]);
+        // Ports 2..=4 quiet, 5 and 6 grew: keep three, so 2 and 3 go.
+        t.begin_poll();
+        for port in 2..=6 {
+            let n = if port >= 5 { 2 } else { 1 };
+            t.observe(&key(port), &stats(n, 100 * n, 100 + port as u64));
+        }
+        let mut out = t.end_poll_keeping(0, 0, 3);
+        out.sort_by_key(|k| k.src_port);
+        assert_eq!(out, [key(2), key(3)]);
+        // Within the room: nothing.
+        t.begin_poll();
+        for port in 2..=6 {
+            t.observe(&key(port), &stats(2, 200, 200));
+        }
+        assert_eq!(t.end_poll_keeping(0, 0, 10), []);
+    }
+
+    #[test]
+    fn a_restored_table_goes_on_counting() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        t.observe(&key(1), &stats(3, 300, 10));
+        t.end_poll(0, 0);
+        // Same kernel map: only what came after the read is new.
+        let mut same = FlowTable::default();
+        same.restore(t.save(), true);
+        same.begin_poll();
+        same.observe(&key(1), &stats(5, 500, 20));
+        same.end_poll(0, 0);
+        let g: Vec<_> = same
+            .take_growth()
+            .iter()
+            .map(|(_, g, _)| g.packets)
+            .collect();
+        assert_eq!(g, [2]);
+        assert_eq!(same.iter().next().unwrap().1.counters().packets, 5);
+        // New maps: the old counts stay, the new entry counts on top.
+        let mut fresh = FlowTable::default();
+        fresh.restore(t.save(), false);
+        fresh.begin_poll();
+        fresh.observe(&key(1), &stats(2, 200, 30));
+        fresh.end_poll(0, 0);
+        assert_eq!(fresh.iter().next().unwrap().1.counters().packets, 5);
+        assert_eq!(fresh.lru_evictions, 0);
     }
 
     #[test]

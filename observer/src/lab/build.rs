@@ -37,6 +37,11 @@ fn prefix_len(ip: &IpAddr) -> &'static str {
 }
 
 pub fn up(plan: &Plan, exe: &Path) -> Result<()> {
+    // Pins of an earlier lab of this name that did not come down cleanly
+    // would hand its counts to this one's daemons.
+    let pins = state::pin_dir(&plan.lab);
+    crate::datapath::pin::unmount(&pins);
+    crate::datapath::pin::mount_private_bpffs(&pins)?;
     let ul = underlay_ns(&plan.lab);
     netns::add(&ul)?;
     ip(&ul, &["link", "add", "br0", "type", "bridge"])?;
@@ -386,6 +391,10 @@ fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
         .arg(node_dir.join("bird6.ctl"))
         .arg("--objects-dir")
         .arg(dir.join("objects"))
+        .arg("--pin-path")
+        .arg(state::pin_dir(&plan.lab).join(&node.name))
+        .arg("--state-file")
+        .arg(node_dir.join("state"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -476,6 +485,8 @@ pub fn down(lab: &str) -> Result<()> {
             errors.push(format!("{e:#}"));
         }
     }
+    // The daemons' pins (their links went with the namespaces' devices).
+    crate::datapath::pin::unmount(&state::pin_dir(lab));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }

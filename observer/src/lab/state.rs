@@ -13,6 +13,14 @@ pub fn dir(lab: &str) -> PathBuf {
     PathBuf::from(STATE_ROOT).join(lab)
 }
 
+/// Where a lab's daemons pin their maps and links, a directory per node:
+/// a BPF file system of the lab's own (`ip netns exec`, which starts the
+/// daemons, hides the host's `/sys/fs/bpf`), mounted by `lab up` and
+/// unmounted by `lab down`.
+pub fn pin_dir(lab: &str) -> PathBuf {
+    dir(lab).join("bpf")
+}
+
 pub fn save(plan: &Plan) -> Result<()> {
     let d = dir(&plan.lab);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;

@@ -29,8 +29,8 @@ pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
 /// unknown stays visibly unknown.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointView {
-    /// `pod`, `host` (a node's address), `service` (a Service VIP) or
-    /// `world`.
+    /// `pod`, `host` (a node's address), `service` (a Service VIP),
+    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -138,6 +138,18 @@ pub struct Model {
     routes: Arc<RouteTable>,
     local_node: Option<String>,
     calico: CalicoView,
+    /// Sources of names whose last read failed (their last good state is
+    /// what the model holds).
+    source_errors: Vec<SourceError>,
+}
+
+/// A source of names whose input did not decode, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceError {
+    /// `objects`, ...: as `observer_source_synced` labels it.
+    pub source: String,
+    /// What is wrong, naming the file.
+    pub error: String,
 }
 
 impl Model {
@@ -217,6 +229,14 @@ impl Model {
             .pick_local_subnets(self.local_node.as_deref(), interfaces);
         self.calico.bgp = bgp;
         self.calico.cni = cni;
+    }
+
+    pub fn set_source_errors(&mut self, errors: Vec<SourceError>) {
+        self.source_errors = errors;
+    }
+
+    pub fn source_errors(&self) -> &[SourceError] {
+        &self.source_errors
     }
 
     /// Whether `ip` lives on this node: a local pod interface's or in a
@@ -478,8 +498,17 @@ impl Model {
                 ..Default::default()
             };
         }
+        // Neighbour discovery, MLD, DHCP and the like never leave the link:
+        // not the world's traffic.
+        let kind = if ip.is_multicast() {
+            "multicast"
+        } else if calico::is_link_local(ip) {
+            "link-local"
+        } else {
+            "world"
+        };
         EndpointView {
-            kind: "world".into(),
+            kind: kind.into(),
             ..Default::default()
         }
     }

@@ -5,7 +5,7 @@
 
 use std::{net::IpAddr, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
     batch::v1::Job,
@@ -35,28 +35,37 @@ pub struct ClusterObjects {
 
 impl ClusterObjects {
     /// Adds one object, or every item of a list, by `kind`; other kinds
-    /// are skipped (a directory may hold anything `kubectl` printed).
+    /// are skipped (a directory may hold anything `kubectl` printed). A
+    /// value that is not a Kubernetes object or list at all (no `kind`, a
+    /// list's `items` not a list) is an error, never an empty answer.
     pub fn add_value(&mut self, v: Value) -> Result<()> {
-        let kind = v
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let Some(kind) = v.get("kind").and_then(Value::as_str).map(str::to_owned) else {
+            bail!(
+                "{} has no `kind`: expected a Kubernetes object or list as \
+                 `kubectl get -o json` prints it",
+                shape(&v)
+            );
+        };
         if kind == "List" || kind.ends_with("List") {
-            if let Some(Value::Array(items)) = v.get("items") {
-                let item_kind = kind
-                    .strip_suffix("List")
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned);
-                for mut item in items.clone() {
-                    // `kubectl get pods -o json` items carry their kind; API
-                    // list items may not.
-                    if let (Some(k), Some(obj)) = (&item_kind, item.as_object_mut()) {
-                        obj.entry("kind")
-                            .or_insert_with(|| Value::String(k.clone()));
-                    }
-                    self.add_value(item)?;
+            let Some(Value::Array(items)) = v.get("items") else {
+                bail!(
+                    "a {kind} whose `items` is {}, not a list",
+                    v.get("items").map_or("missing".into(), shape)
+                );
+            };
+            let item_kind = kind
+                .strip_suffix("List")
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned);
+            for (i, mut item) in items.clone().into_iter().enumerate() {
+                // `kubectl get pods -o json` items carry their kind; API
+                // list items may not.
+                if let (Some(k), Some(obj)) = (&item_kind, item.as_object_mut()) {
+                    obj.entry("kind")
+                        .or_insert_with(|| Value::String(k.clone()));
                 }
+                self.add_value(item)
+                    .with_context(|| format!("{kind} item {i}"))?;
             }
             return Ok(());
         }
@@ -130,6 +139,18 @@ impl ClusterObjects {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a JSON value is, for an error message.
+fn shape(v: &Value) -> String {
+    match v {
+        Value::Object(_) => "an object".into(),
+        Value::Array(_) => "a list".into(),
+        Value::String(_) => "a string".into(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::Bool(b) => format!("{b}"),
+        Value::Null => "null".into(),
     }
 }
 
@@ -390,6 +411,41 @@ mod tests {
         std::fs::write(dir.path().join("bad.yml"), "kind: [unclosed").unwrap();
         let err = ClusterObjects::load_dir(dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("bad.yml"), "{err:#}");
+    }
+
+    #[test]
+    fn wrong_shapes_are_errors_not_empty_lists() {
+        for (v, want) in [
+            (json!({"items": 5}), "an object has no `kind`"),
+            (json!(5), "the number 5 has no `kind`"),
+            (json!([pod_json()]), "a list has no `kind`"),
+            (
+                json!({"kind": "PodList", "items": 5}),
+                "a PodList whose `items` is the number 5, not a list",
+            ),
+            (
+                json!({"kind": "List"}),
+                "a List whose `items` is missing, not a list",
+            ),
+            (
+                json!({"kind": "List", "items": [{"metadata": {"name": "x"}}]}),
+                "List item 0: an object has no `kind`",
+            ),
+        ] {
+            let err = ClusterObjects::default().add_value(v).unwrap_err();
+            assert!(format!("{err:#}").contains(want), "{err:#}");
+        }
+        // An empty list is a list.
+        ClusterObjects::default()
+            .add_value(json!({"kind": "List", "items": []}))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("bad.json"), r#"{"items":5}"#).unwrap();
+        let err = format!("{:#}", ClusterObjects::load_dir(dir.path()).unwrap_err());
+        assert!(
+            err.contains("bad.json") && err.contains("no `kind`"),
+            "{err}"
+        );
     }
 
     #[test]

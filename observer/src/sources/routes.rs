@@ -167,17 +167,7 @@ pub async fn follow() -> Result<watch::Receiver<Arc<RouteTable>>> {
         .context("subscribing to rtnetlink route events")?;
     let conn_task = tokio::spawn(conn);
 
-    let mut table = RouteTable::default();
-    let v4 = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
-    let v6 = rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
-    for request in [v4, v6] {
-        let mut dump = handle.route().get(request).execute();
-        while let Some(msg) = dump.try_next().await.context("dumping routes")? {
-            if let Some(f) = classify(&msg) {
-                table.apply(f, true);
-            }
-        }
-    }
+    let mut table = dump_with(&handle).await?;
     let (tx, rx) = watch::channel(Arc::new(table.clone()));
     tokio::spawn(async move {
         let _conn = conn_task;
@@ -196,6 +186,31 @@ pub async fn follow() -> Result<watch::Receiver<Arc<RouteTable>>> {
         }
     });
     Ok(rx)
+}
+
+/// The routes as the kernel has them now, on a connection of its own (the
+/// doctor asks at the moment it runs, not the table [`follow`] keeps).
+pub async fn dump() -> Result<RouteTable> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening an rtnetlink socket")?;
+    let conn = tokio::spawn(conn);
+    let table = dump_with(&handle).await;
+    conn.abort();
+    table
+}
+
+async fn dump_with(handle: &rtnetlink::Handle) -> Result<RouteTable> {
+    let mut table = RouteTable::default();
+    let v4 = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new().build();
+    let v6 = rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new().build();
+    for request in [v4, v6] {
+        let mut dump = handle.route().get(request).execute();
+        while let Some(msg) = dump.try_next().await.context("dumping routes")? {
+            if let Some(f) = classify(&msg) {
+                table.apply(f, true);
+            }
+        }
+    }
+    Ok(table)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod node;
 pub mod prometheus;
 
 use std::{
@@ -20,6 +21,19 @@ pub fn require_root() {
         euid, 0,
         "this test loads eBPF programs and needs root (run `sudo -E cargo xtask test`)"
     );
+}
+
+/// How long to wait for what takes at most `secs` seconds on a real CPU:
+/// `OBSERVER_TEST_SLOWDOWN` times that where the CPU is emulated (the VM
+/// suite, `xtask/vm/suite.sh`, sets it), so that slow is not taken for
+/// broken; still bounded.
+pub fn patience(secs: u64) -> std::time::Duration {
+    let slowdown = std::env::var("OBSERVER_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1u64)
+        .max(1);
+    std::time::Duration::from_secs(secs * slowdown)
 }
 
 /// Runs `args[0]` with the rest as its arguments; panics with its stderr

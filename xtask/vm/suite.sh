@@ -1,0 +1,45 @@
+#!/bin/sh
+# The VM test suite (`cargo xtask vm` without a command): integration test
+# binaries built on the host (xtask/src/vm/binaries.rs: SUITE_TESTS, given
+# as $TEST_<name>) run against the guest's kernel. Every binary runs;
+# the exit status says whether all passed.
+
+# QEMU's emulated CPU loads and verifies eBPF programs many times slower:
+# the tests' waits (common::patience) are stretched, still bounded.
+export OBSERVER_TEST_SLOWDOWN="${OBSERVER_TEST_SLOWDOWN:-6}"
+failed=""
+
+run() {
+    name=$1
+    shift
+    eval "bin=\$TEST_$name"
+    if [ -z "$bin" ]; then
+        echo "suite: no test binary for '$name': add it to SUITE_TESTS in xtask/src/vm/binaries.rs"
+        failed="$failed $name"
+        return
+    fi
+    start=$(date +%s)
+    echo "suite: $name $*"
+    "$bin" "$@" || failed="$failed $name"
+    echo "suite: $name took $(($(date +%s) - start)) s"
+}
+
+# The daemon on real interfaces, one test at a time (daemons loading
+# programs side by side starve each other here). Kernels before 6.6 have
+# no TCX: its test is left out, and older_kernel checks what the daemon
+# says instead.
+run daemon --skip tcx --test-threads 1
+# Nothing lost under clsact: a restart under a stream, killed daemons.
+run nothing_lost clsact --test-threads 1
+# The classifier on crafted frames (BPF_PROG_TEST_RUN): this kernel's
+# verifier and helpers.
+run classifier
+# IPIP on a real tunl0, TCX refused, and every capture replayed to the
+# same flows as on the host; ignored there.
+run older_kernel --ignored --test-threads 1
+
+if [ -n "$failed" ]; then
+    echo "suite: FAILED:$failed"
+    exit 1
+fi
+echo "suite: all passed on $(uname -r)"
