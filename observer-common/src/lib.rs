@@ -83,6 +83,48 @@ impl Encap {
             Self::Wireguard => "wireguard",
         }
     }
+
+    /// The encapsulation named `none`, `ipip`, `vxlan` or `wireguard`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::None, Self::Ipip, Self::Vxlan, Self::Wireguard]
+            .into_iter()
+            .find(|e| e.name() == name)
+    }
+
+    /// The encapsulation a tunnel device does, by Calico's device names:
+    /// `tunl0` (IPIP), `vxlan.calico` and `vxlan-v6.calico`,
+    /// `wireguard.cali` and `wg-v6.cali`.
+    pub fn from_device(name: &str) -> Option<Self> {
+        if name.starts_with("tunl") {
+            Some(Self::Ipip)
+        } else if name.starts_with("vxlan") {
+            Some(Self::Vxlan)
+        } else if name.starts_with("wireguard") || name.starts_with("wg") {
+            Some(Self::Wireguard)
+        } else {
+            None
+        }
+    }
+
+    /// Header bytes it adds to each inner packet over an IPv4 underlay, or
+    /// an IPv6 one (`v6`): the outer IP header, plus VXLAN's UDP, VXLAN
+    /// header and inner Ethernet, or WireGuard's UDP and its own 32 (without
+    /// its padding to 16 bytes).
+    pub const fn overhead(self, v6: bool) -> u32 {
+        let ip = if v6 { 40 } else { 20 };
+        match self {
+            Self::None => 0,
+            Self::Ipip => ip,
+            Self::Vxlan => ip + 8 + 8 + 14,
+            Self::Wireguard => ip + 8 + 32,
+        }
+    }
+
+    /// [`overhead`](Self::overhead) of a tunnel device by its name (the
+    /// `-v6` devices run over IPv6); 0 for a device that is no tunnel.
+    pub fn device_overhead(name: &str) -> u32 {
+        Self::from_device(name).map_or(0, |e| e.overhead(name.contains("-v6")))
+    }
 }
 
 /// Address family of a flow key.
@@ -286,3 +328,32 @@ const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 80);
 const _: () = assert!(core::mem::size_of::<MtuLimit>() == 8);
 const _: () = assert!(core::mem::size_of::<EncapTotals>() == 24);
+
+#[cfg(test)]
+mod tests {
+    use super::Encap;
+
+    #[test]
+    fn calico_devices_and_their_headers() {
+        let figures = [
+            (Encap::Vxlan, 50, 70),
+            (Encap::Ipip, 20, 40),
+            (Encap::Wireguard, 60, 80),
+        ];
+        for (e, v4, v6) in figures {
+            assert_eq!((e.overhead(false), e.overhead(true)), (v4, v6), "{e:?}");
+            assert_eq!(Encap::from_name(e.name()), Some(e));
+        }
+        for (device, encap, bytes) in [
+            ("tunl0", Some(Encap::Ipip), 20),
+            ("vxlan.calico", Some(Encap::Vxlan), 50),
+            ("vxlan-v6.calico", Some(Encap::Vxlan), 70),
+            ("wireguard.cali", Some(Encap::Wireguard), 60),
+            ("wg-v6.cali", Some(Encap::Wireguard), 80),
+            ("eth0", None, 0),
+        ] {
+            assert_eq!(Encap::from_device(device), encap, "{device}");
+            assert_eq!(Encap::device_overhead(device), bytes, "{device}");
+        }
+    }
+}

@@ -261,24 +261,15 @@ impl InterfaceSelector {
             Some(InterfaceKind::Pod)
         } else if m(&self.tunnel) {
             Some(InterfaceKind::Tunnel(
-                link.tunnel.unwrap_or_else(|| encap_by_name(&link.name)),
+                link.tunnel
+                    .or_else(|| Encap::from_device(&link.name))
+                    .unwrap_or(Encap::Ipip),
             ))
         } else if m(&self.underlay) {
             Some(InterfaceKind::Underlay)
         } else {
             None
         }
-    }
-}
-
-/// Calico's device names, for tunnel devices whose link kind did not say.
-fn encap_by_name(name: &str) -> Encap {
-    if name.starts_with("vxlan") {
-        Encap::Vxlan
-    } else if name.starts_with("wireguard") || name.starts_with("wg") {
-        Encap::Wireguard
-    } else {
-        Encap::Ipip
     }
 }
 

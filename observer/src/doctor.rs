@@ -12,11 +12,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::State,
     datapath::{attach::Via, links::LinkInfoView},
     flows::InterfaceKind,
     model::Model,
     sources::routes::RouteTable,
+    state::State,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,31 +80,22 @@ pub fn healthy(checks: &[Check]) -> bool {
         .all(|c| matches!(c.verdict, Verdict::Ok | Verdict::Skip))
 }
 
-/// Header bytes each tunnel adds to an inner packet, by device name.
-fn tunnel_overhead(name: &str) -> u32 {
-    match name {
-        n if n.starts_with("vxlan-v6") => 70,
-        n if n.starts_with("vxlan") => 50,
-        n if n.starts_with("wg-v6") => 80,
-        n if n.starts_with("wireguard") || n.starts_with("wg") => 60,
-        _ => 20, // tunl0: IPIP
-    }
-}
-
 /// Runs every check: the daemon's state beside what the kernel says now.
-pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
+pub async fn run(state: &crate::state::Shared) -> Vec<Check> {
     // Asked of the kernel without holding the state, so that polls go on
     // meanwhile.
-    let attached: Vec<(u32, String, Via)> = {
+    let (attached, ours) = {
         let st = state.read().await;
-        st.interfaces
+        let attached: Vec<(u32, String, Via)> = st
+            .interfaces
             .iter()
             .filter(|(_, i)| i.iface.kind == InterfaceKind::Pod && !i.gone)
             .filter_map(|(ix, i)| Some((*ix, i.iface.name.clone(), i.via?)))
-            .collect()
+            .collect();
+        (attached, st.status.program_ids.clone())
     };
     let (hooks, routes, links) = tokio::join!(
-        hooks(attached),
+        hooks(attached, ours),
         crate::sources::routes::dump(),
         crate::datapath::links::dump()
     );
@@ -113,21 +104,41 @@ pub async fn run(state: &crate::daemon::Shared) -> Vec<Check> {
     checks(&st, &kernel)
 }
 
-/// Whether our programs are on each interface, as the kernel lists them.
-async fn hooks(attached: Vec<(u32, String, Via)>) -> Hooks {
+/// Whether our programs are on each interface, as the kernel lists them:
+/// the very programs we loaded (`ours`, by id), not any of the same name.
+async fn hooks(attached: Vec<(u32, String, Via)>, ours: Vec<u32>) -> Hooks {
     let mut kernel = Hooks::new();
     for (ifindex, name, via) in attached {
         let found = match via {
-            Via::Clsact => crate::datapath::attach::clsact_filters_present(ifindex)
-                .await
-                .map_err(|e| format!("{e:#}")),
-            Via::Tcx => tokio::task::spawn_blocking(move || tcx_present(&name))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string())),
+            Via::Clsact => clsact_present(ifindex, &ours).await,
+            Via::Tcx => {
+                let ours = ours.clone();
+                tokio::task::spawn_blocking(move || tcx_present(&name, &ours))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
         };
         kernel.insert(ifindex, (via, found));
     }
     kernel
+}
+
+/// Whether one of `ours` is among the cls_bpf filters at our priority on
+/// the clsact (ingress, egress) hooks.
+async fn clsact_present(ifindex: u32, ours: &[u32]) -> Result<(bool, bool), String> {
+    use crate::datapath::attach::our_filters;
+    let on = |filters: Vec<crate::datapath::attach::OurFilter>| {
+        filters
+            .iter()
+            .any(|f| f.program_id.is_some_and(|id| ours.contains(&id)))
+    };
+    let ingress = our_filters(ifindex, false)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let egress = our_filters(ifindex, true)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Ok((on(ingress), on(egress)))
 }
 
 /// How we attached to an interface, and whether the kernel has our program
@@ -321,16 +332,13 @@ fn attachment_problem(attach_error: Option<&String>, kernel: Option<&Found>) -> 
 
 /// Whether our TCX programs are on an interface's (ingress, egress), as
 /// the kernel lists them.
-fn tcx_present(interface: &str) -> Result<(bool, bool), String> {
+fn tcx_present(interface: &str, ours: &[u32]) -> Result<(bool, bool), String> {
     use aya::programs::{SchedClassifier, tc::TcAttachType};
-    let ours = |t: TcAttachType| -> Result<bool, String> {
+    let on = |t: TcAttachType| -> Result<bool, String> {
         let (_, programs) = SchedClassifier::query_tcx(interface, t).map_err(|e| e.to_string())?;
-        Ok(programs.iter().any(|p| {
-            p.name_as_str()
-                .is_some_and(|n| n.ends_with("_ingress") || n.ends_with("_egress"))
-        }))
+        Ok(programs.iter().any(|p| ours.contains(&p.id())))
     };
-    Ok((ours(TcAttachType::Ingress)?, ours(TcAttachType::Egress)?))
+    Ok((on(TcAttachType::Ingress)?, on(TcAttachType::Egress)?))
 }
 
 /// Every `cali*` interface belongs to a pod we know.
@@ -392,11 +400,14 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
             continue;
         };
         let device = kernel.link_name(route.ifindex);
-        let fits = match expected.as_deref() {
-            Some("vxlan") => device.starts_with("vxlan"),
-            Some("ipip") => device == "tunl0",
-            Some("none") => !device.starts_with("vxlan") && device != "tunl0",
-            _ => true,
+        let on = observer_common::Encap::from_device(&device);
+        let fits = match expected
+            .as_deref()
+            .and_then(observer_common::Encap::from_name)
+        {
+            Some(observer_common::Encap::None) => on.is_none(),
+            Some(want) => on == Some(want),
+            None => true,
         };
         if !fits {
             problems.push(format!(
@@ -472,11 +483,11 @@ fn mtus(st: &State, m: &Model, kernel: &Kernel) -> Check {
     let mut problems = Vec::new();
     if let Some(u) = underlay {
         for (name, mtu) in &tunnels {
-            let fits = u.saturating_sub(tunnel_overhead(name));
+            let headers = observer_common::Encap::device_overhead(name);
+            let fits = u.saturating_sub(headers);
             if *mtu > fits {
                 problems.push(format!(
-                    "{name} MTU {mtu} > underlay {u} - {} bytes of headers = {fits}",
-                    tunnel_overhead(name)
+                    "{name} MTU {mtu} > underlay {u} - {headers} bytes of headers = {fits}"
                 ));
             }
         }
@@ -531,7 +542,13 @@ fn mtus(st: &State, m: &Model, kernel: &Kernel) -> Check {
         "mtu",
         problems,
         format!(
-            "tunnels {tunnels:?}, underlay {}",
+            "tunnel MTUs: {}; underlay MTU: {}",
+            if tunnels.is_empty() {
+                "none".to_owned()
+            } else {
+                let each: Vec<String> = tunnels.iter().map(|(n, m)| format!("{n} {m}")).collect();
+                each.join(", ")
+            },
             underlay.map_or("not watched".into(), |u| u.to_string())
         ),
         "set Calico's MTU (FelixConfiguration mtu / the CNI config's mtu) to the underlay MTU \
@@ -624,6 +641,10 @@ fn datapath_counters(st: &State) -> Check {
         return Check::skip("datapath-counters", "not polled yet");
     };
     let secs = t1.duration_since(*t0).as_secs();
+    let window = match secs {
+        0 => "since the first poll".to_owned(),
+        s => format!("in the last {s} s"),
+    };
     let mut problems = Vec::new();
     for (stat, why) in [
         (
@@ -635,16 +656,13 @@ fn datapath_counters(st: &State) -> Check {
     ] {
         let grew = last[stat as usize].saturating_sub(first[stat as usize]);
         if grew > 0 {
-            problems.push(format!(
-                "{}: +{grew} in the last {secs} s ({why})",
-                stat.name()
-            ));
+            problems.push(format!("{}: +{grew} {window} ({why})", stat.name()));
         }
     }
     Check::new(
         "datapath-counters",
         problems,
-        format!("no insert failures or unparsed packets in the last {secs} s"),
+        format!("no insert failures or unparsed packets {window}"),
         "a full flow map loses flow detail (not counts): raise --flow-capacity; unparsed \
          packets: capture some with tcpdump and run `observer replay` on them",
         Verdict::Warn,

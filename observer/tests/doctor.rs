@@ -1,6 +1,7 @@
 //! `observer doctor` on the lab: clean on a healthy lab, and it finds the
-//! faults we inject — a deleted pod route, a wrong MTU, and an interface
-//! our program was taken off behind the daemon's back.
+//! faults we inject — a deleted pod route, a wrong MTU, an interface our
+//! program was taken off behind the daemon's back, and one where a program
+//! of our name that is not ours took its place.
 
 mod common;
 
@@ -69,6 +70,39 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
         "1",
     ]);
 
+    // Our name, our tag, not our program: loaded by this test.
+    sh(&[
+        "tc",
+        "-n",
+        &node1,
+        "filter",
+        "del",
+        "dev",
+        &pod2.interface,
+        "egress",
+        "pref",
+        "1",
+    ]);
+    let mut foreign = observer::datapath::object::load(1024, None).expect("load a foreign copy");
+    observer::lab::netns::within(&node1, || {
+        use aya::programs::{
+            SchedClassifier, TcAttachType,
+            tc::{NlOptions, TcAttachOptions},
+        };
+        let prog: &mut SchedClassifier = foreign
+            .program_mut("eth_egress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: 1,
+            ..Default::default()
+        });
+        prog.attach_with_options(&pod2.interface, TcAttachType::Egress, options)
+            .expect("attach the foreign program");
+    })
+    .unwrap();
+
     // No wait: the doctor asks the kernel when it runs.
     let (ok, checks) = lab.doctor("node1");
     assert!(!ok, "doctor exited 0 with faults: {checks:#?}");
@@ -81,7 +115,7 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     );
     assert!(
         evidence.contains(&format!(
-            "default/node1-pod2: {}: our filter is not on clsact ingress",
+            "default/node1-pod2: {}: our filter is not on clsact ingress and egress",
             pod2.interface
         )),
         "{evidence}"
@@ -100,4 +134,5 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
     // The other node is untouched.
     let (ok, checks) = lab.doctor("node2");
     assert!(ok, "node2: {checks:#?}");
+    drop(foreign);
 }

@@ -76,7 +76,7 @@ fn egress(flows: &[FlowView]) -> Option<&FlowView> {
 
 /// The pod's egress flow packets, polled until they equal `want` (or 10 s).
 fn wait_egress(d: &Daemon, want: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + common::patience(10);
     loop {
         let got = egress(&d.flows()).map_or(0, |f| f.packets);
         if got == want || Instant::now() > deadline {

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench | vm`.
+//! Project tasks: `cargo xtask setup | build-ebpf | lab | test | bench | fuzz | vm`.
 //!
 //! `setup` installs what a fresh machine lacks (nightly rust-src,
 //! bpf-linker built against the nightly's LLVM, Debian packages the lab and
@@ -39,6 +39,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Set up, build, and run generated and mutated frames through the kernel
+    /// classifier; exits non-zero on any violation (arguments go to
+    /// observer-fuzz: `--frames N`, default 1,000,000; `--seed`, `--start`).
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Set up, then check formatting, lints and run every test.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -52,7 +59,7 @@ enum Task {
         args: Vec<String>,
     },
     /// Boot Debian's stock kernel (or --kernel) in a VM and run COMMAND there
-    /// with the release observer on PATH (default: the VM test suite).
+    /// with an optimised observer on PATH (default: the VM test suite).
     Vm {
         /// A bzImage to boot instead, e.g. your nodes' /boot/vmlinuz-<version>.
         #[arg(long, value_name = "PATH")]
@@ -61,7 +68,8 @@ enum Task {
         /// emulated CPU is used).
         #[arg(long)]
         kvm: bool,
-        /// The dev-profile binaries (what `cargo xtask test` runs) instead of release.
+        /// The dev-profile binaries instead of the optimised `ci` profile's
+        /// (no second build after a dev one, but many times slower in the VM).
         #[arg(long)]
         dev: bool,
         /// A shell command line for the guest.
@@ -100,8 +108,23 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the benchmarks load eBPF programs and build network namespaces")?;
             cargo(&["build", "--release", "--package", "observer", "--bins"])?;
-            let mut cmd = Command::new(workspace_root().join("target/release/observer-bench"));
+            let mut cmd = Command::new(target_dir().join("release/observer-bench"));
             cmd.args(&args).current_dir(workspace_root());
+            run(&mut cmd)
+        }
+        Task::Fuzz { args } => {
+            setup::run()?;
+            require_root("the fuzzer loads eBPF programs")?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "observer",
+                "--bin",
+                "observer-fuzz",
+            ])?;
+            let mut cmd = Command::new(target_dir().join("release/observer-fuzz"));
+            cmd.args(&args);
             run(&mut cmd)
         }
         Task::Test {
@@ -124,14 +147,10 @@ fn main() -> Result<()> {
                     "warnings",
                 ])?;
             }
-            // Every test binary runs, so the closing line counts them all.
-            let mut test = vec![
-                "test",
-                "--workspace",
-                "--exclude",
-                "observer-ebpf",
-                "--no-fail-fast",
-            ];
+            // Every test binary runs, so the closing line counts them all;
+            // the `ci` profile, which the VM suite runs too (one build).
+            let mut test = vec!["test", "--profile", "ci", "--no-fail-fast"];
+            test.extend(TEST_SELECTION);
             test.extend(args.iter().map(String::as_str));
             let host = test::cargo_test(&test);
             let vm = (!no_vm).then(test::vm_suite);
@@ -155,11 +174,22 @@ fn main() -> Result<()> {
     }
 }
 
+/// What `cargo xtask test` builds and tests (the eBPF crate is built for
+/// its own target by `observer`'s build script).
+pub(crate) const TEST_SELECTION: [&str; 3] = ["--workspace", "--exclude", "observer-ebpf"];
+
 fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
+}
+
+/// Where cargo puts what it builds: CARGO_TARGET_DIR (relative to the
+/// workspace, where `cargo` runs), else `target/`.
+fn target_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    workspace_root().join(dir)
 }
 
 fn require_root(why: &str) -> Result<()> {

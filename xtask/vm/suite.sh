@@ -29,6 +29,8 @@ run() {
 # no TCX: its test is left out, and older_kernel checks what the daemon
 # says instead.
 run daemon --skip tcx --test-threads 1
+# Nothing lost under clsact: a restart under a stream, killed daemons.
+run nothing_lost clsact --test-threads 1
 # The classifier on crafted frames (BPF_PROG_TEST_RUN): this kernel's
 # verifier and helpers.
 run classifier

@@ -42,6 +42,19 @@ fn percent(part: u64, whole: u128) -> String {
     format!("{:.0}%", part as f64 * 100.0 / whole as f64)
 }
 
+/// An address count as a person reads it: exact while it is short, as a
+/// power of two past that (an IPv6 pool holds 2^80 or more).
+fn ips(n: u128) -> String {
+    if n < 1_000_000_000_000 {
+        return n.to_string();
+    }
+    if n.is_power_of_two() {
+        format!("2^{}", n.trailing_zeros())
+    } else {
+        format!("~2^{}", (n as f64).log2().round())
+    }
+}
+
 pub fn ipam_text(v: &IpamView, wide: bool) -> String {
     let mut out = String::new();
     if v.pools.is_empty() {
@@ -69,11 +82,11 @@ pub fn ipam_text(v: &IpamView, wide: bool) -> String {
                     p.disabled.to_string(),
                     p.blocks.to_string(),
                     format!("{} ({})", p.ips_in_use, percent(p.ips_in_use, p.ips_total)),
-                    p.ips_free.to_string(),
+                    ips(p.ips_free),
                 ];
                 if wide {
                     r.extend([
-                        p.ips_total.to_string(),
+                        ips(p.ips_total),
                         p.node_selector.clone(),
                         (!p.disable_bgp_export).to_string(),
                     ]);
@@ -352,6 +365,13 @@ pub fn node_text(v: &NodeView, wide: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn big_address_counts_read_as_powers_of_two() {
+        assert_eq!(super::ips(65_536), "65536");
+        assert_eq!(super::ips(1 << 80), "2^80");
+        assert_eq!(super::ips((1 << 80) - 7), "~2^80");
+    }
+
     use super::*;
     use crate::sources::bird::BgpPeer;
 

@@ -82,20 +82,10 @@ pub struct EncapReport {
     pub mtu_problems: Vec<MtuProblem>,
 }
 
-/// Bytes of encapsulation a tunnel device adds to each packet: the outer
-/// headers (IPv4, or IPv6 for the `-v6` devices), plus VXLAN's UDP and
-/// Ethernet, or WireGuard's UDP and its own 32.
+/// Bytes of encapsulation a tunnel device adds to each packet (see
+/// `Encap::overhead`; the `-v6` devices run over IPv6).
 pub fn device_overhead(device: &str, encap: &str) -> u64 {
-    let v6 = device.contains("v6");
-    match (encap, v6) {
-        ("vxlan", false) => 50,
-        ("vxlan", true) => 70,
-        ("ipip", false) => 20,
-        ("ipip", true) => 40,
-        ("wireguard", false) => 60,
-        ("wireguard", true) => 80,
-        _ => 0,
-    }
+    observer_common::Encap::from_name(encap).map_or(0, |e| e.overhead(device.contains("v6")) as u64)
 }
 
 fn icmp_problem(f: &FlowView) -> Option<&'static str> {

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use observer_common::{Encap, EncapTotals, FlowKey, FlowStats, Hook, IfaceTotals, Stat};
+use observer_common::{FlowKey, FlowStats, Hook, IfaceTotals};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::RwLock,
@@ -27,7 +27,7 @@ use crate::{
     config::{InterfaceSelector, RunArgs},
     datapath::{
         Datapath,
-        attach::{Attacher, LinkLayer, Via},
+        attach::{Attacher, Via},
         links::{self, LinkEvent, LinkInfoView},
         pin::PinRoot,
     },
@@ -35,55 +35,12 @@ use crate::{
         api, http,
         metrics::{Metrics, MetricsConfig, Overflow},
     },
-    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
+    flows::{Clock, Interface, table::FlowTable},
     model::Model,
+    state::{DatapathStatus, InterfaceState, Shared, State},
 };
 
 use self::{mtu::MtuLimits, names::Names};
-
-/// An interface we attached to (or tried to).
-#[derive(Clone, Debug)]
-pub struct InterfaceState {
-    pub iface: Interface,
-    pub layer: LinkLayer,
-    pub via: Option<Via>,
-    pub attach_error: Option<String>,
-    pub totals: IfaceTotals,
-    /// Deleted; kept while flows seen on it are still shown.
-    pub gone: bool,
-    /// The link's MTU, as rtnetlink last said.
-    pub mtu: Option<u32>,
-}
-
-#[derive(Default)]
-pub struct DatapathStatus {
-    pub polls: u64,
-    pub last_poll_ms: f64,
-    /// When the last poll ended (milliseconds since the Unix epoch): what
-    /// clients compute rates with, whatever their own timing.
-    pub last_poll_at_ms: u64,
-    pub kernel_flow_entries: u64,
-    pub flow_capacity: u32,
-    pub stats: [u64; Stat::COUNT as usize],
-    pub encap: [EncapTotals; Encap::COUNT as usize],
-    pub attach_mode_tcx: bool,
-    /// Datapath counters at each poll of the last minute (for the doctor).
-    pub stats_history: std::collections::VecDeque<(Instant, [u64; Stat::COUNT as usize])>,
-    /// (run time ns, runs) per program when `kernel.bpf_stats_enabled`.
-    pub program_stats: Vec<(String, (u64, u64))>,
-}
-
-/// Everything the API shows; written by the poll loop.
-pub struct State {
-    pub table: FlowTable,
-    pub model: Arc<Model>,
-    pub interfaces: BTreeMap<u32, InterfaceState>,
-    pub status: DatapathStatus,
-    pub clock: Clock,
-    pub started: std::time::SystemTime,
-}
-
-pub type Shared = Arc<RwLock<State>>;
 
 pub async fn run(args: RunArgs) -> Result<()> {
     // First, before anything is loaded: the only daemon on this socket.
@@ -91,18 +48,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
     let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;
+    // Before loading anything: a kernel without TCX is told at once.
+    let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
     let mut dp = match &pins {
         Some(p) => Datapath::load_pinned(args.flow_capacity, p)?,
         None => Datapath::load(args.flow_capacity)?,
     };
     let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
-    let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),
         model: Arc::new(Model::default()),
         interfaces: BTreeMap::new(),
         status: DatapathStatus {
             flow_capacity: args.flow_capacity,
+            program_ids: dp.program_ids(),
             ..Default::default()
         },
         clock: Clock::new(dp.clock_sample()?, jiffy_ns),
@@ -424,28 +383,18 @@ async fn poll(
     status.encap = encap;
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
     status.program_stats = dp.program_stats();
-    // The metrics' share of the poll is part of its time.
-    if let Ok(mut m) = metrics.lock() {
-        m.update(&mut st, &overflow, sources, started);
-    }
-    st.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
-    st.status.last_poll_at_ms = std::time::SystemTime::now()
+    status.last_poll_at_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Ok(())
-}
-
-/// The interface of a flow for display: `None` once forgotten.
-pub fn interface_of(st: &State, ifindex: u32) -> Option<&Interface> {
-    st.interfaces.get(&ifindex).map(|s| &s.iface)
-}
-
-impl InterfaceKind {
-    pub fn label(&self) -> String {
-        match self {
-            InterfaceKind::Pod => "pod".into(),
-            InterfaceKind::Tunnel(e) => format!("tunnel/{}", e.name()),
-            InterfaceKind::Underlay => "underlay".into(),
-        }
+    // The poll's growth goes to the metrics, under a read lock: the API
+    // answers meanwhile (a scrape being encoded holds the metrics' lock).
+    let growth = st.table.take_growth();
+    let st = st.downgrade();
+    if let Ok(mut m) = metrics.lock() {
+        m.update(&st, &growth, &overflow, sources, started);
     }
+    drop(st);
+    // The metrics' share of the poll is part of its time.
+    state.write().await.status.last_poll_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(())
 }

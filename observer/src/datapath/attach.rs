@@ -453,15 +453,6 @@ fn our_filters_blocking(ifindex: u32, egress: bool) -> Result<Vec<OurFilter>> {
     })
 }
 
-/// Whether a cls_bpf filter of ours sits on the clsact ingress and egress
-/// hooks of an interface.
-pub async fn clsact_filters_present(ifindex: u32) -> Result<(bool, bool)> {
-    Ok((
-        !our_filters(ifindex, false).await?.is_empty(),
-        !our_filters(ifindex, true).await?.is_empty(),
-    ))
-}
-
 /// Removes our filters from an interface (`observer cleanup`), and its
 /// clsact qdisc when nothing else is left on it. Returns how many filters
 /// were removed.

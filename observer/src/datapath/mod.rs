@@ -122,6 +122,14 @@ impl Datapath {
             .context("setting an MTU limit")
     }
 
+    /// The kernel's ids of our loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok().map(|i| i.id()))
+            .collect()
+    }
+
     /// (run time ns, runs) of each loaded program, by name, from the
     /// kernel's fdinfo; empty unless `kernel.bpf_stats_enabled` is 1.
     pub fn program_stats(&self) -> Vec<(String, (u64, u64))> {

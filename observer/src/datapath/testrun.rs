@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, TestRun as _, TestRunOptions, programs::SchedClassifier};
+use aya::{Ebpf, TestRun as _, TestRunOptions, TestRunResult, programs::SchedClassifier};
 
 /// `struct __sk_buff` as BPF_PROG_TEST_RUN accepts it in `ctx_in`: only
 /// a few fields may be set, the rest must be zero.
@@ -40,6 +40,39 @@ pub fn run(
     gso: Option<(u32, u32)>,
     repeat: u32,
 ) -> Result<RunResult> {
+    let res = test_run(ebpf, prog, frame, gso, repeat, None)?;
+    Ok(RunResult {
+        return_value: res.return_value,
+        duration: res.duration,
+    })
+}
+
+/// Runs `prog` once on `frame` and copies the frame as the program left it
+/// into `out`; returns the result and that frame's length. The kernel
+/// refuses the run when `out` is too small for it.
+pub fn run_with_output(
+    ebpf: &Ebpf,
+    prog: &str,
+    frame: &[u8],
+    gso: Option<(u32, u32)>,
+    out: &mut [u8],
+) -> Result<(RunResult, usize)> {
+    let res = test_run(ebpf, prog, frame, gso, 1, Some(out))?;
+    let result = RunResult {
+        return_value: res.return_value,
+        duration: res.duration,
+    };
+    Ok((result, res.data_size_out as usize))
+}
+
+fn test_run(
+    ebpf: &Ebpf,
+    prog: &str,
+    frame: &[u8],
+    gso: Option<(u32, u32)>,
+    repeat: u32,
+    out: Option<&mut [u8]>,
+) -> Result<TestRunResult> {
     let program: &SchedClassifier = ebpf
         .program(prog)
         .with_context(|| format!("program {prog} missing"))?
@@ -64,16 +97,13 @@ pub fn run(
     };
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
+    opts.data_out = out;
     opts.ctx_in = Some(ctx_bytes);
     opts.repeat = repeat.max(1);
-    let res = program.test_run(opts).with_context(|| {
+    program.test_run(opts).with_context(|| {
         format!(
             "BPF_PROG_TEST_RUN of {prog} on a {}-byte frame",
             frame.len()
         )
-    })?;
-    Ok(RunResult {
-        return_value: res.return_value,
-        duration: res.duration,
     })
 }

@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 
 pub use super::services::{BackendView, IpvsView, RealServerView, ServiceView};
 use crate::{
-    daemon::{Shared, interface_of},
     flows::{direction, to_view, view::FlowView},
+    state::{Shared, interface_of},
 };
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -153,7 +153,7 @@ async fn flows(
 /// Where the connections of the flows to VIPs went, if any flow goes to
 /// one: IPVS's connections when a flow goes to an IPVS VIP, conntrack's
 /// DNAT when one goes to another Service's VIP.
-fn vip_connections(st: &crate::daemon::State) -> Option<crate::flows::NatTable> {
+fn vip_connections(st: &crate::state::State) -> Option<crate::flows::NatTable> {
     let (mut to_ipvs, mut to_other) = (false, false);
     for (k, _) in st.table.iter() {
         let (_, dst) = crate::flows::key_addrs(k);

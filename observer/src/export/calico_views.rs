@@ -16,10 +16,10 @@ use observer_common::{Encap, Hook};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::{Shared, State, interface_of},
     flows::{InterfaceKind, key_addrs},
     model::Model,
     sources::{bird::BirdStatus, cni::CniDir},
+    state::{Shared, State, interface_of},
 };
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -258,13 +258,10 @@ fn device_encap(st: &State, ifindex: u32, name: &str) -> String {
     if let Some(InterfaceKind::Tunnel(e)) = interface_of(st, ifindex).map(|i| i.kind) {
         return e.name().to_owned();
     }
-    match name {
-        "tunl0" => "ipip",
-        "vxlan.calico" | "vxlan-v6.calico" => "vxlan",
-        "wireguard.cali" | "wg-v6.cali" => "wireguard",
-        _ => "none",
-    }
-    .to_owned()
+    observer_common::Encap::from_device(name)
+        .unwrap_or(observer_common::Encap::None)
+        .name()
+        .to_owned()
 }
 
 pub fn routes_view(st: &State) -> RoutesView {
@@ -433,12 +430,12 @@ pub async fn node(AxState(state): AxState<Shared>) -> Json<NodeView> {
 }
 
 /// Calico's tunnel devices, by name.
-const TUNNELS: [(&str, &str); 5] = [
-    ("tunl0", "tunnel/ipip"),
-    ("vxlan.calico", "tunnel/vxlan"),
-    ("vxlan-v6.calico", "tunnel/vxlan"),
-    ("wireguard.cali", "tunnel/wireguard"),
-    ("wg-v6.cali", "tunnel/wireguard"),
+const TUNNELS: [&str; 5] = [
+    "tunl0",
+    "vxlan.calico",
+    "vxlan-v6.calico",
+    "wireguard.cali",
+    "wg-v6.cali",
 ];
 
 pub fn node_view(st: &State) -> NodeView {
@@ -459,10 +456,13 @@ pub fn node_view(st: &State) -> NodeView {
             },
         );
     }
-    for (name, kind) in TUNNELS {
+    for name in TUNNELS {
         if devices.contains_key(name) {
             continue;
         }
+        let kind = observer_common::Encap::from_device(name)
+            .map(|e| InterfaceKind::Tunnel(e).label())
+            .unwrap_or_default();
         if let Some(mtu) = interface_mtu(name) {
             devices.insert(
                 name.to_owned(),

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{Dimension, Granularity, RunArgs},
-    daemon::State,
     flows::{InterfaceKind, direction, key_addrs, protocol_name, table::Counters},
     model::{EndpointView, Model},
+    state::State,
 };
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -525,12 +525,13 @@ impl Metrics {
         out
     }
 
-    /// Adds what happened since the last update, at the end of the poll
-    /// that began at `poll_started`: the flows' growth and what interfaces
-    /// counted without a flow (`overflow`).
+    /// Adds what happened in the poll that began at `poll_started`: the
+    /// flows' growth (from the flow table) and what interfaces counted
+    /// without a flow (`overflow`), named with the state's model.
     pub fn update(
         &mut self,
-        st: &mut State,
+        st: &State,
+        growth: &[(FlowKey, Counters, bool)],
         overflow: &[Overflow],
         sources: &[(&'static str, bool)],
         poll_started: std::time::Instant,
@@ -546,7 +547,7 @@ impl Metrics {
             self.resolved.clear();
             self.resolved_with = Some(model.clone());
         }
-        for (key, delta, new_flow) in st.table.take_growth() {
+        for &(key, delta, new_flow) in growth {
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
             };
@@ -1029,20 +1030,10 @@ fn icmp_too_big(key: &FlowKey) -> Option<&'static str> {
 }
 
 /// Header bytes an encapsulation adds per packet, for tunnel devices (the
-/// outer headers are only seen on the underlay): VXLAN 50 (IPv4 outer) or
-/// 70 (IPv6), IPIP 20 or 40, WireGuard 60 or 80 (without its padding to
-/// 16 bytes). The same figures as `observer encap`.
+/// outer headers are only seen on the underlay); the inner family stands
+/// for the outer one (Calico's `-v6` devices carry IPv6 over IPv6).
 fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
-    let v6 = inner_src.is_ipv6();
-    match encap {
-        Encap::Vxlan if v6 => 70,
-        Encap::Vxlan => 50,
-        Encap::Ipip if v6 => 40,
-        Encap::Ipip => 20,
-        Encap::Wireguard if v6 => 80,
-        Encap::Wireguard => 60,
-        Encap::None => 0,
-    }
+    encap.overhead(inner_src.is_ipv6()) as u64
 }
 
 #[cfg(test)]
@@ -1054,11 +1045,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        daemon::{DatapathStatus, InterfaceState},
         datapath::attach::{LinkLayer, Via},
         flows::{Clock, Interface, table::FlowTable},
         model::calico_interface,
         sources::{objects::ClusterObjects, routes::RouteTable},
+        state::{DatapathStatus, InterfaceState},
     };
 
     fn model(with_pod: bool) -> Arc<Model> {
@@ -1129,7 +1120,8 @@ mod tests {
         };
         st.table.observe(&key, &stats);
         st.table.end_poll(0, 0);
-        m.update(st, &[], &[], std::time::Instant::now());
+        let growth = st.table.take_growth();
+        m.update(st, &growth, &[], &[], std::time::Instant::now());
     }
 
     fn sample(m: &Metrics, series: &str) -> Option<u64> {

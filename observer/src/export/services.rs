@@ -15,7 +15,7 @@ use observer_common::Hook;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    daemon::{Shared, State, interface_of},
+    state::{Shared, State, interface_of},
     flows::{InterfaceKind, key_addrs, protocol_name},
     model::ipvs::VipConnections,
     sources::ipvs::{IpvsService, IpvsStats},

@@ -23,6 +23,16 @@ pub enum InterfaceKind {
     Underlay,
 }
 
+impl InterfaceKind {
+    pub fn label(&self) -> String {
+        match self {
+            InterfaceKind::Pod => "pod".into(),
+            InterfaceKind::Tunnel(e) => format!("tunnel/{}", e.name()),
+            InterfaceKind::Underlay => "underlay".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Interface {
     pub name: String,

@@ -301,7 +301,8 @@ impl CalicoView {
     }
 }
 
-fn is_link_local(ip: IpAddr) -> bool {
+/// fe80::/10 or 169.254.0.0/16.
+pub fn is_link_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => a.is_link_local(),
         IpAddr::V6(a) => (a.segments()[0] & 0xffc0) == 0xfe80,

@@ -30,8 +30,8 @@ pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
 /// unknown stays visibly unknown.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointView {
-    /// `pod`, `host` (a node's address), `service` (a Service VIP) or
-    /// `world`.
+    /// `pod`, `host` (a node's address), `service` (a Service VIP),
+    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
@@ -549,8 +549,17 @@ impl Model {
                 ..Default::default()
             };
         }
+        // Neighbour discovery, MLD, DHCP and the like never leave the link:
+        // not the world's traffic.
+        let kind = if ip.is_multicast() {
+            "multicast"
+        } else if calico::is_link_local(ip) {
+            "link-local"
+        } else {
+            "world"
+        };
         EndpointView {
-            kind: "world".into(),
+            kind: kind.into(),
             ..Default::default()
         }
     }

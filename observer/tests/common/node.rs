@@ -248,7 +248,7 @@ impl Daemon {
     }
 
     pub fn wait_for(&self, cond: impl FnMut(&Self) -> bool, what: &str) {
-        self.wait_within(crate::common::patience(15), cond, what);
+        self.wait_within(super::patience(15), cond, what);
     }
 
     pub fn wait_within(

@@ -1,10 +1,11 @@
 //! What the guest runs, built on the host: `observer` and, for the VM
 //! suite, its test binaries, of one profile (so that the tests'
-//! `CARGO_BIN_EXE_observer` is that same binary). Release by default, what
-//! a node runs; `cargo xtask test` takes the dev binaries it has just built
-//! rather than spend minutes building release ones (the eBPF object, all
-//! the kernel sees, is the same release build in both). The guest sees the
-//! host's root file system, so the host paths cargo reports work there.
+//! `CARGO_BIN_EXE_observer` is that same binary). The `ci` profile by
+//! default (optimised, with debug checks), with the same selection as
+//! `cargo xtask test`'s host run, so that after it nothing is built again:
+//! dev binaries run many times slower on the emulated CPU (27 minutes for
+//! the suite instead of 4). The guest sees the host's root file system, so
+//! the host paths cargo reports work there.
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -15,7 +16,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The integration tests `xtask/vm/suite.sh` runs (`$TEST_<name>`).
-pub const SUITE_TESTS: &[&str] = &["daemon", "classifier", "older_kernel", "tunnels"];
+pub const SUITE_TESTS: &[&str] = &[
+    "daemon",
+    "nothing_lost",
+    "classifier",
+    "older_kernel",
+    "tunnels",
+];
 
 pub struct Binaries {
     pub observer: PathBuf,
@@ -24,30 +31,13 @@ pub struct Binaries {
 }
 
 /// Builds with cargo (output passed through) and reads the executables'
-/// paths from its JSON messages.
-pub fn build(with_tests: bool, release: bool) -> Result<Binaries> {
+/// paths from its JSON messages. Always `cargo xtask test`'s selection,
+/// also for another command: building the binary alone unifies other
+/// features (no dev-dependencies) and would rebuild most crates again.
+pub fn build(profile: &str) -> Result<Binaries> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    if !with_tests {
-        cmd.args(["build", "--package", "observer", "--bin", "observer"]);
-    } else if release {
-        cmd.args(["test", "--no-run", "--package", "observer"]);
-        for t in SUITE_TESTS {
-            cmd.args(["--test", t]);
-        }
-    } else {
-        // `cargo xtask test`'s own selection: features unified over other
-        // packages would rebuild everything.
-        cmd.args([
-            "test",
-            "--no-run",
-            "--workspace",
-            "--exclude",
-            "observer-ebpf",
-        ]);
-    }
-    if release {
-        cmd.arg("--release");
-    }
+    cmd.args(["test", "--no-run", "--profile", profile]);
+    cmd.args(crate::TEST_SELECTION);
     cmd.arg("--message-format=json-render-diagnostics")
         .current_dir(crate::workspace_root())
         .stdout(Stdio::piped());
@@ -70,9 +60,11 @@ pub fn build(with_tests: bool, release: bool) -> Result<Binaries> {
             .cloned()
             .unwrap_or_default();
         let is = |k: &str| kinds.iter().any(|v| v == k);
-        if msg["profile"]["test"] == true && is("test") && SUITE_TESTS.contains(&name) {
+        // A bin's own unit tests are a `bin` built as a test: not the bin.
+        let test_harness = msg["profile"]["test"] == true;
+        if test_harness && is("test") && SUITE_TESTS.contains(&name) {
             tests.push((name.to_owned(), PathBuf::from(exe)));
-        } else if is("bin") && name == "observer" {
+        } else if !test_harness && is("bin") && name == "observer" {
             observer = Some(PathBuf::from(exe));
         }
     }

@@ -2,7 +2,8 @@
 //! other than the host's (Debian's stock kernel by default) in QEMU with
 //! virtme-ng, on a copy-on-write view of the host's root file system, and
 //! runs COMMAND there (default: the VM test suite, `xtask/vm/suite.sh`)
-//! with the release `observer` on PATH; returns its exit status.
+//! with an optimised `observer` (the `ci` profile) on PATH; returns its
+//! exit status.
 
 mod binaries;
 mod boot;
@@ -72,7 +73,7 @@ pub fn run(opts: &Options) -> Result<Outcome> {
     if suite {
         crate::require_root("the VM suite replays captures on the host to compare")?;
     }
-    let bins = binaries::build(suite, opts.release)?;
+    let bins = binaries::build(if opts.release { "ci" } else { "dev" })?;
     let dir = vm_dir(&bins.observer)?;
     let mut env = vec![
         ("OBSERVER".to_owned(), bins.observer.clone()),
@@ -84,8 +85,15 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 .into(),
         ),
     ];
+    // The suite's test binaries, also for a command of one's own:
+    // `cargo xtask vm -- '$TEST_daemon --exact ...'`.
+    env.extend(
+        bins.tests
+            .iter()
+            .map(|(name, exe)| (format!("TEST_{name}"), exe.clone())),
+    );
     let command = if suite {
-        env.extend(suite::prepare(&bins, &dir)?);
+        env.extend(suite::prepare(&bins.observer, &dir)?);
         suite::COMMAND.to_owned()
     } else {
         opts.command.join(" ")

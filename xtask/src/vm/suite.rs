@@ -9,23 +9,15 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::binaries::Binaries;
-
 /// The guest's command line for the suite (relative to the workspace).
 pub const COMMAND: &str = "sh xtask/vm/suite.sh";
 
-/// The suite's environment: `TEST_<name>` per test binary and
-/// `OBSERVER_HOST_REPLAY`, a directory of `<capture>.json` made here.
-pub fn prepare(bins: &Binaries, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut env: Vec<(String, PathBuf)> = bins
-        .tests
-        .iter()
-        .map(|(name, exe)| (format!("TEST_{name}"), exe.clone()))
-        .collect();
+/// `OBSERVER_HOST_REPLAY` for the suite: a directory of `<capture>.json`
+/// made here by `observer`.
+pub fn prepare(observer: &Path, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let replays = dir.join("host-replay");
-    host_replays(&bins.observer, &replays)?;
-    env.push(("OBSERVER_HOST_REPLAY".into(), replays));
-    Ok(env)
+    host_replays(observer, &replays)?;
+    Ok(vec![("OBSERVER_HOST_REPLAY".into(), replays)])
 }
 
 fn host_replays(observer: &Path, out: &Path) -> Result<()> {
