@@ -15,10 +15,10 @@ use observer_common::Hook;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    state::{Shared, State, interface_of},
     flows::{InterfaceKind, key_addrs, protocol_name},
     model::ipvs::VipConnections,
     sources::ipvs::{IpvsService, IpvsStats},
+    state::{Shared, State, interface_of},
 };
 
 /// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
