@@ -583,6 +583,9 @@ fn ipvs_backends(m: &Model) -> Check {
                 .backends
                 .iter()
                 .filter(|b| b.ready)
+                // kube-proxy runs a proxier per address family: a VIP's
+                // virtual service holds only endpoints of its family.
+                .filter(|b| b.ip.is_ipv6() == vip.is_ipv6())
                 .filter(|b| !sp.node_local || b.node.as_deref() == m.local_node())
                 .map(|b| (b.ip, b.port))
                 .collect();
@@ -683,7 +686,8 @@ mod tests {
     };
 
     /// Service shop/web (10.96.0.10:80) with ready endpoints on node1 and
-    /// node2, as node1 sees it, and an IPVS table sending to `dests`.
+    /// node2 (and an IPv6 one, of the other family's slice), as node1 sees
+    /// it, and an IPVS table sending to `dests`.
     fn model(policy: &str, dests: &[&str]) -> Model {
         let mut o = ClusterObjects::default();
         o.add_value(json!({"apiVersion": "v1", "kind": "Service",
@@ -701,6 +705,19 @@ mod tests {
                 {"addresses": ["10.244.0.5"], "conditions": {"ready": true}, "nodeName": "node1"},
                 {"addresses": ["10.244.0.70"], "conditions": {"ready": true}, "nodeName": "node2"},
                 {"addresses": ["10.244.0.71"], "conditions": {"ready": false}, "nodeName": "node2"}
+            ]}),
+        )
+        .unwrap();
+        // Dual-stack: the IPv6 slice of the same Service, which the IPv4
+        // VIP's virtual service does not hold.
+        o.add_value(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-y", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv6",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["fd00:10:244::5"], "conditions": {"ready": true}, "nodeName": "node1"}
             ]}),
         )
         .unwrap();
