@@ -901,3 +901,98 @@ fn doctor_reads_the_kernel_at_the_moment_it_runs() {
     ]);
     assert_eq!(routes(&d).verdict, Verdict::Ok, "the route is back");
 }
+
+/// `/v1/flows` names flows to a VIP from a conntrack dump: with 60,000
+/// entries in the table and three clients asking for flows without pause,
+/// the polls still run on time (the dump runs with the state released).
+#[test]
+fn a_big_conntrack_table_never_holds_up_a_poll() {
+    common::require_root();
+    let node = Netns::new("ct");
+    let pod = node.pod("cali0123456789c", "10.99.0.1", "10.99.0.2");
+    pod.ip(&["route", "add", "10.96.0.0/12", "via", "10.99.0.1"]);
+    let objects = tempfile::tempdir().unwrap();
+    let service = serde_json::json!({"kind": "List", "items": [
+        {"kind": "Service", "metadata": {"name": "dns", "namespace": "kube-system"},
+         "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}
+    ]});
+    std::fs::write(objects.path().join("svc.json"), service.to_string()).unwrap();
+
+    // 60,000 conntrack entries in the node's namespace, loaded in one go.
+    let entries = objects.path().join("conntrack.txt");
+    let lines: String = (0..60_000u32)
+        .map(|i| {
+            let (client, port) = (
+                format!("10.9.{}.{}", i / 250, i % 250 + 1),
+                1024 + i % 60_000,
+            );
+            format!(
+                "-I -s {client} -d 10.96.0.10 -p udp --sport {port} --dport 53 -t 600 \
+                 -r 10.65.0.5 -q {client} --reply-port-src 53 --reply-port-dst {port}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&entries, lines).unwrap();
+    node.exec(&["conntrack", "-R", entries.to_str().unwrap()]);
+
+    let d = Daemon::start(
+        &node,
+        &[
+            "--objects-dir",
+            objects.path().to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    d.wait_attached("cali0123456789c");
+    pod.within(|| {
+        let s = UdpSocket::bind("10.99.0.2:0").unwrap();
+        s.send_to(b"query", "10.96.0.10:53").unwrap();
+    });
+    d.wait_for(
+        |d| d.flows().iter().any(|f| f.dst_ip == "10.96.0.10"),
+        "the flow to the VIP",
+    );
+
+    // What one dump costs here.
+    let (dumped, dump) = node.within(|| {
+        let started = Instant::now();
+        let n = observer::sources::conntrack::dnat_table().unwrap().len();
+        (n, started.elapsed())
+    });
+    assert!(dumped >= 60_000, "{dumped} conntrack entries");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered = std::sync::atomic::AtomicU64::new(0);
+    let (polls, slowest) = std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(!d.flows().is_empty());
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        let before = d.status().polls;
+        let mut slowest: f64 = 0.0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            slowest = slowest.max(d.status().last_poll_ms);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (d.status().polls - before, slowest)
+    });
+    let answered = answered.into_inner();
+    eprintln!(
+        "one dump of {dumped} entries: {dump:?}; {answered} flow answers, \
+         {polls} polls in 4 s, the slowest {slowest:.1} ms"
+    );
+    assert!(answered >= 3, "the clients were answered: {answered}");
+    assert!(
+        slowest < dump.as_secs_f64() * 1e3 / 2.0,
+        "a poll took {slowest:.1} ms while a dump takes {dump:?}"
+    );
+    assert!(polls >= 10, "{polls} polls in 4 s at 100 ms");
+}

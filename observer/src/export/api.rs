@@ -1,16 +1,19 @@
 //! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
 //! shows comes from here.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State as AxState, routing::get};
-use observer_common::{Encap, Hook, Stat};
+use observer_common::{Encap, FlowKey, Hook, Stat};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{
-    flows::{direction, to_view, view::FlowView},
+    flows::{Interface, direction, table::FlowEntry, to_view, view::FlowView},
     state::{Shared, interface_of},
 };
 
@@ -122,31 +125,47 @@ pub const POLLED_AT: &str = "x-observer-polled-at-ms";
 async fn flows(
     AxState(state): AxState<Shared>,
 ) -> ([(&'static str, String); 1], Json<Vec<FlowView>>) {
-    let st = state.read().await;
-    // Flows to Service VIPs are named by their endpoint through conntrack.
-    let to_vip = st.table.iter().any(|(k, _)| {
+    // A copy of what the views need, so that the state is free for the
+    // next poll while the answer is built.
+    let (rows, model, clock, interfaces, polled_at) = {
+        let st = state.read().await;
+        let rows: Vec<(FlowKey, FlowEntry)> =
+            st.table.iter().map(|(k, e)| (*k, e.clone())).collect();
+        let interfaces: HashMap<u32, Interface> = st
+            .interfaces
+            .iter()
+            .map(|(i, s)| (*i, s.iface.clone()))
+            .collect();
+        let polled_at = st.status.last_poll_at_ms;
+        (rows, st.model.clone(), st.clock, interfaces, polled_at)
+    };
+    // Flows to Service VIPs are named by their endpoint through conntrack,
+    // dumped on a blocking thread: a big table never holds up a poll.
+    let to_vip = rows.iter().any(|(k, _)| {
         let (_, dst) = crate::flows::key_addrs(k);
-        st.model
+        model
             .service_of(dst, k.dst_port, k.protocol)
             .is_some_and(|r| r.via == "vip")
     });
     let nat = if to_vip {
-        tokio::task::block_in_place(crate::sources::conntrack::dnat_table)
+        tokio::task::spawn_blocking(crate::sources::conntrack::dnat_table)
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
             .inspect_err(|e| tracing::debug!("conntrack: {e:#}"))
             .ok()
     } else {
         None
     };
-    let mut out: Vec<FlowView> = st
-        .table
+    let mut out: Vec<FlowView> = rows
         .iter()
         .map(|(k, e)| {
             to_view(
                 k,
                 e,
-                interface_of(&st, k.ifindex),
-                &st.clock,
-                Some(&st.model),
+                interfaces.get(&k.ifindex),
+                &clock,
+                Some(&model),
                 nat.as_ref(),
             )
         })
@@ -156,8 +175,7 @@ async fn flows(
             .cmp(&a.bytes)
             .then_with(|| a.interface.cmp(&b.interface))
     });
-    let polled = [(POLLED_AT, st.status.last_poll_at_ms.to_string())];
-    (polled, Json(out))
+    ([(POLLED_AT, polled_at.to_string())], Json(out))
 }
 
 /// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
