@@ -5,6 +5,7 @@
 //! -> [`export`] (JSON API, metrics) -> [`cli`]; [`doctor`] checks the
 //! node from the same state.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::lab::{TestLab, command, observer, run};
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 use serde_json::Value;
 
 /// Interface, direction and 5-tuple: what tells flows apart.

@@ -19,7 +19,7 @@ use common::{
     node::{Daemon, Netns},
     sh,
 };
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 
 /// Everything tc and bpftool show on an interface: empty when we left
 /// nothing behind.
@@ -730,14 +730,14 @@ fn pod_object(name: &str, ip: &str) -> serde_json::Value {
 }
 
 /// `observer doctor -o json` against `socket`: (exit success, checks).
-fn doctor(socket: &Path) -> (bool, Vec<observer::doctor::Check>) {
+fn doctor(socket: &Path) -> (bool, Vec<observer::api::Check>) {
     let out = common::lab::run(&["doctor", "--socket", socket.to_str().unwrap(), "-o", "json"]);
     let checks = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), checks)
 }
 
-fn check(checks: Vec<observer::doctor::Check>, name: &str) -> observer::doctor::Check {
+fn check(checks: Vec<observer::api::Check>, name: &str) -> observer::api::Check {
     checks.into_iter().find(|c| c.name == name).expect(name)
 }
 
@@ -754,7 +754,7 @@ fn objects_synced(ns: &Netns) -> Option<f64> {
 /// wrong, and the daemon logs each once; fixed, all is well again.
 #[test]
 fn objects_that_do_not_decode_keep_their_names_and_say_so() {
-    use observer::{doctor::Verdict, export::api::PodView};
+    use observer::api::{PodView, Verdict};
     common::require_root();
     let node = Netns::new("objs");
     let objects = tempfile::tempdir().unwrap();
@@ -832,7 +832,7 @@ fn objects_that_do_not_decode_keep_their_names_and_say_so() {
 /// has not looked again.
 #[test]
 fn doctor_reads_the_kernel_at_the_moment_it_runs() {
-    use observer::doctor::Verdict;
+    use observer::api::Verdict;
     common::require_root();
     let node = Netns::new("docn");
     let pod = Netns::new("docp");

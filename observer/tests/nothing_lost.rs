@@ -19,7 +19,7 @@ use common::{
     lab::TestLab,
     node::{Daemon, Keep, Netns, scrape, sum},
 };
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 
 const CALI: &str = "cali0123456789a";
 

@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{lab::observer, sh};
-use observer::{export::api::InterfaceView, flows::view::FlowView};
+use observer::api::{FlowView, InterfaceView};
 
 /// What the daemon takes at most, on a real CPU, to come up or to count.
 fn wait() -> Duration {

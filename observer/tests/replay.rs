@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lab::observer;
-use observer::{flows::view::FlowView, replay::ReplayReport};
+use observer::{api::FlowView, replay::ReplayReport};
 
 fn replay(capture: &str) -> ReplayReport {
     common::require_root();

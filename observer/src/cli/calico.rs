@@ -12,8 +12,8 @@ use super::{
     show,
 };
 use crate::{
-    export::calico_views::{IpamView, NodeView, RoutesView},
-    sources::bird::BirdStatus,
+    api::BirdStatus,
+    api::{IpamView, NodeView, RoutesView},
 };
 
 pub async fn ipam(args: QueryArgs) -> Result<()> {
@@ -373,7 +373,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::sources::bird::BgpPeer;
+    use crate::api::BgpPeer;
 
     #[test]
     fn node_status_reads_like_calicoctl() {

@@ -7,7 +7,7 @@ use super::{
     Output, QueryArgs,
     style::{self, Paint, paint},
 };
-use crate::doctor::{Check, Verdict, healthy};
+use crate::api::{Check, Verdict, healthy};
 
 pub async fn doctor(args: QueryArgs) -> Result<()> {
     let checks: Vec<Check> = args.target.client()?.get("/v1/doctor").await?;

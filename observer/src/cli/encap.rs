@@ -13,10 +13,7 @@ use super::{
     style::{Paint, paint},
     units::{bytes, count, percent},
 };
-use crate::{
-    export::api::{InterfaceView, PodView},
-    flows::view::FlowView,
-};
+use crate::api::{FlowView, InterfaceView, PodView};
 
 /// Traffic through one tunnel device to or from one peer node. Directions
 /// are the node's: `tx` left the node, `rx` arrived.

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use glob::Pattern;
 
-use crate::{flows::view::FlowView, model::EndpointView};
+use crate::api::{EndpointView, FlowView};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FilterArgs {
@@ -219,7 +219,7 @@ impl FilterArgs {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::ServiceRef;
+    use crate::api::ServiceRef;
     use clap::Parser;
 
     #[derive(Parser)]

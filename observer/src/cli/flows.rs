@@ -13,11 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Output, QueryArgs,
-    client::Client,
     filter::{FilterArgs, SortBy},
     render, style,
 };
-use crate::flows::view::FlowView;
+use crate::api::{Client, FlowView};
 
 #[derive(Args, Debug)]
 pub struct FlowsArgs {

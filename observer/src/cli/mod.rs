@@ -1,7 +1,6 @@
 //! The client verbs: ask a daemon over its API socket and render the answer.
 
 pub mod calico;
-pub mod client;
 pub mod doctor;
 pub mod encap;
 pub mod filter;
@@ -16,12 +15,9 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use crate::{
+    api::{Client, FlowView, InterfaceView, PodView, ServiceView, StatusView},
     config::DEFAULT_SOCKET,
-    export::api::{InterfaceView, PodView, ServiceView, StatusView},
-    flows::view::FlowView,
 };
-
-use self::client::Client;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {

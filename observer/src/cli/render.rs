@@ -2,12 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{
-    export::api::{InterfaceView, StatusView},
-    export::api::{PodView, ServiceView},
-    flows::view::FlowView,
-    model::EndpointView,
-};
+use crate::api::{EndpointView, FlowView, InterfaceView, PodView, ServiceView, StatusView};
 
 use super::flows::FlowRow;
 

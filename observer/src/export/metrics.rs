@@ -23,9 +23,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::EndpointView,
     config::{Dimension, Granularity, RunArgs},
     flows::{InterfaceKind, direction, key_addrs, protocol_name, table::Counters},
-    model::{EndpointView, Model},
+    model::Model,
     state::State,
 };
 

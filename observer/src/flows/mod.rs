@@ -1,13 +1,13 @@
 //! Flows: the table of monotonic counters, and how a flow is shown.
 
 pub mod table;
-pub mod view;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
-use self::{table::FlowEntry, view::FlowView};
+use self::table::FlowEntry;
+use crate::api::FlowView;
 pub use crate::datapath::clock::Clock;
 use crate::model::Model;
 

@@ -17,7 +17,7 @@ use super::{
     plan::{NodePlan, Plan, PodPlan, Routing},
     state,
 };
-use crate::cli::client::Client;
+use crate::api::Client;
 
 /// The bridge namespace joining the nodes' `eth0`s.
 pub fn underlay_ns(lab: &str) -> String {

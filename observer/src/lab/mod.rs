@@ -24,8 +24,8 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::{
-    cli::{Output, client::Client, render},
-    flows::view::FlowView,
+    api::{Client, FlowView},
+    cli::{Output, render},
 };
 
 pub const DEFAULT_LAB: &str = "obslab";

@@ -16,11 +16,12 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::sources::{
-    bird::BirdStatus,
-    calico::{Allocation, EncapMode},
-    cni::CniDir,
-    objects::ClusterObjects,
+use crate::{
+    api::{BirdStatus, CniDir},
+    sources::{
+        calico::{Allocation, EncapMode},
+        objects::ClusterObjects,
+    },
 };
 
 /// An IP pool, decoded.

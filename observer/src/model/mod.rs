@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 pub use self::calico::{BlockInfo, CalicoView, PoolInfo};
+use crate::api::{EndpointView, ServiceRef};
 use crate::sources::{
     calico::EncapMode,
     objects::{ClusterObjects, node_addresses, pod_ips, workload_with_owners},
@@ -25,26 +26,6 @@ pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex[..11])
 }
 
-/// Who an address is, as flows show it. Fields we do not know are absent:
-/// unknown stays visibly unknown.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EndpointView {
-    /// `pod`, `host` (a node's address), `service` (a Service VIP),
-    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The owning workload's name, and its kind (`Deployment`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodEntry {
     pub namespace: String,
@@ -54,24 +35,6 @@ pub struct PodEntry {
     pub ips: Vec<IpAddr>,
     /// Calico's host-side interface name for this pod.
     pub interface: String,
-}
-
-/// The Service a flow's destination belongs to.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
-    /// The Service port's name, else its number.
-    pub port: String,
-    /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
-    /// one of its ready endpoints (after DNAT, or directly).
-    pub via: String,
-    /// The endpoint that serves it (for `vip`: from conntrack's DNAT), and
-    /// its pod as `namespace/name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_pod: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,8 +183,8 @@ impl Model {
     /// [`CalicoView::pick_local_subnets`]).
     pub fn set_node_state(
         &mut self,
-        bgp: Vec<crate::sources::bird::BirdStatus>,
-        cni: Option<crate::sources::cni::CniDir>,
+        bgp: Vec<crate::api::BirdStatus>,
+        cni: Option<crate::api::CniDir>,
         interfaces: &[(String, ipnet::IpNet)],
     ) {
         self.calico.local_subnets = self

@@ -20,9 +20,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::FlowView,
     cli::{Output, render},
     datapath::{Datapath, object, testrun},
-    flows::{Clock, Interface, InterfaceKind, table::FlowTable, to_view, view::FlowView},
+    flows::{Clock, Interface, InterfaceKind, table::FlowTable, to_view},
 };
 
 use self::{

@@ -8,7 +8,7 @@ use std::{
 };
 
 use observer::{
-    flows::view::FlowView,
+    api::FlowView,
     lab::{
         plan::{Plan, PodPlan},
         traffic::Sent,
@@ -145,7 +145,7 @@ impl TestLab {
 
     /// (exit success, checks) of `observer doctor -o json` on a node: it
     /// exits 1 when it finds a problem, so its status is part of the answer.
-    pub fn doctor(&self, node: &str) -> (bool, Vec<observer::doctor::Check>) {
+    pub fn doctor(&self, node: &str) -> (bool, Vec<observer::api::Check>) {
         let args = [
             "doctor",
             "--lab",

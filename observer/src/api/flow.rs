@@ -1,8 +1,7 @@
-//! The flow as the API and the CLI show it.
+//! A flow as the API shows it (`/v1/flows`): its interface, direction,
+//! addresses, counters, and who and which Service its ends are.
 
 use serde::{Deserialize, Serialize};
-
-use crate::model::{EndpointView, ServiceRef};
 
 /// One flow on one interface in one direction, with monotonic counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -59,4 +58,41 @@ pub struct FlowView {
     /// (Calico's BGP mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_node: Option<String>,
+}
+/// Who an address is, as flows show it. Fields we do not know are absent:
+/// unknown stays visibly unknown.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointView {
+    /// `pod`, `host` (a node's address), `service` (a Service VIP),
+    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The owning workload's name, and its kind (`Deployment`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// The Service a flow's destination belongs to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name, else its number.
+    pub port: String,
+    /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
+    /// one of its ready endpoints (after DNAT, or directly).
+    pub via: String,
+    /// The endpoint that serves it (for `vip`: from conntrack's DNAT), and
+    /// its pod as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_pod: Option<String>,
 }
