@@ -7,7 +7,10 @@ top-level names it reaches through `crate::` paths, including the ones inside
 `use crate::{a::b, c::{d, e}}` groups. Test code counts too (a `#[cfg(test)]`
 module importing upward is still a cycle to a reader).
 
-Usage: scripts/imports.py [--dot] [--files]   (run from the repository root)
+With `--within MOD` (a directory module such as `lab`), the same for the
+files of MOD, through `super::` and `crate::MOD::` paths.
+
+Usage: scripts/imports.py [--dot] [--files] [--within MOD]   (run from the repository root)
   --files  also list, per edge, the files that make it
   --dot    print Graphviz instead of text
 Exits 1 if there is a cycle between top-level modules.
@@ -51,15 +54,18 @@ def group_heads(body: str) -> list[str]:
     return heads
 
 
-def uses(text: str) -> set[str]:
+def uses(text: str, prefix: str = "crate::") -> set[str]:
     text = strip_comments(text)
     found = set()
     i = 0
     while True:
-        i = text.find("crate::", i)
+        i = text.find(prefix, i)
         if i < 0:
             return found
-        i += len("crate::")
+        if prefix == "super::" and text[max(0, i - 7) : i].endswith("super::"):
+            i += len(prefix)
+            continue
+        i += len(prefix)
         if text.startswith("{", i):
             depth, j = 0, i
             while True:
@@ -79,15 +85,32 @@ def uses(text: str) -> set[str]:
 
 
 def main() -> int:
-    modules = {top_module(p) for p in SRC.rglob("*.rs")} - {None}
     edges = defaultdict(lambda: defaultdict(set))
-    for path in sorted(SRC.rglob("*.rs")):
-        src = top_module(path)
-        if src is None:
-            continue
-        for dst in uses(path.read_text()):
-            if dst in modules and dst != src:
-                edges[src][dst].add(str(path.relative_to(SRC)))
+    if "--within" in sys.argv:
+        parent = sys.argv[sys.argv.index("--within") + 1]
+        files = sorted((SRC / parent).glob("*.rs"))
+        modules = {p.stem for p in files} - {"mod"}
+        for path in files:
+            src = path.stem
+            text = path.read_text()
+            found = uses(text, f"crate::{parent}::")
+            if src == "mod":
+                found |= uses(text, "self::")
+            else:
+                found |= uses(text, "super::")
+            for dst in found:
+                if dst in modules and dst != src:
+                    edges[src][dst].add(path.name)
+        modules |= {"mod"}
+    else:
+        modules = {top_module(p) for p in SRC.rglob("*.rs")} - {None}
+        for path in sorted(SRC.rglob("*.rs")):
+            src = top_module(path)
+            if src is None:
+                continue
+            for dst in uses(path.read_text()):
+                if dst in modules and dst != src:
+                    edges[src][dst].add(str(path.relative_to(SRC)))
 
     if "--dot" in sys.argv:
         print("digraph imports {")
@@ -133,7 +156,7 @@ def main() -> int:
     for comp in sccs:
         print("cycle among:", ", ".join(comp), file=sys.stderr)
     if not sccs:
-        print("no cycles between top-level modules", file=sys.stderr)
+        print("no cycles", file=sys.stderr)
     return 1 if sccs else 0
 
 

@@ -6,14 +6,13 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::{
-    QueryArgs,
-    render::{bytes, count, table},
-    show,
-};
+use super::{QueryArgs, show};
 use crate::{
-    api::BirdStatus,
-    api::{IpamView, NodeView, RoutesView},
+    api::{BirdStatus, IpamView, NodeView, RoutesView},
+    term::{
+        table,
+        units::{bytes, count},
+    },
 };
 
 pub async fn ipam(args: QueryArgs) -> Result<()> {

@@ -8,12 +8,15 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    render::{self, table},
-    style::{Paint, paint},
-    units::{bytes, count, percent},
+use crate::{
+    api::{FlowView, InterfaceView, PodView},
+    term::{
+        flows::named,
+        style::{Paint, paint},
+        table,
+        units::{bytes, count, percent},
+    },
 };
-use crate::api::{FlowView, InterfaceView, PodView};
 
 /// Traffic through one tunnel device to or from one peer node. Directions
 /// are the node's: `tx` left the node, `rx` arrived.
@@ -175,8 +178,8 @@ pub fn aggregate(
                 interface: f.interface.clone(),
                 pod: pod_of(&f.interface),
                 direction: Some(f.direction.clone()),
-                src: Some(render::named(f.src.as_ref(), &f.src_ip, 0)),
-                dst: Some(render::named(f.dst.as_ref(), &f.dst_ip, 0)),
+                src: Some(named(f.src.as_ref(), &f.src_ip, 0)),
+                dst: Some(named(f.dst.as_ref(), &f.dst_ip, 0)),
                 packets: Some(f.packets),
                 mtu: None,
                 tunnel: None,

@@ -7,16 +7,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::{
+    QueryArgs,
+    filter::{FilterArgs, SortBy},
+};
+use crate::{
+    api::{Client, FlowView},
+    term::{FlowRow, Output, flows::flow_rows_table, style},
+};
 use anyhow::{Result, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
-
-use super::{
-    Output, QueryArgs,
-    filter::{FilterArgs, SortBy},
-    render, style,
-};
-use crate::api::{Client, FlowView};
 
 #[derive(Args, Debug)]
 pub struct FlowsArgs {
@@ -49,18 +49,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("the interval must be at least 100ms".into());
     }
     Ok(d)
-}
-
-/// A flow as `flows` prints it: the daemon's flow, and its rates when there
-/// were two samples.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct FlowRow {
-    #[serde(flatten)]
-    pub flow: FlowView,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_per_second: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packets_per_second: Option<f64>,
 }
 
 /// What makes two fetches' flows the same flow: interface, direction, the
@@ -219,14 +207,15 @@ pub fn select(
     rows
 }
 
-fn render(rows: &[FlowRow], total: usize, filtered: bool, output: Output) -> Result<String> {
+/// The text of one answer (or refresh): JSON, or the table.
+fn format_rows(rows: &[FlowRow], total: usize, filtered: bool, output: Output) -> Result<String> {
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(rows)? + "\n",
         o => {
             if rows.is_empty() && total > 0 && filtered {
                 format!("no flows match the filters ({total} flows seen)\n")
             } else {
-                render::flow_rows_table(rows, o == Output::Wide)
+                flow_rows_table(rows, o == Output::Wide)
             }
         }
     })
@@ -277,7 +266,7 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
         };
         let total = rows.len();
         let rows = select(rows, &args.filter, args.sort, args.top);
-        print!("{}", render(&rows, total, filtered, output)?);
+        print!("{}", format_rows(&rows, total, filtered, output)?);
         return Ok(());
     }
 
@@ -296,7 +285,7 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
             // One JSON document per line and refresh.
             Output::Json => writeln!(out, "{}", serde_json::to_string(&rows)?)?,
             _ => {
-                let table = render(&rows, total, filtered, output)?;
+                let table = format_rows(&rows, total, filtered, output)?;
                 if tty {
                     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
                     let title = format!(

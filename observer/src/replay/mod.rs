@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::FlowView,
-    cli::{Output, render},
     datapath::{Datapath, object, testrun},
     flows::{Clock, Interface, InterfaceKind, table::FlowTable, to_view},
+    term::{Output, flows::flows_table},
 };
 
 use self::{
@@ -372,7 +372,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
         Output::Table | Output::Wide => {
             print!(
                 "{}",
-                render::flows_table(&report.flows, args.output == Output::Wide)
+                flows_table(&report.flows, args.output == Output::Wide)
             );
             print!("{}", report.footer());
         }
