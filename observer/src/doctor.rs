@@ -371,10 +371,7 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
         };
         let device = kernel.link_name(route.ifindex);
         let on = observer_common::Encap::from_device(&device);
-        let fits = match expected
-            .as_deref()
-            .and_then(observer_common::Encap::from_name)
-        {
+        let fits = match expected {
             Some(observer_common::Encap::None) => on.is_none(),
             Some(want) => on == Some(want),
             None => true,
@@ -384,7 +381,7 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
                 "{} of {node}: routed via {device} (proto {}), but its pool wants {}",
                 b.cidr,
                 route.protocol,
-                expected.as_deref().unwrap_or("?")
+                expected.map_or("?", observer_common::Encap::name)
             ));
         }
     }

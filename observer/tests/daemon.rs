@@ -84,9 +84,9 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         sink.send_to(&buf[..100], from).expect("reply");
     }
     let want = |f: &FlowView, src: &str, dir: &str| {
-        f.src_ip == src
-            && f.protocol == "udp"
-            && f.direction == dir
+        f.src_ip.to_string() == src
+            && f.protocol.to_string() == "udp"
+            && f.direction.name() == dir
             && f.interface == "cali0123456789a"
     };
     d.wait_for(
@@ -107,11 +107,15 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         .find(|f| want(f, "10.99.0.2", "egress"))
         .unwrap();
     assert_eq!(
-        (sent.dst_ip.as_str(), sent.src_port, sent.dst_port),
+        (
+            sent.dst_ip.to_string().as_str(),
+            sent.src_port,
+            sent.dst_port
+        ),
         ("10.99.0.1", 9001, 9000)
     );
     assert_eq!(
-        (sent.packets, sent.bytes, sent.encap.as_str()),
+        (sent.packets, sent.bytes, sent.encap.name()),
         (10, 1280, "none")
     );
     let got = flows
@@ -369,7 +373,11 @@ fn tcp_counts_match_tcpdump() {
     );
 
     fn tcp(dir: &'static str) -> impl Fn(&&FlowView) -> bool {
-        move |f| f.interface == "cali5e1f0c0ffee" && f.protocol == "tcp" && f.direction == dir
+        move |f| {
+            f.interface == "cali5e1f0c0ffee"
+                && f.protocol.to_string() == "tcp"
+                && f.direction.name() == dir
+        }
     }
     let counts = |d: &Daemon| {
         let flows = d.flows();

@@ -273,9 +273,9 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
             .iter()
             .find(|f| {
                 f.interface == dev
-                    && f.direction == dir
-                    && f.protocol == "udp"
-                    && (f.src_ip.as_str(), f.dst_ip.as_str()) == (src, dst)
+                    && f.direction.name() == dir
+                    && f.protocol.to_string() == "udp"
+                    && (f.src_ip.to_string().as_str(), f.dst_ip.to_string().as_str()) == (src, dst)
             })
             .map(|f| (f.packets, f.bytes, f.encap.clone(), f.overhead_bytes))
     };
@@ -293,7 +293,7 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
     };
     let expected: Vec<_> = want
         .iter()
-        .map(|&(_, _, _, overhead)| Some((N, inner, "ipip".to_owned(), overhead)))
+        .map(|&(_, _, _, overhead)| Some((N, inner, observer::api::Encap::Ipip, overhead)))
         .collect();
     let deadline = Instant::now() + wait();
     while seen(&d.flows()) != expected && Instant::now() < deadline {

@@ -8,6 +8,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::Encap;
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DeviceView {
     pub name: String,
@@ -70,11 +72,11 @@ pub struct BlockRouteView {
     pub device: Option<String>,
     /// The encapsulation the device does (`vxlan`, `ipip`, `wireguard`),
     /// `none` for the underlay.
-    pub device_encap: Option<String>,
+    pub device_encap: Option<Encap>,
     /// `bird`, `80` (Felix's VXLAN routes), `static`, `kernel`, `boot`...
     pub protocol: Option<String>,
     /// What the pool's mode says it should be (`none`, `vxlan`, `ipip`).
-    pub expected_encap: Option<String>,
+    pub expected_encap: Option<Encap>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

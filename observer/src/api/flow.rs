@@ -1,7 +1,141 @@
 //! A flow as the API shows it (`/v1/flows`): its interface, direction,
 //! addresses, counters, and who and which Service its ends are.
 
+use std::{fmt, net::IpAddr};
+
+pub use observer_common::Encap;
 use serde::{Deserialize, Serialize};
+
+/// Which way a flow goes: from the pod's point of view on pod interfaces,
+/// from the node's on tunnel and underlay devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An IP protocol: `tcp`, `udp`, `icmp`, `icmpv6`, or its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    Other(u8),
+}
+
+impl Protocol {
+    pub fn from_number(n: u8) -> Self {
+        match n {
+            6 => Self::Tcp,
+            17 => Self::Udp,
+            1 => Self::Icmp,
+            58 => Self::Icmpv6,
+            n => Self::Other(n),
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Icmp => 1,
+            Self::Icmpv6 => 58,
+            Self::Other(n) => n,
+        }
+    }
+
+    /// ICMP or ICMPv6: no ports, a type and a code.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Self::Icmp | Self::Icmpv6)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp => f.write_str("tcp"),
+            Self::Udp => f.write_str("udp"),
+            Self::Icmp => f.write_str("icmp"),
+            Self::Icmpv6 => f.write_str("icmpv6"),
+            Self::Other(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl From<Protocol> for String {
+    fn from(p: Protocol) -> Self {
+        p.to_string()
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tcp" => Ok(Self::Tcp),
+            "udp" => Ok(Self::Udp),
+            "icmp" => Ok(Self::Icmp),
+            "icmpv6" => Ok(Self::Icmpv6),
+            n => n
+                .parse()
+                .map(Self::from_number)
+                .map_err(|_| format!("unknown protocol {s:?}: tcp, udp, icmp, icmpv6 or a number")),
+        }
+    }
+}
+
+impl TryFrom<String> for Protocol {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// How a flow reaches its Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// Sent to the ClusterIP (seen before DNAT).
+    #[default]
+    Vip,
+    /// Sent to one of its ready endpoints (after DNAT, or directly).
+    Endpoint,
+}
+
+impl Via {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vip => "vip",
+            Self::Endpoint => "endpoint",
+        }
+    }
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One flow on one interface in one direction, with monotonic counters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -10,27 +144,27 @@ pub struct FlowView {
     pub ifindex: u32,
     /// `egress`/`ingress`: from the pod's point of view on pod interfaces,
     /// from the node's on tunnel and underlay devices.
-    pub direction: String,
-    pub src_ip: String,
-    pub dst_ip: String,
+    pub direction: Direction,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
     /// 0 for protocols without ports (ICMP: see `icmp_type`).
     pub src_port: u16,
     pub dst_port: u16,
     /// `tcp`, `udp`, `icmp`, `icmpv6`, or the protocol number.
-    pub protocol: String,
+    pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_type: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub icmp_code: Option<u8>,
     /// `none`, `ipip`, `vxlan` or `wireguard`.
-    pub encap: String,
+    pub encap: Encap,
     /// The encapsulation the flow should have between nodes, from the IP
     /// pool of its remote end (`ipipMode`/`vxlanMode`, CrossSubnet decided
     /// by the peer node's subnet): `none`, `ipip` or `vxlan`; absent when
     /// it cannot be told. On pod interfaces, where packets are never
     /// encapsulated, it says how the flow crosses to the other node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expected_encap: Option<String>,
+    pub expected_encap: Option<Encap>,
     /// Packets as on the wire (GSO segments counted one by one).
     pub packets: u64,
     /// Bytes of the IP packets (inner ones when encapsulated), as on the wire.
@@ -88,7 +222,7 @@ pub struct ServiceRef {
     pub port: String,
     /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
     /// one of its ready endpoints (after DNAT, or directly).
-    pub via: String,
+    pub via: Via,
     /// The endpoint that serves it (for `vip`: from conntrack's DNAT), and
     /// its pod as `namespace/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

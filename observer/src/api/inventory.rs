@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::Protocol;
+
 /// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
 /// the traffic this node saw: sent to its VIPs by local pods, and delivered
 /// to its endpoints on local pods.
@@ -14,7 +16,7 @@ pub struct ServiceView {
     pub namespace: String,
     pub name: String,
     pub port: String,
-    pub protocol: String,
+    pub protocol: Protocol,
     pub vips: Vec<String>,
     pub vip_packets: u64,
     pub vip_bytes: u64,

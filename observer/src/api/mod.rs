@@ -17,7 +17,7 @@ pub use self::{
     },
     client::Client,
     doctor::{Check, Verdict, healthy},
-    flow::{EndpointView, FlowView, ServiceRef},
+    flow::{Direction, Encap, EndpointView, FlowView, Protocol, ServiceRef, Via},
     inventory::{BackendView, EncapView, InterfaceView, PodView, ServiceView, StatusView},
 };
 

@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::{QueryArgs, show};
 use crate::{
-    api::{BirdStatus, IpamView, NodeView, RoutesView},
+    api::{BirdStatus, Encap, IpamView, NodeView, RoutesView},
     term::{
         table,
         units::{bytes, count},
@@ -177,8 +177,8 @@ pub fn routes_text(v: &RoutesView, wide: bool) -> String {
                     r.next_hop.clone().unwrap_or_else(|| "(no route)".into()),
                     opt(&r.device),
                     opt(&r.protocol),
-                    opt(&r.device_encap),
-                    opt(&r.expected_encap),
+                    opt(&r.device_encap.map(Encap::name)),
+                    opt(&r.expected_encap.map(Encap::name)),
                 ];
                 if wide {
                     row.push(opt(&r.pool));

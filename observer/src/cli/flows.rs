@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal as _, Write as _},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -12,7 +13,7 @@ use super::{
     filter::{FilterArgs, SortBy},
 };
 use crate::{
-    api::{Client, FlowView},
+    api::{Client, Direction, Encap, FlowView, Protocol},
     term::{FlowRow, Output, flows::flow_rows_table, style},
 };
 use anyhow::{Result, bail};
@@ -57,13 +58,13 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FlowId {
     interface: String,
-    direction: String,
-    src_ip: String,
+    direction: Direction,
+    src_ip: IpAddr,
     src_port: u16,
-    dst_ip: String,
+    dst_ip: IpAddr,
     dst_port: u16,
-    protocol: String,
-    encap: String,
+    protocol: Protocol,
+    encap: Encap,
     icmp: Option<(u8, Option<u8>)>,
 }
 
@@ -71,13 +72,13 @@ impl FlowId {
     pub fn of(f: &FlowView) -> Self {
         Self {
             interface: f.interface.clone(),
-            direction: f.direction.clone(),
-            src_ip: f.src_ip.clone(),
+            direction: f.direction,
+            src_ip: f.src_ip,
             src_port: f.src_port,
-            dst_ip: f.dst_ip.clone(),
+            dst_ip: f.dst_ip,
             dst_port: f.dst_port,
-            protocol: f.protocol.clone(),
-            encap: f.encap.clone(),
+            protocol: f.protocol,
+            encap: f.encap,
             icmp: f.icmp_type.map(|t| (t, f.icmp_code)),
         }
     }
@@ -334,7 +335,7 @@ mod tests {
         let t0 = Instant::now();
         let a = flow("cali1", "udp", 1000, 53, "none");
         let mut other_dir = a.clone();
-        other_dir.direction = "ingress".into();
+        other_dir.direction = Direction::Ingress;
         other_dir.bytes = 50;
         let mut other_if = a.clone();
         other_if.interface = "vxlan.calico".into();

@@ -10,8 +10,8 @@ use tokio::task::JoinHandle;
 
 use crate::{
     api::{
-        BackendView, EncapView, FlowView, InterfaceView, POLLED_AT, PodView, ServiceView,
-        StatusView,
+        BackendView, Direction, EncapView, FlowView, InterfaceView, POLLED_AT, PodView, Protocol,
+        ServiceView, StatusView, Via,
     },
     flows::{direction, to_view},
     state::{Shared, interface_of},
@@ -68,7 +68,7 @@ async fn flows(
         let (_, dst) = crate::flows::key_addrs(k);
         st.model
             .service_of(dst, k.dst_port, k.protocol)
-            .is_some_and(|r| r.via == "vip")
+            .is_some_and(|r| r.via == Via::Vip)
     });
     let nat = if to_vip {
         tokio::task::block_in_place(crate::sources::conntrack::dnat_table)
@@ -190,7 +190,7 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
                 namespace: sp.namespace.clone(),
                 name: sp.name.clone(),
                 port: sp.port_name.clone().unwrap_or_else(|| sp.port.to_string()),
-                protocol: crate::flows::protocol_name(sp.protocol),
+                protocol: Protocol::from_number(sp.protocol),
                 vips: sp.vips.iter().map(|v| socket_addr(*v, sp.port)).collect(),
                 vip_packets: vp,
                 vip_bytes: vb,
@@ -221,7 +221,7 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
                 || format!("fwmark {}", v.fwmark.unwrap_or(0)),
                 |a| a.port().to_string(),
             ),
-            protocol: crate::flows::protocol_name(v.protocol),
+            protocol: Protocol::from_number(v.protocol),
             vips: v.address.iter().map(ToString::to_string).collect(),
             vip_packets: 0,
             vip_bytes: 0,
@@ -270,7 +270,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
                     let t = s.totals.hook[hook as usize];
-                    if direction(s.iface.kind, hook) == "ingress" {
+                    if direction(s.iface.kind, hook) == Direction::Ingress {
                         (v.ingress_packets, v.ingress_bytes) = (t.packets, t.bytes);
                     } else {
                         (v.egress_packets, v.egress_bytes) = (t.packets, t.bytes);

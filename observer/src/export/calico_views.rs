@@ -167,14 +167,11 @@ fn if_name(ifindex: u32) -> Option<String> {
 }
 
 /// The encapsulation a device does, from its kind or Calico's names.
-fn device_encap(st: &State, ifindex: u32, name: &str) -> String {
+fn device_encap(st: &State, ifindex: u32, name: &str) -> Encap {
     if let Some(InterfaceKind::Tunnel(e)) = interface_of(st, ifindex).map(|i| i.kind) {
-        return e.name().to_owned();
+        return e;
     }
-    observer_common::Encap::from_device(name)
-        .unwrap_or(observer_common::Encap::None)
-        .name()
-        .to_owned()
+    Encap::from_device(name).unwrap_or(Encap::None)
 }
 
 pub fn routes_view(st: &State) -> RoutesView {

@@ -279,7 +279,7 @@ fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result
             // Pod-to-pod traffic; the IPv6 link-local chatter is left out.
             let mut shown: Vec<FlowView> = flows
                 .into_iter()
-                .filter(|f| !f.src_ip.starts_with("fe80") && !f.dst_ip.starts_with("ff02"))
+                .filter(|f| !is_link_local(f.src_ip) && !is_link_local_multicast(f.dst_ip))
                 .collect();
             let total = shown.len();
             // The latest round's flows (every round opens new ones).
@@ -313,4 +313,14 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(signal, stop.clone())?;
     }
     Ok(stop)
+}
+
+/// fe80::/10.
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// ff02::/16.
+fn is_link_local_multicast(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] == 0xff02)
 }

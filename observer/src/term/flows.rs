@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{EndpointView, FlowView};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::api::{EndpointView, FlowView, Via};
 
 use super::{
     style,
@@ -24,11 +26,19 @@ pub struct FlowRow {
     pub packets_per_second: Option<f64>,
 }
 
-fn endpoint(ip: &str, port: u16) -> String {
-    match (ip.contains(':'), port) {
-        (_, 0) => ip.to_owned(),
-        (true, p) => format!("[{ip}]:{p}"),
-        (false, p) => format!("{ip}:{p}"),
+fn endpoint(ip: IpAddr, port: u16) -> String {
+    match port {
+        0 => ip.to_string(),
+        p => SocketAddr::new(ip, p).to_string(),
+    }
+}
+
+/// The destination column: the Service (`namespace/name:port`) for a
+/// flow to its VIP, else the destination as [`named`] shows it.
+fn destination(f: &FlowView) -> String {
+    match &f.service {
+        Some(s) if s.via == Via::Vip => format!("{}/{}:{}", s.namespace, s.name, s.port),
+        _ => named(f.dst.as_ref(), f.dst_ip, f.dst_port),
     }
 }
 
@@ -78,17 +88,17 @@ pub fn flow_rows_table(flows: &[FlowRow], wide: bool) -> String {
         .iter()
         .map(|row| {
             let f = &row.flow;
-            let mut proto = f.protocol.clone();
+            let mut proto = f.protocol.to_string();
             if let (Some(t), Some(c)) = (f.icmp_type, f.icmp_code) {
                 proto = format!("{proto} {t}/{c}");
             }
             let mut r = vec![
                 f.interface.clone(),
-                style::direction(&f.direction),
+                style::direction(f.direction),
                 proto,
-                named(f.src.as_ref(), &f.src_ip, f.src_port),
-                named(f.dst.as_ref(), &f.dst_ip, f.dst_port),
-                f.encap.clone(),
+                named(f.src.as_ref(), f.src_ip, f.src_port),
+                destination(f),
+                f.encap.name().to_owned(),
                 count(f.packets),
                 bytes(f.bytes),
             ];
@@ -120,7 +130,7 @@ pub fn flow_rows_table(flows: &[FlowRow], wide: bool) -> String {
 }
 
 /// `namespace/pod` where known, else the address.
-pub(crate) fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
+pub(crate) fn named(ep: Option<&EndpointView>, ip: IpAddr, port: u16) -> String {
     let addr = endpoint(ip, port);
     match ep {
         Some(EndpointView {

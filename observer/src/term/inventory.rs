@@ -64,7 +64,7 @@ pub fn services_text(list: &[ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in list {
         rows.push(vec![
-            s.protocol.to_uppercase(),
+            s.protocol.to_string().to_uppercase(),
             s.vips.join(","),
             if s.name.is_empty() {
                 format!("(IPVS, no Service) :{}", s.port)

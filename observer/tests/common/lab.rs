@@ -66,8 +66,8 @@ pub fn counts(f: &FlowView) -> (u64, u64, &str, &str, u64) {
     (
         f.packets,
         f.bytes,
-        f.direction.as_str(),
-        f.encap.as_str(),
+        f.direction.name(),
+        f.encap.name(),
         f.overhead_bytes,
     )
 }
@@ -183,9 +183,9 @@ impl TestLab {
         loop {
             let found = self.flows(node).into_iter().find(|f| {
                 f.interface == iface
-                    && f.src_ip == sent.src_ip.to_string()
+                    && f.src_ip.to_string() == sent.src_ip.to_string()
                     && f.src_port == sent.src_port
-                    && f.dst_ip == sent.dst_ip.to_string()
+                    && f.dst_ip.to_string() == sent.dst_ip.to_string()
                     && f.dst_port == sent.dst_port
             });
             match found {
