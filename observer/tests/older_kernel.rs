@@ -277,7 +277,7 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
                     && f.protocol.to_string() == "udp"
                     && (f.src_ip.to_string().as_str(), f.dst_ip.to_string().as_str()) == (src, dst)
             })
-            .map(|f| (f.packets, f.bytes, f.encap.clone(), f.overhead_bytes))
+            .map(|f| (f.packets, f.bytes, f.encap, f.overhead_bytes))
     };
     let inner = N * 128;
     let want = [
