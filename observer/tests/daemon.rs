@@ -19,7 +19,7 @@ use common::{
     node::{Daemon, Netns},
     sh,
 };
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 
 /// Everything tc and bpftool show on an interface: empty when we left
 /// nothing behind.
@@ -84,9 +84,9 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         sink.send_to(&buf[..100], from).expect("reply");
     }
     let want = |f: &FlowView, src: &str, dir: &str| {
-        f.src_ip == src
-            && f.protocol == "udp"
-            && f.direction == dir
+        f.src_ip.to_string() == src
+            && f.protocol.to_string() == "udp"
+            && f.direction.name() == dir
             && f.interface == "cali0123456789a"
     };
     d.wait_for(
@@ -107,11 +107,15 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         .find(|f| want(f, "10.99.0.2", "egress"))
         .unwrap();
     assert_eq!(
-        (sent.dst_ip.as_str(), sent.src_port, sent.dst_port),
+        (
+            sent.dst_ip.to_string().as_str(),
+            sent.src_port,
+            sent.dst_port
+        ),
         ("10.99.0.1", 9001, 9000)
     );
     assert_eq!(
-        (sent.packets, sent.bytes, sent.encap.as_str()),
+        (sent.packets, sent.bytes, sent.encap.name()),
         (10, 1280, "none")
     );
     let got = flows
@@ -369,7 +373,11 @@ fn tcp_counts_match_tcpdump() {
     );
 
     fn tcp(dir: &'static str) -> impl Fn(&&FlowView) -> bool {
-        move |f| f.interface == "cali5e1f0c0ffee" && f.protocol == "tcp" && f.direction == dir
+        move |f| {
+            f.interface == "cali5e1f0c0ffee"
+                && f.protocol.to_string() == "tcp"
+                && f.direction.name() == dir
+        }
     }
     let counts = |d: &Daemon| {
         let flows = d.flows();
@@ -730,14 +738,14 @@ fn pod_object(name: &str, ip: &str) -> serde_json::Value {
 }
 
 /// `observer doctor -o json` against `socket`: (exit success, checks).
-fn doctor(socket: &Path) -> (bool, Vec<observer::doctor::Check>) {
+fn doctor(socket: &Path) -> (bool, Vec<observer::api::Check>) {
     let out = common::lab::run(&["doctor", "--socket", socket.to_str().unwrap(), "-o", "json"]);
     let checks = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), checks)
 }
 
-fn check(checks: Vec<observer::doctor::Check>, name: &str) -> observer::doctor::Check {
+fn check(checks: Vec<observer::api::Check>, name: &str) -> observer::api::Check {
     checks.into_iter().find(|c| c.name == name).expect(name)
 }
 
@@ -754,7 +762,7 @@ fn objects_synced(ns: &Netns) -> Option<f64> {
 /// wrong, and the daemon logs each once; fixed, all is well again.
 #[test]
 fn objects_that_do_not_decode_keep_their_names_and_say_so() {
-    use observer::{doctor::Verdict, export::api::PodView};
+    use observer::api::{PodView, Verdict};
     common::require_root();
     let node = Netns::new("objs");
     let objects = tempfile::tempdir().unwrap();
@@ -832,7 +840,7 @@ fn objects_that_do_not_decode_keep_their_names_and_say_so() {
 /// has not looked again.
 #[test]
 fn doctor_reads_the_kernel_at_the_moment_it_runs() {
-    use observer::doctor::Verdict;
+    use observer::api::Verdict;
     common::require_root();
     let node = Netns::new("docn");
     let pod = Netns::new("docp");
@@ -951,7 +959,7 @@ fn a_big_conntrack_table_never_holds_up_a_poll() {
         s.send_to(b"query", "10.96.0.10:53").unwrap();
     });
     d.wait_for(
-        |d| d.flows().iter().any(|f| f.dst_ip == "10.96.0.10"),
+        |d| d.flows().iter().any(|f| f.dst_ip.to_string() == "10.96.0.10"),
         "the flow to the VIP",
     );
 

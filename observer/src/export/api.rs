@@ -1,80 +1,21 @@
 //! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
 //! shows comes from here.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    path::Path,
-};
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State as AxState, routing::get};
 use observer_common::{Encap, FlowKey, Hook, Stat};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::{
-    flows::{Interface, direction, table::FlowEntry, to_view, view::FlowView},
+    api::{
+        BackendView, Direction, EncapView, FlowView, InterfaceView, POLLED_AT, PodView, Protocol,
+        ServiceView, StatusView, Via,
+    },
+    flows::{Interface, direction, table::FlowEntry, to_view},
     state::{Shared, interface_of},
 };
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct InterfaceView {
-    pub name: String,
-    pub ifindex: u32,
-    /// `pod`, `tunnel/<encap>` or `underlay`.
-    pub kind: String,
-    /// `ethernet` or `l3`.
-    pub layer: String,
-    /// `tcx` or `clsact`; absent when not attached.
-    pub attached_via: Option<String>,
-    pub attach_error: Option<String>,
-    pub gone: bool,
-    /// Directions as for flows (the pod's view on pod interfaces).
-    pub ingress_packets: u64,
-    pub ingress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_bytes: u64,
-    pub non_ip_packets: u64,
-    /// Packets counted without a flow because the flow map was full (in
-    /// the totals above, in no flow).
-    #[serde(default)]
-    pub overflow_packets: u64,
-    /// The link's MTU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct EncapView {
-    pub packets: u64,
-    pub bytes: u64,
-    pub overhead_bytes: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct StatusView {
-    pub version: String,
-    pub uptime_seconds: u64,
-    pub attached_interfaces: usize,
-    pub polls: u64,
-    pub last_poll_ms: f64,
-    /// Entries in the kernel flow map at the last poll, and its size.
-    pub kernel_flow_entries: u64,
-    pub flow_capacity: u32,
-    /// Flows the API shows (live and recently evicted).
-    pub flows_tracked: usize,
-    /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
-    pub datapath: BTreeMap<String, u64>,
-    /// Kernel entries that vanished before we read them out (only after a
-    /// crash: nothing else deletes flows).
-    pub lru_evictions: u64,
-    /// Packets counted without a flow because the flow map was full: in
-    /// their interface's and pod's totals, in no flow.
-    #[serde(default)]
-    pub overflow_packets: u64,
-    /// Per encapsulation, from outer headers on underlay devices.
-    pub encap: BTreeMap<String, EncapView>,
-}
 
 /// Binds the socket (mode 0600 from the start; [`super::prepare`] has
 /// removed a stale one) and serves until the returned task is aborted.
@@ -114,13 +55,9 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::doctor::Check>> {
+async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::api::Check>> {
     Json(crate::doctor::run(&state).await)
 }
-
-/// The header that says when the counters of an answer were read from the
-/// kernel (milliseconds since the Unix epoch).
-pub const POLLED_AT: &str = "x-observer-polled-at-ms";
 
 async fn flows(
     AxState(state): AxState<Shared>,
@@ -145,7 +82,7 @@ async fn flows(
         let (_, dst) = crate::flows::key_addrs(k);
         model
             .service_of(dst, k.dst_port, k.protocol)
-            .is_some_and(|r| r.via == "vip")
+            .is_some_and(|r| r.via == Via::Vip)
     });
     let nat = if to_vip {
         tokio::task::spawn_blocking(crate::sources::conntrack::dnat_table)
@@ -176,26 +113,6 @@ async fn flows(
             .then_with(|| a.interface.cmp(&b.interface))
     });
     ([(POLLED_AT, polled_at.to_string())], Json(out))
-}
-
-/// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
-/// shows it, with its traffic (the pod's point of view).
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct PodView {
-    pub namespace: String,
-    pub name: String,
-    pub workload: Option<String>,
-    pub workload_kind: Option<String>,
-    pub node: Option<String>,
-    /// Addresses as Calico's networks: `/32` and `/128`.
-    pub networks: Vec<String>,
-    pub interface: String,
-    /// Whether the observer is attached to the interface.
-    pub attached: bool,
-    pub ingress_packets: u64,
-    pub ingress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_bytes: u64,
 }
 
 async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
@@ -244,31 +161,6 @@ async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
     Json(out)
 }
 
-/// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
-/// the traffic this node saw: sent to its VIPs by local pods, and delivered
-/// to its endpoints on local pods.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ServiceView {
-    pub namespace: String,
-    pub name: String,
-    pub port: String,
-    pub protocol: String,
-    pub vips: Vec<String>,
-    pub vip_packets: u64,
-    pub vip_bytes: u64,
-    pub backends: Vec<BackendView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct BackendView {
-    pub address: String,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    pub ready: bool,
-    pub packets: u64,
-    pub bytes: u64,
-}
-
 fn socket_addr(ip: std::net::IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(ip, port).to_string()
 }
@@ -313,7 +205,7 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
                 namespace: sp.namespace.clone(),
                 name: sp.name.clone(),
                 port: sp.port_name.clone().unwrap_or_else(|| sp.port.to_string()),
-                protocol: crate::flows::protocol_name(sp.protocol),
+                protocol: Protocol::from_number(sp.protocol),
                 vips: sp.vips.iter().map(|v| socket_addr(*v, sp.port)).collect(),
                 vip_packets: vp,
                 vip_bytes: vb,
@@ -344,7 +236,7 @@ async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
                 || format!("fwmark {}", v.fwmark.unwrap_or(0)),
                 |a| a.port().to_string(),
             ),
-            protocol: crate::flows::protocol_name(v.protocol),
+            protocol: Protocol::from_number(v.protocol),
             vips: v.address.iter().map(ToString::to_string).collect(),
             vip_packets: 0,
             vip_bytes: 0,
@@ -393,7 +285,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
                     let t = s.totals.hook[hook as usize];
-                    if direction(s.iface.kind, hook) == "ingress" {
+                    if direction(s.iface.kind, hook) == Direction::Ingress {
                         (v.ingress_packets, v.ingress_bytes) = (t.packets, t.bytes);
                     } else {
                         (v.egress_packets, v.egress_bytes) = (t.packets, t.bytes);

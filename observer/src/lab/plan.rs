@@ -114,6 +114,18 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
 }
 
+impl Plan {
+    /// The pods' MTU: the underlay's 1500 less VXLAN's overhead (50 bytes
+    /// over IPv4, 70 over IPv6); unencapsulated (BGP), the underlay's own
+    /// (Calico's automatic MTU does the same).
+    pub fn pod_mtu(&self) -> u32 {
+        match self.routing {
+            Routing::Bgp => 1500,
+            Routing::Vxlan => 1500 - observer_common::Encap::Vxlan.overhead(self.ipv6),
+        }
+    }
+}
+
 /// Pod `nodeK-podI` belongs to Deployment `appI`: every Deployment has a
 /// pod on every node.
 pub fn deployment_of(pod: &str) -> String {
