@@ -959,7 +959,11 @@ fn a_big_conntrack_table_never_holds_up_a_poll() {
         s.send_to(b"query", "10.96.0.10:53").unwrap();
     });
     d.wait_for(
-        |d| d.flows().iter().any(|f| f.dst_ip.to_string() == "10.96.0.10"),
+        |d| {
+            d.flows()
+                .iter()
+                .any(|f| f.dst_ip.to_string() == "10.96.0.10")
+        },
         "the flow to the VIP",
     );
 
