@@ -54,8 +54,14 @@ impl Hook {
 /// Encapsulation of a flow: known from the outer headers in the kernel, or
 /// from the device it was seen on (set by userspace for tunnel devices).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum Encap {
+    #[default]
     None = 0,
     Ipip = 1,
     Vxlan = 2,
@@ -124,6 +130,14 @@ impl Encap {
     /// `-v6` devices run over IPv6); 0 for a device that is no tunnel.
     pub fn device_overhead(name: &str) -> u32 {
         Self::from_device(name).map_or(0, |e| e.overhead(name.contains("-v6")))
+    }
+}
+
+/// Its [`name`](Encap::name).
+#[cfg(feature = "user")]
+impl core::fmt::Display for Encap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -9,37 +9,14 @@ use std::{
     net::IpAddr,
 };
 
-use serde::{Deserialize, Serialize};
-
 use crate::{
+    api::{Check, Verdict},
     datapath::{attach::Via, links::LinkInfoView},
     flows::InterfaceKind,
     model::Model,
     sources::routes::RouteTable,
     state::State,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Ok,
-    /// Not applicable here (no IPVS, no BIRD, ...).
-    Skip,
-    Warn,
-    Fail,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub verdict: Verdict,
-    pub summary: String,
-    /// What was found wrong (or, when all is well, what was looked at).
-    #[serde(default)]
-    pub evidence: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
 
 impl Check {
     fn new(name: &str, problems: Vec<String>, looked_at: String, hint: &str, bad: Verdict) -> Self {
@@ -71,13 +48,6 @@ impl Check {
             hint: None,
         }
     }
-}
-
-/// Whether anything is wrong (the CLI's exit code).
-pub fn healthy(checks: &[Check]) -> bool {
-    checks
-        .iter()
-        .all(|c| matches!(c.verdict, Verdict::Ok | Verdict::Skip))
 }
 
 /// Runs every check: the daemon's state beside what the kernel says now.
@@ -401,10 +371,7 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
         };
         let device = kernel.link_name(route.ifindex);
         let on = observer_common::Encap::from_device(&device);
-        let fits = match expected
-            .as_deref()
-            .and_then(observer_common::Encap::from_name)
-        {
+        let fits = match expected {
             Some(observer_common::Encap::None) => on.is_none(),
             Some(want) => on == Some(want),
             None => true,
@@ -414,7 +381,7 @@ fn remote_block_routes(m: &Model, kernel: &Kernel) -> Check {
                 "{} of {node}: routed via {device} (proto {}), but its pool wants {}",
                 b.cidr,
                 route.protocol,
-                expected.as_deref().unwrap_or("?")
+                expected.map_or("?", observer_common::Encap::name)
             ));
         }
     }

@@ -1,10 +1,33 @@
 //! `observer`: an eBPF flow observer for Kubernetes clusters networked by
 //! Calico. The library holds everything; `main.rs` is the command line.
 //!
-//! Data flows one way: kernel maps -> [`datapath`] drain -> [`flows`] table
-//! -> [`export`] (JSON API, metrics) -> [`cli`]; [`doctor`] checks the
-//! node from the same state.
+//! What depends on what (`scripts/imports.py` draws it from the `use`s and
+//! fails on a cycle); each module uses only the ones listed after it:
+//!
+//! - [`api`]: the JSON API's types and its client. Uses nothing.
+//! - [`datapath`] (load, attach, drain the kernel maps), [`lab_dir`]
+//!   (where a lab's files are): use nothing.
+//! - [`sources`] (routes, Kubernetes, IPVS, BIRD, CNI, conntrack): `api`.
+//! - [`model`] (who an address is, which Service, which node): `sources`,
+//!   `api`.
+//! - [`flows`] (the flow table, a flow as the API shows it): `model`,
+//!   `sources`, `datapath`, `api`.
+//! - [`config`] (the daemon's settings): `flows`, `datapath`.
+//! - [`state`] (the daemon's shared state): `model`, `flows`, `datapath`.
+//! - [`doctor`], then [`export`] (JSON API server, metrics): `state` and
+//!   what is below it; `export` also `doctor` and `config`.
+//! - [`daemon`] (`observer run`): the wiring, above all of those.
+//! - [`term`] (tables, colour, units): `api`.
+//! - [`cli`] (the client verbs): `api`, `term`, `config`, `lab_dir`; never
+//!   the server.
+//! - [`lab`], [`replay`], [`bench`], [`fuzz`]: beside the daemon, on
+//!   `api`, `term`, `datapath`, `flows`, `model`, `sources` as they need.
+//!
+//! A flow goes one way: kernel maps -> [`datapath`] drain -> [`flows`]
+//! table in [`state`] -> [`export`] (metrics, JSON API) -> [`api`] ->
+//! [`cli`] and [`term`].
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -15,7 +38,9 @@ pub mod export;
 pub mod flows;
 pub mod fuzz;
 pub mod lab;
+pub mod lab_dir;
 pub mod model;
 pub mod replay;
 pub mod sources;
 pub mod state;
+pub mod term;

@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::sh;
-use observer::sources::bird::{BirdStatus, show_protocols};
+use observer::{api::BirdStatus, sources::bird::show_protocols};
 
 const BIRD: &str = "/usr/sbin/bird";
 const BIRD6: &str = "/usr/sbin/bird6";

@@ -148,7 +148,7 @@ fn observer_node_sees_a_frozen_bird_peer_go_down_within_the_hold_time() {
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(!healthy, "doctor passed with a peer down");
     let bgp = checks.iter().find(|c| c.name == "bgp-peers").unwrap();
-    assert_eq!(bgp.verdict, observer::doctor::Verdict::Fail);
+    assert_eq!(bgp.verdict, observer::api::Verdict::Fail);
     assert!(
         bgp.evidence.iter().any(|e| e.contains(&peer)),
         "{:?}",

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::lab::{TestLab, command, observer, run};
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 use serde_json::Value;
 
 /// Interface, direction and 5-tuple: what tells flows apart.
@@ -58,7 +58,9 @@ fn every_verb_and_flow_filters_on_a_lab() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let all = lab.flows("node1");
-        let dns = all.iter().any(|f| f.protocol == "udp" && f.dst_port == 53);
+        let dns = all
+            .iter()
+            .any(|f| f.protocol.to_string() == "udp" && f.dst_port == 53);
         let vxlan = all
             .iter()
             .any(|f| f.interface == "vxlan.calico" && f.packets > 0);
@@ -159,12 +161,12 @@ fn every_verb_and_flow_filters_on_a_lab() {
     let dns = lab.flows_where("node1", &["--protocol", "udp", "--port", "53"]);
     let want: Vec<FlowView> = all
         .iter()
-        .filter(|f| f.protocol == "udp" && (f.src_port == 53 || f.dst_port == 53))
+        .filter(|f| f.protocol.to_string() == "udp" && (f.src_port == 53 || f.dst_port == 53))
         .cloned()
         .collect();
     assert!(!dns.is_empty(), "no DNS flows: {all:#?}");
     assert_eq!(ids(&dns), ids(&want));
-    assert!(dns.iter().all(|f| f.protocol == "udp"));
+    assert!(dns.iter().all(|f| f.protocol.to_string() == "udp"));
     // The same by Service.
     let svc = dns
         .iter()
@@ -184,7 +186,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
     let vx = lab.flows_where("node1", &["--namespace", "default", "--encap", "vxlan"]);
     let want: Vec<FlowView> = all
         .iter()
-        .filter(|f| f.encap == "vxlan" && ns_is(f, "default"))
+        .filter(|f| f.encap.to_string() == "vxlan" && ns_is(f, "default"))
         .cloned()
         .collect();
     assert!(
@@ -199,7 +201,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
     let node2 = lab.flows_where("node1", &["--node", "node2", "--protocol", "tcp"]);
     assert!(!node2.is_empty());
     assert!(node2.iter().all(|f| {
-        f.protocol == "tcp"
+        f.protocol.to_string() == "tcp"
             && (f.peer_node.as_deref() == Some("node2")
                 || [&f.src, &f.dst]
                     .into_iter()
@@ -211,7 +213,7 @@ fn every_verb_and_flow_filters_on_a_lab() {
     assert!(!cali.is_empty());
     assert!(
         cali.iter()
-            .all(|f| f.interface.starts_with("cali") && f.protocol == "udp")
+            .all(|f| f.interface.starts_with("cali") && f.protocol.to_string() == "udp")
     );
 
     // --top 1: one row, the biggest; by packets too.

@@ -19,7 +19,7 @@ use common::{
     node::{Daemon, Netns},
     sh,
 };
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 
 /// Everything tc and bpftool show on an interface: empty when we left
 /// nothing behind.
@@ -84,9 +84,9 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         sink.send_to(&buf[..100], from).expect("reply");
     }
     let want = |f: &FlowView, src: &str, dir: &str| {
-        f.src_ip == src
-            && f.protocol == "udp"
-            && f.direction == dir
+        f.src_ip.to_string() == src
+            && f.protocol.to_string() == "udp"
+            && f.direction.name() == dir
             && f.interface == "cali0123456789a"
     };
     d.wait_for(
@@ -107,11 +107,15 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         .find(|f| want(f, "10.99.0.2", "egress"))
         .unwrap();
     assert_eq!(
-        (sent.dst_ip.as_str(), sent.src_port, sent.dst_port),
+        (
+            sent.dst_ip.to_string().as_str(),
+            sent.src_port,
+            sent.dst_port
+        ),
         ("10.99.0.1", 9001, 9000)
     );
     assert_eq!(
-        (sent.packets, sent.bytes, sent.encap.as_str()),
+        (sent.packets, sent.bytes, sent.encap.name()),
         (10, 1280, "none")
     );
     let got = flows
@@ -369,7 +373,11 @@ fn tcp_counts_match_tcpdump() {
     );
 
     fn tcp(dir: &'static str) -> impl Fn(&&FlowView) -> bool {
-        move |f| f.interface == "cali5e1f0c0ffee" && f.protocol == "tcp" && f.direction == dir
+        move |f| {
+            f.interface == "cali5e1f0c0ffee"
+                && f.protocol.to_string() == "tcp"
+                && f.direction.name() == dir
+        }
     }
     let counts = |d: &Daemon| {
         let flows = d.flows();
@@ -730,14 +738,14 @@ fn pod_object(name: &str, ip: &str) -> serde_json::Value {
 }
 
 /// `observer doctor -o json` against `socket`: (exit success, checks).
-fn doctor(socket: &Path) -> (bool, Vec<observer::doctor::Check>) {
+fn doctor(socket: &Path) -> (bool, Vec<observer::api::Check>) {
     let out = common::lab::run(&["doctor", "--socket", socket.to_str().unwrap(), "-o", "json"]);
     let checks = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("doctor JSON: {e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), checks)
 }
 
-fn check(checks: Vec<observer::doctor::Check>, name: &str) -> observer::doctor::Check {
+fn check(checks: Vec<observer::api::Check>, name: &str) -> observer::api::Check {
     checks.into_iter().find(|c| c.name == name).expect(name)
 }
 
@@ -754,7 +762,7 @@ fn objects_synced(ns: &Netns) -> Option<f64> {
 /// wrong, and the daemon logs each once; fixed, all is well again.
 #[test]
 fn objects_that_do_not_decode_keep_their_names_and_say_so() {
-    use observer::{doctor::Verdict, export::api::PodView};
+    use observer::api::{PodView, Verdict};
     common::require_root();
     let node = Netns::new("objs");
     let objects = tempfile::tempdir().unwrap();
@@ -832,7 +840,7 @@ fn objects_that_do_not_decode_keep_their_names_and_say_so() {
 /// has not looked again.
 #[test]
 fn doctor_reads_the_kernel_at_the_moment_it_runs() {
-    use observer::doctor::Verdict;
+    use observer::api::Verdict;
     common::require_root();
     let node = Netns::new("docn");
     let pod = Netns::new("docp");
@@ -900,4 +908,103 @@ fn doctor_reads_the_kernel_at_the_moment_it_runs() {
         "link",
     ]);
     assert_eq!(routes(&d).verdict, Verdict::Ok, "the route is back");
+}
+
+/// `/v1/flows` names flows to a VIP from a conntrack dump: with 60,000
+/// entries in the table and three clients asking for flows without pause,
+/// the polls still run on time (the dump runs with the state released).
+#[test]
+fn a_big_conntrack_table_never_holds_up_a_poll() {
+    common::require_root();
+    let node = Netns::new("ct");
+    let pod = node.pod("cali0123456789c", "10.99.0.1", "10.99.0.2");
+    pod.ip(&["route", "add", "10.96.0.0/12", "via", "10.99.0.1"]);
+    let objects = tempfile::tempdir().unwrap();
+    let service = serde_json::json!({"kind": "List", "items": [
+        {"kind": "Service", "metadata": {"name": "dns", "namespace": "kube-system"},
+         "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                  "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}}
+    ]});
+    std::fs::write(objects.path().join("svc.json"), service.to_string()).unwrap();
+
+    // 60,000 conntrack entries in the node's namespace, loaded in one go.
+    let entries = objects.path().join("conntrack.txt");
+    let lines: String = (0..60_000u32)
+        .map(|i| {
+            let (client, port) = (
+                format!("10.9.{}.{}", i / 250, i % 250 + 1),
+                1024 + i % 60_000,
+            );
+            format!(
+                "-I -s {client} -d 10.96.0.10 -p udp --sport {port} --dport 53 -t 600 \
+                 -r 10.65.0.5 -q {client} --reply-port-src 53 --reply-port-dst {port}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&entries, lines).unwrap();
+    node.exec(&["conntrack", "-R", entries.to_str().unwrap()]);
+
+    let d = Daemon::start(
+        &node,
+        &[
+            "--objects-dir",
+            objects.path().to_str().unwrap(),
+            "--poll-interval",
+            "100ms",
+        ],
+    );
+    d.wait_attached("cali0123456789c");
+    pod.within(|| {
+        let s = UdpSocket::bind("10.99.0.2:0").unwrap();
+        s.send_to(b"query", "10.96.0.10:53").unwrap();
+    });
+    d.wait_for(
+        |d| {
+            d.flows()
+                .iter()
+                .any(|f| f.dst_ip.to_string() == "10.96.0.10")
+        },
+        "the flow to the VIP",
+    );
+
+    // What one dump costs here.
+    let (dumped, dump) = node.within(|| {
+        let started = Instant::now();
+        let n = observer::sources::conntrack::dnat_table().unwrap().len();
+        (n, started.elapsed())
+    });
+    assert!(dumped >= 60_000, "{dumped} conntrack entries");
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answered = std::sync::atomic::AtomicU64::new(0);
+    let (polls, slowest) = std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(!d.flows().is_empty());
+                    answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+        let before = d.status().polls;
+        let mut slowest: f64 = 0.0;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(4) {
+            slowest = slowest.max(d.status().last_poll_ms);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (d.status().polls - before, slowest)
+    });
+    let answered = answered.into_inner();
+    eprintln!(
+        "one dump of {dumped} entries: {dump:?}; {answered} flow answers, \
+         {polls} polls in 4 s, the slowest {slowest:.1} ms"
+    );
+    assert!(answered >= 3, "the clients were answered: {answered}");
+    assert!(
+        slowest < dump.as_secs_f64() * 1e3 / 2.0,
+        "a poll took {slowest:.1} ms while a dump takes {dump:?}"
+    );
+    assert!(polls >= 10, "{polls} polls in 4 s at 100 ms");
 }

@@ -9,7 +9,7 @@ use common::{
     lab::{TestLab, pod},
     sh,
 };
-use observer::doctor::{Check, Verdict};
+use observer::api::{Check, Verdict};
 
 fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
     checks.iter().find(|c| c.name == name).expect(name)

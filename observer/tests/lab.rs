@@ -137,7 +137,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
     // Before DNAT, on the client's interface: sent to the Service's VIP.
     let before = lab.flow("node1", &client.interface, &sent, 10);
     assert_eq!(
-        (before.packets, before.bytes, before.direction.as_str()),
+        (before.packets, before.bytes, before.direction.name()),
         (10, 1280, "egress")
     );
     let service = before.service.as_ref().expect("attributed to a Service");
@@ -145,7 +145,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
         (
             service.name.as_str(),
             service.port.as_str(),
-            service.via.as_str()
+            service.via.name()
         ),
         ("app2", "dns", "vip")
     );
@@ -178,7 +178,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
                 .find(|f| {
                     f.src_port == sent.src_port
                         && f.dst_port == 5353
-                        && f.direction == "ingress"
+                        && f.direction.to_string() == "ingress"
                         && f.interface.starts_with("cali")
                         && f.packets == 10
                 })
@@ -200,7 +200,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
         backend
             .service
             .as_ref()
-            .map(|s| (s.name.as_str(), s.via.as_str())),
+            .map(|s| (s.name.as_str(), s.via.name())),
         Some(("app2", "endpoint"))
     );
     let backend_pod = format!("default/{}", dst.pod.as_deref().unwrap());

@@ -19,7 +19,7 @@ use common::{
     lab::TestLab,
     node::{Daemon, Keep, Netns, scrape, sum},
 };
-use observer::flows::view::FlowView;
+use observer::api::FlowView;
 
 const CALI: &str = "cali0123456789a";
 
@@ -71,7 +71,7 @@ impl Stream {
 fn egress(flows: &[FlowView]) -> Option<&FlowView> {
     flows
         .iter()
-        .find(|f| f.interface == CALI && f.direction == "egress" && f.dst_port == 9000)
+        .find(|f| f.interface == CALI && f.direction.to_string() == "egress" && f.dst_port == 9000)
 }
 
 /// The pod's egress flow packets, polled until they equal `want` (or 10 s).

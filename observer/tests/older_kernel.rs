@@ -19,7 +19,7 @@ use std::{
 };
 
 use common::{lab::observer, sh};
-use observer::{export::api::InterfaceView, flows::view::FlowView};
+use observer::api::{FlowView, InterfaceView};
 
 /// What the daemon takes at most, on a real CPU, to come up or to count.
 fn wait() -> Duration {
@@ -277,11 +277,11 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
             .iter()
             .find(|f| {
                 f.interface == dev
-                    && f.direction == dir
-                    && f.protocol == "udp"
-                    && (f.src_ip.as_str(), f.dst_ip.as_str()) == (src, dst)
+                    && f.direction.name() == dir
+                    && f.protocol.to_string() == "udp"
+                    && (f.src_ip.to_string().as_str(), f.dst_ip.to_string().as_str()) == (src, dst)
             })
-            .map(|f| (f.packets, f.bytes, f.encap.clone(), f.overhead_bytes))
+            .map(|f| (f.packets, f.bytes, f.encap, f.overhead_bytes))
     };
     let inner = N * 128;
     let want = [
@@ -297,7 +297,7 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
     };
     let expected: Vec<_> = want
         .iter()
-        .map(|&(_, _, _, overhead)| Some((N, inner, "ipip".to_owned(), overhead)))
+        .map(|&(_, _, _, overhead)| Some((N, inner, observer::api::Encap::Ipip, overhead)))
         .collect();
     let deadline = Instant::now() + wait();
     while seen(&d.flows()) != expected && Instant::now() < deadline {

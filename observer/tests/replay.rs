@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::lab::observer;
-use observer::{flows::view::FlowView, replay::ReplayReport};
+use observer::{api::FlowView, replay::ReplayReport};
 
 fn replay(capture: &str) -> ReplayReport {
     common::require_root();
@@ -21,7 +21,11 @@ fn replay(capture: &str) -> ReplayReport {
 fn find<'a>(r: &'a ReplayReport, src: &str, dst: &str, proto: &str) -> Vec<&'a FlowView> {
     r.flows
         .iter()
-        .filter(|f| f.src_ip == src && f.dst_ip == dst && f.protocol == proto)
+        .filter(|f| {
+            f.src_ip.to_string() == src
+                && f.dst_ip.to_string() == dst
+                && f.protocol.to_string() == proto
+        })
         .collect()
 }
 
@@ -48,7 +52,7 @@ fn vxlan_inner_icmp_and_arp() {
         ("192.168.203.5", "192.168.203.3", 0),
     ] {
         let f = one(&r, src, dst, "icmp");
-        assert_eq!(f.encap, "vxlan");
+        assert_eq!(f.encap.name(), "vxlan");
         assert_eq!(f.icmp_type, Some(icmp_type));
         assert_eq!((f.packets, f.bytes, f.overhead_bytes), (4, 4 * 84, 4 * 50));
     }
@@ -62,7 +66,7 @@ fn gso_vxlan_super_packet() {
     assert_eq!((r.frames, r.unparsed), (1, 0));
     let f = one(&r, "192.168.1.2", "192.168.1.1", "tcp");
     assert_eq!((f.src_port, f.dst_port), (37099, 41547));
-    assert_eq!(f.encap, "vxlan");
+    assert_eq!(f.encap.name(), "vxlan");
     assert_eq!((f.packets, f.bytes, f.overhead_bytes), (1, 7042, 50));
     assert_eq!(f.tcp_flags, "PSH|ACK");
 }
@@ -73,7 +77,7 @@ fn raw_ip_link_type_as_on_tunl0() {
     let r = replay("LINKTYPE_RAW_ipv4.pcap");
     let f = one(&r, "192.168.1.100", "9.9.9.9", "udp");
     assert_eq!(
-        (f.src_port, f.dst_port, f.bytes, f.encap.as_str()),
+        (f.src_port, f.dst_port, f.bytes, f.encap.name()),
         (12345, 53, 20 + 8 + 29, "none")
     );
     // 2001:db8::1.12345 > 2620:fe::9.53: (29)
@@ -259,9 +263,9 @@ fn cooked_captures_keep_their_direction() {
     let r = replay_path(&path);
     assert_eq!((r.frames, r.unparsed), (2, 0));
     let q = one(&r, "10.244.0.1", "10.244.0.66", "udp");
-    assert_eq!((q.direction.as_str(), q.bytes), ("egress", 58));
+    assert_eq!((q.direction.name(), q.bytes), ("egress", 58));
     let a = one(&r, "10.244.0.66", "10.244.0.1", "udp");
-    assert_eq!((a.direction.as_str(), a.bytes), ("ingress", 118));
+    assert_eq!((a.direction.name(), a.bytes), ("ingress", 118));
 }
 
 // Captures that lie, end early or are of a kind replay does not read,

@@ -21,8 +21,7 @@ use std::{
 
 use common::lab::{TestLab, iface_of, pod};
 use observer::{
-    export::api::ServiceView,
-    flows::view::FlowView,
+    api::{FlowView, ServiceView, Via},
     lab::{netns::within, plan::Plan, traffic},
 };
 
@@ -40,13 +39,20 @@ fn find(flows: &[FlowView], iface: &str, dir: &str, ends: &Ends) -> Seen {
         .iter()
         .find(|f| {
             f.interface == iface
-                && f.direction == dir
-                && f.src_ip == ends.0.ip().to_string()
+                && f.direction.name() == dir
+                && f.src_ip == ends.0.ip()
                 && f.src_port == ends.0.port()
-                && f.dst_ip == ends.1.ip().to_string()
+                && f.dst_ip == ends.1.ip()
                 && f.dst_port == ends.1.port()
         })
-        .map(|f| (f.packets, f.bytes, f.encap.clone(), f.overhead_bytes))
+        .map(|f| {
+            (
+                f.packets,
+                f.bytes,
+                f.encap.name().to_owned(),
+                f.overhead_bytes,
+            )
+        })
 }
 
 /// Source and destination of a flow.
@@ -369,9 +375,10 @@ fn ipvs_names_flows(lab: &TestLab, plan: &Plan) {
     let c1 = iface_of(plan, "node1-pod1");
     let deadline = Instant::now() + patience();
     let flow = loop {
-        let f = lab.flows("node1").into_iter().find(|f| {
-            f.interface == c1 && f.src_port == e.0.port() && f.dst_ip == e.1.ip().to_string()
-        });
+        let f = lab
+            .flows("node1")
+            .into_iter()
+            .find(|f| f.interface == c1 && f.src_port == e.0.port() && f.dst_ip == e.1.ip());
         match f {
             Some(f)
                 if f.packets == 10 && f.service.as_ref().is_some_and(|s| s.backend.is_some()) =>
@@ -387,7 +394,7 @@ fn ipvs_names_flows(lab: &TestLab, plan: &Plan) {
         (
             s.name.as_str(),
             s.port.as_str(),
-            s.via.as_str(),
+            s.via,
             s.backend.as_deref(),
             s.backend_pod.clone(),
             s.backend_node.as_deref(),
@@ -399,7 +406,7 @@ fn ipvs_names_flows(lab: &TestLab, plan: &Plan) {
         (
             svc.name.as_str(),
             "dns",
-            "vip",
+            Via::Vip,
             Some(chosen.to_string().as_str()),
             Some(format!("default/{}", chosen_pod.name)),
             Some(chosen_pod.node.as_str()),
@@ -519,10 +526,9 @@ fn ipvs_names_flows(lab: &TestLab, plan: &Plan) {
     server.join().unwrap();
     let deadline = Instant::now() + common::patience(25);
     let named = loop {
-        let f = lab
-            .flows("node1")
-            .into_iter()
-            .find(|f| f.interface == c1 && f.src_port == port && f.dst_ip == "10.96.0.99");
+        let f = lab.flows("node1").into_iter().find(|f| {
+            f.interface == c1 && f.src_port == port && f.dst_ip == IpAddr::from([10, 96, 0, 99])
+        });
         let s = f.as_ref().and_then(|f| f.service.clone());
         if s.as_ref().is_some_and(|s| s.backend.is_some()) {
             break s.unwrap();

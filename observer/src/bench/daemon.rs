@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::de::DeserializeOwned;
 
 use super::netns::{Netns, Proc, interrupted};
-use crate::cli::client::Client;
+use crate::api::Client;
 
 pub struct Daemon {
     proc: Proc,

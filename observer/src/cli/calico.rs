@@ -6,14 +6,13 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::{
-    QueryArgs,
-    render::{bytes, count, table},
-    show,
-};
+use super::{QueryArgs, show};
 use crate::{
-    export::calico_views::{IpamView, NodeView, RoutesView},
-    sources::bird::BirdStatus,
+    api::{BirdStatus, Encap, IpamView, NodeView, RoutesView},
+    term::{
+        table,
+        units::{bytes, count},
+    },
 };
 
 pub async fn ipam(args: QueryArgs) -> Result<()> {
@@ -178,8 +177,8 @@ pub fn routes_text(v: &RoutesView, wide: bool) -> String {
                     r.next_hop.clone().unwrap_or_else(|| "(no route)".into()),
                     opt(&r.device),
                     opt(&r.protocol),
-                    opt(&r.device_encap),
-                    opt(&r.expected_encap),
+                    opt(&r.device_encap.map(Encap::name)),
+                    opt(&r.expected_encap.map(Encap::name)),
                 ];
                 if wide {
                     row.push(opt(&r.pool));
@@ -373,7 +372,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::sources::bird::BgpPeer;
+    use crate::api::BgpPeer;
 
     #[test]
     fn node_status_reads_like_calicoctl() {

@@ -3,11 +3,14 @@
 
 use anyhow::{Result, bail};
 
-use super::{
-    Output, QueryArgs,
-    style::{self, Paint, paint},
+use super::QueryArgs;
+use crate::{
+    api::{Check, Verdict, healthy},
+    term::{
+        Output,
+        style::{self, Paint, paint},
+    },
 };
-use crate::doctor::{Check, Verdict, healthy};
 
 pub async fn doctor(args: QueryArgs) -> Result<()> {
     let checks: Vec<Check> = args.target.client()?.get("/v1/doctor").await?;

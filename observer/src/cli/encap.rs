@@ -8,14 +8,14 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    render::{self, table},
-    style::{Paint, paint},
-    units::{bytes, count, percent},
-};
 use crate::{
-    export::api::{InterfaceView, PodView},
-    flows::view::FlowView,
+    api::{Direction, Encap, FlowView, InterfaceView, PodView, Protocol},
+    term::{
+        flows::named,
+        style::{Paint, paint},
+        table,
+        units::{bytes, count, percent},
+    },
 };
 
 /// Traffic through one tunnel device to or from one peer node. Directions
@@ -24,7 +24,7 @@ use crate::{
 pub struct TunnelRow {
     pub device: String,
     /// `ipip`, `vxlan` or `wireguard`.
-    pub encap: String,
+    pub encap: Encap,
     /// The node at the other end; absent when not known (or no traffic yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_node: Option<String>,
@@ -60,7 +60,7 @@ pub struct MtuProblem {
     pub pod: Option<String>,
     /// ICMP: the flow, who sent the error to whom, and how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<String>,
+    pub direction: Option<Direction>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,14 +84,14 @@ pub struct EncapReport {
 
 /// Bytes of encapsulation a tunnel device adds to each packet (see
 /// `Encap::overhead`; the `-v6` devices run over IPv6).
-pub fn device_overhead(device: &str, encap: &str) -> u64 {
-    observer_common::Encap::from_name(encap).map_or(0, |e| e.overhead(device.contains("v6")) as u64)
+pub fn device_overhead(device: &str, encap: Encap) -> u64 {
+    u64::from(encap.overhead(device.contains("v6")))
 }
 
 fn icmp_problem(f: &FlowView) -> Option<&'static str> {
-    match (f.protocol.as_str(), f.icmp_type, f.icmp_code) {
-        ("icmp", Some(3), Some(4)) => Some("fragmentation-needed"),
-        ("icmpv6", Some(2), _) => Some("packet-too-big"),
+    match (f.protocol, f.icmp_type, f.icmp_code) {
+        (Protocol::Icmp, Some(3), Some(4)) => Some("fragmentation-needed"),
+        (Protocol::Icmpv6, Some(2), _) => Some("packet-too-big"),
         _ => None,
     }
 }
@@ -112,16 +112,16 @@ pub fn aggregate(
         .filter(|i| i.kind.starts_with("tunnel/") && !i.gone)
         .collect();
 
-    let mut rows: BTreeMap<(String, String, Option<String>), TunnelRow> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, Encap, Option<String>), TunnelRow> = BTreeMap::new();
     for f in flows {
         let on_tunnel = live(&f.interface).is_some_and(|i| i.kind.starts_with("tunnel/"));
-        if !on_tunnel && f.encap == "none" {
+        if !on_tunnel && f.encap == Encap::None {
             continue;
         }
-        let key = (f.interface.clone(), f.encap.clone(), f.peer_node.clone());
+        let key = (f.interface.clone(), f.encap, f.peer_node.clone());
         let r = rows.entry(key).or_insert_with(|| TunnelRow {
             device: f.interface.clone(),
-            encap: f.encap.clone(),
+            encap: f.encap,
             peer_node: f.peer_node.clone(),
             mtu: live(&f.interface).and_then(|i| i.mtu),
             ..Default::default()
@@ -131,11 +131,11 @@ pub fn aggregate(
         // A tunnel device sees its packets without the outer headers (they
         // are counted on the underlay): its overhead is per packet.
         r.overhead_bytes += if on_tunnel && f.overhead_bytes == 0 {
-            f.packets * device_overhead(&f.interface, &f.encap)
+            f.packets * device_overhead(&f.interface, f.encap)
         } else {
             f.overhead_bytes
         };
-        if f.direction == "egress" {
+        if f.direction == Direction::Egress {
             r.tx_packets += f.packets;
             r.tx_bytes += f.bytes;
         } else {
@@ -146,9 +146,11 @@ pub fn aggregate(
     // Tunnel devices without traffic still show, with their MTU.
     for t in &tunnels {
         if !rows.keys().any(|(d, _, _)| *d == t.name) {
-            let encap = t.kind.trim_start_matches("tunnel/").to_owned();
+            let encap = Encap::from_name(t.kind.trim_start_matches("tunnel/"))
+                .or_else(|| Encap::from_device(&t.name))
+                .unwrap_or(Encap::None);
             rows.insert(
-                (t.name.clone(), encap.clone(), None),
+                (t.name.clone(), encap, None),
                 TunnelRow {
                     device: t.name.clone(),
                     encap,
@@ -177,9 +179,9 @@ pub fn aggregate(
                 kind: kind.into(),
                 interface: f.interface.clone(),
                 pod: pod_of(&f.interface),
-                direction: Some(f.direction.clone()),
-                src: Some(render::named(f.src.as_ref(), &f.src_ip, 0)),
-                dst: Some(render::named(f.dst.as_ref(), &f.dst_ip, 0)),
+                direction: Some(f.direction),
+                src: Some(named(f.src.as_ref(), f.src_ip, 0)),
+                dst: Some(named(f.dst.as_ref(), f.dst_ip, 0)),
                 packets: Some(f.packets),
                 mtu: None,
                 tunnel: None,
@@ -239,7 +241,7 @@ pub fn encap_text(r: &EncapReport, wide: bool) -> String {
             .map(|t| {
                 let mut row = vec![
                     t.device.clone(),
-                    t.encap.clone(),
+                    t.encap.name().to_owned(),
                     t.peer_node.clone().unwrap_or_else(|| "-".into()),
                     count(t.packets),
                     bytes(t.bytes),
@@ -281,7 +283,7 @@ pub fn encap_text(r: &EncapReport, wide: bool) -> String {
             let detail = match (&p.src, &p.dst, p.packets) {
                 (Some(s), Some(d), Some(n)) => format!(
                     "{} {s} -> {d}: {} packets",
-                    p.direction.as_deref().unwrap_or(""),
+                    p.direction.map_or("", Direction::name),
                     count(n)
                 ),
                 _ => format!(
@@ -322,9 +324,9 @@ mod tests {
         }
     }
 
-    fn tunnel_flow(dir: &str, peer: &str, packets: u64, bytes: u64) -> FlowView {
+    fn tunnel_flow(dir: Direction, peer: &str, packets: u64, bytes: u64) -> FlowView {
         let mut f = flow("vxlan.calico", "udp", 1, 2, "vxlan");
-        f.direction = dir.into();
+        f.direction = dir;
         f.peer_node = Some(peer.into());
         f.packets = packets;
         f.bytes = bytes;
@@ -341,9 +343,9 @@ mod tests {
             iface("cali1", "pod", 1450),
         ];
         let flows = vec![
-            tunnel_flow("egress", "node2", 10, 1000),
-            tunnel_flow("ingress", "node2", 5, 500),
-            tunnel_flow("egress", "node3", 1, 950),
+            tunnel_flow(Direction::Egress, "node2", 10, 1000),
+            tunnel_flow(Direction::Ingress, "node2", 5, 500),
+            tunnel_flow(Direction::Egress, "node3", 1, 950),
             // Pod interface traffic is not tunnel traffic.
             flow("cali1", "udp", 1, 2, "none"),
         ];
@@ -378,7 +380,7 @@ mod tests {
         assert_eq!(n2.overhead_percent, Some(33.3));
         assert_eq!(r.tunnels[1].overhead_percent, Some(5.0));
         assert_eq!(r.tunnels[2].overhead_percent, None);
-        assert_eq!(r.tunnels[2].encap, "wireguard");
+        assert_eq!(r.tunnels[2].encap, Encap::Wireguard);
         // cali1 (1450) is over wireguard.cali's 1440.
         assert_eq!(r.mtu_problems.len(), 1);
         let p = &r.mtu_problems[0];
@@ -391,11 +393,11 @@ mod tests {
 
     #[test]
     fn device_overheads() {
-        assert_eq!(device_overhead("vxlan.calico", "vxlan"), 50);
-        assert_eq!(device_overhead("vxlan-v6.calico", "vxlan"), 70);
-        assert_eq!(device_overhead("tunl0", "ipip"), 20);
-        assert_eq!(device_overhead("wireguard.cali", "wireguard"), 60);
-        assert_eq!(device_overhead("wg-v6.cali", "wireguard"), 80);
+        assert_eq!(device_overhead("vxlan.calico", Encap::Vxlan), 50);
+        assert_eq!(device_overhead("vxlan-v6.calico", Encap::Vxlan), 70);
+        assert_eq!(device_overhead("tunl0", Encap::Ipip), 20);
+        assert_eq!(device_overhead("wireguard.cali", Encap::Wireguard), 60);
+        assert_eq!(device_overhead("wg-v6.cali", Encap::Wireguard), 80);
     }
 
     #[test]
@@ -408,12 +410,7 @@ mod tests {
         assert_eq!(r.tunnels.len(), 1);
         let t = &r.tunnels[0];
         assert_eq!(
-            (
-                t.device.as_str(),
-                t.encap.as_str(),
-                t.bytes,
-                t.overhead_bytes
-            ),
+            (t.device.as_str(), t.encap.name(), t.bytes, t.overhead_bytes),
             ("eth0", "vxlan", 1000, 500)
         );
     }

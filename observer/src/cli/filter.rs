@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use glob::Pattern;
 
-use crate::{flows::view::FlowView, model::EndpointView};
+use crate::api::{Encap, EndpointView, FlowView, Protocol};
 
 #[derive(Args, Debug, Clone, Default)]
 pub struct FilterArgs {
@@ -29,7 +29,7 @@ pub struct FilterArgs {
     pub node: Option<String>,
     /// tcp, udp, icmp, icmpv6 or an IP protocol number (0-255).
     #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
-    pub protocol: Option<u8>,
+    pub protocol: Option<Protocol>,
     /// Flows with this source or destination port.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
@@ -49,13 +49,13 @@ pub enum EncapFilter {
     Wireguard,
 }
 
-impl EncapFilter {
-    fn name(self) -> &'static str {
-        match self {
-            EncapFilter::None => "none",
-            EncapFilter::Ipip => "ipip",
-            EncapFilter::Vxlan => "vxlan",
-            EncapFilter::Wireguard => "wireguard",
+impl From<EncapFilter> for Encap {
+    fn from(e: EncapFilter) -> Self {
+        match e {
+            EncapFilter::None => Encap::None,
+            EncapFilter::Ipip => Encap::Ipip,
+            EncapFilter::Vxlan => Encap::Vxlan,
+            EncapFilter::Wireguard => Encap::Wireguard,
         }
     }
 }
@@ -72,15 +72,9 @@ pub enum SortBy {
     Rate,
 }
 
-const PROTOCOLS: [(&str, u8); 4] = [("icmp", 1), ("tcp", 6), ("udp", 17), ("icmpv6", 58)];
-
-/// `tcp`, `udp`, `icmp`, `icmpv6` or a number.
-pub fn parse_protocol(s: &str) -> Result<u8, String> {
-    let l = s.trim().to_ascii_lowercase();
-    if let Some((_, n)) = PROTOCOLS.iter().find(|(name, _)| *name == l) {
-        return Ok(*n);
-    }
-    l.parse::<u8>().map_err(|_| {
+/// `tcp`, `udp`, `icmp`, `icmpv6` (any case) or a number.
+pub fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    s.trim().to_ascii_lowercase().parse().map_err(|_| {
         format!("unknown protocol {s:?}: use tcp, udp, icmp, icmpv6 or an IP protocol number 0-255")
     })
 }
@@ -89,15 +83,6 @@ fn parse_interface(s: &str) -> Result<Pattern, String> {
     Pattern::new(s).map_err(|e| {
         format!("bad interface pattern {s:?}: {e} (give a name, or a glob such as 'cali*')")
     })
-}
-
-/// The protocol number of a flow's `protocol` field (a name or a number).
-fn protocol_number(p: &str) -> Option<u8> {
-    PROTOCOLS
-        .iter()
-        .find(|(name, _)| *name == p)
-        .map(|(_, n)| *n)
-        .or_else(|| p.parse().ok())
 }
 
 /// `ns/name` or `name`, split.
@@ -179,7 +164,7 @@ impl FilterArgs {
             return false;
         }
         if let Some(p) = self.protocol
-            && protocol_number(&f.protocol) != Some(p)
+            && f.protocol != p
         {
             return false;
         }
@@ -190,7 +175,7 @@ impl FilterArgs {
             return false;
         }
         if let Some(e) = self.encap
-            && f.encap != e.name()
+            && f.encap != Encap::from(e)
         {
             return false;
         }
@@ -219,7 +204,7 @@ impl FilterArgs {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::ServiceRef;
+    use crate::api::{ServiceRef, Via};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -277,7 +262,7 @@ pub(crate) mod tests {
             namespace: "kube-system".into(),
             name: "kube-dns".into(),
             port: "dns".into(),
-            via: "endpoint".into(),
+            via: Via::Endpoint,
             ..Default::default()
         });
         f

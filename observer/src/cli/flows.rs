@@ -4,20 +4,20 @@
 use std::{
     collections::HashMap,
     io::{IsTerminal as _, Write as _},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
+use super::{
+    QueryArgs,
+    filter::{FilterArgs, SortBy},
+};
+use crate::{
+    api::{Client, Direction, Encap, FlowView, Protocol},
+    term::{FlowRow, Output, flows::flow_rows_table, style},
+};
 use anyhow::{Result, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
-
-use super::{
-    Output, QueryArgs,
-    client::Client,
-    filter::{FilterArgs, SortBy},
-    render, style,
-};
-use crate::flows::view::FlowView;
 
 #[derive(Args, Debug)]
 pub struct FlowsArgs {
@@ -52,31 +52,19 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// A flow as `flows` prints it: the daemon's flow, and its rates when there
-/// were two samples.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct FlowRow {
-    #[serde(flatten)]
-    pub flow: FlowView,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_per_second: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packets_per_second: Option<f64>,
-}
-
 /// What makes two fetches' flows the same flow: interface, direction, the
 /// 5-tuple and protocol (with the encapsulation and the ICMP type/code,
 /// which the kernel's key also separates).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FlowId {
     interface: String,
-    direction: String,
-    src_ip: String,
+    direction: Direction,
+    src_ip: IpAddr,
     src_port: u16,
-    dst_ip: String,
+    dst_ip: IpAddr,
     dst_port: u16,
-    protocol: String,
-    encap: String,
+    protocol: Protocol,
+    encap: Encap,
     icmp: Option<(u8, Option<u8>)>,
 }
 
@@ -84,13 +72,13 @@ impl FlowId {
     pub fn of(f: &FlowView) -> Self {
         Self {
             interface: f.interface.clone(),
-            direction: f.direction.clone(),
-            src_ip: f.src_ip.clone(),
+            direction: f.direction,
+            src_ip: f.src_ip,
             src_port: f.src_port,
-            dst_ip: f.dst_ip.clone(),
+            dst_ip: f.dst_ip,
             dst_port: f.dst_port,
-            protocol: f.protocol.clone(),
-            encap: f.encap.clone(),
+            protocol: f.protocol,
+            encap: f.encap,
             icmp: f.icmp_type.map(|t| (t, f.icmp_code)),
         }
     }
@@ -220,14 +208,15 @@ pub fn select(
     rows
 }
 
-fn render(rows: &[FlowRow], total: usize, filtered: bool, output: Output) -> Result<String> {
+/// The text of one answer (or refresh): JSON, or the table.
+fn format_rows(rows: &[FlowRow], total: usize, filtered: bool, output: Output) -> Result<String> {
     Ok(match output {
         Output::Json => serde_json::to_string_pretty(rows)? + "\n",
         o => {
             if rows.is_empty() && total > 0 && filtered {
                 format!("no flows match the filters ({total} flows seen)\n")
             } else {
-                render::flow_rows_table(rows, o == Output::Wide)
+                flow_rows_table(rows, o == Output::Wide)
             }
         }
     })
@@ -278,7 +267,7 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
         };
         let total = rows.len();
         let rows = select(rows, &args.filter, args.sort, args.top);
-        print!("{}", render(&rows, total, filtered, output)?);
+        print!("{}", format_rows(&rows, total, filtered, output)?);
         return Ok(());
     }
 
@@ -297,7 +286,7 @@ pub async fn run(args: FlowsArgs) -> Result<()> {
             // One JSON document per line and refresh.
             Output::Json => writeln!(out, "{}", serde_json::to_string(&rows)?)?,
             _ => {
-                let table = render(&rows, total, filtered, output)?;
+                let table = format_rows(&rows, total, filtered, output)?;
                 if tty {
                     let when = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
                     let title = format!(
@@ -346,7 +335,7 @@ mod tests {
         let t0 = Instant::now();
         let a = flow("cali1", "udp", 1000, 53, "none");
         let mut other_dir = a.clone();
-        other_dir.direction = "ingress".into();
+        other_dir.direction = Direction::Ingress;
         other_dir.bytes = 50;
         let mut other_if = a.clone();
         other_if.interface = "vxlan.calico".into();

@@ -1,37 +1,21 @@
 //! The client verbs: ask a daemon over its API socket and render the answer.
 
 pub mod calico;
-pub mod client;
 pub mod doctor;
 pub mod encap;
 pub mod filter;
 pub mod flows;
-pub mod render;
-pub mod style;
-pub mod units;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::{
+    api::{Client, FlowView, InterfaceView, PodView, ServiceView, StatusView},
     config::DEFAULT_SOCKET,
-    export::api::{InterfaceView, PodView, ServiceView, StatusView},
-    flows::view::FlowView,
+    term::{Output, inventory as render, style},
 };
-
-use self::client::Client;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// A readable table.
-    Table,
-    /// A table with more columns.
-    Wide,
-    /// JSON, for scripts.
-    Json,
-}
 
 /// Which daemon to ask.
 #[derive(Args, Debug, Clone)]
@@ -50,7 +34,7 @@ pub struct Target {
 impl Target {
     pub fn client(&self) -> Result<Client> {
         Ok(match &self.lab_node {
-            Some(node) => Client::new(crate::lab::node_socket(&self.lab, node)?),
+            Some(node) => Client::new(crate::lab_dir::node_socket(&self.lab, node)?),
             None => Client::new(self.socket.clone()),
         })
     }

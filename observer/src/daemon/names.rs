@@ -10,11 +10,10 @@ use anyhow::Result;
 
 use super::Shared;
 use crate::{
+    api::{BirdStatus, CniDir},
     config::{KubeMode, RunArgs},
     model::{Model, SourceError},
     sources::{
-        bird::BirdStatus,
-        cni::CniDir,
         ipvs::{self, IpvsService},
         kube::{self, KubeStores},
         objects::ClusterObjects,

@@ -1,78 +1,19 @@
 //! The JSON API on a Unix socket (mode 0600: root only). Everything the CLI
 //! shows comes from here.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use anyhow::{Context as _, Result};
 use axum::{Json, Router, extract::State as AxState, routing::get};
-use observer_common::{Encap, Hook, Stat};
-use serde::{Deserialize, Serialize};
+use observer_common::{Encap, FlowKey, Hook, Stat};
 use tokio::task::JoinHandle;
 
-pub use super::services::{BackendView, IpvsView, RealServerView, ServiceView};
 use crate::{
-    flows::{direction, to_view, view::FlowView},
-    state::{Shared, interface_of},
+    api::{Direction, EncapView, FlowView, InterfaceView, POLLED_AT, PodView, StatusView, Via},
+    flows::{Interface, direction, table::FlowEntry, to_view},
+    model::ipvs::VipConnections,
+    state::Shared,
 };
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct InterfaceView {
-    pub name: String,
-    pub ifindex: u32,
-    /// `pod`, `tunnel/<encap>` or `underlay`.
-    pub kind: String,
-    /// `ethernet` or `l3`.
-    pub layer: String,
-    /// `tcx` or `clsact`; absent when not attached.
-    pub attached_via: Option<String>,
-    pub attach_error: Option<String>,
-    pub gone: bool,
-    /// Directions as for flows (the pod's view on pod interfaces).
-    pub ingress_packets: u64,
-    pub ingress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_bytes: u64,
-    pub non_ip_packets: u64,
-    /// Packets counted without a flow because the flow map was full (in
-    /// the totals above, in no flow).
-    #[serde(default)]
-    pub overflow_packets: u64,
-    /// The link's MTU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct EncapView {
-    pub packets: u64,
-    pub bytes: u64,
-    pub overhead_bytes: u64,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct StatusView {
-    pub version: String,
-    pub uptime_seconds: u64,
-    pub attached_interfaces: usize,
-    pub polls: u64,
-    pub last_poll_ms: f64,
-    /// Entries in the kernel flow map at the last poll, and its size.
-    pub kernel_flow_entries: u64,
-    pub flow_capacity: u32,
-    /// Flows the API shows (live and recently evicted).
-    pub flows_tracked: usize,
-    /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
-    pub datapath: BTreeMap<String, u64>,
-    /// Kernel entries that vanished before we read them out (only after a
-    /// crash: nothing else deletes flows).
-    pub lru_evictions: u64,
-    /// Packets counted without a flow because the flow map was full: in
-    /// their interface's and pod's totals, in no flow.
-    #[serde(default)]
-    pub overflow_packets: u64,
-    /// Per encapsulation, from outer headers on underlay devices.
-    pub encap: BTreeMap<String, EncapView>,
-}
 
 /// Binds the socket (mode 0600 from the start; [`super::prepare`] has
 /// removed a stale one) and serves until the returned task is aborted.
@@ -112,31 +53,49 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::doctor::Check>> {
+async fn doctor(AxState(state): AxState<Shared>) -> Json<Vec<crate::api::Check>> {
     Json(crate::doctor::run(&state).await)
 }
-
-/// The header that says when the counters of an answer were read from the
-/// kernel (milliseconds since the Unix epoch).
-pub const POLLED_AT: &str = "x-observer-polled-at-ms";
 
 async fn flows(
     AxState(state): AxState<Shared>,
 ) -> ([(&'static str, String); 1], Json<Vec<FlowView>>) {
-    let st = state.read().await;
+    // A copy of what the views need, so that the state is free for the
+    // next poll while the answer is built.
+    let (rows, model, clock, interfaces, polled_at) = {
+        let st = state.read().await;
+        let rows: Vec<(FlowKey, FlowEntry)> =
+            st.table.iter().map(|(k, e)| (*k, e.clone())).collect();
+        let interfaces: HashMap<u32, Interface> = st
+            .interfaces
+            .iter()
+            .map(|(i, s)| (*i, s.iface.clone()))
+            .collect();
+        let polled_at = st.status.last_poll_at_ms;
+        (rows, st.model.clone(), st.clock, interfaces, polled_at)
+    };
     // Flows to VIPs are named by their backend: IPVS's connection table for
-    // IPVS VIPs, conntrack's DNAT for the others; read only when needed.
-    let nat = vip_connections(&st);
-    let mut out: Vec<FlowView> = st
-        .table
+    // IPVS VIPs, conntrack's DNAT for the others; read only when needed, on
+    // a blocking thread with the state released: a big table never holds up
+    // a poll.
+    let (to_ipvs, to_other) = vip_kinds(&rows, &model);
+    let nat = if to_ipvs || to_other {
+        tokio::task::spawn_blocking(move || VipConnections::read(to_ipvs, to_other))
+            .await
+            .inspect_err(|e| tracing::debug!("reading the VIP connections: {e}"))
+            .ok()
+    } else {
+        None
+    };
+    let mut out: Vec<FlowView> = rows
         .iter()
         .map(|(k, e)| {
             to_view(
                 k,
                 e,
-                interface_of(&st, k.ifindex),
-                &st.clock,
-                Some(&st.model),
+                interfaces.get(&k.ifindex),
+                &clock,
+                Some(&model),
                 nat.as_ref(),
             )
         })
@@ -146,52 +105,28 @@ async fn flows(
             .cmp(&a.bytes)
             .then_with(|| a.interface.cmp(&b.interface))
     });
-    let polled = [(POLLED_AT, st.status.last_poll_at_ms.to_string())];
-    (polled, Json(out))
+    ([(POLLED_AT, polled_at.to_string())], Json(out))
 }
 
-/// Where the connections of the flows to VIPs went, if any flow goes to
-/// one: IPVS's connections when a flow goes to an IPVS VIP, conntrack's
-/// DNAT when one goes to another Service's VIP.
-fn vip_connections(st: &crate::state::State) -> Option<crate::flows::NatTable> {
+/// Whether any flow goes to an IPVS VIP (its backend is in IPVS's
+/// connection table), and whether any goes to another Service's VIP (in
+/// conntrack's DNAT).
+fn vip_kinds(rows: &[(FlowKey, FlowEntry)], model: &crate::model::Model) -> (bool, bool) {
     let (mut to_ipvs, mut to_other) = (false, false);
-    for (k, _) in st.table.iter() {
+    for (k, _) in rows {
         let (_, dst) = crate::flows::key_addrs(k);
-        if st.model.ipvs_at(dst, k.dst_port, k.protocol).is_some() {
+        if model.ipvs_at(dst, k.dst_port, k.protocol).is_some() {
             to_ipvs = true;
         } else if !to_other {
-            to_other = st
-                .model
+            to_other = model
                 .service_of(dst, k.dst_port, k.protocol)
-                .is_some_and(|r| r.via == "vip");
+                .is_some_and(|r| r.via == Via::Vip);
         }
         if to_ipvs && to_other {
             break;
         }
     }
-    (to_ipvs || to_other).then(|| {
-        tokio::task::block_in_place(|| crate::model::ipvs::VipConnections::read(to_ipvs, to_other))
-    })
-}
-
-/// A workload endpoint on this node, like `calicoctl get workloadEndpoint`
-/// shows it, with its traffic (the pod's point of view).
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct PodView {
-    pub namespace: String,
-    pub name: String,
-    pub workload: Option<String>,
-    pub workload_kind: Option<String>,
-    pub node: Option<String>,
-    /// Addresses as Calico's networks: `/32` and `/128`.
-    pub networks: Vec<String>,
-    pub interface: String,
-    /// Whether the observer is attached to the interface.
-    pub attached: bool,
-    pub ingress_packets: u64,
-    pub ingress_bytes: u64,
-    pub egress_packets: u64,
-    pub egress_bytes: u64,
+    (to_ipvs, to_other)
 }
 
 async fn pods(AxState(state): AxState<Shared>) -> Json<Vec<PodView>> {
@@ -264,7 +199,7 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                 };
                 for hook in [Hook::Ingress, Hook::Egress] {
                     let t = s.totals.hook[hook as usize];
-                    if direction(s.iface.kind, hook) == "ingress" {
+                    if direction(s.iface.kind, hook) == Direction::Ingress {
                         (v.ingress_packets, v.ingress_bytes) = (t.packets, t.bytes);
                     } else {
                         (v.egress_packets, v.egress_bytes) = (t.packets, t.bytes);

@@ -13,62 +13,16 @@ use std::{
 use axum::{Json, extract::State as AxState};
 use ipnet::IpNet;
 use observer_common::{Encap, Hook};
-use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::{
+        BlockRouteView, CniDir, DeviceView, IpamBlockView, IpamPoolView, IpamView, NodeView,
+        PeerRoutesView, RoutesView,
+    },
     flows::{InterfaceKind, key_addrs},
     model::Model,
-    sources::{bird::BirdStatus, cni::CniDir},
     state::{Shared, State, interface_of},
 };
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct IpamView {
-    pub pools: Vec<IpamPoolView>,
-    pub blocks: Vec<IpamBlockView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct IpamPoolView {
-    pub name: String,
-    pub cidr: String,
-    pub block_size: u8,
-    /// `Never`, `Always` or `CrossSubnet`.
-    pub ipip_mode: String,
-    pub vxlan_mode: String,
-    pub nat_outgoing: bool,
-    pub disabled: bool,
-    pub disable_bgp_export: bool,
-    pub node_selector: String,
-    /// Blocks of this pool that we know.
-    pub blocks: usize,
-    /// Addresses of the pool, in use (in known IPAMBlocks), free.
-    pub ips_total: u128,
-    pub ips_in_use: u64,
-    pub ips_free: u128,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct IpamBlockView {
-    pub cidr: String,
-    pub pool: Option<String>,
-    pub node: Option<String>,
-    /// Whether the block is this node's.
-    pub local: bool,
-    /// The BlockAffinity's state, if there is one.
-    pub affinity_state: Option<String>,
-    pub capacity: u64,
-    /// From the IPAMBlock; for this node's blocks without one, the pod
-    /// interface routes in it (`in_use_from: routes`).
-    pub in_use: Option<u64>,
-    pub free: Option<u64>,
-    /// `ipamblock`, `routes`, or absent when unknown.
-    pub in_use_from: Option<String>,
-    /// Where the block was seen: `ipamblock`, `affinity`, `route`.
-    pub sources: Vec<String>,
-    /// Tunnel addresses and other non-pod allocations: `<ip> <type>`.
-    pub special: Vec<String>,
-}
 
 /// `/v1/ipam`.
 pub async fn ipam(AxState(state): AxState<Shared>) -> Json<IpamView> {
@@ -184,47 +138,6 @@ pub fn ipam_view(m: &Model) -> IpamView {
     IpamView { pools, blocks }
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct RoutesView {
-    pub node: Option<String>,
-    /// One entry per remote node (`node` absent: blocks whose node is not
-    /// known).
-    pub peers: Vec<PeerRoutesView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct PeerRoutesView {
-    pub node: Option<String>,
-    /// Its underlay addresses (from its Node object).
-    pub addresses: Vec<String>,
-    pub routes: Vec<BlockRouteView>,
-    /// Traffic this node exchanged with it, from the flow table (the
-    /// node's point of view: tx leaves this node): on tunnel devices, and
-    /// unencapsulated pod traffic on the underlay.
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub flows: usize,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct BlockRouteView {
-    pub block: String,
-    pub pool: Option<String>,
-    /// Absent (with `device` and `protocol`) when the block has an
-    /// affinity to that node but this node has no route to it.
-    pub next_hop: Option<String>,
-    pub device: Option<String>,
-    /// The encapsulation the device does (`vxlan`, `ipip`, `wireguard`),
-    /// `none` for the underlay.
-    pub device_encap: Option<String>,
-    /// `bird`, `80` (Felix's VXLAN routes), `static`, `kernel`, `boot`...
-    pub protocol: Option<String>,
-    /// What the pool's mode says it should be (`none`, `vxlan`, `ipip`).
-    pub expected_encap: Option<String>,
-}
-
 /// `/v1/routes`.
 pub async fn routes(AxState(state): AxState<Shared>) -> Json<RoutesView> {
     let st = state.read().await;
@@ -254,14 +167,11 @@ fn if_name(ifindex: u32) -> Option<String> {
 }
 
 /// The encapsulation a device does, from its kind or Calico's names.
-fn device_encap(st: &State, ifindex: u32, name: &str) -> String {
+fn device_encap(st: &State, ifindex: u32, name: &str) -> Encap {
     if let Some(InterfaceKind::Tunnel(e)) = interface_of(st, ifindex).map(|i| i.kind) {
-        return e.name().to_owned();
+        return e;
     }
-    observer_common::Encap::from_device(name)
-        .unwrap_or(observer_common::Encap::None)
-        .name()
-        .to_owned()
+    Encap::from_device(name).unwrap_or(Encap::None)
 }
 
 pub fn routes_view(st: &State) -> RoutesView {
@@ -393,34 +303,6 @@ fn in_pod_network(m: &Model, ip: IpAddr) -> bool {
     m.routes().remote_block_of(ip).is_some()
         || m.calico().block_of(ip).is_some()
         || m.calico().pool_of(ip).is_some()
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct NodeView {
-    pub node: Option<String>,
-    /// BGP per family (IPv4, IPv6), as BIRD says; `running: false` with
-    /// the reason when it is not there.
-    pub bgp: Vec<BirdStatus>,
-    /// This node's blocks.
-    pub blocks: Vec<IpamBlockView>,
-    /// Tunnel devices (Calico's, present here) and the underlay devices
-    /// the observer watches, with their MTUs.
-    pub devices: Vec<DeviceView>,
-    /// The CNI directory, and the MTU of the config in use.
-    pub cni: Option<CniDir>,
-    pub cni_mtu: Option<u32>,
-    /// The subnets this node counts as its own for CrossSubnet.
-    pub local_subnets: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct DeviceView {
-    pub name: String,
-    /// `tunnel/vxlan`, `tunnel/ipip`, `tunnel/wireguard`, `underlay`.
-    pub kind: String,
-    pub mtu: Option<u32>,
-    /// Whether the observer is attached to it.
-    pub attached: bool,
 }
 
 /// `/v1/node`.

@@ -23,9 +23,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    api::{Direction, EndpointView, Protocol, Via},
     config::{Dimension, Granularity, RunArgs},
-    flows::{InterfaceKind, direction, key_addrs, protocol_name, table::Counters},
-    model::{EndpointView, Model},
+    flows::{InterfaceKind, direction, key_addrs, table::Counters},
+    model::Model,
     state::State,
 };
 
@@ -603,7 +604,7 @@ impl Metrics {
                     let labels = PodLabels {
                         namespace: p.namespace.clone(),
                         pod: p.name.clone(),
-                        direction: dir.to_owned(),
+                        direction: dir.name().to_owned(),
                     };
                     self.pods
                         .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
@@ -614,7 +615,7 @@ impl Metrics {
                     .and_then(|p| p.ips.first())
                     .map(|ip| name_of(self.config.granularity, &model.endpoint(*ip)))
                     .unwrap_or_else(|| unknown.clone());
-                let ((src_namespace, src), (dst_namespace, dst)) = if dir == "egress" {
+                let ((src_namespace, src), (dst_namespace, dst)) = if dir == Direction::Egress {
                     (this, unknown)
                 } else {
                     (unknown, this)
@@ -622,7 +623,7 @@ impl Metrics {
                 let c = &self.config;
                 let dim = |d: Dimension| kept(c.keeps(d), || OVERFLOW.to_owned());
                 let labels = FlowLabels {
-                    direction: dir.to_owned(),
+                    direction: dir.name().to_owned(),
                     src_namespace,
                     src,
                     dst_namespace,
@@ -639,7 +640,7 @@ impl Metrics {
                 let labels = EncapLabels {
                     encap: encap.name().to_owned(),
                     peer_node: OVERFLOW.to_owned(),
-                    direction: dir.to_owned(),
+                    direction: dir.name().to_owned(),
                 };
                 // The inner family is not known: the device's name says it.
                 let v6 = iface.iface.name.contains("v6");
@@ -676,15 +677,15 @@ impl Metrics {
         // Over the tunnel's MTU matters only for what goes through it.
         if let Some(p) = pod
             && d.oversize_packets > 0
-            && dir == "egress"
+            && dir == Direction::Egress
         {
             let encap = model.expected_encap(src, dst);
-            if encap.as_deref() != Some("none") && self.is_remote(model, dst) {
+            if encap != Some(Encap::None) && self.is_remote(model, dst) {
                 self.mtu_exceeded.add(
                     MtuLabels {
                         namespace: p.namespace.clone(),
                         pod: p.name.clone(),
-                        encap: encap.unwrap_or_else(|| "unknown".into()),
+                        encap: encap.map_or_else(|| "unknown".into(), |e| e.name().to_owned()),
                         peer_node: model.node_of(dst).unwrap_or_default(),
                     },
                     d.oversize_packets,
@@ -695,7 +696,7 @@ impl Metrics {
             self.icmp_too_big.add(
                 IcmpLabels {
                     family: family.to_owned(),
-                    direction: dir.to_owned(),
+                    direction: dir.name().to_owned(),
                 },
                 d.packets,
             );
@@ -719,7 +720,7 @@ impl Metrics {
             let labels = PodLabels {
                 namespace: p.namespace.clone(),
                 pod: p.name.clone(),
-                direction: dir.to_owned(),
+                direction: dir.name().to_owned(),
             };
             self.pods
                 .resolve(labels, [What::Packets, What::Bytes], folded, &mut out);
@@ -730,28 +731,30 @@ impl Metrics {
         let (dst_ns, dst_name) = name_of(self.config.granularity, &model.endpoint(dst));
         let c = &self.config;
         let labels = FlowLabels {
-            direction: dir.to_owned(),
+            direction: dir.name().to_owned(),
             src_namespace: src_ns,
             src: src_name,
             dst_namespace: dst_ns,
             dst: dst_name,
-            protocol: kept(c.keeps(Dimension::Protocol), || protocol_name(key.protocol)),
+            protocol: kept(c.keeps(Dimension::Protocol), || {
+                Protocol::from_number(key.protocol).to_string()
+            }),
             port: kept(c.keeps(Dimension::Port) && has_ports(key.protocol), || {
                 key.dst_port.to_string()
             }),
             service: kept(c.keeps(Dimension::Service), || {
                 service
                     .as_ref()
-                    .map(crate::model::ServiceRef::label)
+                    .map(crate::api::ServiceRef::label)
                     .unwrap_or_default()
             }),
             // On a pod interface a packet is not encapsulated yet (or any
             // more): the label says how it crosses between nodes. To a VIP,
             // before DNAT, the backend (and so the path) is not known yet.
             encap: kept(c.keeps(Dimension::Encap), || {
-                let to_vip = service.as_ref().is_some_and(|s| s.via == "vip");
+                let to_vip = service.as_ref().is_some_and(|s| s.via == Via::Vip);
                 match model.expected_encap(src, dst) {
-                    Some(e) if !to_vip => e,
+                    Some(e) if !to_vip => e.name().to_owned(),
                     _ => "unknown".into(),
                 }
             }),
@@ -762,14 +765,15 @@ impl Metrics {
         // Service traffic: the client's side (to the VIP, before DNAT) and
         // the backend's side (delivered to a local endpoint).
         if let Some(s) = service {
-            let backend =
-                match (s.via.as_str(), dir) {
-                    ("vip", "egress") => Some(String::new()),
-                    ("endpoint", "ingress") => Some(model.endpoint(dst).pod.unwrap_or_else(|| {
+            let backend = match (s.via, dir) {
+                (Via::Vip, Direction::Egress) => Some(String::new()),
+                (Via::Endpoint, Direction::Ingress) => {
+                    Some(model.endpoint(dst).pod.unwrap_or_else(|| {
                         std::net::SocketAddr::new(dst, key.dst_port).to_string()
-                    })),
-                    _ => None,
-                };
+                    }))
+                }
+                _ => None,
+            };
             if let Some(backend) = backend {
                 // An IPVS virtual service without a Service object is named
                 // by its VIP.
@@ -782,7 +786,7 @@ impl Metrics {
                     namespace: s.namespace,
                     service,
                     port: s.port,
-                    via: s.via,
+                    via: s.via.name().to_owned(),
                     backend,
                 };
                 self.services.resolve(
@@ -808,7 +812,9 @@ impl Metrics {
         let labels = EncapLabels {
             encap: encap.name().to_owned(),
             peer_node: model.peer_node(src, dst).unwrap_or_default(),
-            direction: direction(InterfaceKind::Tunnel(encap), hook).to_owned(),
+            direction: direction(InterfaceKind::Tunnel(encap), hook)
+                .name()
+                .to_owned(),
         };
         let mut out = Vec::new();
         let what = [

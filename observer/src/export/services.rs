@@ -12,77 +12,14 @@ use std::{
 
 use axum::{Json, extract::State as AxState};
 use observer_common::Hook;
-use serde::{Deserialize, Serialize};
 
 use crate::{
-    flows::{InterfaceKind, key_addrs, protocol_name},
+    api::{BackendView, IpvsView, Protocol, RealServerView, ServiceView},
+    flows::{InterfaceKind, key_addrs},
     model::ipvs::VipConnections,
-    sources::ipvs::{IpvsService, IpvsStats},
+    sources::ipvs::IpvsService,
     state::{Shared, State, interface_of},
 };
-
-/// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
-/// the traffic this node saw: sent to its VIPs by local pods, and delivered
-/// to its endpoints on local pods. An IPVS virtual service without a
-/// Service object has an empty `namespace` and `name`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ServiceView {
-    pub namespace: String,
-    pub name: String,
-    pub port: String,
-    pub protocol: String,
-    pub vips: Vec<String>,
-    pub vip_packets: u64,
-    pub vip_bytes: u64,
-    pub backends: Vec<BackendView>,
-    /// The IPVS virtual services at its VIPs (one per address family).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ipvs: Vec<IpvsView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct BackendView {
-    pub address: String,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    pub ready: bool,
-    /// Delivered to it on this node's pod interface.
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-/// One IPVS virtual service, as `ipvsadm -Ln --stats` shows it.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct IpvsView {
-    /// `TCP 10.96.0.10:80`.
-    pub virtual_service: String,
-    pub scheduler: String,
-    /// IPVS's own counters (absent when read from `/proc/net/ip_vs`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<IpvsStats>,
-    /// What local pods sent to this VIP, as counted on their interfaces.
-    pub packets: u64,
-    pub bytes: u64,
-    pub real_servers: Vec<RealServerView>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct RealServerView {
-    pub address: String,
-    /// `Masq`, `Local`, `Tunnel`, `Route`.
-    pub forward: String,
-    pub weight: u32,
-    pub active_connections: u32,
-    pub inactive_connections: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<IpvsStats>,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    /// What local pods sent to the VIP on connections IPVS gave to this
-    /// real server (its connection table), as counted on their interfaces.
-    pub packets: u64,
-    pub bytes: u64,
-}
 
 /// Traffic on pod interfaces per (destination, port, protocol, hook), and
 /// per (client, destination, port, protocol) for what pods sent.
@@ -134,10 +71,19 @@ impl Seen {
 }
 
 pub async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>> {
+    // IPVS's connection table, read on a blocking thread before the state
+    // is taken (as for /v1/flows: a big table never holds up a poll).
+    let any_ipvs = !state.read().await.model.ipvs().is_empty();
+    let conns = if any_ipvs {
+        tokio::task::spawn_blocking(|| VipConnections::read(true, false))
+            .await
+            .inspect_err(|e| tracing::debug!("reading IPVS's connections: {e}"))
+            .ok()
+    } else {
+        None
+    };
     let st = state.read().await;
     let seen = Seen::gather(&st);
-    let conns = (!st.model.ipvs().is_empty())
-        .then(|| tokio::task::block_in_place(|| VipConnections::read(true, false)));
     let ipvs_view = |vs: &IpvsService| ipvs_view(&st, &seen, conns.as_ref(), vs);
     let mut out: Vec<ServiceView> = st
         .model
@@ -154,7 +100,7 @@ pub async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>>
                 namespace: sp.namespace.clone(),
                 name: sp.name.clone(),
                 port: sp.port_name.clone().unwrap_or_else(|| sp.port.to_string()),
-                protocol: protocol_name(sp.protocol),
+                protocol: Protocol::from_number(sp.protocol),
                 vips: sp
                     .vips
                     .iter()
@@ -196,7 +142,7 @@ pub async fn services(AxState(state): AxState<Shared>) -> Json<Vec<ServiceView>>
                 || format!("fwmark {}", v.fwmark.unwrap_or(0)),
                 |a| a.port().to_string(),
             ),
-            protocol: protocol_name(v.protocol),
+            protocol: Protocol::from_number(v.protocol),
             vips: v.address.iter().map(ToString::to_string).collect(),
             vip_packets: view.packets,
             vip_bytes: view.bytes,

@@ -1,13 +1,13 @@
 //! Flows: the table of monotonic counters, and how a flow is shown.
 
 pub mod table;
-pub mod view;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
-use self::{table::FlowEntry, view::FlowView};
+use self::table::FlowEntry;
+use crate::api::{Direction, FlowView, Protocol, Via};
 pub use crate::datapath::clock::Clock;
 use crate::model::Model;
 
@@ -42,22 +42,12 @@ pub struct Interface {
 /// The direction of a flow: on pod interfaces the pod's point of view (TC
 /// ingress of the host-side veth carries what the pod sends), elsewhere the
 /// node's.
-pub fn direction(kind: InterfaceKind, hook: Hook) -> &'static str {
+pub fn direction(kind: InterfaceKind, hook: Hook) -> Direction {
     match (kind, hook) {
-        (InterfaceKind::Pod, Hook::Ingress) => "egress",
-        (InterfaceKind::Pod, Hook::Egress) => "ingress",
-        (_, Hook::Ingress) => "ingress",
-        (_, Hook::Egress) => "egress",
-    }
-}
-
-pub fn protocol_name(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
+        (InterfaceKind::Pod, Hook::Ingress) => Direction::Egress,
+        (InterfaceKind::Pod, Hook::Egress) => Direction::Ingress,
+        (_, Hook::Ingress) => Direction::Ingress,
+        (_, Hook::Egress) => Direction::Egress,
     }
 }
 
@@ -122,7 +112,7 @@ pub fn to_view(
     // To a Service VIP: where it goes is its backend (when known).
     let expected_encap = model.and_then(|m| {
         let to = match &service {
-            Some(r) if r.via == "vip" => r.backend.as_ref()?.parse::<SocketAddr>().ok()?.ip(),
+            Some(r) if r.via == Via::Vip => r.backend.as_ref()?.parse::<SocketAddr>().ok()?.ip(),
             _ => dst,
         };
         m.expected_encap(src, to)
@@ -130,15 +120,15 @@ pub fn to_view(
     FlowView {
         interface: iface.map_or_else(|| format!("if{}", key.ifindex), |i| i.name.clone()),
         ifindex: key.ifindex,
-        direction: direction(kind, hook).to_owned(),
-        src_ip: src.to_string(),
-        dst_ip: dst.to_string(),
+        direction: direction(kind, hook),
+        src_ip: src,
+        dst_ip: dst,
         src_port: if icmp { 0 } else { key.src_port },
         dst_port: if icmp { 0 } else { key.dst_port },
-        protocol: protocol_name(key.protocol),
+        protocol: Protocol::from_number(key.protocol),
         icmp_type: icmp.then_some(key.src_port as u8),
         icmp_code: icmp.then_some(key.dst_port as u8),
-        encap: encap.name().to_owned(),
+        encap,
         expected_encap,
         packets: c.packets,
         bytes: c.bytes,
@@ -174,13 +164,22 @@ mod tests {
 
     #[test]
     fn directions_take_the_pods_view_on_pod_interfaces() {
-        assert_eq!(direction(InterfaceKind::Pod, Hook::Ingress), "egress");
-        assert_eq!(direction(InterfaceKind::Pod, Hook::Egress), "ingress");
+        assert_eq!(
+            direction(InterfaceKind::Pod, Hook::Ingress),
+            Direction::Egress
+        );
+        assert_eq!(
+            direction(InterfaceKind::Pod, Hook::Egress),
+            Direction::Ingress
+        );
         assert_eq!(
             direction(InterfaceKind::Tunnel(Encap::Vxlan), Hook::Egress),
-            "egress"
+            Direction::Egress
         );
-        assert_eq!(direction(InterfaceKind::Underlay, Hook::Ingress), "ingress");
+        assert_eq!(
+            direction(InterfaceKind::Underlay, Hook::Ingress),
+            Direction::Ingress
+        );
     }
 
     #[test]

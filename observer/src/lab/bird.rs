@@ -388,7 +388,7 @@ pub fn wait_established(plan: &Plan) -> Result<()> {
                         logs,
                         "--- end of {}:\n{}",
                         log.display(),
-                        super::build::log_tail(&log, 10)
+                        state::log_tail(&log, 10)
                     );
                 }
             }

@@ -17,7 +17,7 @@ use super::{
     plan::{Encap, KubeProxy, NodePlan, Plan, PodPlan, Routing},
     state,
 };
-use crate::cli::client::Client;
+use crate::api::Client;
 
 /// The bridge namespace joining the nodes' `eth0`s.
 pub fn underlay_ns(lab: &str) -> String {
@@ -295,7 +295,7 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
     )?;
     // Calico's CNI gives pods the tunnel's MTU, so that nothing needs
     // fragmenting on the way into the tunnel.
-    let mtu = pod_mtu(plan);
+    let mtu = plan.pod_mtu().to_string();
     ip(
         host,
         &[
@@ -305,11 +305,11 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
             "address",
             HOST_VETH_MAC,
             "mtu",
-            mtu,
+            &mtu,
             "up",
         ],
     )?;
-    ip(ns, &["link", "set", "eth0", "mtu", mtu])?;
+    ip(ns, &["link", "set", "eth0", "mtu", &mtu])?;
     // Calico answers the pod's ARP for 169.254.1.1 by proxy ARP.
     sysctl(host, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1")?;
     sysctl(host, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0")?;
@@ -373,19 +373,6 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The underlay's 1500 less the encapsulation's overhead, as Calico's
-/// automatic MTU picks it: VXLAN 50 bytes over IPv4 (70 over IPv6, for
-/// dual-stack), IPIP 20, WireGuard 60; unencapsulated, the underlay's own.
-pub fn pod_mtu(plan: &Plan) -> &'static str {
-    match plan.encap {
-        Encap::None => "1500",
-        Encap::Vxlan if plan.ipv6 => "1430",
-        Encap::Vxlan => "1450",
-        Encap::Ipip => super::ipip::TUNNEL_MTU,
-        Encap::Wireguard => super::wireguard::TUNNEL_MTU,
-    }
 }
 
 fn start_daemon(plan: &Plan, node: &NodePlan, exe: &Path) -> Result<()> {
@@ -465,14 +452,8 @@ fn wait_ready(child: &mut Child, socket: &str, log: &Path) -> Result<()> {
     bail!(
         "the observer at {socket} {why}; end of {}:\n{}",
         log.display(),
-        log_tail(log, 20)
+        state::log_tail(log, 20)
     )
-}
-
-pub fn log_tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// Removes every namespace of the lab (daemons first, so they detach

@@ -19,13 +19,16 @@ use super::{
 };
 
 /// The underlay's 1500 less the 20 bytes of the outer IPv4 header.
-pub const TUNNEL_MTU: &str = "1480";
+pub const TUNNEL_MTU: u32 = 1480;
 
 /// `tunl0` as calico-node sets it up: up, MTU 1480, the tunnel address.
 pub fn tunnel(node: &NodePlan) -> Result<()> {
     let ns = &node.netns;
     // Every namespace has its own `tunl0` once the ipip module is loaded.
-    ip(ns, &["link", "set", "tunl0", "mtu", TUNNEL_MTU, "up"])?;
+    ip(
+        ns,
+        &["link", "set", "tunl0", "mtu", &TUNNEL_MTU.to_string(), "up"],
+    )?;
     if let Some(addr) = node.tunnel_ips.iter().find(|a| a.is_ipv4()) {
         ip(ns, &["addr", "add", &format!("{addr}/32"), "dev", "tunl0"])?;
     }

@@ -28,8 +28,8 @@ use anyhow::{Result, bail};
 use clap::{Args, Subcommand};
 
 use crate::{
-    cli::{Output, client::Client, render},
-    flows::view::FlowView,
+    api::{Client, FlowView},
+    term::{Output, flows::flows_table, table, units::bytes},
 };
 
 pub const DEFAULT_LAB: &str = "obslab";
@@ -113,21 +113,6 @@ pub enum LabCommand {
     Traffic(OutputArgs),
 }
 
-/// The API socket of a lab node's observer.
-pub fn node_socket(lab: &str, node: &str) -> Result<PathBuf> {
-    let plan = state::load(lab)?;
-    match plan.nodes.iter().find(|n| n.name == node) {
-        Some(n) => Ok(PathBuf::from(&n.api_socket)),
-        None => {
-            let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
-            bail!(
-                "lab {lab:?} has no node {node:?}; its nodes are {}",
-                names.join(", ")
-            )
-        }
-    }
-}
-
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -154,8 +139,7 @@ pub async fn run(args: LabArgs, exe: PathBuf) -> Result<()> {
 /// Builds the lab. Ctrl-C meanwhile (`stop`) lets the build finish and then
 /// tears it down, so that an interrupted `up` leaves nothing behind.
 fn up(shape: &Shape, exe: &Path, stop: &AtomicBool) -> Result<()> {
-    if state::dir(&shape.name).join("state.json").exists()
-        || !netns::list(&format!("{}-", shape.name))?.is_empty()
+    if crate::lab_dir::exists(&shape.name) || !netns::list(&format!("{}-", shape.name))?.is_empty()
     {
         bail!(
             "lab {:?} is already up (or left over): `observer lab down --name {}` first",
@@ -249,7 +233,7 @@ fn status(o: &OutputArgs) -> Result<()> {
     );
     print!(
         "{}",
-        render::table(
+        table(
             &[
                 "NODE",
                 "NETNS",
@@ -281,7 +265,7 @@ fn status(o: &OutputArgs) -> Result<()> {
         .collect();
     print!(
         "{}",
-        render::table(&["POD", "NODE", "IPS", "INTERFACE", "NETNS"], &rows)
+        table(&["POD", "NODE", "IPS", "INTERFACE", "NETNS"], &rows)
     );
     Ok(())
 }
@@ -301,13 +285,13 @@ fn traffic(o: &OutputArgs) -> Result<()> {
                 format!("{} ({})", s.src_pod, s.src_ip),
                 format!("{} ({}:{})", s.dst_pod, s.dst_ip, s.dst_port),
                 s.packets.map_or("-".into(), |p| p.to_string()),
-                render::bytes(s.payload_bytes),
+                bytes(s.payload_bytes),
             ]
         })
         .collect();
     print!(
         "{}",
-        render::table(&["PROTO", "FROM", "TO", "PACKETS", "PAYLOAD"], &rows)
+        table(&["PROTO", "FROM", "TO", "PACKETS", "PAYLOAD"], &rows)
     );
     Ok(())
 }
@@ -342,7 +326,7 @@ fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result
             // Pod-to-pod traffic; the IPv6 link-local chatter is left out.
             let mut shown: Vec<FlowView> = flows
                 .into_iter()
-                .filter(|f| !f.src_ip.starts_with("fe80") && !f.dst_ip.starts_with("ff02"))
+                .filter(|f| !is_link_local(f.src_ip) && !is_link_local_multicast(f.dst_ip))
                 .collect();
             let total = shown.len();
             // The latest round's flows (every round opens new ones).
@@ -354,7 +338,7 @@ fn watch_loop(shape: &Shape, duration: Option<u64>, stop: &AtomicBool) -> Result
                 node.name,
                 shown.len()
             );
-            print!("{}", render::flows_table(&shown, false));
+            print!("{}", flows_table(&shown, false));
         }
         println!();
         for _ in 0..15 {
@@ -376,4 +360,14 @@ fn interrupt_flag() -> Result<Arc<AtomicBool>> {
         signal_hook::flag::register(signal, stop.clone())?;
     }
     Ok(stop)
+}
+
+/// fe80::/10.
+fn is_link_local(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+}
+
+/// ff02::/16.
+fn is_link_local_multicast(ip: std::net::IpAddr) -> bool {
+    matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] == 0xff02)
 }

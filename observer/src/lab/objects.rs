@@ -392,7 +392,7 @@ pub fn cni_conflist(plan: &Plan, node: &str) -> Value {
         ipam["assign_ipv6"] = json!("true");
         ipam["ipv6_pools"] = json!([POOL_V6]);
     }
-    let mtu: u32 = super::build::pod_mtu(plan).parse().unwrap_or(1500);
+    let mtu = plan.pod_mtu();
     json!({
         "name": "k8s-pod-network",
         "cniVersion": "0.3.1",

@@ -237,6 +237,20 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
 }
 
+impl Plan {
+    /// The underlay's 1500 less the encapsulation's overhead, as Calico's
+    /// automatic MTU picks it: VXLAN 50 bytes over IPv4 (70 over IPv6, for
+    /// dual-stack), IPIP 20, WireGuard 60; unencapsulated, the underlay's own.
+    pub fn pod_mtu(&self) -> u32 {
+        match self.encap {
+            Encap::None => 1500,
+            Encap::Vxlan => 1500 - observer_common::Encap::Vxlan.overhead(self.ipv6),
+            Encap::Ipip => super::ipip::TUNNEL_MTU,
+            Encap::Wireguard => super::wireguard::TUNNEL_MTU,
+        }
+    }
+}
+
 /// Pod `nodeK-podI` belongs to Deployment `appI`: every Deployment has a
 /// pod on every node.
 pub fn deployment_of(pod: &str) -> String {

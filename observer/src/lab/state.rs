@@ -1,17 +1,12 @@
-//! Where a lab keeps its plan: `/run/observer-lab/<lab>/state.json`, with
-//! the daemons' sockets and logs beside it.
+//! The lab's plan on disk (in [`crate::lab_dir`]), its pins, and the
+//! daemons' logs beside it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::plan::Plan;
-
-pub const STATE_ROOT: &str = "/run/observer-lab";
-
-pub fn dir(lab: &str) -> PathBuf {
-    PathBuf::from(STATE_ROOT).join(lab)
-}
+pub use crate::lab_dir::dir;
 
 /// Where a lab's daemons pin their maps and links, a directory per node:
 /// a BPF file system of the lab's own (`ip netns exec`, which starts the
@@ -22,20 +17,16 @@ pub fn pin_dir(lab: &str) -> PathBuf {
 }
 
 pub fn save(plan: &Plan) -> Result<()> {
-    let d = dir(&plan.lab);
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    let path = d.join("state.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(plan)?)
-        .with_context(|| format!("writing {}", path.display()))
+    crate::lab_dir::save(&plan.lab, plan)
 }
 
 pub fn load(lab: &str) -> Result<Plan> {
-    let path = dir(lab).join("state.json");
-    let text = std::fs::read(&path).with_context(|| {
-        format!(
-            "lab {lab:?} is not up (no {}): start it with `observer lab up`",
-            path.display()
-        )
-    })?;
-    serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))
+    crate::lab_dir::load(lab)
+}
+
+/// The last `lines` lines of a daemon's log, for an error message.
+pub fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }

@@ -22,7 +22,7 @@ use super::{
 pub const DEVICE: &str = "wireguard.cali";
 pub const PORT: &str = "51820";
 /// 1500 less WireGuard's 60 bytes over IPv4 (outer IP 20, UDP 8, its own 32).
-pub const TUNNEL_MTU: &str = "1440";
+pub const TUNNEL_MTU: u32 = 1440;
 /// Felix's defaults: routing table 1, rule priority 99.
 const TABLE: &str = "1";
 const RULE_PRIORITY: &str = "99";
@@ -120,7 +120,10 @@ pub fn device(plan: &Plan, node: &NodePlan) -> Result<()> {
     if let Some(addr) = node.tunnel_ips.first() {
         ip(ns, &["addr", "add", &format!("{addr}/32"), "dev", DEVICE])?;
     }
-    ip(ns, &["link", "set", DEVICE, "mtu", TUNNEL_MTU, "up"])?;
+    ip(
+        ns,
+        &["link", "set", DEVICE, "mtu", &TUNNEL_MTU.to_string(), "up"],
+    )?;
     for peer in plan.nodes.iter().filter(|p| p.name != node.name) {
         let targets = peer
             .blocks

@@ -16,11 +16,12 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::sources::{
-    bird::BirdStatus,
-    calico::{Allocation, EncapMode},
-    cni::CniDir,
-    objects::ClusterObjects,
+use crate::{
+    api::{BirdStatus, CniDir, Encap},
+    sources::{
+        calico::{Allocation, EncapMode},
+        objects::ClusterObjects,
+    },
 };
 
 /// An IP pool, decoded.
@@ -41,11 +42,11 @@ pub struct PoolInfo {
 impl PoolInfo {
     /// The encapsulation between nodes and its mode: VXLAN if its mode is
     /// not Never, else IPIP; `None` when both are Never.
-    pub fn encap(&self) -> Option<(&'static str, EncapMode)> {
+    pub fn encap(&self) -> Option<(Encap, EncapMode)> {
         if self.vxlan_mode != EncapMode::Never {
-            Some(("vxlan", self.vxlan_mode))
+            Some((Encap::Vxlan, self.vxlan_mode))
         } else if self.ipip_mode != EncapMode::Never {
-            Some(("ipip", self.ipip_mode))
+            Some((Encap::Ipip, self.ipip_mode))
         } else {
             None
         }
@@ -489,28 +490,16 @@ mod tests {
     fn expected_encap_follows_the_pool() {
         let m = model("Always", true, &[]);
         let (local, remote) = (ip("10.244.0.5"), ip("10.244.0.70"));
-        assert_eq!(m.expected_encap(local, remote).as_deref(), Some("vxlan"));
-        assert_eq!(m.expected_encap(remote, local).as_deref(), Some("vxlan"));
-        assert_eq!(
-            m.expected_encap(local, ip("10.244.0.6")).as_deref(),
-            Some("none")
-        );
-        assert_eq!(
-            m.expected_encap(local, ip("8.8.8.8")).as_deref(),
-            Some("none")
-        );
-        assert_eq!(
-            m.expected_encap(local, ip("10.250.0.9")).as_deref(),
-            Some("ipip")
-        );
-        assert_eq!(
-            m.expected_encap(local, ip("10.251.0.9")).as_deref(),
-            Some("none")
-        );
+        assert_eq!(m.expected_encap(local, remote), Some(Encap::Vxlan));
+        assert_eq!(m.expected_encap(remote, local), Some(Encap::Vxlan));
+        assert_eq!(m.expected_encap(local, ip("10.244.0.6")), Some(Encap::None));
+        assert_eq!(m.expected_encap(local, ip("8.8.8.8")), Some(Encap::None));
+        assert_eq!(m.expected_encap(local, ip("10.250.0.9")), Some(Encap::Ipip));
+        assert_eq!(m.expected_encap(local, ip("10.251.0.9")), Some(Encap::None));
         // The node itself to a remote pod: the tunnel too.
         assert_eq!(
-            m.expected_encap(ip("172.30.0.11"), remote).as_deref(),
-            Some("vxlan")
+            m.expected_encap(ip("172.30.0.11"), remote),
+            Some(Encap::Vxlan)
         );
     }
 
@@ -524,12 +513,12 @@ mod tests {
         let local = ip("10.244.0.5");
         // node2 shares our /24: no encapsulation; node3 does not.
         assert_eq!(
-            m.expected_encap(local, ip("10.244.0.70")).as_deref(),
-            Some("none")
+            m.expected_encap(local, ip("10.244.0.70")),
+            Some(Encap::None)
         );
         assert_eq!(
-            m.expected_encap(local, ip("10.244.0.130")).as_deref(),
-            Some("vxlan")
+            m.expected_encap(local, ip("10.244.0.130")),
+            Some(Encap::Vxlan)
         );
         // No node for the address: cannot tell.
         assert_eq!(m.expected_encap(local, ip("10.244.0.200")), None);
@@ -550,9 +539,8 @@ mod tests {
             ["172.30.0.0/24".parse::<IpNet>().unwrap()]
         );
         assert_eq!(
-            m.expected_encap(ip("10.244.0.5"), ip("10.244.0.130"))
-                .as_deref(),
-            Some("vxlan")
+            m.expected_encap(ip("10.244.0.5"), ip("10.244.0.130")),
+            Some(Encap::Vxlan)
         );
         // Without Node objects for us: every underlay-looking interface.
         let c = CalicoView::default();

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 pub use self::calico::{BlockInfo, CalicoView, PoolInfo};
+use crate::api::{Encap, EndpointView, ServiceRef, Via};
 use crate::sources::{
     calico::EncapMode,
     objects::{ClusterObjects, node_addresses, pod_ips, workload_with_owners},
@@ -26,26 +27,6 @@ pub fn calico_interface(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex[..11])
 }
 
-/// Who an address is, as flows show it. Fields we do not know are absent:
-/// unknown stays visibly unknown.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct EndpointView {
-    /// `pod`, `host` (a node's address), `service` (a Service VIP),
-    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
-    pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-    /// The owning workload's name, and its kind (`Deployment`, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workload_kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodEntry {
     pub namespace: String,
@@ -55,51 +36,6 @@ pub struct PodEntry {
     pub ips: Vec<IpAddr>,
     /// Calico's host-side interface name for this pod.
     pub interface: String,
-}
-
-/// The Service a flow's destination belongs to.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ServiceRef {
-    pub namespace: String,
-    pub name: String,
-    /// The Service port's name, else its number.
-    pub port: String,
-    /// `vip`: sent to the ClusterIP (seen before DNAT); `endpoint`: sent to
-    /// one of its ready endpoints (after DNAT, or directly).
-    pub via: String,
-    /// The endpoint that serves it (for `vip`: the real server IPVS chose,
-    /// else conntrack's DNAT), and its pod as `namespace/name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_pod: Option<String>,
-    /// The backend's node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_node: Option<String>,
-    /// Where `backend` was read for `vip`: `ipvs` (`/proc/net/ip_vs_conn`)
-    /// or `conntrack` (its DNAT).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backend_source: Option<String>,
-    /// The IPVS virtual service that serves the VIP (`TCP
-    /// 10.96.0.10:80`), its scheduler, and the chosen real server's
-    /// forwarding method (`Masq`): present when IPVS serves it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheduler: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub forward: Option<String>,
-}
-
-impl ServiceRef {
-    /// `namespace/name:port`, or for an IPVS virtual service that no
-    /// Service object accounts for, `ipvs/<virtual service>`.
-    pub fn label(&self) -> String {
-        match (&self.virtual_service, self.name.is_empty()) {
-            (Some(vs), true) => format!("ipvs/{}", vs.replace(' ', "/")),
-            _ => format!("{}/{}:{}", self.namespace, self.name, self.port),
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +65,7 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
-    fn reference(&self, via: &str) -> ServiceRef {
+    fn reference(&self, via: Via) -> ServiceRef {
         ServiceRef {
             namespace: self.namespace.clone(),
             name: self.name.clone(),
@@ -137,7 +73,7 @@ impl ServicePort {
                 .port_name
                 .clone()
                 .unwrap_or_else(|| self.port.to_string()),
-            via: via.into(),
+            via,
             ..Default::default()
         }
     }
@@ -247,8 +183,8 @@ impl Model {
     /// [`CalicoView::pick_local_subnets`]).
     pub fn set_node_state(
         &mut self,
-        bgp: Vec<crate::sources::bird::BirdStatus>,
-        cni: Option<crate::sources::cni::CniDir>,
+        bgp: Vec<crate::api::BirdStatus>,
+        cni: Option<crate::api::CniDir>,
         interfaces: &[(String, ipnet::IpNet)],
     ) {
         self.calico.local_subnets = self
@@ -288,7 +224,7 @@ impl Model {
     /// a pool address on another node (local traffic, traffic to hosts
     /// and the world). `None` when it cannot be told (CrossSubnet without
     /// the peer's or this node's address).
-    pub fn expected_encap(&self, src: IpAddr, dst: IpAddr) -> Option<String> {
+    pub fn expected_encap(&self, src: IpAddr, dst: IpAddr) -> Option<Encap> {
         // Link-local and multicast traffic is not routed between nodes:
         // no expectation (it is sent on tunnel devices as on any other).
         if [src, dst].iter().any(|ip| not_routed(*ip)) {
@@ -300,26 +236,26 @@ impl Model {
             }
             return self.expected_encap_to(ip);
         }
-        Some("none".into())
+        Some(Encap::None)
     }
 
     /// The encapsulation traffic from this node to `remote` (an address
     /// on another node) should have, from its pool; see
     /// [`Model::expected_encap`].
-    pub fn expected_encap_to(&self, remote: IpAddr) -> Option<String> {
+    pub fn expected_encap_to(&self, remote: IpAddr) -> Option<Encap> {
         let Some(pool) = self.calico.pool_of(remote) else {
-            return Some("none".into());
+            return Some(Encap::None);
         };
         let Some((encap, mode)) = pool.encap() else {
-            return Some("none".into());
+            return Some(Encap::None);
         };
         match mode {
             EncapMode::CrossSubnet => {
                 let peer = self.node_of(remote)?;
                 let same = self.calico.same_subnet(&peer, remote.is_ipv6())?;
-                Some(if same { "none" } else { encap }.into())
+                Some(if same { Encap::None } else { encap })
             }
-            _ => Some(encap.into()),
+            _ => Some(encap),
         }
     }
 
@@ -448,10 +384,10 @@ impl Model {
     pub fn service_of(&self, dst: IpAddr, port: u16, protocol: u8) -> Option<ServiceRef> {
         let vs = self.ipvs.at(dst, port, protocol);
         let at_vip = match self.service_by_vip.get(&(dst, port, protocol)) {
-            Some(i) => Some(self.services[*i].reference("vip")),
+            Some(i) => Some(self.services[*i].reference(Via::Vip)),
             None => vs.map(|_| ServiceRef {
                 port: port.to_string(),
-                via: "vip".into(),
+                via: Via::Vip,
                 ..Default::default()
             }),
         };
@@ -464,7 +400,7 @@ impl Model {
         }
         self.service_by_backend
             .get(&(dst, port, protocol))
-            .map(|i| self.services[*i].reference("endpoint"))
+            .map(|i| self.services[*i].reference(Via::Endpoint))
     }
 
     pub fn pods(&self) -> &[PodEntry] {
@@ -575,7 +511,7 @@ impl Model {
         protocol: u8,
         chosen: Option<ipvs::Chosen>,
     ) -> ServiceRef {
-        let backend = if r.via == "endpoint" {
+        let backend = if r.via == Via::Endpoint {
             Some(dst)
         } else {
             chosen.map(|c| {
@@ -590,7 +526,7 @@ impl Model {
                 .get(&b.ip())
                 .map(|i| format!("{}/{}", self.pods[*i].namespace, self.pods[*i].name));
             r.backend_node = self.node_of(b.ip());
-            if r.via == "vip" {
+            if r.via == Via::Vip {
                 r.forward = self
                     .ipvs
                     .at(dst.ip(), dst.port(), protocol)
@@ -737,13 +673,13 @@ mod tests {
         let m = Model::build(&objects, Default::default(), "cali", None);
         let vip = m.service_of("10.96.0.10".parse().unwrap(), 80, 6).unwrap();
         assert_eq!(
-            (vip.name.as_str(), vip.port.as_str(), vip.via.as_str()),
-            ("web", "http", "vip")
+            (vip.name.as_str(), vip.port.as_str(), vip.via),
+            ("web", "http", Via::Vip)
         );
         let ep = m
             .service_of("10.244.0.5".parse().unwrap(), 8080, 6)
             .unwrap();
-        assert_eq!(ep.via, "endpoint");
+        assert_eq!(ep.via, Via::Endpoint);
         // Not ready, wrong port, wrong protocol: not the Service's.
         assert_eq!(m.service_of("10.244.0.9".parse().unwrap(), 8080, 6), None);
         assert_eq!(m.service_of("10.96.0.10".parse().unwrap(), 81, 6), None);

@@ -20,9 +20,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cli::{Output, render},
+    api::FlowView,
     datapath::{Datapath, object, testrun},
-    flows::{Clock, Interface, InterfaceKind, table::FlowTable, to_view, view::FlowView},
+    flows::{Clock, Interface, InterfaceKind, table::FlowTable, to_view},
+    term::{Output, flows::flows_table},
 };
 
 use self::{
@@ -371,7 +372,7 @@ pub fn main(args: ReplayArgs) -> Result<()> {
         Output::Table | Output::Wide => {
             print!(
                 "{}",
-                render::flows_table(&report.flows, args.output == Output::Wide)
+                flows_table(&report.flows, args.output == Output::Wide)
             );
             print!("{}", report.footer());
         }

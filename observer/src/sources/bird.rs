@@ -18,7 +18,6 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
-    net::IpAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::{Duration, Instant},
@@ -26,6 +25,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
+
+use crate::api::{BgpPeer, BirdStatus};
 
 /// How long one read or write may take, and the whole exchange.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,45 +45,6 @@ pub struct Protocol {
     /// The rest of the row: `Established`, `Active   Socket: Connection
     /// refused`, `Connect`, `Idle`, ... (empty for down protocols).
     pub info: String,
-}
-
-/// A BGP peer as `calicoctl node status` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BgpPeer {
-    /// BIRD's protocol name (`Mesh_10_0_0_2`).
-    pub name: String,
-    pub address: IpAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// `node-to-node mesh`, `node specific` or `global`.
-    pub peer_type: String,
-    /// BIRD's protocol state: `up`, `start`, `down`, ...
-    pub state: String,
-    pub since: String,
-    /// The BGP state: `Established`, `Active`, `Connect`, `Idle`,
-    /// `OpenSent`, `OpenConfirm`; empty when the protocol is down.
-    pub bgp_state: String,
-    /// The whole info column, as calicoctl prints it (`Active Socket:
-    /// Connection refused`).
-    pub info: String,
-}
-
-/// What one BIRD control socket says.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BirdStatus {
-    /// `IPv4` or `IPv6`.
-    pub family: String,
-    pub socket: String,
-    /// Whether BIRD answered.
-    pub running: bool,
-    /// From the greeting: `BIRD 1.6.8`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// Why there are no peers: `not running (no socket ...)`, or what went
-    /// wrong talking to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub peers: Vec<BgpPeer>,
 }
 
 impl BirdStatus {

@@ -9,67 +9,9 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniIpam {
-    /// `calico-ipam`, `host-local`, ...
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Pools (names or CIDRs) for calico-ipam, subnets for host-local.
-    #[serde(default)]
-    pub pools: Vec<String>,
-    /// calico-ipam's `assign_ipv4` / `assign_ipv6` (absent: its defaults,
-    /// IPv4 yes, IPv6 no).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assign_ipv4: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assign_ipv6: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniPlugin {
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The plugin's `mtu`; Calico's 0 means "detect" (calico-node picks it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipam: Option<CniIpam>,
-    /// Calico's `policy.type` (`k8s`) and `kubernetes.kubeconfig`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kubeconfig: Option<String>,
-}
-
-/// One file of the CNI directory.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniConfig {
-    pub file: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cni_version: Option<String>,
-    #[serde(default)]
-    pub plugins: Vec<CniPlugin>,
-    /// The first valid file in name order: the one the runtime uses.
-    #[serde(default)]
-    pub in_use: bool,
-    /// Why this file could not be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The CNI directory: its files, or why it could not be listed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CniDir {
-    pub dir: String,
-    pub configs: Vec<CniConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
+use crate::api::{CniConfig, CniDir, CniIpam, CniPlugin};
 
 impl CniDir {
     /// Reads `dir`; never fails (errors are in the answer).

@@ -1,15 +1,23 @@
 //! Which endpoint a Service connection was DNATed to, from the kernel's
 //! connection tracking (ctnetlink dump): the original tuple goes to the
 //! VIP, the reply comes from the endpoint. This names the backend of the
-//! flows seen before DNAT, on the client's interface.
+//! flows seen before DNAT, on the client's interface. The messages are
+//! decoded by `netlink-packet-netfilter`.
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use anyhow::{Context as _, Result};
-use netlink_packet_core::{NlaBuffer, NlasIterator};
+use netlink_packet_core::ParseableParametrized as _;
+use netlink_packet_netfilter::{
+    NetfilterMessage, NetfilterMessageInner, NetfilterSubsystem,
+    conntrack::{
+        ConntrackAttribute, ConntrackMessage, ConntrackMessageType, IPTuple, ProtoTuple,
+        Tuple as CtTuple,
+    },
+};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::netlink;
@@ -17,75 +25,69 @@ use super::netlink;
 /// (source, destination, protocol) of a connection as the client sent it.
 pub type Tuple = (SocketAddr, SocketAddr, u8);
 
-// include/uapi/linux/netfilter/nfnetlink_conntrack.h
-const NFNL_SUBSYS_CTNETLINK: u16 = 1;
-const IPCTNL_MSG_CT_GET: u16 = 1;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-
-fn nested(payload: &[u8]) -> Vec<(u16, Vec<u8>)> {
-    NlasIterator::new(payload)
-        .filter_map(|n: Result<NlaBuffer<&[u8]>, _>| n.ok())
-        .map(|n| (n.kind() & 0x3fff, n.value().to_vec()))
-        .collect()
+/// The netlink message type of a conntrack dump request.
+fn ct_get() -> u16 {
+    (u16::from(u8::from(NetfilterSubsystem::Conntrack)) << 8)
+        | u16::from(u8::from(ConntrackMessageType::Get))
 }
 
-fn find(attrs: &[(u16, Vec<u8>)], kind: u16) -> Option<&[u8]> {
-    attrs
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, v)| v.as_slice())
-}
-
-/// (src, dst, protocol) of a CTA_TUPLE_* attribute.
-fn tuple(payload: &[u8]) -> Option<Tuple> {
-    let t = nested(payload);
-    let ip = nested(find(&t, CTA_TUPLE_IP)?);
-    let proto = nested(find(&t, CTA_TUPLE_PROTO)?);
-    let v4 = |k| {
-        find(&ip, k)
-            .and_then(|v| <[u8; 4]>::try_from(v).ok())
-            .map(|b| IpAddr::V4(Ipv4Addr::from(b)))
-    };
-    let v6 = |k| {
-        find(&ip, k)
-            .and_then(|v| <[u8; 16]>::try_from(v).ok())
-            .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
-    };
-    let (src, dst) = (
-        v4(CTA_IP_V4_SRC).or(v6(CTA_IP_V6_SRC))?,
-        v4(CTA_IP_V4_DST).or(v6(CTA_IP_V6_DST))?,
-    );
-    let port = |k| {
-        find(&proto, k)
-            .and_then(|v| <[u8; 2]>::try_from(v).ok())
-            .map(u16::from_be_bytes)
-            .unwrap_or(0)
-    };
-    let num = *find(&proto, CTA_PROTO_NUM)?.first()?;
+/// (src, dst, protocol) of a CTA_TUPLE_* attribute's parts.
+fn tuple(parts: &[CtTuple]) -> Option<Tuple> {
+    let (mut src, mut dst, mut num) = (None, None, None);
+    let (mut sport, mut dport) = (0, 0);
+    for part in parts {
+        match part {
+            CtTuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
+                        _ => {}
+                    }
+                }
+            }
+            CtTuple::Proto(protos) => {
+                for p in protos {
+                    match p {
+                        ProtoTuple::Protocol(n) => num = Some(u8::from(*n)),
+                        ProtoTuple::SourcePort(port) => sport = *port,
+                        ProtoTuple::DestinationPort(port) => dport = *port,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (src, dst): (IpAddr, IpAddr) = (src?, dst?);
     Some((
-        SocketAddr::new(src, port(CTA_PROTO_SRC_PORT)),
-        SocketAddr::new(dst, port(CTA_PROTO_DST_PORT)),
-        num,
+        SocketAddr::new(src, sport),
+        SocketAddr::new(dst, dport),
+        num?,
     ))
 }
 
 /// Reads one conntrack entry (after the netlink header): the original
 /// tuple and where replies come from, if the destination was translated.
 pub fn decode_entry(msg: &[u8]) -> Option<(Tuple, SocketAddr)> {
-    // struct nfgenmsg: family, version, res_id.
-    let attrs = nested(msg.get(4..)?);
-    let orig = tuple(find(&attrs, CTA_TUPLE_ORIG)?)?;
-    let reply = tuple(find(&attrs, CTA_TUPLE_REPLY)?)?;
+    // A dump answers with entries of any conntrack message type; they
+    // carry the same attributes.
+    let parsed = NetfilterMessage::parse_with_param(msg, ct_get()).ok()?;
+    let NetfilterMessageInner::Conntrack(
+        ConntrackMessage::Get(attrs) | ConntrackMessage::New(attrs),
+    ) = parsed.inner
+    else {
+        return None;
+    };
+    let (mut orig, mut reply) = (None, None);
+    for attr in &attrs {
+        match attr {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(t),
+            _ => {}
+        }
+    }
+    let (orig, reply) = (orig?, reply?);
     (reply.0 != orig.1).then_some((orig, reply.0))
 }
 
@@ -94,7 +96,7 @@ pub fn dnat_table() -> Result<HashMap<Tuple, SocketAddr>> {
     // nfgenmsg: AF_UNSPEC (both families), version 0, res_id 0.
     let replies = netlink::request(
         NETLINK_NETFILTER,
-        (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET,
+        ct_get(),
         netlink::NLM_F_DUMP,
         &[0, 0, 0, 0],
     )
@@ -104,49 +106,50 @@ pub fn dnat_table() -> Result<HashMap<Tuple, SocketAddr>> {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::Emitable as _;
+    use netlink_packet_netfilter::{
+        NetfilterHeader, NetfilterProtoFamily,
+        conntrack::{Protocol, Status},
+    };
+
     use super::*;
 
-    fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        netlink::put_attr(&mut out, kind, value);
-        out
+    fn tuple_attr(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<CtTuple> {
+        vec![
+            CtTuple::Ip(vec![
+                IPTuple::SourceAddress(src.parse().unwrap()),
+                IPTuple::DestinationAddress(dst.parse().unwrap()),
+            ]),
+            CtTuple::Proto(vec![
+                ProtoTuple::Protocol(Protocol::Udp),
+                ProtoTuple::SourcePort(sport),
+                ProtoTuple::DestinationPort(dport),
+            ]),
+        ]
     }
 
-    fn tuple_attr(kind: u16, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-        let ip = [nla(CTA_IP_V4_SRC, &src), nla(CTA_IP_V4_DST, &dst)].concat();
-        let proto = [
-            nla(CTA_PROTO_NUM, &[17]),
-            nla(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
-            nla(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
-        ]
-        .concat();
-        nla(
-            kind | 0x8000,
-            &[
-                nla(CTA_TUPLE_IP | 0x8000, &ip),
-                nla(CTA_TUPLE_PROTO | 0x8000, &proto),
-            ]
-            .concat(),
-        )
+    /// An entry as the kernel sends it in a dump (IPCTNL_MSG_CT_NEW).
+    fn entry(orig: Vec<CtTuple>, reply: Vec<CtTuple>) -> Vec<u8> {
+        let msg = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            ConntrackMessage::New(vec![
+                ConntrackAttribute::CtaTupleOrig(orig),
+                ConntrackAttribute::CtaTupleReply(reply),
+                ConntrackAttribute::CtaStatus(Status::from_bits_retain(0x1be)),
+                ConntrackAttribute::CtaTimeout(120),
+            ]),
+        );
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.emit(&mut buf);
+        buf
     }
 
     #[test]
     fn dnat_entries_give_the_endpoint() {
-        let mut msg = vec![2, 0, 0, 0];
-        msg.extend(tuple_attr(
-            CTA_TUPLE_ORIG,
-            [10, 244, 0, 1],
-            [10, 96, 0, 12],
-            40000,
-            53,
-        ));
-        msg.extend(tuple_attr(
-            CTA_TUPLE_REPLY,
-            [10, 244, 0, 66],
-            [10, 244, 0, 1],
-            5353,
-            40000,
-        ));
+        let msg = entry(
+            tuple_attr("10.244.0.1", "10.96.0.12", 40000, 53),
+            tuple_attr("10.244.0.66", "10.244.0.1", 5353, 40000),
+        );
         let (orig, endpoint) = decode_entry(&msg).unwrap();
         assert_eq!(
             orig,
@@ -157,32 +160,31 @@ mod tests {
             )
         );
         assert_eq!(endpoint, "10.244.0.66:5353".parse().unwrap());
+        // IPv6 the same way.
+        let msg = entry(
+            tuple_attr("fd00::1", "fd00:96::c", 40000, 53),
+            tuple_attr("fd00::42", "fd00::1", 53, 40000),
+        );
+        assert_eq!(
+            decode_entry(&msg).unwrap().1,
+            "[fd00::42]:53".parse().unwrap()
+        );
         // Not translated: not a Service connection.
-        let mut plain = vec![2, 0, 0, 0];
-        plain.extend(tuple_attr(
-            CTA_TUPLE_ORIG,
-            [10, 244, 0, 1],
-            [10, 244, 0, 2],
-            1,
-            2,
-        ));
-        plain.extend(tuple_attr(
-            CTA_TUPLE_REPLY,
-            [10, 244, 0, 2],
-            [10, 244, 0, 1],
-            2,
-            1,
-        ));
+        let plain = entry(
+            tuple_attr("10.244.0.1", "10.244.0.2", 1, 2),
+            tuple_attr("10.244.0.2", "10.244.0.1", 2, 1),
+        );
         assert_eq!(decode_entry(&plain), None);
+        // Cut short or garbage: nothing, no panic.
         assert_eq!(decode_entry(&[2, 0]), None);
+        assert_eq!(decode_entry(&msg[..msg.len() - 3]), None);
     }
 
     #[test]
     fn the_real_table_can_be_read() {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "needs root (CAP_NET_ADMIN) to read conntrack"
-        );
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(root, "needs root (CAP_NET_ADMIN) to read conntrack");
         dnat_table().expect("dump conntrack");
     }
 }

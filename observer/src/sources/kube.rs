@@ -205,7 +205,7 @@ pub fn configured() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Model;
+    use crate::sources::objects::pod_ips;
     use kube::runtime::{reflector::store::Writer, watcher::Event};
     use serde_json::json;
 
@@ -218,16 +218,18 @@ mod tests {
         .unwrap()
     }
 
+    /// The pod each address belongs to, in a snapshot of the stores (what
+    /// the model is built from).
     fn names(stores: &KubeStores) -> Vec<Option<String>> {
-        let m = Model::build(
-            &stores.snapshot(),
-            Default::default(),
-            "cali",
-            Some("node1".into()),
-        );
+        let pods = stores.snapshot().pods;
         ["10.244.0.5", "10.244.0.6", "10.244.0.7"]
             .iter()
-            .map(|ip| m.endpoint(ip.parse().unwrap()).pod)
+            .map(|ip| {
+                let ip = ip.parse().unwrap();
+                pods.iter()
+                    .find(|p| pod_ips(p).contains(&ip))
+                    .and_then(|p| p.metadata.name.clone())
+            })
             .collect()
     }
 

@@ -1,15 +1,22 @@
-//! One netlink request and its replies, for the families no crate here
-//! speaks (ctnetlink, IPVS over generic netlink): send a message, gather
-//! the payload of every reply until the dump is done.
+//! One netlink request and its replies, for the families rtnetlink does
+//! not speak (ctnetlink, IPVS over generic netlink): send a message, gather
+//! the payload of every reply until the dump is done. Headers are
+//! `netlink-packet-core`'s; nlctrl is `netlink-packet-generic`'s.
 
 use anyhow::{Context as _, Result, bail};
+use netlink_packet_core::{
+    Emitable as _, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
+    NetlinkSerializable as _, ParseableParametrized as _,
+};
+use netlink_packet_generic::{
+    GenlMessage,
+    ctrl::{GenlCtrl, GenlCtrlCmd, nlas::GenlCtrlAttrs},
+};
 use netlink_sys::{Socket, SocketAddr};
 
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-pub const NLM_F_REQUEST: u16 = 1;
-pub const NLM_F_ACK: u16 = 4;
-pub const NLM_F_DUMP: u16 = 0x300;
+pub use netlink_packet_core::NLM_F_DUMP;
+
+/// The netlink header's size.
 const HEADER: usize = 16;
 
 /// Sends `msg_type` with `payload` (family header and attributes) and
@@ -19,12 +26,13 @@ pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Re
     let mut sock = Socket::new(protocol).context("opening a netlink socket")?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
-    let mut msg = Vec::with_capacity(HEADER + payload.len());
-    msg.extend_from_slice(&((HEADER + payload.len()) as u32).to_ne_bytes());
-    msg.extend_from_slice(&msg_type.to_ne_bytes());
-    msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
+    let mut header = NetlinkHeader::default();
+    header.length = (HEADER + payload.len()) as u32;
+    header.message_type = msg_type;
+    header.flags = flags | NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut msg = vec![0; HEADER];
+    header.emit(&mut msg);
     msg.extend_from_slice(payload);
     sock.send(&msg, 0).context("sending a netlink request")?;
     let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
@@ -32,14 +40,12 @@ pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Re
     loop {
         let (buf, _) = sock.recv_from_full().context("reading netlink replies")?;
         let mut at = 0;
-        while at + HEADER <= buf.len() {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into()?) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into()?);
-            if len < HEADER || at + len > buf.len() {
-                bail!("malformed netlink reply");
-            }
-            let body = &buf[at + HEADER..at + len];
-            match kind {
+        while at < buf.len() {
+            let reply = NetlinkBuffer::new_checked(&buf[at..])
+                .map_err(|e| anyhow::anyhow!("malformed netlink reply: {e}"))?;
+            let len = reply.length() as usize;
+            let body = reply.payload();
+            match reply.message_type() {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
                     let code = i32::from_ne_bytes(
@@ -64,7 +70,8 @@ pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Re
     }
 }
 
-/// Appends a netlink attribute, padded to four bytes.
+/// Appends a netlink attribute, padded to four bytes (for IPVS requests,
+/// which no crate here encodes).
 pub fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -74,24 +81,18 @@ pub fn put_attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
     }
 }
 
-const GENL_ID_CTRL: u16 = 0x10;
-const CTRL_CMD_GETFAMILY: u8 = 3;
-const CTRL_ATTR_FAMILY_ID: u16 = 1;
-const CTRL_ATTR_FAMILY_NAME: u16 = 2;
-
 /// The id of a generic netlink family, `None` if the kernel has none of
-/// that name.
+/// that name (asked of nlctrl, in `netlink-packet-generic`'s terms).
 pub fn genl_family(name: &str) -> Result<Option<u16>> {
-    let mut payload = vec![CTRL_CMD_GETFAMILY, 1, 0, 0];
-    let mut cname = name.as_bytes().to_vec();
-    cname.push(0);
-    put_attr(&mut payload, CTRL_ATTR_FAMILY_NAME, &cname);
-    let replies = match request(
-        netlink_sys::protocols::NETLINK_GENERIC,
-        GENL_ID_CTRL,
-        0,
-        &payload,
-    ) {
+    let mut ask = GenlMessage::from_payload(GenlCtrl {
+        cmd: GenlCtrlCmd::GetFamily,
+        nlas: vec![GenlCtrlAttrs::FamilyName(name.to_owned())],
+    });
+    ask.finalize();
+    let mut payload = vec![0; netlink_packet_core::Emitable::buffer_len(&ask)];
+    netlink_packet_core::Emitable::emit(&ask, &mut payload);
+    let ctrl = ask.message_type();
+    let replies = match request(netlink_sys::protocols::NETLINK_GENERIC, ctrl, 0, &payload) {
         Ok(r) => r,
         Err(e)
             if e.downcast_ref::<std::io::Error>()
@@ -103,16 +104,14 @@ pub fn genl_family(name: &str) -> Result<Option<u16>> {
         Err(e) => return Err(e),
     };
     for reply in replies {
-        for nla in netlink_packet_core::NlasIterator::new(reply.get(4..).unwrap_or_default()) {
-            let nla = nla.map_err(|e| anyhow::anyhow!("bad attribute from nlctrl: {e}"))?;
-            if nla.kind() == CTRL_ATTR_FAMILY_ID {
-                return Ok(Some(u16::from_ne_bytes(
-                    nla.value()
-                        .get(..2)
-                        .context("short family id")?
-                        .try_into()?,
-                )));
-            }
+        let answer = GenlMessage::<GenlCtrl>::parse_with_param(&reply, ctrl)
+            .map_err(|e| anyhow::anyhow!("bad answer from nlctrl: {e}"))?;
+        let id = answer.payload.nlas.iter().find_map(|a| match a {
+            GenlCtrlAttrs::FamilyId(id) => Some(*id),
+            _ => None,
+        });
+        if id.is_some() {
+            return Ok(id);
         }
     }
     bail!("nlctrl answered without a family id for {name}")
@@ -124,9 +123,14 @@ mod tests {
 
     #[test]
     fn generic_netlink_families_resolve_on_this_kernel() {
-        assert!(unsafe { libc::geteuid() } == 0, "needs root");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(root, "needs root");
         // nlctrl names itself; a made-up family is absent, not an error.
-        assert_eq!(genl_family("nlctrl").unwrap(), Some(GENL_ID_CTRL));
+        assert_eq!(
+            genl_family("nlctrl").unwrap(),
+            Some(netlink_packet_generic::constants::GENL_ID_CTRL)
+        );
         assert_eq!(genl_family("no-such-family").unwrap(), None);
     }
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use observer::{
-    flows::view::FlowView,
+    api::FlowView,
     lab::{
         plan::{Plan, PodPlan},
         traffic::Sent,
@@ -66,8 +66,8 @@ pub fn counts(f: &FlowView) -> (u64, u64, &str, &str, u64) {
     (
         f.packets,
         f.bytes,
-        f.direction.as_str(),
-        f.encap.as_str(),
+        f.direction.name(),
+        f.encap.name(),
         f.overhead_bytes,
     )
 }
@@ -145,7 +145,7 @@ impl TestLab {
 
     /// (exit success, checks) of `observer doctor -o json` on a node: it
     /// exits 1 when it finds a problem, so its status is part of the answer.
-    pub fn doctor(&self, node: &str) -> (bool, Vec<observer::doctor::Check>) {
+    pub fn doctor(&self, node: &str) -> (bool, Vec<observer::api::Check>) {
         let args = [
             "doctor",
             "--lab",
@@ -183,9 +183,9 @@ impl TestLab {
         loop {
             let found = self.flows(node).into_iter().find(|f| {
                 f.interface == iface
-                    && f.src_ip == sent.src_ip.to_string()
+                    && f.src_ip.to_string() == sent.src_ip.to_string()
                     && f.src_port == sent.src_port
-                    && f.dst_ip == sent.dst_ip.to_string()
+                    && f.dst_ip.to_string() == sent.dst_ip.to_string()
                     && f.dst_port == sent.dst_port
             });
             match found {

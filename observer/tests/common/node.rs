@@ -12,11 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer::{
-    cli::client::Client,
-    export::api::{InterfaceView, StatusView},
-    flows::view::FlowView,
-};
+use observer::api::{Client, FlowView, InterfaceView, StatusView};
 
 use super::sh;
 

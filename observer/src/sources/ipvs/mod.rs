@@ -51,16 +51,9 @@ pub struct IpvsDest {
     pub stats: Option<IpvsStats>,
 }
 
-/// IPVS's own counters of a virtual service or real server (since it was
-/// added), as `ipvsadm -Ln --stats` prints them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpvsStats {
-    pub connections: u64,
-    pub in_packets: u64,
-    pub out_packets: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-}
+/// IPVS's own counters, as the API shows them (the type lives in
+/// [`crate::api`], which depends on nothing).
+pub use crate::api::IpvsStats;
 
 /// One connection IPVS scheduled: a line of `/proc/net/ip_vs_conn`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,6 +7,8 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
+use crate::api::Direction;
+
 static ON: AtomicBool = AtomicBool::new(false);
 
 /// Whether tables get colour, from stdout and `NO_COLOR`.
@@ -66,11 +68,10 @@ pub fn paint(p: Paint, s: impl Into<String>) -> String {
 }
 
 /// A direction in its colour.
-pub fn direction(d: &str) -> String {
+pub fn direction(d: Direction) -> String {
     match d {
-        "egress" => paint(Paint::Egress, d),
-        "ingress" => paint(Paint::Ingress, d),
-        _ => d.to_owned(),
+        Direction::Egress => paint(Paint::Egress, d.name()),
+        Direction::Ingress => paint(Paint::Ingress, d.name()),
     }
 }
 

@@ -1,166 +1,15 @@
-//! Tables for people: aligned columns, human units.
+//! The daemon's pods, Services, interfaces and status
+//! ([`crate::api::inventory`]) as tables and text.
 
 use std::fmt::Write as _;
 
-use crate::{
-    export::api::{InterfaceView, StatusView},
-    export::api::{PodView, ServiceView},
-    flows::view::FlowView,
-    model::EndpointView,
-};
+use crate::api::{InterfaceView, IpvsStats, PodView, ServiceView, StatusView};
 
-use super::flows::FlowRow;
-
-pub use super::units::{bytes, count};
 use super::{
-    style::{self, Paint, paint},
-    units::{byte_rate, packet_rate},
+    style::{Paint, paint},
+    table::table,
+    units::{bytes, count},
 };
-
-/// Columns of numbers (by their header) are right-aligned.
-fn numeric(header: &str) -> bool {
-    [
-        "PKTS", "BYTES", "PACKETS", "OVERHEAD", "SKBS", "IFINDEX", "NON-IP", "MTU", "/S", "%",
-    ]
-    .iter()
-    .any(|k| header.contains(k))
-}
-
-/// Formats rows as columns separated by two spaces: left-aligned, numbers
-/// right-aligned; widths ignore colour escapes; the header is highlighted.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(style::visible_width(c));
-        }
-    }
-    let right: Vec<bool> = header.iter().map(|h| numeric(h)).collect();
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = String>| {
-        let mut l = String::new();
-        for (i, c) in cells.enumerate() {
-            let Some(&w) = widths.get(i) else { break };
-            if i > 0 {
-                l.push_str("  ");
-            }
-            let pad = " ".repeat(w.saturating_sub(style::visible_width(&c)));
-            if right[i] {
-                l.push_str(&pad);
-                l.push_str(&c);
-            } else {
-                l.push_str(&c);
-                l.push_str(&pad);
-            }
-        }
-        let _ = writeln!(out, "{}", l.trim_end());
-    };
-    line(&mut header.iter().map(|h| paint(Paint::Header, *h)));
-    for r in rows {
-        line(&mut r.iter().cloned());
-    }
-    out
-}
-
-fn endpoint(ip: &str, port: u16) -> String {
-    match (ip.contains(':'), port) {
-        (_, 0) => ip.to_owned(),
-        (true, p) => format!("[{ip}]:{p}"),
-        (false, p) => format!("{ip}:{p}"),
-    }
-}
-
-pub fn flows_table(flows: &[FlowView], wide: bool) -> String {
-    let rows: Vec<FlowRow> = flows
-        .iter()
-        .map(|f| FlowRow {
-            flow: f.clone(),
-            bytes_per_second: None,
-            packets_per_second: None,
-        })
-        .collect();
-    flow_rows_table(&rows, wide)
-}
-
-/// Flows, with rate columns when they have rates.
-pub fn flow_rows_table(flows: &[FlowRow], wide: bool) -> String {
-    if flows.is_empty() {
-        return "no flows seen yet\n".to_owned();
-    }
-    let rates = flows.iter().any(|r| r.bytes_per_second.is_some());
-    let mut header = vec![
-        "INTERFACE",
-        "DIR",
-        "PROTO",
-        "SOURCE",
-        "DESTINATION",
-        "ENCAP",
-        "PACKETS",
-        "BYTES",
-    ];
-    if rates {
-        header.extend(["BYTES/S", "PKTS/S"]);
-    }
-    if wide {
-        header.extend([
-            "SKBS",
-            "OVERHEAD",
-            "SERVICE",
-            "PEER-NODE",
-            "TCP-FLAGS",
-            "FIRST-SEEN",
-            "LAST-SEEN",
-        ]);
-    }
-    let rows: Vec<Vec<String>> = flows
-        .iter()
-        .map(|row| {
-            let f = &row.flow;
-            let mut proto = f.protocol.clone();
-            if let (Some(t), Some(c)) = (f.icmp_type, f.icmp_code) {
-                proto = format!("{proto} {t}/{c}");
-            }
-            let mut r = vec![
-                f.interface.clone(),
-                style::direction(&f.direction),
-                proto,
-                named(f.src.as_ref(), &f.src_ip, f.src_port),
-                named(f.dst.as_ref(), &f.dst_ip, f.dst_port),
-                f.encap.clone(),
-                count(f.packets),
-                bytes(f.bytes),
-            ];
-            if rates {
-                r.extend([
-                    row.bytes_per_second.map_or_else(|| "-".into(), byte_rate),
-                    row.packets_per_second
-                        .map_or_else(|| "-".into(), packet_rate),
-                ]);
-            }
-            if wide {
-                r.extend([
-                    count(f.skbs),
-                    bytes(f.overhead_bytes),
-                    f.service.as_ref().map_or_else(
-                        || "-".into(),
-                        |s| match (&s.backend_pod, &s.backend) {
-                            (Some(b), _) | (None, Some(b)) if s.via == "vip" => {
-                                format!("{} (vip -> {b})", s.label())
-                            }
-                            _ => format!("{} ({})", s.label(), s.via),
-                        },
-                    ),
-                    f.peer_node.clone().unwrap_or_else(|| "-".into()),
-                    f.tcp_flags.clone(),
-                    f.first_seen.clone(),
-                    f.last_seen.clone(),
-                ]);
-            }
-            r
-        })
-        .collect();
-    table(&header, &rows)
-}
 
 pub fn pods_table(list: &[PodView]) -> String {
     if list.is_empty() {
@@ -206,37 +55,6 @@ pub fn pods_table(list: &[PodView]) -> String {
     table(&header, &rows)
 }
 
-/// `namespace/pod` where known, else the address.
-pub(crate) fn named(ep: Option<&EndpointView>, ip: &str, port: u16) -> String {
-    let addr = endpoint(ip, port);
-    match ep {
-        Some(EndpointView {
-            pod: Some(pod),
-            namespace: Some(ns),
-            ..
-        }) => {
-            if port == 0 {
-                format!("{ns}/{pod}")
-            } else {
-                format!("{ns}/{pod}:{port}")
-            }
-        }
-        Some(EndpointView {
-            kind,
-            node: Some(node),
-            pod: None,
-            ..
-        }) if kind == "host" => {
-            if port == 0 {
-                format!("node/{node}")
-            } else {
-                format!("node/{node}:{port}")
-            }
-        }
-        _ => addr,
-    }
-}
-
 /// Like `ipvsadm -Ln`: a virtual service per line, its backends under it.
 /// Where IPVS serves them (kube-proxy's IPVS mode), like `ipvsadm -Ln
 /// --stats` instead, with what this node counted beside IPVS's numbers.
@@ -272,7 +90,7 @@ fn plain_services_text(list: &[&ServiceView]) -> String {
     let mut rows = Vec::new();
     for s in list {
         rows.push(vec![
-            s.protocol.to_uppercase(),
+            s.protocol.to_string().to_uppercase(),
             s.vips.join(","),
             if s.name.is_empty() {
                 format!("(IPVS, no Service) :{}", s.port)
@@ -316,7 +134,7 @@ fn plain_services_text(list: &[&ServiceView]) -> String {
 /// to the VIP by local pods; per real server, on the connections IPVS gave
 /// it).
 fn ipvs_text(list: &[&ServiceView]) -> String {
-    let stats = |s: Option<crate::sources::ipvs::IpvsStats>| match s {
+    let stats = |s: Option<IpvsStats>| match s {
         Some(s) => vec![
             count(s.connections),
             count(s.in_packets),
@@ -496,23 +314,4 @@ pub fn status_text(s: &StatusView) -> String {
         );
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn units_are_human() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(count(999), "999");
-        assert_eq!(count(12_345), "12.3k");
-    }
-
-    #[test]
-    fn columns_align() {
-        let t = table(&["A", "BB"], &[vec!["xxx".into(), "y".into()]]);
-        assert_eq!(t, "A    BB\nxxx  y\n");
-    }
 }

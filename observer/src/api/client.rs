@@ -35,7 +35,7 @@ impl Client {
     pub async fn get_polled<T: DeserializeOwned>(&self, path: &str) -> Result<(T, Option<u64>)> {
         let (body, headers) = self.request(path).await?;
         let polled = headers
-            .get(crate::export::api::POLLED_AT)
+            .get(super::POLLED_AT)
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let answer = serde_json::from_slice(&body)
             .with_context(|| format!("decoding the daemon's answer to {path}"))?;
