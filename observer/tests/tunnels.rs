@@ -9,13 +9,16 @@
 //! sender's pod interface, the tunnel device, the underlay NIC (20 bytes of
 //! overhead per IPIP packet) and the receiver's pod interface; TCP, with
 //! segmentation offloads off in the sending pod, is the same packets at
-//! every point and what the kernel counted on the tunnel device.
+//! every point as tcpdump saw leave the tunnel device, and those are what
+//! the kernel counted on the device.
 
 mod common;
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd as _,
+    process::{Child, ChildStderr, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -135,8 +138,128 @@ fn pod_ip(plan: &Plan, name: &str, v6: bool) -> IpAddr {
         .expect("address")
 }
 
-/// A TCP connection carrying `bytes` from `src` to `dst`, counted on
-/// `tunnel` of the sender's node against the kernel's own counters.
+/// tcpdump on a device of a lab namespace, outgoing packets only: what the
+/// kernel's packet taps saw leave the device, the reference our counts are
+/// checked against.
+struct Capture {
+    tcpdump: Child,
+    // Held open: tcpdump writes its summary there when it stops.
+    stderr: BufReader<ChildStderr>,
+}
+
+/// A packet a capture saw: "src.port > dst.port" and its IP length.
+type Captured = (String, u64);
+
+impl Capture {
+    fn start(lab: &TestLab, ns: &str, dev: &str) -> Self {
+        let mut tcpdump = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-{ns}", lab.name)])
+            // Headers only: with a full snap length its ring holds 8.
+            .args([
+                "tcpdump",
+                "-nn",
+                "-v",
+                "-l",
+                "--immediate-mode",
+                "-s",
+                "128",
+            ])
+            .args(["-Q", "out", "-i", dev])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting tcpdump");
+        let mut stderr = BufReader::new(tcpdump.stderr.take().expect("tcpdump's stderr"));
+        // tcpdump says "listening on" once its socket is open.
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("tcpdump's stderr");
+        assert!(
+            line.contains("listening on"),
+            "tcpdump on {dev} in {ns}: {line}"
+        );
+        Self { tcpdump, stderr }
+    }
+
+    /// Every packet seen, in order. `-v` prints the IP header's length on
+    /// one line and the addresses on the next.
+    fn stop(mut self) -> Vec<Captured> {
+        // What is still in the socket's ring is read before tcpdump exits.
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = self.tcpdump.id().to_string();
+        let _ = Command::new("kill").args(["-INT", &pid]).status();
+        let out = self.tcpdump.wait_with_output().expect("tcpdump's output");
+        let mut summary = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut summary);
+        assert!(
+            summary
+                .lines()
+                .any(|l| l.trim() == "0 packets dropped by kernel"),
+            "tcpdump missed packets, it is no reference: {summary}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut seen = Vec::new();
+        let mut length = None;
+        for line in text.lines() {
+            if line.contains(" IP") && line.trim_end().ends_with(')') {
+                let tail = line.rsplit("length ").next().unwrap_or_default();
+                length = tail.trim_end_matches(')').parse::<u64>().ok();
+            } else if let Some(len) = length.take() {
+                let ends = line.trim().split(':').next().unwrap_or_default();
+                seen.push((ends.to_owned(), len));
+            }
+        }
+        seen
+    }
+}
+
+/// How tcpdump writes the ends of a flow: "10.0.0.1.4000 > 10.0.0.2.80".
+fn dump_ends(e: &Ends) -> String {
+    format!("{}.{} > {}.{}", e.0.ip(), e.0.port(), e.1.ip(), e.1.port())
+}
+
+/// (packets, bytes) of the packets from `e` in a capture.
+fn captured(seen: &[Captured], e: &Ends) -> (u64, u64) {
+    let want = dump_ends(e);
+    seen.iter()
+        .filter(|(ends, _)| *ends == want)
+        .fold((0, 0), |(p, b), (_, len)| (p + 1, b + len))
+}
+
+/// Checks a tunnel device's own TX counters (their growth over a capture's
+/// window) against the packets the capture saw leave it. tunl0 counts the
+/// inner packets as they are. wireguard.cali counts the WireGuard messages
+/// it sends (udp_tunnel_xmit_skb accounts their UDP payload on the device):
+/// each inner packet padded to 16 bytes plus 32 of header and tag, and any
+/// handshake initiations (148 bytes) and keepalives (32) in the window.
+fn tunnel_tx_matches(encap: &str, seen: &[Captured], tx: (u64, u64)) {
+    let packets = seen.len() as u64;
+    match encap {
+        "ipip" => {
+            let bytes: u64 = seen.iter().map(|(_, len)| len).sum();
+            assert_eq!(tx, (packets, bytes), "tunl0's own TX counters");
+        }
+        "wireguard" => {
+            let bytes: u64 = seen.iter().map(|(_, len)| len.div_ceil(16) * 16 + 32).sum();
+            // extra = handshakes + keepalives; extra bytes = 148 h + 32 k.
+            let fits = match (tx.0.checked_sub(packets), tx.1.checked_sub(bytes)) {
+                (Some(extra), Some(extra_bytes)) => extra_bytes
+                    .checked_sub(32 * extra)
+                    .is_some_and(|b| b % 116 == 0 && b / 116 <= extra),
+                _ => false,
+            };
+            assert!(
+                fits,
+                "wireguard.cali's own TX counters: {tx:?} for {packets} data messages \
+                 of {bytes} bytes"
+            );
+        }
+        other => panic!("no TX relation for {other}"),
+    }
+}
+
+/// A TCP connection carrying 64 KiB from `src` to `dst`, counted on every
+/// point against what tcpdump saw leave the sender's `tunnel`, and that
+/// against the kernel's own counters of the device.
 fn tcp_through(
     lab: &TestLab,
     plan: &Plan,
@@ -147,10 +270,14 @@ fn tcp_through(
 ) {
     let (s, d) = (pod(plan, src), pod(plan, dst));
     let (sn, dn) = (s.node.as_str(), d.node.as_str());
-    let before = (
-        stat(lab, sn, tunnel, "tx_packets"),
-        stat(lab, sn, tunnel, "tx_bytes"),
-    );
+    let tx = || {
+        (
+            stat(lab, sn, tunnel, "tx_packets"),
+            stat(lab, sn, tunnel, "tx_bytes"),
+        )
+    };
+    let capture = Capture::start(lab, sn, tunnel);
+    let before = tx();
     let sent = traffic::tcp(
         s,
         pod_ip(plan, src, false),
@@ -162,15 +289,17 @@ fn tcp_through(
     .expect("TCP through the tunnel");
     // The client's last ACK (to the server's FIN) may leave just after.
     std::thread::sleep(Duration::from_secs(1));
-    let after = (
-        stat(lab, sn, tunnel, "tx_packets"),
-        stat(lab, sn, tunnel, "tx_bytes"),
-    );
+    let after = tx();
+    let seen = capture.stop();
     let out = ends(&sent);
-    // What the kernel sent through the tunnel is this connection's
-    // packets from the client (nothing else crosses it meanwhile).
-    let (packets, bytes) = (after.0 - before.0, after.1 - before.1);
+    let (packets, bytes) = captured(&seen, &out);
     assert!(packets > 40, "64 KiB in {packets} packets");
+    assert_eq!(
+        packets,
+        seen.len() as u64,
+        "only this connection left {tunnel}: {seen:?}"
+    );
+    tunnel_tx_matches(encap, &seen, (after.0 - before.0, after.1 - before.1));
     let through = some(packets, bytes, encap, 0);
     expect(
         lab,
@@ -716,10 +845,14 @@ fn wireguard_lab_counts_every_packet_and_the_overhead() {
     // 13 datagrams of 300 bytes (328 IP bytes) one way across nodes.
     let n = 13;
     no_offloads(&lab, "node1-pod1");
-    let before = (
-        stat(&lab, "node1", "wireguard.cali", "tx_packets"),
-        stat(&lab, "node1", "wireguard.cali", "tx_bytes"),
-    );
+    let tx = || {
+        (
+            stat(&lab, "node1", "wireguard.cali", "tx_packets"),
+            stat(&lab, "node1", "wireguard.cali", "tx_bytes"),
+        )
+    };
+    let capture = Capture::start(&lab, "node1", "wireguard.cali");
+    let before = tx();
     let udp = lab.send_udp("node1-pod1", "node2-pod1", false, 7201, n, 300);
     let e = ends(&udp);
     let (c1, c2) = (iface_of(&plan, "node1-pod1"), iface_of(&plan, "node2-pod1"));
@@ -745,14 +878,14 @@ fn wireguard_lab_counts_every_packet_and_the_overhead() {
             ("node2", &c2, "ingress", e, some(n, n * 328, "none", 0)),
         ],
     );
+    let after = tx();
+    let seen = capture.stop();
     assert_eq!(
-        (
-            stat(&lab, "node1", "wireguard.cali", "tx_packets") - before.0,
-            stat(&lab, "node1", "wireguard.cali", "tx_bytes") - before.1
-        ),
-        (n, n * 328),
-        "wireguard.cali's own TX counters"
+        (captured(&seen, &e), seen.len() as u64),
+        ((n, n * 328), n),
+        "tcpdump on wireguard.cali: {seen:?}"
     );
+    tunnel_tx_matches("wireguard", &seen, (after.0 - before.0, after.1 - before.1));
     // On the underlay, inner bytes are WireGuard's padded length (to 16:
     // 336 for 328), 60 bytes of overhead each; handshake initiations (176
     // bytes) and keepalives (60) are all overhead.
