@@ -15,8 +15,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-/// The integration tests the guest gets (`$TEST_<name>`): `xtask/vm/suite.sh`
-/// runs all but `tunnels`, which is run by hand until it is green.
+/// The integration tests the guest gets (`$TEST_<name>`), which
+/// `xtask/vm/suite.sh` runs.
 pub const SUITE_TESTS: &[&str] = &[
     "daemon",
     "nothing_lost",
