@@ -273,6 +273,43 @@ impl InterfaceSelector {
     }
 }
 
+/// What the sources of names read: the Kubernetes API or an objects
+/// directory, BIRD, the CNI configuration.
+#[derive(Clone, Debug)]
+pub struct NamesSettings {
+    pub kubernetes: KubeMode,
+    pub objects_dir: Option<PathBuf>,
+    pub bird_socket: PathBuf,
+    pub bird6_socket: PathBuf,
+    pub cni_dir: PathBuf,
+    /// How often BIRD is asked.
+    pub poll_interval: Duration,
+    /// Calico's interface prefix (see [`RunArgs::interface_prefix`]).
+    pub interface_prefix: String,
+    pub node_name: Option<String>,
+}
+
+/// What metrics keep and how finely they name things.
+#[derive(Clone, Debug)]
+pub struct MetricsSettings {
+    pub granularity: Granularity,
+    pub dimensions: Vec<Dimension>,
+    pub max_series: usize,
+}
+
+impl MetricsSettings {
+    pub fn keeps(&self, d: Dimension) -> bool {
+        self.dimensions.contains(&d)
+    }
+}
+
+/// When the poll evicts flows from the kernel map and forgets them.
+#[derive(Clone, Copy, Debug)]
+pub struct PollSettings {
+    pub idle_timeout: Duration,
+    pub retain: Duration,
+}
+
 impl RunArgs {
     /// Calico's interface prefix (FELIX_INTERFACEPREFIX), from the first pod
     /// interface pattern: the part before any wildcard.
@@ -287,6 +324,37 @@ impl RunArgs {
             .next()
             .unwrap_or("cali")
             .to_owned()
+    }
+
+    /// The settings of the sources of names.
+    pub fn names(&self) -> NamesSettings {
+        NamesSettings {
+            kubernetes: self.kubernetes,
+            objects_dir: self.objects_dir.clone(),
+            bird_socket: self.bird_socket.clone(),
+            bird6_socket: self.bird6_socket.clone(),
+            cni_dir: self.cni_dir.clone(),
+            poll_interval: self.poll_interval,
+            interface_prefix: self.interface_prefix(),
+            node_name: self.node_name.clone(),
+        }
+    }
+
+    /// The settings of the metrics.
+    pub fn metrics(&self) -> MetricsSettings {
+        MetricsSettings {
+            granularity: self.metrics_granularity,
+            dimensions: self.metrics_dimensions.clone(),
+            max_series: self.metrics_max_series,
+        }
+    }
+
+    /// The settings of each poll.
+    pub fn polling(&self) -> PollSettings {
+        PollSettings {
+            idle_timeout: self.idle_timeout,
+            retain: self.retain,
+        }
     }
 
     /// A setting as errors name it: as the config file wrote it when it

@@ -12,7 +12,8 @@
 //!   `api`.
 //! - [`flows`] (the flow table, a flow as the API shows it): `model`,
 //!   `sources`, `datapath`, `api`.
-//! - [`config`] (the daemon's settings): `flows`, `datapath`.
+//! - [`config`] (the daemon's flags, and each part's own settings built
+//!   from them: only [`daemon`] sees the flags): `flows`, `datapath`.
 //! - [`state`] (the daemon's shared state): `model`, `flows`, `datapath`.
 //! - [`doctor`], then [`export`] (JSON API server, metrics): `state` and
 //!   what is below it; `export` also `doctor` and `config`.

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{InterfaceSelector, RunArgs},
+    config::{InterfaceSelector, PollSettings, RunArgs},
     datapath::{
         Datapath,
         attach::{Attacher, Via},
@@ -33,7 +33,7 @@ use crate::{
     },
     export::{
         api, http,
-        metrics::{Metrics, MetricsConfig, Overflow},
+        metrics::{Metrics, Overflow},
     },
     flows::{Clock, Interface, table::FlowTable},
     model::Model,
@@ -44,7 +44,7 @@ use self::{mtu::MtuLimits, names::Names};
 
 pub async fn run(args: RunArgs) -> Result<()> {
     // First, before anything is loaded: the only daemon on this socket.
-    let _claim = crate::export::prepare(&args).await?;
+    let _claim = crate::export::prepare(&args.socket).await?;
     args.validate()?;
     let selector = InterfaceSelector::new(&args)?;
     let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;
@@ -68,7 +68,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         started: std::time::SystemTime::now(),
     }));
     let metrics = Arc::new(Mutex::new(Metrics::new(
-        MetricsConfig::from_args(&args),
+        args.metrics(),
         args.node_name.as_deref().unwrap_or(""),
     )));
 
@@ -84,12 +84,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         if let Some(layout) = &dp.layout {
             p.remove_other_layouts(layout);
         }
-        take_over_saved(&args, &dp, &state, &metrics).await;
+        take_over_saved(&args.state_file, &dp, &state, &metrics).await;
     }
     let mut mtu_limits = MtuLimits::default();
     mtu_limits.apply(&mut dp, &state).await;
-    let mut names = Names::start(&args).await?;
-    names.refresh(&args, &state, true).await;
+    let mut names = Names::start(args.names()).await?;
+    names.refresh(&state, true).await;
     let mut servers = vec![api::serve(&args.socket, state.clone()).await?];
     if let Some(address) = args.api_address {
         servers.push(api::serve_tcp(address, state.clone()).await?);
@@ -117,14 +117,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     None => bail!("the rtnetlink event stream ended"),
                 },
                 _ = tick.tick() => {
-                    let sources = names.synced(&args);
-                    poll(&dp, &attacher, &args, jiffy_ns, &state, &metrics, &sources).await?;
-                    names.refresh(&args, &state, false).await;
+                    let sources = names.synced();
+                    poll(&dp, &attacher, args.polling(), jiffy_ns, &state, &metrics, &sources).await?;
+                    names.refresh(&state, false).await;
                     // Routes to other nodes may have come or gone.
                     mtu_limits.apply(&mut dp, &state).await;
                     health.polled();
                     // Attached to what was there, polled and named once.
-                    if !health.is_ready() && names.ready(&args) {
+                    if !health.is_ready() && names.ready() {
                         health.set_ready();
                     }
                     if pins.is_some() && last_saved.elapsed() >= saved::SAVE_EVERY {
@@ -193,8 +193,13 @@ fn save(path: &std::path::Path, s: &saved::Saved) {
 /// its flow table and interface totals when the kernel maps are the very
 /// ones it read (else their counts are kept, and the new maps count from
 /// zero).
-async fn take_over_saved(args: &RunArgs, dp: &Datapath, state: &Shared, metrics: &Mutex<Metrics>) {
-    let saved = match saved::read(&args.state_file) {
+async fn take_over_saved(
+    state_file: &std::path::Path,
+    dp: &Datapath,
+    state: &Shared,
+    metrics: &Mutex<Metrics>,
+) {
+    let saved = match saved::read(state_file) {
         Ok(Some(s)) => s,
         Ok(None) => return,
         Err(e) => {
@@ -299,7 +304,7 @@ async fn on_link_present(
 async fn poll(
     dp: &Datapath,
     attacher: &Attacher,
-    args: &RunArgs,
+    settings: PollSettings,
     jiffy_ns: u64,
     state: &Shared,
     metrics: &Mutex<Metrics>,
@@ -320,8 +325,8 @@ async fn poll(
     // Sampled after the read, so every flow's last packet is before `now`.
     let clock = Clock::new(dp.clock_sample()?, jiffy_ns);
     let now = clock.now_jiffies();
-    let idle_before = now.saturating_sub(clock.jiffies_in(args.idle_timeout));
-    let forget_before = now.saturating_sub(clock.jiffies_in(args.retain));
+    let idle_before = now.saturating_sub(clock.jiffies_in(settings.idle_timeout));
+    let forget_before = now.saturating_sub(clock.jiffies_in(settings.retain));
     // Half the map stays free for the flows of the next interval; past
     // that, the least recently seen are read out (their counts kept).
     let keep = (dp.capacity / 2) as usize;

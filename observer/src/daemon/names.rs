@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::Shared;
 use crate::{
     api::{BirdStatus, CniDir},
-    config::{KubeMode, RunArgs},
+    config::{KubeMode, NamesSettings},
     model::{Model, SourceError},
     sources::{
         ipvs::{self, IpvsService},
@@ -26,6 +26,7 @@ const IPVS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where names come from, and when to rebuild the model.
 pub(super) struct Names {
+    settings: NamesSettings,
     routes: tokio::sync::watch::Receiver<Arc<routes::RouteTable>>,
     objects: ObjectsDir,
     kube: Option<KubeStores>,
@@ -41,9 +42,9 @@ pub(super) struct Names {
 }
 
 impl Names {
-    pub(super) async fn start(args: &RunArgs) -> Result<Self> {
+    pub(super) async fn start(settings: NamesSettings) -> Result<Self> {
         let kube_changed = Arc::new(AtomicBool::new(true));
-        let use_kube = match args.kubernetes {
+        let use_kube = match settings.kubernetes {
             KubeMode::Never => false,
             KubeMode::Always => true,
             KubeMode::Auto => kube::configured(),
@@ -51,7 +52,7 @@ impl Names {
         let kube = if use_kube {
             match kube::start(kube_changed.clone()).await {
                 Ok(stores) => Some(stores),
-                Err(e) if args.kubernetes == KubeMode::Auto => {
+                Err(e) if settings.kubernetes == KubeMode::Auto => {
                     tracing::warn!("going on without the Kubernetes API: {e:#}");
                     None
                 }
@@ -67,21 +68,22 @@ impl Names {
             kube_changed,
             ipvs: follow_ipvs(),
             bird: follow_bird(
-                args.bird_socket.clone(),
-                args.bird6_socket.clone(),
-                args.poll_interval,
+                settings.bird_socket.clone(),
+                settings.bird6_socket.clone(),
+                settings.poll_interval,
             ),
             cni: None,
             cni_stamp: None,
             interfaces: Vec::new(),
+            settings,
         })
     }
 
     /// Rebuilds the model if the routes, the API's objects or the objects
     /// directory changed.
-    pub(super) async fn refresh(&mut self, args: &RunArgs, state: &Shared, force: bool) {
+    pub(super) async fn refresh(&mut self, state: &Shared, force: bool) {
         let mut changed = force || self.routes.has_changed().unwrap_or(false);
-        if let Some(dir) = &args.objects_dir {
+        if let Some(dir) = &self.settings.objects_dir {
             changed |= self.objects.refresh(dir);
         }
         changed |= self.kube.is_some() && self.kube_changed.swap(false, Ordering::AcqRel);
@@ -90,10 +92,10 @@ impl Names {
         // BGP peers (read by their own task), the CNI directory (when it
         // changed) and this node's addresses (for CrossSubnet).
         changed |= self.bird.has_changed().unwrap_or(false);
-        let stamp = dir_stamp(&args.cni_dir);
+        let stamp = dir_stamp(&self.settings.cni_dir);
         if stamp != self.cni_stamp || self.cni.is_none() {
             self.cni_stamp = stamp;
-            let cni = CniDir::read(&args.cni_dir);
+            let cni = CniDir::read(&self.settings.cni_dir);
             if self.cni.as_ref() != Some(&cni) {
                 self.cni = Some(cni);
                 changed = true;
@@ -122,8 +124,8 @@ impl Names {
             let mut model = Model::build(
                 &objects,
                 routes,
-                &args.interface_prefix(),
-                args.node_name.clone(),
+                &self.settings.interface_prefix,
+                self.settings.node_name.clone(),
             );
             model.set_node_state(
                 self.bird.borrow_and_update().clone(),
@@ -145,9 +147,9 @@ impl Names {
 
 impl Names {
     /// Whether each configured source of names answered at its last read.
-    pub(super) fn synced(&self, args: &RunArgs) -> Vec<(&'static str, bool)> {
+    pub(super) fn synced(&self) -> Vec<(&'static str, bool)> {
         let mut out = vec![("routes", true)];
-        if args.objects_dir.is_some() {
+        if self.settings.objects_dir.is_some() {
             out.push(("objects", self.objects.synced()));
         }
         if let Some(k) = &self.kube {
@@ -185,8 +187,8 @@ impl Names {
     /// Whether the names the daemon needs before it is ready have been read
     /// once: the routes, the objects directory, the Kubernetes API's core
     /// kinds (Calico's CRDs, BIRD and CNI are optional).
-    pub(super) fn ready(&self, args: &RunArgs) -> bool {
-        self.synced(args)
+    pub(super) fn ready(&self) -> bool {
+        self.synced()
             .iter()
             .filter(|(s, _)| matches!(*s, "routes" | "objects" | "kubernetes"))
             .all(|(_, ok)| *ok)

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{Direction, EndpointView, Protocol, Via},
-    config::{Dimension, Granularity, RunArgs},
+    config::{Dimension, Granularity, MetricsSettings},
     flows::{InterfaceKind, direction, key_addrs, table::Counters},
     model::Model,
     state::State,
@@ -350,31 +350,9 @@ struct SelfMetrics {
     folded: Family<OneLabel, Counter>,
 }
 
-/// What metrics keep and how finely they name things.
-#[derive(Clone, Debug)]
-pub struct MetricsConfig {
-    pub granularity: Granularity,
-    pub dimensions: Vec<Dimension>,
-    pub max_series: usize,
-}
-
-impl MetricsConfig {
-    pub fn from_args(args: &RunArgs) -> Self {
-        Self {
-            granularity: args.metrics_granularity,
-            dimensions: args.metrics_dimensions.clone(),
-            max_series: args.metrics_max_series,
-        }
-    }
-
-    fn keeps(&self, d: Dimension) -> bool {
-        self.dimensions.contains(&d)
-    }
-}
-
 pub struct Metrics {
     registry: Registry,
-    config: MetricsConfig,
+    config: MetricsSettings,
     pods: Capped<PodLabels, 2>,
     flows: Capped<FlowLabels, 2>,
     services: Capped<ServiceLabels, 3>,
@@ -389,7 +367,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(config: MetricsConfig, node: &str) -> Self {
+    pub fn new(config: MetricsSettings, node: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "observer",
             [("node".into(), node.to_owned().into())].into_iter(),
@@ -1140,7 +1118,7 @@ mod tests {
     #[test]
     fn series_follow_the_names_and_count_only_growth() {
         let mut st = state();
-        let config = MetricsConfig {
+        let config = MetricsSettings {
             granularity: Granularity::Pod,
             dimensions: vec![Dimension::Protocol, Dimension::Port],
             max_series: 100,

@@ -15,8 +15,8 @@ use anyhow::Result;
 /// on its socket (else it stops here, touching nothing of the running
 /// one), and it has the file descriptors its listeners' caps assume.
 /// Keep the returned claim for as long as the daemon runs.
-pub async fn prepare(args: &crate::config::RunArgs) -> Result<socket::Claim> {
-    let claim = socket::claim(&args.socket).await?;
+pub async fn prepare(socket: &std::path::Path) -> Result<socket::Claim> {
+    let claim = socket::claim(socket).await?;
     let limit = serve::raise_fd_limit()?;
     tracing::debug!(
         open_files = limit,
