@@ -326,22 +326,30 @@ impl Stat {
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
-    // SAFETY: plain-old-data, repr(C), explicit padding, no invalid bit patterns.
+    // Each: plain-old-data, repr(C), explicit padding, no invalid bit
+    // patterns (the layout checks below pin the sizes).
+    // SAFETY: FlowKey is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: FlowStats is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for FlowStats {}
+    // SAFETY: Totals is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for Totals {}
+    // SAFETY: IfaceTotals is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for IfaceTotals {}
+    // SAFETY: EncapTotals is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for EncapTotals {}
+    // SAFETY: ClockSample is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for ClockSample {}
+    // SAFETY: MtuLimit is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for MtuLimit {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 44);
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
-const _: () = assert!(core::mem::size_of::<IfaceTotals>() == 80);
-const _: () = assert!(core::mem::size_of::<MtuLimit>() == 8);
-const _: () = assert!(core::mem::size_of::<EncapTotals>() == 24);
+const _: () = assert!(size_of::<FlowKey>() == 44);
+const _: () = assert!(size_of::<FlowStats>() == 56);
+const _: () = assert!(size_of::<IfaceTotals>() == 80);
+const _: () = assert!(size_of::<MtuLimit>() == 8);
+const _: () = assert!(size_of::<EncapTotals>() == 24);
 
 #[cfg(test)]
 mod tests {

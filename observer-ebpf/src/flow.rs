@@ -177,7 +177,7 @@ pub fn account(key: &FlowKey, d: &Delta) {
         tcp_flags: d.tcp_flags as u32,
         oversize_packets: d.oversize,
     };
-    match FLOWS.insert(key, &fresh, BPF_NOEXIST as u64) {
+    match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => return count(Stat::FlowInserts),
         // Another CPU inserted the same flow first: add to its entry.
         Err(e) if e as i64 == -EEXIST => {

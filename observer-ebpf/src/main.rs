@@ -4,7 +4,10 @@
 //! packet goes on untouched and later programs (Calico's) still run.
 #![no_std]
 #![no_main]
-#![allow(internal_features)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: atomic_xadd, the atomic add BPF has for shared counters"
+)]
 #![feature(core_intrinsics)]
 
 mod flow;
@@ -153,7 +156,7 @@ fn zero_key(key: &mut FlowKey, ifindex: u32, hook: Hook) {
 #[inline(always)]
 fn zero_words(key: *mut FlowKey) {
     let words = key as *mut u32;
-    for i in 0..(core::mem::size_of::<FlowKey>() / 4) {
+    for i in 0..(size_of::<FlowKey>() / 4) {
         // SAFETY: FlowKey is 44 bytes of plain integers, 4-byte aligned.
         unsafe { words.add(i).write_volatile(0) };
     }
@@ -161,7 +164,7 @@ fn zero_words(key: *mut FlowKey) {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

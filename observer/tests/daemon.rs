@@ -254,7 +254,7 @@ fn follows_fifty_interfaces_coming_and_going() {
 
 /// Packets and IP bytes per direction of one TCP connection, as tcpdump
 /// (an independent decoder) saw them: `(client_to_server, server_to_client)`.
-fn tcpdump_totals(pcap: &std::path::Path, client: &str) -> ((u64, u64), (u64, u64)) {
+fn tcpdump_totals(pcap: &Path, client: &str) -> ((u64, u64), (u64, u64)) {
     let text = sh(&[
         "tcpdump",
         "-r",

@@ -248,7 +248,7 @@ fn a_pod_sending_over_the_tunnel_mtu_is_counted_with_the_icmp_it_gets() {
             libc::IPPROTO_IP,
             libc::IP_MTU_DISCOVER,
             (&raw const probe).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     assert_eq!(rc, 0, "IP_MTU_DISCOVER");

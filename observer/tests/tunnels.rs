@@ -781,7 +781,7 @@ fn mtu_of_a_pod_above_the_tunnel(lab: &TestLab, plan: &Plan) {
                 libc::IPPROTO_IP,
                 libc::IP_MTU_DISCOVER,
                 (&probe as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         assert_eq!(rc, 0, "IP_MTU_DISCOVER");

@@ -83,8 +83,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::BuildEbpf => {
             setup::run()?;
-            cargo(&[
-                "+nightly",
+            nightly_cargo(&[
                 "build",
                 "--package",
                 "observer-ebpf",
@@ -142,6 +141,22 @@ fn main() -> Result<()> {
                     "--exclude",
                     "observer-ebpf",
                     "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])?;
+                // The eBPF crate for its own target, as aya lints its own.
+                nightly_cargo(&[
+                    "clippy",
+                    "-p",
+                    "observer-ebpf",
+                    "--bins",
+                    "--lib",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
                     "--",
                     "-D",
                     "warnings",
@@ -212,5 +227,15 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
 fn cargo(args: &[&str]) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(args).current_dir(workspace_root());
+    run(&mut cmd)
+}
+
+/// The nightly's cargo (what builds for the BPF target), through rustup:
+/// `$CARGO` is the stable toolchain's own binary, which takes no `+nightly`.
+fn nightly_cargo(args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo"])
+        .args(args)
+        .current_dir(workspace_root());
     run(&mut cmd)
 }

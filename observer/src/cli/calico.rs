@@ -366,9 +366,9 @@ pub fn node_text(v: &NodeView, wide: bool) -> String {
 mod tests {
     #[test]
     fn big_address_counts_read_as_powers_of_two() {
-        assert_eq!(super::ips(65_536), "65536");
-        assert_eq!(super::ips(1 << 80), "2^80");
-        assert_eq!(super::ips((1 << 80) - 7), "~2^80");
+        assert_eq!(ips(65_536), "65536");
+        assert_eq!(ips(1 << 80), "2^80");
+        assert_eq!(ips((1 << 80) - 7), "~2^80");
     }
 
     use super::*;

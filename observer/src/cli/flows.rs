@@ -229,7 +229,7 @@ async fn fetch(client: &Client) -> Result<Vec<FlowView>> {
 /// Fetches a sample of a later poll than `before` (waiting a little when the
 /// daemon has not polled since), so that a rate always spans polls.
 async fn fetch_after(client: &Client, before: &Sample) -> Result<(Vec<FlowView>, Sample)> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (flows, polled): (Vec<FlowView>, _) = client.get_polled("/v1/flows").await?;
         let same_poll = polled.is_some() && polled == before.polled_ms;
@@ -237,7 +237,7 @@ async fn fetch_after(client: &Client, before: &Sample) -> Result<(Vec<FlowView>,
             let sample = Sample::polled(&flows, Instant::now(), polled);
             return Ok((flows, sample));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -408,7 +408,7 @@ mod tests {
         let before = Sample::polled(std::slice::from_ref(&f), t0, Some(10_000));
         f.bytes += 2000;
         // Fetched 300 ms later, but the daemon's polls were 2 s apart.
-        let t1 = t0 + std::time::Duration::from_millis(300);
+        let t1 = t0 + Duration::from_millis(300);
         let rows = before.rates_polled(vec![f.clone()], t1, Some(12_000));
         assert_eq!(rows[0].bytes_per_second, Some(1000.0));
         // Without poll times, the fetches' own.

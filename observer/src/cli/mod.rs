@@ -69,7 +69,7 @@ pub use self::flows::FlowsArgs;
 
 /// `observer flows`: filters, sorting, --top, --watch with rates.
 pub async fn flows(args: FlowsArgs) -> Result<()> {
-    self::flows::run(args).await
+    flows::run(args).await
 }
 
 pub async fn pods(args: QueryArgs) -> Result<()> {

@@ -19,7 +19,7 @@ struct SkBuffCtx {
     _tail: [u32; 3],
 }
 
-const _: () = assert!(std::mem::size_of::<SkBuffCtx>() == 192);
+const _: () = assert!(size_of::<SkBuffCtx>() == 192);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_segs) == 164);
 const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_size) == 176);
 
@@ -92,7 +92,7 @@ fn test_run(
     let ctx_bytes = unsafe {
         std::slice::from_raw_parts(
             (&ctx as *const SkBuffCtx).cast::<u8>(),
-            std::mem::size_of::<SkBuffCtx>(),
+            size_of::<SkBuffCtx>(),
         )
     };
     let mut opts = TestRunOptions::new();

@@ -342,7 +342,7 @@ pub fn node_view(st: &State) -> NodeView {
         if devices.contains_key(name) {
             continue;
         }
-        let kind = observer_common::Encap::from_device(name)
+        let kind = Encap::from_device(name)
             .map(|e| InterfaceKind::Tunnel(e).label())
             .unwrap_or_default();
         if let Some(mtu) = interface_mtu(name) {

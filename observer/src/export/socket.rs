@@ -227,6 +227,7 @@ mod tests {
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         assert!(fd >= 0);
         let path = std::ffi::CString::new(dir.path().to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path that outlives the call.
         let watch = unsafe {
             libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_CREATE | libc::IN_ATTRIB)
         };
@@ -234,7 +235,9 @@ mod tests {
         let _listener = bind(&socket).unwrap();
         let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
         let mut buf = [0u8; 4096];
+        // SAFETY: reads at most buf.len() bytes into buf, which we own.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: closes the descriptor we opened above, once.
         unsafe { libc::close(fd) };
         assert!(n > 0, "no inotify event");
         let mut masks = Vec::new();
@@ -244,7 +247,7 @@ mod tests {
             let ev: libc::inotify_event =
                 unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
             masks.push(ev.mask);
-            at += std::mem::size_of::<libc::inotify_event>() + ev.len as usize;
+            at += size_of::<libc::inotify_event>() + ev.len as usize;
         }
         assert_eq!(masks, [libc::IN_CREATE], "created, then never chmod-ed");
         assert_eq!(mode, 0o600);

@@ -217,7 +217,7 @@ impl TestLab {
     }
 
     /// A command in a namespace of the lab (`node1`, `node1-pod1`, `underlay`).
-    pub fn exec(&self, ns: &str, args: &[&str]) -> std::process::Output {
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &format!("{}-{ns}", self.name)])
             .args(args)

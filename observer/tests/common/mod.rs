@@ -1,6 +1,9 @@
 //! Shared by the integration tests: root check, commands, packet builders
 //! and the lab.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test binary includes this module and uses a part of it"
+)]
 
 pub mod lab;
 pub mod node;

@@ -72,7 +72,7 @@ enum Line {
 
 /// Boots, passes the guest's output to `on_line` (stdout) and to stderr,
 /// and returns the command's exit status with the times.
-pub fn run(b: &Boot, on_line: &mut dyn FnMut(&str)) -> Result<Ran> {
+pub fn run(b: &Boot<'_>, on_line: &mut dyn FnMut(&str)) -> Result<Ran> {
     let mut cmd = Command::new(b.vng);
     cmd.arg("--run")
         .arg(&b.kernel.image)
