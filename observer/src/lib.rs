@@ -5,8 +5,8 @@
 //! fails on a cycle); each module uses only the ones listed after it:
 //!
 //! - [`api`]: the JSON API's types and its client. Uses nothing.
-//! - [`datapath`] (load, attach, drain the kernel maps), [`lab_dir`]
-//!   (where a lab's files are): use nothing.
+//! - [`datapath`] (load, attach, drain the kernel maps): `api` (the
+//!   values it reports). [`lab_dir`] (where a lab's files are): nothing.
 //! - [`sources`] (routes, Kubernetes, IPVS, BIRD, CNI, conntrack): `api`.
 //! - [`model`] (who an address is, which Service, which node): `sources`,
 //!   `api`.

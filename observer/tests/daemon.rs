@@ -64,7 +64,7 @@ fn known_udp_counts(mode: &str, pinned: bool) {
         |d| {
             d.interfaces()
                 .iter()
-                .any(|i| i.attached_via.as_deref() == Some(mode))
+                .any(|i| i.attached_via.map(|v| v.name()) == Some(mode))
         },
         "the cali interface to be attached",
     );

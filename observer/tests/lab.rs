@@ -152,7 +152,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
     let src = before.src.as_ref().unwrap();
     assert_eq!(
         (
-            src.kind.as_str(),
+            src.kind.name(),
             src.pod.as_deref(),
             src.workload.as_deref(),
             src.workload_kind.as_deref(),
@@ -166,7 +166,7 @@ fn flows_carry_pod_workload_node_and_service_names() {
             Some("node1")
         )
     );
-    assert_eq!(before.dst.as_ref().unwrap().kind, "service");
+    assert_eq!(before.dst.as_ref().unwrap().kind.name(), "service");
 
     // After DNAT, on the chosen endpoint's interface: the backend pod, and
     // still the Service (as its endpoint).

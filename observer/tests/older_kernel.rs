@@ -231,7 +231,7 @@ fn ipip_over_a_real_tunl0_is_counted_exactly() {
     );
     let tunl0 = d.interface("tunl0").unwrap();
     assert_eq!(
-        (tunl0.layer.as_str(), tunl0.attached_via.as_deref()),
+        (tunl0.layer.name(), tunl0.attached_via.map(|v| v.name())),
         (
             "l3",
             Some(if kernel_version() < (6, 6) {

@@ -8,13 +8,13 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::flow::Encap;
+use super::{flow::Encap, inventory::InterfaceKind};
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct DeviceView {
     pub name: String,
-    /// `tunnel/vxlan`, `tunnel/ipip`, `tunnel/wireguard`, `underlay`.
-    pub kind: String,
+    /// A tunnel or the underlay.
+    pub kind: InterfaceKind,
     pub mtu: Option<u32>,
     /// Whether the observer is attached to it.
     pub attached: bool,

@@ -193,13 +193,47 @@ pub struct FlowView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_node: Option<String>,
 }
+/// What an address is, as flows show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointKind {
+    Pod,
+    /// A node's address.
+    Host,
+    /// A Service VIP (a ClusterIP, or an IPVS virtual service's address).
+    Service,
+    /// fe80::/10, 169.254.0.0/16: neighbour discovery and the like.
+    LinkLocal,
+    Multicast,
+    /// None of those: an address we know nothing of.
+    #[default]
+    World,
+}
+
+impl EndpointKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pod => "pod",
+            Self::Host => "host",
+            Self::Service => "service",
+            Self::LinkLocal => "link-local",
+            Self::Multicast => "multicast",
+            Self::World => "world",
+        }
+    }
+}
+
+impl fmt::Display for EndpointKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Who an address is, as flows show it. Fields we do not know are absent:
 /// unknown stays visibly unknown.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EndpointView {
-    /// `pod`, `host` (a node's address), `service` (a Service VIP),
-    /// `link-local` (fe80::/10, 169.254.0.0/16), `multicast` or `world`.
-    pub kind: String,
+    pub kind: EndpointKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,53 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::flow::Protocol;
+use super::flow::{Encap, Protocol};
+
+/// What an attached interface is, which decides whose point of view its
+/// directions take and which encapsulation its packets have. In JSON:
+/// `pod`, `tunnel/<encap>` (`tunnel/vxlan`, ...) or `underlay`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum InterfaceKind {
+    /// A Calico workload interface (host side of a pod's veth).
+    Pod,
+    /// A tunnel device: packets on it are (to be) encapsulated.
+    Tunnel(Encap),
+    /// The node's underlay NIC: encapsulation is read from outer headers.
+    Underlay,
+}
+
+impl std::fmt::Display for InterfaceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Pod => f.write_str("pod"),
+            Self::Tunnel(e) => write!(f, "tunnel/{}", e.name()),
+            Self::Underlay => f.write_str("underlay"),
+        }
+    }
+}
+
+impl From<InterfaceKind> for String {
+    fn from(k: InterfaceKind) -> Self {
+        k.to_string()
+    }
+}
+
+impl TryFrom<String> for InterfaceKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "pod" => Ok(Self::Pod),
+            "underlay" => Ok(Self::Underlay),
+            other => other
+                .strip_prefix("tunnel/")
+                .and_then(Encap::from_name)
+                .map(Self::Tunnel)
+                .ok_or_else(|| format!("unknown interface kind {s:?}")),
+        }
+    }
+}
 
 /// A Service port as `ipvsadm -Ln` lists a virtual service, with names and
 /// the traffic this node saw: sent to its VIPs by local pods, and delivered
@@ -102,16 +148,57 @@ pub struct PodView {
     pub egress_bytes: u64,
 }
 
+/// Whether a device's packets start with an Ethernet header (else they
+/// start with IP: tunl0, wireguard.cali).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkLayer {
+    Ethernet,
+    L3,
+}
+
+impl LinkLayer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ethernet => "ethernet",
+            Self::L3 => "l3",
+        }
+    }
+}
+
+/// How our programs are attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedVia {
+    /// TCX links (Linux 6.6+).
+    Tcx,
+    /// A clsact qdisc with cls_bpf filters.
+    Clsact,
+}
+
+impl AttachedVia {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachedVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct InterfaceView {
     pub name: String,
     pub ifindex: u32,
-    /// `pod`, `tunnel/<encap>` or `underlay`.
-    pub kind: String,
-    /// `ethernet` or `l3`.
-    pub layer: String,
-    /// `tcx` or `clsact`; absent when not attached.
-    pub attached_via: Option<String>,
+    pub kind: InterfaceKind,
+    pub layer: LinkLayer,
+    /// Absent when not attached.
+    pub attached_via: Option<AttachedVia>,
     pub attach_error: Option<String>,
     pub gone: bool,
     /// Directions as for flows (the pod's view on pod interfaces).

@@ -17,10 +17,10 @@ pub use self::{
     },
     client::Client,
     doctor::{Check, Verdict, healthy},
-    flow::{Direction, Encap, EndpointView, FlowView, Protocol, ServiceRef, Via},
+    flow::{Direction, Encap, EndpointKind, EndpointView, FlowView, Protocol, ServiceRef, Via},
     inventory::{
-        BackendView, EncapView, InterfaceView, IpvsStats, IpvsView, PodView, RealServerView,
-        ServiceView, StatusView,
+        AttachedVia, BackendView, EncapView, InterfaceKind, InterfaceView, IpvsStats, IpvsView,
+        LinkLayer, PodView, RealServerView, ServiceView, StatusView,
     },
 };
 

@@ -289,7 +289,7 @@ pub fn node_text(v: &NodeView, wide: bool) -> String {
             .map(|d| {
                 vec![
                     d.name.clone(),
-                    d.kind.clone(),
+                    d.kind.to_string(),
                     opt(&d.mtu),
                     if d.attached { "yes" } else { "no" }.into(),
                 ]

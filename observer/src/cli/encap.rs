@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{Direction, Encap, FlowView, InterfaceView, PodView, Protocol},
+    api::{Direction, Encap, FlowView, InterfaceKind, InterfaceView, PodView, Protocol},
     term::{
         flows::named,
         style::{Paint, paint},
@@ -109,12 +109,13 @@ pub fn aggregate(
     };
     let tunnels: Vec<&InterfaceView> = interfaces
         .iter()
-        .filter(|i| i.kind.starts_with("tunnel/") && !i.gone)
+        .filter(|i| matches!(i.kind, InterfaceKind::Tunnel(_)) && !i.gone)
         .collect();
 
     let mut rows: BTreeMap<(String, Encap, Option<String>), TunnelRow> = BTreeMap::new();
     for f in flows {
-        let on_tunnel = live(&f.interface).is_some_and(|i| i.kind.starts_with("tunnel/"));
+        let on_tunnel =
+            live(&f.interface).is_some_and(|i| matches!(i.kind, InterfaceKind::Tunnel(_)));
         if !on_tunnel && f.encap == Encap::None {
             continue;
         }
@@ -146,9 +147,10 @@ pub fn aggregate(
     // Tunnel devices without traffic still show, with their MTU.
     for t in &tunnels {
         if !rows.keys().any(|(d, _, _)| *d == t.name) {
-            let encap = Encap::from_name(t.kind.trim_start_matches("tunnel/"))
-                .or_else(|| Encap::from_device(&t.name))
-                .unwrap_or(Encap::None);
+            let encap = match t.kind {
+                InterfaceKind::Tunnel(e) => e,
+                _ => Encap::None,
+            };
             rows.insert(
                 (t.name.clone(), encap, None),
                 TunnelRow {
@@ -189,7 +191,10 @@ pub fn aggregate(
             });
         }
     }
-    for i in interfaces.iter().filter(|i| i.kind == "pod" && !i.gone) {
+    for i in interfaces
+        .iter()
+        .filter(|i| i.kind == InterfaceKind::Pod && !i.gone)
+    {
         let Some(mtu) = i.mtu else { continue };
         // Against the smallest tunnel MTU it exceeds.
         if let Some(t) = tunnels
@@ -309,9 +314,9 @@ mod tests {
         InterfaceView {
             name: name.into(),
             ifindex: 1,
-            kind: kind.into(),
-            layer: "ethernet".into(),
-            attached_via: Some("tcx".into()),
+            kind: kind.to_owned().try_into().expect("an interface kind"),
+            layer: crate::api::LinkLayer::Ethernet,
+            attached_via: Some(crate::api::AttachedVia::Tcx),
             attach_error: None,
             gone: false,
             ingress_packets: 0,

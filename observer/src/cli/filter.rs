@@ -221,7 +221,7 @@ pub(crate) mod tests {
 
     fn ep(ns: &str, pod: &str, workload: &str, node: &str) -> EndpointView {
         EndpointView {
-            kind: "pod".into(),
+            kind: crate::api::EndpointKind::Pod,
             namespace: Some(ns.into()),
             pod: Some(pod.into()),
             workload: Some(workload.into()),

@@ -48,20 +48,7 @@ pub enum AttachMode {
     Clsact,
 }
 
-/// Whether a device's packets start with an Ethernet header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkLayer {
-    Ethernet,
-    L3,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Via {
-    Tcx,
-    Clsact,
-}
+pub use crate::api::{AttachedVia as Via, LinkLayer};
 
 /// The two TC hooks, with the names pins and logs use.
 const HOOKS: [(TcAttachType, &str); 2] = [

@@ -184,9 +184,9 @@ async fn interfaces(AxState(state): AxState<Shared>) -> Json<Vec<InterfaceView>>
                 let mut v = InterfaceView {
                     name: s.iface.name.clone(),
                     ifindex: *ifindex,
-                    kind: s.iface.kind.label(),
-                    layer: format!("{:?}", s.layer).to_lowercase(),
-                    attached_via: s.via.map(|v| format!("{v:?}").to_lowercase()),
+                    kind: s.iface.kind,
+                    layer: s.layer,
+                    attached_via: s.via,
                     attach_error: s.attach_error.clone(),
                     gone: s.gone,
                     ingress_packets: 0,

@@ -332,7 +332,7 @@ pub fn node_view(st: &State) -> NodeView {
             s.iface.name.clone(),
             DeviceView {
                 name: s.iface.name.clone(),
-                kind: s.iface.kind.label(),
+                kind: s.iface.kind,
                 mtu: interface_mtu(&s.iface.name),
                 attached: s.via.is_some(),
             },
@@ -342,15 +342,15 @@ pub fn node_view(st: &State) -> NodeView {
         if devices.contains_key(name) {
             continue;
         }
-        let kind = Encap::from_device(name)
-            .map(|e| InterfaceKind::Tunnel(e).label())
-            .unwrap_or_default();
+        let Some(encap) = Encap::from_device(name) else {
+            continue;
+        };
         if let Some(mtu) = interface_mtu(name) {
             devices.insert(
                 name.to_owned(),
                 DeviceView {
                     name: name.to_owned(),
-                    kind: kind.to_owned(),
+                    kind: InterfaceKind::Tunnel(encap),
                     mtu: Some(mtu),
                     attached: false,
                 },
@@ -359,7 +359,8 @@ pub fn node_view(st: &State) -> NodeView {
     }
     let mut devices: Vec<DeviceView> = devices.into_values().collect();
     // Tunnels first.
-    devices.sort_by(|a, b| (a.kind == "underlay", &a.name).cmp(&(b.kind == "underlay", &b.name)));
+    let underlay = |d: &DeviceView| d.kind == InterfaceKind::Underlay;
+    devices.sort_by(|a, b| (underlay(a), &a.name).cmp(&(underlay(b), &b.name)));
     NodeView {
         node: m.local_node().map(str::to_owned),
         bgp: c.bgp.clone(),

@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{Direction, EndpointView, Protocol, Via},
+    api::{Direction, EndpointKind, EndpointView, Protocol, Via},
     config::{Dimension, Granularity, MetricsSettings},
     flows::{InterfaceKind, direction, key_addrs, table::Counters},
     model::Model,
@@ -969,8 +969,8 @@ impl SelfMetrics {
 
 /// (namespace, name) labels of an endpoint at the configured granularity.
 fn name_of(granularity: Granularity, ep: &EndpointView) -> (String, String) {
-    match (ep.kind.as_str(), &ep.namespace) {
-        ("pod", Some(ns)) => {
+    match (ep.kind, &ep.namespace) {
+        (EndpointKind::Pod, Some(ns)) => {
             let name = match granularity {
                 Granularity::Pod => ep.pod.clone().unwrap_or_default(),
                 Granularity::Workload => ep
@@ -982,7 +982,7 @@ fn name_of(granularity: Granularity, ep: &EndpointView) -> (String, String) {
             };
             (ns.clone(), name)
         }
-        (kind, _) => (String::new(), kind.to_owned()),
+        (kind, _) => (String::new(), kind.name().to_owned()),
     }
 }
 

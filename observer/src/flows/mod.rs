@@ -7,31 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use observer_common::{Encap, FAMILY_IPV4, FlowKey, Hook};
 
 use self::table::FlowEntry;
+pub use crate::api::InterfaceKind;
 use crate::api::{Direction, FlowView, Protocol, Via};
 pub use crate::datapath::clock::Clock;
 use crate::model::Model;
-
-/// What an attached interface is, which decides whose point of view its
-/// directions take and which encapsulation its packets have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InterfaceKind {
-    /// A Calico workload interface (host side of a pod's veth).
-    Pod,
-    /// A tunnel device: packets on it are (to be) encapsulated.
-    Tunnel(Encap),
-    /// The node's underlay NIC: encapsulation is read from outer headers.
-    Underlay,
-}
-
-impl InterfaceKind {
-    pub fn label(&self) -> String {
-        match self {
-            InterfaceKind::Pod => "pod".into(),
-            InterfaceKind::Tunnel(e) => format!("tunnel/{}", e.name()),
-            InterfaceKind::Underlay => "underlay".into(),
-        }
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct Interface {

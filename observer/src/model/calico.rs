@@ -474,7 +474,7 @@ mod tests {
         assert_eq!(m.node_of(ip("10.244.0.200")), None);
         let anon = m.endpoint(ip("10.251.0.9"));
         assert_eq!(
-            (anon.kind.as_str(), anon.node.as_deref()),
+            (anon.kind.name(), anon.node.as_deref()),
             ("pod", Some("node3"))
         );
         let b = m.calico().block_of(ip("10.244.0.70")).unwrap();

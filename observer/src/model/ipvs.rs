@@ -273,7 +273,10 @@ mod tests {
                 s("Masq"),
             )
         );
-        assert_eq!(m.endpoint("10.96.0.10".parse().unwrap()).kind, "service");
+        assert_eq!(
+            m.endpoint("10.96.0.10".parse().unwrap()).kind,
+            crate::api::EndpointKind::Service
+        );
     }
 
     #[test]

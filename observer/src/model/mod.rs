@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha1::{Digest as _, Sha1};
 
 pub use self::calico::{BlockInfo, CalicoView, PoolInfo};
-use crate::api::{Encap, EndpointView, ServiceRef, Via};
+use crate::api::{Encap, EndpointKind, EndpointView, ServiceRef, Via};
 use crate::sources::{
     calico::EncapMode,
     objects::{ClusterObjects, node_addresses, pod_ips, workload_with_owners},
@@ -456,7 +456,7 @@ impl Model {
     pub fn endpoint(&self, ip: IpAddr) -> EndpointView {
         if let Some(p) = self.pod_by_ip.get(&ip).map(|i| &self.pods[*i]) {
             return EndpointView {
-                kind: "pod".into(),
+                kind: EndpointKind::Pod,
                 namespace: Some(p.namespace.clone()),
                 pod: Some(p.name.clone()),
                 workload: p.workload.as_ref().map(|w| w.1.clone()),
@@ -466,13 +466,13 @@ impl Model {
         }
         if self.service_by_vip.keys().any(|(vip, _, _)| *vip == ip) || self.ipvs.is_vip(ip) {
             return EndpointView {
-                kind: "service".into(),
+                kind: EndpointKind::Service,
                 ..Default::default()
             };
         }
         if let Some(node) = self.node_by_ip.get(&ip) {
             return EndpointView {
-                kind: "host".into(),
+                kind: EndpointKind::Host,
                 node: Some(node.clone()),
                 ..Default::default()
             };
@@ -480,7 +480,7 @@ impl Model {
         if self.in_pod_network(ip) {
             // A pod address we have no object for: which pod is unknown.
             return EndpointView {
-                kind: "pod".into(),
+                kind: EndpointKind::Pod,
                 node: self.node_of(ip),
                 ..Default::default()
             };
@@ -488,14 +488,14 @@ impl Model {
         // Neighbour discovery, MLD, DHCP and the like never leave the link:
         // not the world's traffic.
         let kind = if ip.is_multicast() {
-            "multicast"
+            EndpointKind::Multicast
         } else if calico::is_link_local(ip) {
-            "link-local"
+            EndpointKind::LinkLocal
         } else {
-            "world"
+            EndpointKind::World
         };
         EndpointView {
-            kind: kind.into(),
+            kind,
             ..Default::default()
         }
     }
@@ -617,7 +617,7 @@ mod tests {
         let web = m.endpoint("10.244.0.5".parse().unwrap());
         assert_eq!(
             (
-                web.kind.as_str(),
+                web.kind.name(),
                 web.pod.as_deref(),
                 web.workload.as_deref(),
                 web.workload_kind.as_deref(),
@@ -635,12 +635,18 @@ mod tests {
             m.endpoint("172.30.0.12".parse().unwrap()).node.as_deref(),
             Some("node2")
         );
-        assert_eq!(m.endpoint("172.30.0.12".parse().unwrap()).kind, "host");
-        assert_eq!(m.endpoint("8.8.8.8".parse().unwrap()).kind, "world");
+        assert_eq!(
+            m.endpoint("172.30.0.12".parse().unwrap()).kind,
+            EndpointKind::Host
+        );
+        assert_eq!(
+            m.endpoint("8.8.8.8".parse().unwrap()).kind,
+            EndpointKind::World
+        );
         // In a remote block but no pod object: a pod on node2, name unknown.
         let anon = m.endpoint("10.244.0.99".parse().unwrap());
         assert_eq!(
-            (anon.kind.as_str(), anon.pod, anon.node.as_deref()),
+            (anon.kind.name(), anon.pod, anon.node.as_deref()),
             ("pod", None, Some("node2"))
         );
     }
@@ -684,7 +690,10 @@ mod tests {
         assert_eq!(m.service_of("10.244.0.9".parse().unwrap(), 8080, 6), None);
         assert_eq!(m.service_of("10.96.0.10".parse().unwrap(), 81, 6), None);
         assert_eq!(m.service_of("10.96.0.10".parse().unwrap(), 80, 17), None);
-        assert_eq!(m.endpoint("10.96.0.10".parse().unwrap()).kind, "service");
+        assert_eq!(
+            m.endpoint("10.96.0.10".parse().unwrap()).kind,
+            EndpointKind::Service
+        );
         assert_eq!(m.services()[0].backends.len(), 2);
     }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::api::{EndpointView, FlowView, Via};
+use crate::api::{EndpointKind, EndpointView, FlowView, Via};
 
 use super::{
     style,
@@ -151,11 +151,11 @@ pub(crate) fn named(ep: Option<&EndpointView>, ip: IpAddr, port: u16) -> String 
             }
         }
         Some(EndpointView {
-            kind,
+            kind: EndpointKind::Host,
             node: Some(node),
             pod: None,
             ..
-        }) if kind == "host" => {
+        }) => {
             if port == 0 {
                 format!("node/{node}")
             } else {

@@ -228,14 +228,14 @@ pub fn interfaces_table(list: &[InterfaceView], wide: bool) -> String {
         .map(|i| {
             let attached = match (&i.attached_via, &i.attach_error, i.gone) {
                 (_, _, true) => paint(Paint::Dim, "gone"),
-                (Some(v), _, _) => v.clone(),
+                (Some(v), _, _) => v.to_string(),
                 (None, Some(e), _) => paint(Paint::Bad, format!("error: {e}")),
                 (None, None, _) => paint(Paint::Warn, "no"),
             };
             let mut r = vec![
                 i.name.clone(),
                 i.ifindex.to_string(),
-                i.kind.clone(),
+                i.kind.to_string(),
                 i.mtu.map_or_else(|| "-".into(), |m| m.to_string()),
                 attached,
                 count(i.ingress_packets),
@@ -245,7 +245,7 @@ pub fn interfaces_table(list: &[InterfaceView], wide: bool) -> String {
                 count(i.non_ip_packets),
             ];
             if wide {
-                r.push(i.layer.clone());
+                r.push(i.layer.name().into());
             }
             r
         })
