@@ -99,7 +99,7 @@ fn main() -> Result<()> {
             setup::run()?;
             require_root("the lab creates network namespaces and loads eBPF programs")?;
             cargo(&["build", "--release", "--package", "observer"])?;
-            let mut cmd = Command::new(workspace_root().join("target/release/observer"));
+            let mut cmd = Command::new(target_dir().join("release/observer"));
             cmd.arg("lab").args(&args);
             run(&mut cmd)
         }
