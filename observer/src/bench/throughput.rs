@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsRawFd as _,
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -24,7 +23,10 @@ use super::{
     procfs,
     stats::Summary,
 };
-use crate::datapath::{Datapath, object};
+use crate::{
+    datapath::{Datapath, object},
+    lab::netns::within,
+};
 
 const POD_A: &str = "10.65.0.2";
 const POD_B: &str = "10.65.0.3";
@@ -403,32 +405,20 @@ impl Lab {
     /// entered the node's namespace; detached when the result is dropped.
     fn attach_empty(&self) -> Result<Datapath> {
         let mut dp = Datapath::load(1024)?;
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.node.0))?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<()> {
-                // SAFETY: setns on this thread only, with a valid fd.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!(
-                        "entering the node's namespace: {}",
-                        std::io::Error::last_os_error()
-                    );
+        within(&self.node.0, || -> Result<()> {
+            let prog: &mut SchedClassifier = dp
+                .ebpf
+                .program_mut(object::EMPTY)
+                .context("the empty program")?
+                .try_into()?;
+            for cali in [&self.cali_a, &self.cali_b] {
+                for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    prog.attach(cali, hook)
+                        .with_context(|| format!("attaching the empty program to {cali}"))?;
                 }
-                let prog: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut(object::EMPTY)
-                    .context("the empty program")?
-                    .try_into()?;
-                for cali in [&self.cali_a, &self.cali_b] {
-                    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-                        prog.attach(cali, hook)
-                            .with_context(|| format!("attaching the empty program to {cali}"))?;
-                    }
-                }
-                Ok(())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
-        })?;
+            }
+            Ok(())
+        })??;
         Ok(dp)
     }
 
