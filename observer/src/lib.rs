@@ -22,7 +22,8 @@
 //! - [`cli`] (the client verbs): `api`, `term`, `config`, `lab_dir`; never
 //!   the server.
 //! - [`lab`], [`replay`], [`bench`], [`fuzz`]: beside the daemon, on
-//!   `api`, `term`, `datapath`, `flows`, `model`, `sources` as they need.
+//!   `api`, `term`, `datapath`, `flows`, `model`, `sources` as they need;
+//!   `bench` also on `lab` (its namespaces and pods).
 //!
 //! A flow goes one way: kernel maps -> [`datapath`] drain -> [`flows`]
 //! table in [`state`] -> [`export`] (metrics, JSON API) -> [`api`] ->

@@ -12,7 +12,6 @@ mod common;
 
 use std::{
     net::UdpSocket,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -55,17 +54,7 @@ impl Netns {
     /// Runs `f` on a thread that entered this namespace (sockets made there
     /// stay in it).
     fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.0)).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on this thread only, with a valid fd.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns")
-        })
+        observer::lab::netns::within(&self.0, f).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::AsRawFd as _,
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -16,7 +15,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde::Serialize;
-use sha1::{Digest as _, Sha1};
 
 use super::{
     daemon::Daemon,
@@ -24,7 +22,14 @@ use super::{
     procfs,
     stats::Summary,
 };
-use crate::datapath::{Datapath, object};
+use crate::{
+    datapath::{Datapath, object},
+    lab::{
+        build::{Neighbours, PodVeth, pod_veth},
+        netns::within,
+    },
+    model::calico_interface,
+};
 
 const POD_A: &str = "10.65.0.2";
 const POD_B: &str = "10.65.0.3";
@@ -205,13 +210,6 @@ fn figure(samples: &[Sample], name: &'static str, f: fn(&Sample) -> f64) -> Figu
     }
 }
 
-/// Calico's host-side veth name for a pod: `cali` + sha1("ns.pod")[:11].
-fn cali_name(ns: &str, pod: &str) -> String {
-    let h = Sha1::digest(format!("{ns}.{pod}").as_bytes());
-    let hex: String = h.iter().map(|b| format!("{b:02x}")).collect();
-    format!("cali{}", &hex[..11])
-}
-
 struct Lab {
     // Deleting the node's namespace deletes the veth pairs too.
     node: Netns,
@@ -227,85 +225,22 @@ impl Lab {
             node: Netns::new("node")?,
             pod_a: Netns::new("poda")?,
             pod_b: Netns::new("podb")?,
-            cali_a: cali_name("bench", "pod-a"),
-            cali_b: cali_name("bench", "pod-b"),
+            cali_a: calico_interface("cali", "bench", "pod-a"),
+            cali_b: calico_interface("cali", "bench", "pod-b"),
         };
         lab.node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         for (pod, cali, ip, mac) in [
             (&lab.pod_a, &lab.cali_a, POD_A, "02:00:0a:41:00:02"),
             (&lab.pod_b, &lab.cali_b, POD_B, "02:00:0a:41:00:03"),
         ] {
-            let n = &lab.node;
-            n.ip(&[
-                "link",
-                "add",
+            pod_veth(&PodVeth {
+                node_ns: &lab.node.0,
+                pod_ns: &pod.0,
                 cali,
-                "address",
-                "ee:ee:ee:ee:ee:ee",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "address",
-                mac,
-                "netns",
-                &pod.0,
-            ])?;
-            n.ip(&["link", "set", cali, "up"])?;
-            n.ip(&[
-                "route",
-                "add",
-                &format!("{ip}/32"),
-                "dev",
-                cali,
-                "scope",
-                "link",
-            ])?;
-            // Static neighbours where Calico uses proxy ARP: no ARP in the
-            // measurement, the same forwarding path.
-            n.ip(&[
-                "neigh",
-                "add",
-                ip,
-                "lladdr",
-                mac,
-                "dev",
-                cali,
-                "nud",
-                "permanent",
-            ])?;
-            pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
-            pod.ip(&["link", "set", "eth0", "up"])?;
-            pod.ip(&[
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ])?;
-            pod.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-            ])?;
-            pod.ip(&[
-                "neigh",
-                "add",
-                "169.254.1.1",
-                "lladdr",
-                "ee:ee:ee:ee:ee:ee",
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
+                ips: &[ip.parse()?],
+                mtu: None,
+                neighbours: Neighbours::Static { pod_mac: mac },
+            })?;
         }
         lab.pod_a.exec(&["ping", "-c1", "-W2", POD_B])?;
         Ok(lab)
@@ -403,32 +338,20 @@ impl Lab {
     /// entered the node's namespace; detached when the result is dropped.
     fn attach_empty(&self) -> Result<Datapath> {
         let mut dp = Datapath::load(1024)?;
-        let ns = std::fs::File::open(format!("/run/netns/{}", self.node.0))?;
-        std::thread::scope(|s| {
-            s.spawn(|| -> Result<()> {
-                // SAFETY: setns on this thread only, with a valid fd.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!(
-                        "entering the node's namespace: {}",
-                        std::io::Error::last_os_error()
-                    );
+        within(&self.node.0, || -> Result<()> {
+            let prog: &mut SchedClassifier = dp
+                .ebpf
+                .program_mut(object::EMPTY)
+                .context("the empty program")?
+                .try_into()?;
+            for cali in [&self.cali_a, &self.cali_b] {
+                for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    prog.attach(cali, hook)
+                        .with_context(|| format!("attaching the empty program to {cali}"))?;
                 }
-                let prog: &mut SchedClassifier = dp
-                    .ebpf
-                    .program_mut(object::EMPTY)
-                    .context("the empty program")?
-                    .try_into()?;
-                for cali in [&self.cali_a, &self.cali_b] {
-                    for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
-                        prog.attach(cali, hook)
-                            .with_context(|| format!("attaching the empty program to {cali}"))?;
-                    }
-                }
-                Ok(())
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("the attach thread panicked"))?
-        })?;
+            }
+            Ok(())
+        })??;
         Ok(dp)
     }
 

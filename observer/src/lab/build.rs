@@ -282,55 +282,95 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
         .iter()
         .find(|n| n.name == pod.node)
         .context("pod on an unknown node")?;
-    let (ns, host) = (&pod.netns, &node.netns);
-    netns::add(ns)?;
-    sysctl(ns, "net.ipv6.conf.default.accept_dad", "0")?;
-    sysctl(ns, "net.ipv6.conf.all.accept_dad", "0")?;
-    let cali = &pod.interface;
-    ip(
-        host,
-        &[
-            "link", "add", cali, "type", "veth", "peer", "name", "eth0", "netns", ns,
-        ],
-    )?;
-    // Calico's CNI gives pods the tunnel's MTU, so that nothing needs
-    // fragmenting on the way into the tunnel.
-    let mtu = plan.pod_mtu().to_string();
-    ip(
-        host,
-        &[
-            "link",
-            "set",
-            cali,
-            "address",
-            HOST_VETH_MAC,
-            "mtu",
-            &mtu,
-            "up",
-        ],
-    )?;
-    ip(ns, &["link", "set", "eth0", "mtu", &mtu])?;
-    // Calico answers the pod's ARP for 169.254.1.1 by proxy ARP.
-    sysctl(host, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1")?;
-    sysctl(host, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0")?;
-    for addr in &pod.ips {
-        let len = prefix_len(addr);
-        ip(
-            ns,
-            &["addr", "add", &format!("{addr}/{len}"), "dev", "eth0"],
-        )?;
-        ip(
-            host,
-            &[
-                "route",
-                "add",
-                &format!("{addr}/{len}"),
-                "dev",
-                cali,
-                "scope",
-                "link",
-            ],
-        )?;
+    netns::add(&pod.netns)?;
+    sysctl(&pod.netns, "net.ipv6.conf.default.accept_dad", "0")?;
+    sysctl(&pod.netns, "net.ipv6.conf.all.accept_dad", "0")?;
+    pod_veth(&PodVeth {
+        node_ns: &node.netns,
+        pod_ns: &pod.netns,
+        cali: &pod.interface,
+        ips: &pod.ips,
+        // Calico's CNI gives pods the tunnel's MTU, so that nothing needs
+        // fragmenting on the way into the tunnel.
+        mtu: Some(plan.pod_mtu()),
+        neighbours: Neighbours::ProxyArp,
+    })
+}
+
+/// A pod's link as Calico's CNI makes it, between two namespaces that
+/// exist: a veth from `cali` (Calico's MAC) in the node's namespace to
+/// `eth0` in the pod's, the pod's addresses (/32, /128) on `eth0` with
+/// host routes to them through `cali`, and 169.254.1.1 (IPv6: the veth's
+/// link-local address) as the pod's gateway.
+pub struct PodVeth<'a> {
+    pub node_ns: &'a str,
+    pub pod_ns: &'a str,
+    pub cali: &'a str,
+    pub ips: &'a [IpAddr],
+    /// Both ends' MTU; `None`: the kernel's default.
+    pub mtu: Option<u32>,
+    pub neighbours: Neighbours<'a>,
+}
+
+/// How the pod and the node learn each other's MAC.
+pub enum Neighbours<'a> {
+    /// Calico's way: proxy ARP on `cali` answers for 169.254.1.1.
+    ProxyArp,
+    /// Permanent entries on both sides, `eth0` given `pod_mac`: no ARP in
+    /// a measurement, and the same forwarding path (the bench).
+    Static { pod_mac: &'a str },
+}
+
+pub fn pod_veth(p: &PodVeth) -> Result<()> {
+    let (host, ns, cali) = (p.node_ns, p.pod_ns, p.cali);
+    let mut add = vec![
+        "link",
+        "add",
+        cali,
+        "address",
+        HOST_VETH_MAC,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+    ];
+    if let Neighbours::Static { pod_mac } = p.neighbours {
+        add.extend(["address", pod_mac]);
+    }
+    add.extend(["netns", ns]);
+    ip(host, &add)?;
+    let mut up = vec!["link", "set", cali, "up"];
+    let mtu = p.mtu.map(|m| m.to_string());
+    if let Some(mtu) = &mtu {
+        up.extend(["mtu", mtu]);
+        ip(ns, &["link", "set", "eth0", "mtu", mtu])?;
+    }
+    ip(host, &up)?;
+    if let Neighbours::ProxyArp = p.neighbours {
+        sysctl(host, &format!("net.ipv4.conf.{cali}.proxy_arp"), "1")?;
+        sysctl(host, &format!("net.ipv4.neigh.{cali}.proxy_delay"), "0")?;
+    }
+    for addr in p.ips {
+        let cidr = format!("{addr}/{}", prefix_len(addr));
+        ip(ns, &["addr", "add", &cidr, "dev", "eth0"])?;
+        ip(host, &["route", "add", &cidr, "dev", cali, "scope", "link"])?;
+        if let Neighbours::Static { pod_mac } = p.neighbours {
+            ip(
+                host,
+                &[
+                    "neigh",
+                    "add",
+                    &addr.to_string(),
+                    "lladdr",
+                    pod_mac,
+                    "dev",
+                    cali,
+                    "nud",
+                    "permanent",
+                ],
+            )?;
+        }
     }
     ip(ns, &["link", "set", "eth0", "up"])?;
     ip(
@@ -357,7 +397,23 @@ fn build_pod(plan: &Plan, pod: &PodPlan) -> Result<()> {
             "eth0",
         ],
     )?;
-    if pod.ips.iter().any(IpAddr::is_ipv6) {
+    if let Neighbours::Static { .. } = p.neighbours {
+        ip(
+            ns,
+            &[
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                HOST_VETH_MAC,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        )?;
+    }
+    if p.ips.iter().any(IpAddr::is_ipv6) {
         ip(
             ns,
             &[

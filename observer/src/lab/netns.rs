@@ -108,21 +108,34 @@ fn socket_under(cmdline: &[u8], dir: &Path) -> bool {
         })
 }
 
-/// Runs `f` on a thread that entered namespace `ns`; sockets it opens stay
-/// in that namespace after the thread ends.
+/// Runs `f` on a thread that entered namespace `ns` (a name as `ip netns`
+/// knows it); sockets it opens stay in that namespace after the thread
+/// ends.
 pub fn within<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
+    within_path(&Path::new("/run/netns").join(ns), f)
+}
+
+/// [`within`] for the namespace file at `path` (`/run/netns/NAME`,
+/// `/proc/PID/ns/net`). A thread of its own, because setns(2) moves only
+/// the calling thread and the caller's must stay where it is.
+pub fn within_path<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let ns = path.display();
+    let file =
+        std::fs::File::open(path).with_context(|| format!("opening network namespace {ns}"))?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<T> {
-            let fd = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns on this thread only, with a valid descriptor.
-            if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                bail!("entering {ns}: {}", std::io::Error::last_os_error());
+            // SAFETY: setns on a descriptor we hold open; it moves only this
+            // thread, which ends with `f`.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "entering network namespace {ns}: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             Ok(f())
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+        .map_err(|_| anyhow::anyhow!("the thread in network namespace {ns} panicked"))?
     })
 }
 
@@ -142,5 +155,14 @@ mod tests {
         assert!(!socket_under(b"/bin/sleep\0x\0", dir));
         let client = b"/x/observer\0flows\0--socket\0/run/observer-lab/lab1/node1.sock\0";
         assert!(!socket_under(client, dir));
+    }
+
+    #[test]
+    fn a_missing_namespace_is_named() {
+        let e = within("observer-no-such-ns", || ()).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/run/netns/observer-no-such-ns"),
+            "{e:#}"
+        );
     }
 }

@@ -1,19 +1,20 @@
-//! Colour for tables: only when stdout is a terminal and `NO_COLOR` is
-//! unset (https://no-color.org), and never in JSON. Plain ANSI SGR codes;
-//! `render::table` measures cells without them, so columns stay aligned.
+//! Colour for tables: only where anstream would colour stdout (a terminal
+//! that takes colour, `NO_COLOR` (https://no-color.org) and `CLICOLOR`
+//! respected), and never in JSON. ANSI codes from anstyle; `table::table`
+//! measures cells without them, so columns stay aligned.
 
-use std::{
-    io::IsTerminal as _,
-    sync::atomic::{AtomicBool, Ordering},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anstream::ColorChoice;
+use anstyle::{AnsiColor, Style};
 
 use crate::api::Direction;
 
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// Whether tables get colour, from stdout and `NO_COLOR`.
+/// Whether tables get colour, from stdout and the environment.
 pub fn wanted() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    anstream::AutoStream::choice(&std::io::stdout()) != ColorChoice::Never
 }
 
 /// Turns colour on or off for what is rendered from now on.
@@ -44,15 +45,16 @@ pub enum Paint {
 }
 
 impl Paint {
-    fn code(self) -> &'static str {
+    fn style(self) -> Style {
+        let fg = |c: AnsiColor| Style::new().fg_color(Some(c.into()));
         match self {
-            Paint::Header => "1",
-            Paint::Egress => "36",
-            Paint::Ingress => "35",
-            Paint::Bad => "1;31",
-            Paint::Warn => "33",
-            Paint::Good => "32",
-            Paint::Dim => "2",
+            Paint::Header => Style::new().bold(),
+            Paint::Egress => fg(AnsiColor::Cyan),
+            Paint::Ingress => fg(AnsiColor::Magenta),
+            Paint::Bad => fg(AnsiColor::Red).bold(),
+            Paint::Warn => fg(AnsiColor::Yellow),
+            Paint::Good => fg(AnsiColor::Green),
+            Paint::Dim => Style::new().dimmed(),
         }
     }
 }
@@ -61,7 +63,8 @@ impl Paint {
 pub fn paint(p: Paint, s: impl Into<String>) -> String {
     let s = s.into();
     if enabled() && !s.is_empty() {
-        format!("\x1b[{}m{s}\x1b[0m", p.code())
+        let style = p.style();
+        format!("{style}{s}{style:#}")
     } else {
         s
     }

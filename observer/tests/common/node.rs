@@ -5,7 +5,6 @@
 
 use std::{
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -52,18 +51,7 @@ impl Netns {
     /// Runs `f` on a thread that entered this namespace (sockets made there
     /// stay in it).
     pub fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = std::fs::File::open(&path).expect("open netns");
-                // SAFETY: setns on this thread only, with a valid fd.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns")
-        })
+        observer::lab::netns::within(&self.0, f).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// A Calico-like pod: a veth `cali` (in this namespace, `node_ip/24`)

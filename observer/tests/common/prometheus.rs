@@ -21,29 +21,12 @@ pub const PROMETHEUS: &str = "/usr/bin/prometheus";
 pub const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// Runs `f` on a thread that has joined network namespace `netns` (a name
-/// under /var/run/netns; `None`: this process's namespace).
-pub fn in_netns<T: Send + 'static>(
-    netns: Option<&str>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, String> {
-    let path = netns.map(|n| format!("/var/run/netns/{n}"));
-    std::thread::spawn(move || {
-        if let Some(path) = path {
-            let file = std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns on a namespace file we hold open; it changes
-            // only this thread, which ends with `f`.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!(
-                    "setns({path}): {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| "the namespace thread panicked".to_owned())?
+/// as `ip netns` knows it; `None`: this process's namespace, and thread).
+pub fn in_netns<T: Send>(netns: Option<&str>, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    match netns {
+        Some(ns) => observer::lab::netns::within(ns, f).map_err(|e| format!("{e:#}")),
+        None => Ok(f()),
+    }
 }
 
 /// Percent-encoding for a query-string value.
