@@ -321,7 +321,7 @@ pub enum Neighbours<'a> {
     Static { pod_mac: &'a str },
 }
 
-pub fn pod_veth(p: &PodVeth) -> Result<()> {
+pub fn pod_veth(p: &PodVeth<'_>) -> Result<()> {
     let (host, ns, cali) = (p.node_ns, p.pod_ns, p.cali);
     let mut add = vec![
         "link",
