@@ -77,34 +77,3 @@ pub fn direction(d: Direction) -> String {
         Direction::Ingress => paint(Paint::Ingress, d.name()),
     }
 }
-
-/// How wide `s` is on a terminal: characters, without SGR escapes.
-pub fn visible_width(s: &str) -> usize {
-    let mut n = 0;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            n += 1;
-        }
-    }
-    n
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn width_ignores_escapes() {
-        assert_eq!(visible_width("abc"), 3);
-        assert_eq!(visible_width("\x1b[1;31mabc\x1b[0m"), 3);
-        assert_eq!(visible_width("é"), 1);
-    }
-}
