@@ -21,6 +21,9 @@ use crate::{
     },
 };
 
+/// How long the start waits for BIRD's first answer.
+const BIRD_FIRST_READ: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often kube-proxy's IPVS table is read.
 const IPVS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -61,17 +64,27 @@ impl Names {
         } else {
             None
         };
+        let mut bird = follow_bird(
+            settings.bird_socket.clone(),
+            settings.bird6_socket.clone(),
+            settings.poll_interval,
+        );
+        // BIRD's first answer, so that the first model (what the API shows
+        // once the daemon is ready) has the BGP peers; a hung BIRD delays
+        // the start by this much at most.
+        if tokio::time::timeout(BIRD_FIRST_READ, bird.changed())
+            .await
+            .is_err()
+        {
+            tracing::warn!("BIRD did not answer within {BIRD_FIRST_READ:?}; going on without");
+        }
         Ok(Self {
             routes: routes::follow().await?,
             objects: ObjectsDir::default(),
             kube,
             kube_changed,
             ipvs: follow_ipvs(),
-            bird: follow_bird(
-                settings.bird_socket.clone(),
-                settings.bird6_socket.clone(),
-                settings.poll_interval,
-            ),
+            bird,
             cni: None,
             cni_stamp: None,
             interfaces: Vec::new(),
