@@ -42,6 +42,13 @@ pub enum Hook {
 }
 
 impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(Self::Ingress),

@@ -8,11 +8,16 @@ use aya_ebpf::{
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
+    programs::TcContext,
 };
+use aya_log_ebpf::warn;
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FlowKey, FlowStats,
     IFACE_SLOTS, IfaceTotals, MtuLimit, Stat,
 };
+
+#[cfg(doc)]
+use crate::parse::Fail;
 
 /// One entry per flow; values shared by all CPUs (memory does not grow
 /// with the CPU count). Capacity is set by userspace at load time. A plain
@@ -36,6 +41,28 @@ static MTU_LIMITS: Array<MtuLimit> = Array::with_max_entries(IFACE_SLOTS, 0);
 
 #[map(name = "CLOCK")]
 static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
+
+/// The last unparsed packet's reason on this CPU, as [`Fail::code`]: the
+/// log reads it back from here, so that the verifier sees unknown values
+/// and checks the logging code once, not once per way a parse can fail
+/// (that ran past its million-instruction limit).
+#[map(name = "LAST_UNPARSED")]
+static LAST_UNPARSED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Keeps an unparsed packet's reason for [`last_unparsed`].
+#[inline(always)]
+pub fn remember_unparsed(code: u32) {
+    if let Some(v) = LAST_UNPARSED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no other writer on this CPU.
+        unsafe { *v = code };
+    }
+}
+
+/// The reason [`remember_unparsed`] kept.
+#[inline(always)]
+pub fn last_unparsed() -> u32 {
+    LAST_UNPARSED.get(0).copied().unwrap_or(0)
+}
 
 /// Writes jiffies and CLOCK_MONOTONIC side by side (for the `clock` program).
 #[inline(always)]
@@ -138,7 +165,7 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
 }
 
 #[inline(always)]
-pub fn account(key: &FlowKey, d: &Delta) {
+pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
     // SAFETY: helper without preconditions; jiffies, because a nanosecond
     // clock read costs as much as the rest of the update.
     let now = unsafe { bpf_jiffies64() };
@@ -177,19 +204,25 @@ pub fn account(key: &FlowKey, d: &Delta) {
         tcp_flags: d.tcp_flags as u32,
         oversize_packets: d.oversize,
     };
-    match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
+    let error = match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
         Ok(()) => return count(Stat::FlowInserts),
         // Another CPU inserted the same flow first: add to its entry.
-        Err(e) if e as i64 == -EEXIST => {
-            if let Some(v) = FLOWS.get_ptr_mut(key) {
-                return add_to_flow(v, d, now);
-            }
-        }
-        Err(_) => {}
-    }
+        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(key) {
+            Some(v) => return add_to_flow(v, d, now),
+            None => e,
+        },
+        Err(e) => e,
+    };
     // No room for the flow (or it was deleted under us): the packet still
     // counts, in its interface's overflow totals.
     count(Stat::FlowInsertFailures);
+    warn!(
+        ctx,
+        "flow map insert failed (error {}): {} packets counted in ifindex {}'s overflow",
+        error,
+        d.segs,
+        key.ifindex
+    );
     if let Some(slot) = slot {
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {

@@ -21,11 +21,15 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
+use aya_log_ebpf::debug;
 use observer_common::{FlowKey, Hook, Stat};
 
 use crate::{
-    flow::{Delta, account, count, count_non_ip, over_mtu, sample_clock},
-    parse::{Fail, Link, Parsed, parse},
+    flow::{
+        Delta, account, count, count_non_ip, last_unparsed, over_mtu, remember_unparsed,
+        sample_clock,
+    },
+    parse::{Fail, Link, Parsed, Why, parse},
 };
 
 /// Bytes to make linear when headers are not in the linear part of the skb:
@@ -79,7 +83,9 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     let key = zeroed_key(&mut slot, ifindex, hook);
     let mut p = Parsed::default();
     let mut parsed = parse(ctx.data(), ctx.data_end(), link, key, &mut p);
-    if parsed == Err(Fail::Truncated) && ctx.len() as usize > ctx.data_end() - ctx.data() {
+    if matches!(parsed, Err(f) if f.why == Why::Truncated)
+        && ctx.len() as usize > ctx.data_end() - ctx.data()
+    {
         // Headers beyond the linear area: make them linear (this moves no
         // packet bytes on the wire) and parse once more.
         let want = if ctx.len() < PULL_LEN {
@@ -95,8 +101,12 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     }
     match parsed {
         Ok(()) => {}
-        Err(Fail::NonIp) => return count_non_ip(key.ifindex),
-        Err(_) => return count(Stat::Unparsed),
+        Err(f) if f.why == Why::NonIp => return count_non_ip(key.ifindex),
+        Err(f) => {
+            remember_unparsed(f.code());
+            log_unparsed(ctx, hook);
+            return count(Stat::Unparsed);
+        }
     }
 
     let len = ctx.len() as u64;
@@ -122,6 +132,7 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
         0
     };
     account(
+        ctx,
         key,
         &Delta {
             segs,
@@ -130,6 +141,27 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
             tcp_flags: p.tcp_flags,
             oversize,
         },
+    );
+}
+
+/// Says why the packet went unparsed (as remembered), when the kernel log
+/// is on at debug; otherwise the verifier drops this code, the level being
+/// a constant.
+#[inline(always)]
+fn log_unparsed(ctx: &TcContext, hook: Hook) {
+    let f = Fail::from_code(last_unparsed());
+    // SAFETY: ctx field read.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    debug!(
+        ctx,
+        "unparsed: {} {} header at byte {} ({} B packet, {} B linear), ifindex {} {}",
+        f.why.name(),
+        f.header.name(),
+        f.at,
+        ctx.len(),
+        ctx.data_end() - ctx.data(),
+        ifindex,
+        hook.name()
     );
 }
 

@@ -39,16 +39,112 @@ const MAX_IPV6_EXT: usize = 6;
 /// the verifier bound offsets that went through the stack.
 const MAX_HDR_OFF: usize = 1024;
 
-/// Why a packet did not become a flow.
+/// Why a packet did not become a flow, which header said so and where it
+/// starts: what the kernel log (`observer run --ebpf-log debug`) reports.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Fail {
+pub struct Fail {
+    pub why: Why,
+    pub header: Header,
+    /// Where in the frame the failed read (or check) starts.
+    pub at: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Why {
     /// A header reaches beyond the linear data: may be retried after
     /// `bpf_skb_pull_data`, else counted as unparsed.
     Truncated,
-    /// A header is invalid (bad version, bad header length).
+    /// A header is invalid (bad version, bad header length), or starts
+    /// too deep in the frame.
     Malformed,
     /// Not an IP packet (ARP, LLDP, ...), or an encapsulated non-IP frame.
     NonIp,
+}
+
+/// The header being read when parsing stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Header {
+    /// Ethernet and VLAN tags, or an L3 device's IP version nibble.
+    Link,
+    Ipv4,
+    Ipv6,
+    Ipv6Extension,
+    Tcp,
+    Udp,
+    Icmp,
+    /// VXLAN's inner Ethernet header.
+    Vxlan,
+    /// The WireGuard message type.
+    Wireguard,
+}
+
+impl Fail {
+    #[inline(always)]
+    fn new(why: Why, header: Header, at: usize) -> Self {
+        Self { why, header, at }
+    }
+
+    #[inline(always)]
+    fn malformed(header: Header, at: usize) -> Self {
+        Self::new(Why::Malformed, header, at)
+    }
+}
+
+impl Fail {
+    /// The failure in one word, for [`Fail::from_code`].
+    #[inline(always)]
+    pub fn code(&self) -> u32 {
+        ((self.why as u32) << 24) | ((self.header as u32) << 16) | (self.at as u32 & 0xffff)
+    }
+
+    #[inline(always)]
+    pub fn from_code(code: u32) -> Self {
+        let why = match code >> 24 {
+            0 => Why::Truncated,
+            1 => Why::Malformed,
+            _ => Why::NonIp,
+        };
+        let header = match (code >> 16) & 0xff {
+            0 => Header::Link,
+            1 => Header::Ipv4,
+            2 => Header::Ipv6,
+            3 => Header::Ipv6Extension,
+            4 => Header::Tcp,
+            5 => Header::Udp,
+            6 => Header::Icmp,
+            7 => Header::Vxlan,
+            _ => Header::Wireguard,
+        };
+        Self::new(why, header, (code & 0xffff) as usize)
+    }
+}
+
+impl Why {
+    pub fn name(self) -> &'static str {
+        match self {
+            Why::Truncated => "truncated",
+            Why::Malformed => "malformed",
+            Why::NonIp => "non-IP",
+        }
+    }
+}
+
+impl Header {
+    pub fn name(self) -> &'static str {
+        match self {
+            Header::Link => "link",
+            Header::Ipv4 => "IPv4",
+            Header::Ipv6 => "IPv6",
+            Header::Ipv6Extension => "IPv6 extension",
+            Header::Tcp => "TCP",
+            Header::Udp => "UDP",
+            Header::Icmp => "ICMP",
+            Header::Vxlan => "VXLAN",
+            Header::Wireguard => "WireGuard",
+        }
+    }
 }
 
 /// Where the packet starts: an Ethernet header, or the IP header directly
@@ -107,22 +203,22 @@ struct Ports {
 }
 
 #[inline(always)]
-fn ptr_at<T>(data: usize, end: usize, off: usize) -> Result<*const T, Fail> {
+fn ptr_at<T>(data: usize, end: usize, off: usize, header: Header) -> Result<*const T, Fail> {
     if off > MAX_HDR_OFF {
-        return Err(Fail::Malformed);
+        return Err(Fail::malformed(header, off));
     }
     if data + off + size_of::<T>() > end {
-        return Err(Fail::Truncated);
+        return Err(Fail::new(Why::Truncated, header, off));
     }
     Ok((data + off) as *const T)
 }
 
 /// Reads a header struct at `off`.
 #[inline(always)]
-fn hdr<T>(data: usize, end: usize, off: usize) -> Result<&'static T, Fail> {
+fn hdr<T>(data: usize, end: usize, off: usize, header: Header) -> Result<&'static T, Fail> {
     // SAFETY: bounds checked against data_end; the packet outlives the
     // program run. Alignment: see the module comment.
-    Ok(unsafe { &*ptr_at::<T>(data, end, off)? })
+    Ok(unsafe { &*ptr_at::<T>(data, end, off, header)? })
 }
 
 /// Walks the link layer; returns the ethertype (memory order) and the
@@ -134,20 +230,20 @@ fn link(data: usize, end: usize, link: Link) -> Result<(u16, usize), Fail> {
         // IP it is. (skb->protocol agrees on a real device, and this also
         // holds under BPF_PROG_TEST_RUN, which fills skb->protocol from
         // bytes 12-13 of whatever frame it is given.)
-        return match hdr::<[u8; 2]>(data, end, 0)?[0] >> 4 {
+        return match hdr::<[u8; 2]>(data, end, 0, Header::Link)?[0] >> 4 {
             4 => Ok((ETH_P_IP, 0)),
             6 => Ok((ETH_P_IPV6, 0)),
-            _ => Err(Fail::Malformed),
+            _ => Err(Fail::malformed(Header::Link, 0)),
         };
     }
-    let mut proto = *hdr::<u16>(data, end, 12)?;
+    let mut proto = *hdr::<u16>(data, end, 12, Header::Link)?;
     let mut off = ETH_HLEN;
     // Up to two VLAN tags (802.1ad QinQ outer, 802.1Q inner).
     for _ in 0..2 {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
             break;
         }
-        proto = *hdr::<u16>(data, end, off + 2)?;
+        proto = *hdr::<u16>(data, end, off + 2, Header::Link)?;
         off += 4;
     }
     Ok((proto, off))
@@ -166,13 +262,13 @@ struct Ip {
 
 #[inline(always)]
 fn ipv4(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> Result<(), Fail> {
-    let h = hdr::<Ipv4Hdr>(data, end, off)?;
+    let h = hdr::<Ipv4Hdr>(data, end, off, Header::Ipv4)?;
     if h.ver_ihl >> 4 != 4 {
-        return Err(Fail::Malformed);
+        return Err(Fail::malformed(Header::Ipv4, off));
     }
     let ihl = ((h.ver_ihl & 0x0f) as usize) * 4;
     if ihl < 20 {
-        return Err(Fail::Malformed);
+        return Err(Fail::malformed(Header::Ipv4, off));
     }
     key.family = FAMILY_IPV4;
     key.src_addr = [h.src, 0, 0, 0];
@@ -186,9 +282,9 @@ fn ipv4(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> 
 
 #[inline(always)]
 fn ipv6(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> Result<(), Fail> {
-    let h = hdr::<Ipv6Hdr>(data, end, off)?;
+    let h = hdr::<Ipv6Hdr>(data, end, off, Header::Ipv6)?;
     if (u32::from_be(h.ver_tc_flow) >> 28) != 6 {
-        return Err(Fail::Malformed);
+        return Err(Fail::malformed(Header::Ipv6, off));
     }
     key.family = FAMILY_IPV6;
     // Word by word: an array copy becomes a call to a byte-wise memmove.
@@ -205,7 +301,7 @@ fn ipv6(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> 
         }
         // Every extension header starts with next-header and a length
         // byte and is at least 8 bytes long; one read serves them all.
-        let e = hdr::<[u8; 4]>(data, end, at)?;
+        let e = hdr::<[u8; 4]>(data, end, at, Header::Ipv6Extension)?;
         let len = match next {
             // Fragment: fixed 8 bytes; only the first fragment has L4.
             44 => {
@@ -240,7 +336,7 @@ fn ip(
     } else if ethertype == ETH_P_IPV6 {
         ipv6(data, end, off, key, ip)
     } else {
-        Err(Fail::NonIp)
+        Err(Fail::new(Why::NonIp, Header::Link, off))
     }
 }
 
@@ -254,7 +350,7 @@ fn l4(data: usize, end: usize, ip: &Ip, key: &mut FlowKey, flags: &mut u8) -> Re
     let off = ip.l4_off;
     match ip.proto {
         IPPROTO_TCP => {
-            let h = hdr::<[u16; 10]>(data, end, off)?;
+            let h = hdr::<[u16; 10]>(data, end, off, Header::Tcp)?;
             key.src_port = u16::from_be(h[0]);
             key.dst_port = u16::from_be(h[1]);
             // Data offset and flags share the big-endian word at byte 12.
@@ -262,18 +358,18 @@ fn l4(data: usize, end: usize, ip: &Ip, key: &mut FlowKey, flags: &mut u8) -> Re
             *flags = w as u8;
             let doff = ((w >> 12) as usize) * 4;
             if doff < 20 {
-                return Err(Fail::Malformed);
+                return Err(Fail::malformed(Header::Tcp, off));
             }
             Ok(doff)
         }
         IPPROTO_UDP => {
-            let p = hdr::<Ports>(data, end, off)?;
+            let p = hdr::<Ports>(data, end, off, Header::Udp)?;
             key.src_port = u16::from_be(p.src);
             key.dst_port = u16::from_be(p.dst);
             Ok(UDP_HLEN)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let h = hdr::<[u8; 2]>(data, end, off)?;
+            let h = hdr::<[u8; 2]>(data, end, off, Header::Icmp)?;
             key.src_port = h[0] as u16;
             key.dst_port = h[1] as u16;
             Ok(8)
@@ -313,10 +409,10 @@ pub fn parse(
             }
             IPPROTO_UDP => {
                 let ports = ip_hdr.l4_off;
-                let p = hdr::<Ports>(data, end, ports)?;
+                let p = hdr::<Ports>(data, end, ports, Header::Udp)?;
                 if p.dst == VXLAN_PORT.to_be() {
                     let inner_eth = ports + UDP_HLEN + VXLAN_HLEN;
-                    let inner = *hdr::<u16>(data, end, inner_eth + 12)?;
+                    let inner = *hdr::<u16>(data, end, inner_eth + 12, Header::Vxlan)?;
                     key.encap = Encap::Vxlan as u8;
                     l3_off = inner_eth + ETH_HLEN;
                     ip(data, end, inner, l3_off, key, &mut ip_hdr)?;
@@ -324,7 +420,7 @@ pub fn parse(
                     // Encrypted: the outer packet is the flow; the tunnel's
                     // own headers are overhead, a handshake is all overhead.
                     key.encap = Encap::Wireguard as u8;
-                    let msg = hdr::<[u8; 2]>(data, end, ports + UDP_HLEN)?[0];
+                    let msg = hdr::<[u8; 2]>(data, end, ports + UDP_HLEN, Header::Wireguard)?[0];
                     wg_overhead = if msg == WG_MSG_DATA {
                         ports - outer_off + UDP_HLEN + WG_DATA_OVERHEAD
                     } else {

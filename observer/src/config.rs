@@ -8,7 +8,7 @@ use clap::Args;
 use observer_common::{DEFAULT_FLOW_CAPACITY, Encap};
 
 use crate::{
-    datapath::{attach::AttachMode, links::LinkInfoView},
+    datapath::{attach::AttachMode, kernel_log::KernelLogLevel, links::LinkInfoView},
     flows::InterfaceKind,
 };
 
@@ -69,6 +69,14 @@ pub struct RunArgs {
     /// How to attach to interfaces.
     #[arg(long, env = "OBSERVER_ATTACH_MODE", value_enum, default_value = "auto")]
     pub attach_mode: AttachMode,
+
+    /// The eBPF programs' own log, shown in the daemon's log (target
+    /// `observer::ebpf`): `warn` says when a flow could not be inserted
+    /// (the map is full), `debug` also why each unparsed packet was
+    /// (header, byte offset). `off` costs nothing per packet; `debug` on
+    /// busy, malformed traffic writes a record per such packet.
+    #[arg(long, env = "OBSERVER_EBPF_LOG", value_enum, default_value = "off")]
+    pub ebpf_log: KernelLogLevel,
 
     /// This node's Kubernetes name (the DaemonSet passes it from the
     /// downward API).

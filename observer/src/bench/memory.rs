@@ -24,7 +24,7 @@ const HTAB_ELEM_HEADER: u64 = 48;
 
 #[derive(Serialize)]
 pub struct MapMemory {
-    pub name: &'static str,
+    pub name: String,
     pub map_type: u64,
     pub max_entries: u64,
     pub key_size: u64,

@@ -28,6 +28,7 @@ use crate::{
     datapath::{
         Datapath,
         attach::{Attacher, Via},
+        kernel_log::{KernelLog, KernelLogLevel},
         links::{self, LinkEvent, LinkInfoView},
         pin::PinRoot,
     },
@@ -50,10 +51,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let pins = args.pin_path.0.as_deref().map(PinRoot::open).transpose()?;
     // Before loading anything: a kernel without TCX is told at once.
     let mut attacher = Attacher::new(args.attach_mode, pins.clone())?;
-    let mut dp = match &pins {
-        Some(p) => Datapath::load_pinned(args.flow_capacity, p)?,
-        None => Datapath::load(args.flow_capacity)?,
-    };
+    let mut dp = Datapath::load_with(args.flow_capacity, pins.as_ref(), args.ebpf_log)?;
+    // Read from before the first attach, so that no record is missed.
+    if args.ebpf_log != KernelLogLevel::Off {
+        KernelLog::take(&mut dp.ebpf)?.spawn()?;
+    }
     let jiffy_ns = dp.jiffy_ns(std::time::Duration::from_millis(30))?;
     let state: Shared = Arc::new(RwLock::new(State {
         table: FlowTable::default(),

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod clock;
+pub mod kernel_log;
 pub mod links;
 pub mod object;
 pub mod pin;
@@ -16,6 +17,7 @@ use aya::{
     Ebpf,
     maps::{Array, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
 };
+use kernel_log::KernelLogLevel;
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
     IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP, MtuLimit, STATS_MAP, Stat,
@@ -44,26 +46,39 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs with maps of their own (replay, benchmarks).
+    /// Loads the programs with maps of their own and their log off (replay,
+    /// benchmarks).
     pub fn load(capacity: u32) -> Result<Self> {
-        Self::load_in(capacity, None)
+        Self::load_with(capacity, None, KernelLogLevel::Off)
     }
 
-    /// Loads the programs with the maps pinned under `pins` (reused when an
-    /// earlier daemon of the same map layout left them there).
-    pub fn load_pinned(capacity: u32, pins: &pin::PinRoot) -> Result<Self> {
+    /// Loads the programs, with the maps pinned under `pins` when given
+    /// (reused when an earlier daemon of the same map layout left them
+    /// there), writing kernel log records up to `log`.
+    pub fn load_with(
+        capacity: u32,
+        pins: Option<&pin::PinRoot>,
+        log: KernelLogLevel,
+    ) -> Result<Self> {
+        let Some(pins) = pins else {
+            return Self::load_in(capacity, None, log);
+        };
         let layout = pin::layout_id(object::OBJECT, capacity)?;
         let dir = pins.maps_dir(&layout);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the pin directory {}", dir.display()))?;
-        let mut dp = Self::load_in(capacity, Some(&dir))?;
+        let mut dp = Self::load_in(capacity, Some(&dir), log)?;
         dp.layout = Some(layout);
         Ok(dp)
     }
 
-    fn load_in(capacity: u32, maps_dir: Option<&std::path::Path>) -> Result<Self> {
+    fn load_in(
+        capacity: u32,
+        maps_dir: Option<&std::path::Path>,
+        log: KernelLogLevel,
+    ) -> Result<Self> {
         let reused_maps = maps_dir.is_some_and(|d| d.join(FLOWS_MAP).exists());
-        let mut ebpf = object::load(capacity, maps_dir)?;
+        let mut ebpf = object::load(capacity, maps_dir, log)?;
         let flows = match ebpf.take_map(FLOWS_MAP) {
             Some(Map::HashMap(m)) => m,
             _ => return Err(anyhow!("map {FLOWS_MAP} missing or not a hash")),
@@ -97,9 +112,10 @@ impl Datapath {
         self.flows.fd().as_fd().as_raw_fd()
     }
 
-    /// Each kernel map by name, for its memory (`memlock` in fdinfo).
-    pub fn map_fds(&self) -> [(&'static str, BorrowedFd<'_>); 6] {
-        [
+    /// Each kernel map by name, for its memory (`memlock` in fdinfo): ours,
+    /// and the log ring and read-only data while still in the object.
+    pub fn map_fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
+        let mut fds: Vec<(String, BorrowedFd<'_>)> = [
             (FLOWS_MAP, self.flows.fd().as_fd()),
             (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
             (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
@@ -107,6 +123,17 @@ impl Datapath {
             (CLOCK_MAP, self.clock.map().fd().as_fd()),
             (MTU_LIMITS_MAP, self.mtu_limits.map().fd().as_fd()),
         ]
+        .into_iter()
+        .map(|(name, fd)| (name.to_owned(), fd))
+        .collect();
+        for (name, map) in self.ebpf.maps() {
+            let data = match map {
+                Map::RingBuf(m) | Map::Array(m) => m,
+                _ => continue,
+            };
+            fds.push((name.to_owned(), data.fd().as_fd()));
+        }
+        fds
     }
 
     /// Sets the largest IP packet (per family, 0: none) that traffic entering

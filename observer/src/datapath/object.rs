@@ -6,7 +6,10 @@ use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
 use observer_common::FLOWS_MAP;
 
-use super::pin::PINNED_MAPS;
+use super::{
+    kernel_log::{self, KernelLogLevel},
+    pin::PINNED_MAPS,
+};
 
 /// The kernel programs, built from `observer-ebpf` by `build.rs`.
 pub(crate) static OBJECT: &[u8] =
@@ -26,12 +29,15 @@ pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS,
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
 /// With `maps_dir`, the maps that carry counts are pinned there, or taken
-/// from there when an earlier daemon pinned them.
-pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
+/// from there when an earlier daemon pinned them. The programs write log
+/// records up to `log` (see [`KernelLog`](super::kernel_log::KernelLog)).
+pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) -> Result<Ebpf> {
     check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(FLOWS_MAP, flow_capacity);
+    let level = log.global_value();
+    loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
     if let Some(dir) = maps_dir {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -57,15 +63,16 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-/// The oldest kernel the programs and the daemon's map reads work on:
-/// `BPF_MAP_LOOKUP_BATCH` came in 5.6, `bpf_jiffies64` in 5.5. Older ones
-/// are told so in one line rather than with the verifier's log.
+/// The oldest kernel the programs and the daemon's map reads work on: the
+/// BPF ring buffer (the programs' log) came in 5.8, `BPF_MAP_LOOKUP_BATCH`
+/// in 5.6, `bpf_jiffies64` in 5.5. Older ones are told so in one line
+/// rather than with the verifier's log.
 fn check_kernel() -> Result<()> {
     // A version we cannot read is left to the kernel to judge.
-    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 6, 0)) {
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 8, 0)) {
         bail!(
-            "observer needs Linux 5.6 or newer (batched map reads, bpf_jiffies64); \
-             this kernel is {}",
+            "observer needs Linux 5.8 or newer (BPF ring buffer, batched map reads, \
+             bpf_jiffies64); this kernel is {}",
             kernel_release()
         );
     }

@@ -116,11 +116,17 @@ impl PinRoot {
     }
 }
 
-/// A short hash of the object's map definitions with `flow_capacity` slots
-/// in the flow map: equal hashes mean the pinned maps can be reused.
+/// A short hash of the pinned maps' definitions with `flow_capacity` slots
+/// in the flow map: equal hashes mean the pinned maps can be reused. Maps
+/// that are not pinned (the log ring, the clock, read-only data) do not
+/// take part: changing them keeps the counts in place.
 pub fn layout_id(object: &[u8], flow_capacity: u32) -> Result<String> {
     let obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
-    let mut maps: Vec<_> = obj.maps.iter().collect();
+    let mut maps: Vec<_> = obj
+        .maps
+        .iter()
+        .filter(|(name, _)| PINNED_MAPS.contains(&name.as_str()))
+        .collect();
     maps.sort_by(|a, b| a.0.cmp(b.0));
     let mut text = format!("abi {MAP_ABI}\n");
     for (name, m) in maps {
