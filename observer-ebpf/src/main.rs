@@ -83,7 +83,7 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     let key = zeroed_key(&mut slot, ifindex, hook);
     let mut p = Parsed::default();
     let mut parsed = parse(ctx.data(), ctx.data_end(), link, key, &mut p);
-    if matches!(parsed, Err(f) if f.why == Why::Truncated)
+    if matches!(parsed, Err(f) if f.is(Why::Truncated))
         && ctx.len() as usize > ctx.data_end() - ctx.data()
     {
         // Headers beyond the linear area: make them linear (this moves no
@@ -101,7 +101,7 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     }
     match parsed {
         Ok(()) => {}
-        Err(f) if f.why == Why::NonIp => return count_non_ip(key.ifindex),
+        Err(f) if f.is(Why::NonIp) => return count_non_ip(key.ifindex),
         Err(f) => {
             remember_unparsed(f.code());
             log_unparsed(ctx, hook);
@@ -155,9 +155,9 @@ fn log_unparsed(ctx: &TcContext, hook: Hook) {
     debug!(
         ctx,
         "unparsed: {} {} header at byte {} ({} B packet, {} B linear), ifindex {} {}",
-        f.why.name(),
-        f.header.name(),
-        f.at,
+        f.why().name(),
+        f.header().name(),
+        f.at(),
         ctx.len(),
         ctx.data_end() - ctx.data(),
         ifindex,

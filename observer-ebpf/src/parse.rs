@@ -7,7 +7,7 @@
 //! JITs handle them (x86-64, arm64), and byte-by-byte reads cost a third of
 //! the per-packet budget.
 
-use core::mem::size_of;
+use core::{mem::size_of, num::NonZeroU32};
 
 use observer_common::{Encap, FAMILY_IPV4, FAMILY_IPV6, FlowKey, VXLAN_PORT, WIREGUARD_PORT};
 
@@ -39,22 +39,20 @@ const MAX_IPV6_EXT: usize = 6;
 /// the verifier bound offsets that went through the stack.
 const MAX_HDR_OFF: usize = 1024;
 
-/// Why a packet did not become a flow, which header said so and where it
-/// starts: what the kernel log (`observer run --ebpf-log debug`) reports.
+/// Why a packet did not become a flow, which header said so and where in
+/// the frame the failed read (or check) starts: what the kernel log
+/// (`observer run --ebpf-log debug`) reports. One non-zero word, so that
+/// `Result<(), Fail>` stays in one register on the hot path: why in bits
+/// 24-31, the header in 16-23, the offset in 0-15.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Fail {
-    pub why: Why,
-    pub header: Header,
-    /// Where in the frame the failed read (or check) starts.
-    pub at: usize,
-}
+pub struct Fail(NonZeroU32);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Why {
     /// A header reaches beyond the linear data: may be retried after
     /// `bpf_skb_pull_data`, else counted as unparsed.
-    Truncated,
+    Truncated = 1,
     /// A header is invalid (bad version, bad header length), or starts
     /// too deep in the frame.
     Malformed,
@@ -83,30 +81,44 @@ pub enum Header {
 impl Fail {
     #[inline(always)]
     fn new(why: Why, header: Header, at: usize) -> Self {
-        Self { why, header, at }
+        let code = ((why as u32) << 24) | ((header as u32) << 16) | (at as u32 & 0xffff);
+        // SAFETY: `why` starts at 1, so bits 24-31 are never all zero.
+        Self(unsafe { NonZeroU32::new_unchecked(code) })
     }
 
     #[inline(always)]
     fn malformed(header: Header, at: usize) -> Self {
         Self::new(Why::Malformed, header, at)
     }
-}
 
-impl Fail {
-    /// The failure in one word, for [`Fail::from_code`].
+    /// The failure as a number, for [`Fail::from_code`].
     #[inline(always)]
-    pub fn code(&self) -> u32 {
-        ((self.why as u32) << 24) | ((self.header as u32) << 16) | (self.at as u32 & 0xffff)
+    pub fn code(self) -> u32 {
+        self.0.get()
+    }
+
+    /// A code from [`Fail::code`] (0, never written, reads as truncated).
+    #[inline(always)]
+    pub fn from_code(code: u32) -> Self {
+        NonZeroU32::new(code).map_or(Self::new(Why::Truncated, Header::Link, 0), Self)
     }
 
     #[inline(always)]
-    pub fn from_code(code: u32) -> Self {
-        let why = match code >> 24 {
-            0 => Why::Truncated,
-            1 => Why::Malformed,
+    pub fn why(self) -> Why {
+        match self.0.get() >> 24 {
+            1 => Why::Truncated,
+            2 => Why::Malformed,
             _ => Why::NonIp,
-        };
-        let header = match (code >> 16) & 0xff {
+        }
+    }
+
+    #[inline(always)]
+    pub fn is(self, why: Why) -> bool {
+        self.0.get() >> 24 == why as u32
+    }
+
+    pub fn header(self) -> Header {
+        match (self.0.get() >> 16) & 0xff {
             0 => Header::Link,
             1 => Header::Ipv4,
             2 => Header::Ipv6,
@@ -116,8 +128,11 @@ impl Fail {
             6 => Header::Icmp,
             7 => Header::Vxlan,
             _ => Header::Wireguard,
-        };
-        Self::new(why, header, (code & 0xffff) as usize)
+        }
+    }
+
+    pub fn at(self) -> u32 {
+        self.0.get() & 0xffff
     }
 }
 
