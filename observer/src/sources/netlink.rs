@@ -4,6 +4,7 @@
 //! `netlink-packet-core`'s; nlctrl is `netlink-packet-generic`'s.
 
 use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
 use netlink_packet_core::{
     Emitable as _, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NetlinkBuffer, NetlinkHeader,
     NetlinkSerializable as _, ParseableParametrized as _,
@@ -20,9 +21,10 @@ pub use netlink_packet_core::NLM_F_DUMP;
 const HEADER: usize = 16;
 
 /// Sends `msg_type` with `payload` (family header and attributes) and
-/// returns each reply's payload. A `dump` ends with NLMSG_DONE; a plain
-/// request with its one answer or an error.
-pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// returns each reply's payload, a view into the datagram it came in (a
+/// conntrack dump is thousands of replies: none is copied). A `dump` ends
+/// with NLMSG_DONE; a plain request with its one answer or an error.
+pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Result<Vec<Bytes>> {
     let mut sock = Socket::new(protocol).context("opening a netlink socket")?;
     sock.bind_auto()?;
     sock.connect(&SocketAddr::new(0, 0))?;
@@ -39,6 +41,7 @@ pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Re
     let mut out = Vec::new();
     loop {
         let (buf, _) = sock.recv_from_full().context("reading netlink replies")?;
+        let buf = Bytes::from(buf);
         let mut at = 0;
         while at < buf.len() {
             let reply = NetlinkBuffer::new_checked(&buf[at..])
@@ -59,7 +62,7 @@ pub fn request(protocol: isize, msg_type: u16, flags: u16, payload: &[u8]) -> Re
                     }
                 }
                 _ => {
-                    out.push(body.to_vec());
+                    out.push(buf.slice_ref(body));
                     if !dump {
                         return Ok(out);
                     }

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context as _, Result, bail};
+use bytes::Bytes;
 use netlink_packet_core::{NlaBuffer, NlasIterator};
 
 use super::{IpvsDest, IpvsService, IpvsStats};
@@ -35,13 +36,17 @@ const STATS_ATTR_OUTBYTES: u16 = 5;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-fn attrs(payload: &[u8]) -> Result<Vec<(u16, Vec<u8>)>> {
+/// The attributes in `payload`: kind (flag bits masked) and value, borrowed.
+fn attrs(payload: &[u8]) -> Result<Vec<(u16, &[u8])>> {
     let mut out = Vec::new();
     for nla in NlasIterator::new(payload) {
         let nla: NlaBuffer<&[u8]> =
             nla.map_err(|e| anyhow::anyhow!("bad netlink attribute: {e}"))?;
         // Mask the nested / byte-order flag bits.
-        out.push((nla.kind() & 0x3fff, nla.value().to_vec()));
+        let kind = nla.kind() & 0x3fff;
+        let len = nla.value_length();
+        // The value after the 4-byte attribute header (checked above).
+        out.push((kind, &nla.into_inner()[4..4 + len]));
     }
     Ok(out)
 }
@@ -69,7 +74,7 @@ fn uint_ne(v: &[u8]) -> Result<u64> {
 
 /// The nested counters of a service or destination: `STATS64` where the
 /// kernel sends it (4.x and later), else the older `STATS`.
-fn stats(a: &[(u16, Vec<u8>)], stats64: u16, stats32: u16) -> Result<Option<IpvsStats>> {
+fn stats(a: &[(u16, &[u8])], stats64: u16, stats32: u16) -> Result<Option<IpvsStats>> {
     let get = |k| a.iter().find(|(kind, _)| *kind == k).map(|(_, v)| v);
     let Some(nested) = get(stats64).or_else(|| get(stats32)) else {
         return Ok(None);
@@ -126,11 +131,7 @@ fn forward_name(method: u32) -> &'static str {
 /// Decodes the nested IPVS_CMD_ATTR_SERVICE of a GET_SERVICE reply.
 pub fn decode_service(payload: &[u8]) -> Result<IpvsService> {
     let a = attrs(payload)?;
-    let get = |k| {
-        a.iter()
-            .find(|(kind, _)| *kind == k)
-            .map(|(_, v)| v.as_slice())
-    };
+    let get = |k| a.iter().find(|(kind, _)| *kind == k).map(|(_, v)| *v);
     let af = get(SVC_ATTR_AF).map(u16_ne).transpose()?.unwrap_or(AF_INET);
     let fwmark = get(SVC_ATTR_FWMARK)
         .map(u32_ne)
@@ -156,11 +157,7 @@ pub fn decode_service(payload: &[u8]) -> Result<IpvsService> {
 /// the service's family (older kernels omit the destination's own).
 pub fn decode_dest(payload: &[u8], svc_af: u16) -> Result<IpvsDest> {
     let a = attrs(payload)?;
-    let get = |k| {
-        a.iter()
-            .find(|(kind, _)| *kind == k)
-            .map(|(_, v)| v.as_slice())
-    };
+    let get = |k| a.iter().find(|(kind, _)| *kind == k).map(|(_, v)| *v);
     let af = get(DEST_ATTR_ADDR_FAMILY)
         .map(u16_ne)
         .transpose()?
@@ -195,13 +192,13 @@ const NLA_F_NESTED: u16 = 0x8000;
 
 /// The payloads of one nested attribute kind in genl replies. The kernel
 /// does not set NLA_F_NESTED on them (see the recorded replies).
-pub fn nested_payloads(replies: &[Vec<u8>], kind: u16) -> Result<Vec<Vec<u8>>> {
+pub fn nested_payloads(replies: &[Bytes], kind: u16) -> Result<Vec<Bytes>> {
     let mut out = Vec::new();
     for r in replies {
         // After the 4-byte generic netlink header.
         for (k, v) in attrs(r.get(4..).context("short generic netlink reply")?)? {
             if k == kind {
-                out.push(v);
+                out.push(r.slice_ref(v));
             }
         }
     }
@@ -249,7 +246,7 @@ mod tests {
 
     /// A live 6.1 kernel's replies (`tests/fixtures/ipvs/`, see its
     /// README): each after its 16-byte netlink header.
-    fn recorded(which: &str) -> Vec<Vec<u8>> {
+    fn recorded(which: &str) -> Vec<Bytes> {
         let json: serde_json::Value = serde_json::from_str(include_str!(
             "../../../tests/fixtures/ipvs/ipvs-genl-6.1.json"
         ))
@@ -263,7 +260,8 @@ mod tests {
                 (0..h.len())
                     .step_by(2)
                     .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
-                    .collect()
+                    .collect::<Vec<u8>>()
+                    .into()
             })
             .collect()
     }
