@@ -2,12 +2,11 @@
 //! VXLAN mode, and on a BGP lab `observer node` (and the doctor) see a peer
 //! go down when we freeze its BIRD, within the hold time.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::TestLab;
 use serde_json::Value;
+
+use crate::common::lab::TestLab;
 
 #[test]
 fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
