@@ -46,3 +46,27 @@ pub mod replay;
 pub mod sources;
 pub mod state;
 pub mod term;
+
+/// Whether a unit test that needs root can run. Not as root it cannot:
+/// it says so (on stderr, which libtest does not capture) and is skipped,
+/// or fails when `OBSERVER_REQUIRE_ROOT=1`, which `cargo xtask test` sets
+/// so that CI never skips one quietly. (The integration tests need root
+/// and always fail without it.)
+#[cfg(test)]
+pub(crate) fn have_root(why: &str) -> bool {
+    use std::io::Write as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    assert!(
+        std::env::var_os("OBSERVER_REQUIRE_ROOT").is_none_or(|v| v != "1"),
+        "{test} needs root ({why}), and OBSERVER_REQUIRE_ROOT=1 forbids skipping it"
+    );
+    let _ = writeln!(std::io::stderr(), "{test}: skipped, needs root ({why})");
+    false
+}
