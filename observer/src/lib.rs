@@ -11,7 +11,7 @@
 //! - [`model`] (who an address is, which Service, which node): `sources`,
 //!   `api`.
 //! - [`flows`] (the flow table, a flow as the API shows it): `model`,
-//!   `sources`, `datapath`, `api`.
+//!   `datapath`, `api`.
 //! - [`config`] (the daemon's flags, and each part's own settings built
 //!   from them: only [`daemon`] sees the flags): `flows`, `datapath`.
 //! - [`state`] (the daemon's shared state): `model`, `flows`, `datapath`.
@@ -23,11 +23,14 @@
 //!   the server.
 //! - [`lab`], [`replay`], [`bench`], [`fuzz`]: beside the daemon, on
 //!   `api`, `term`, `datapath`, `flows`, `model`, `sources` as they need;
-//!   `bench` also on `lab` (its namespaces and pods).
+//!   `lab` also on `lab_dir`, `bench` also on `lab` (its namespaces and
+//!   pods).
 //!
-//! A flow goes one way: kernel maps -> [`datapath`] drain -> [`flows`]
-//! table in [`state`] -> [`export`] (metrics, JSON API) -> [`api`] ->
-//! [`cli`] and [`term`].
+//! A flow goes one way: kernel maps -> [`datapath`] (read, and evicted
+//! when idle) -> the [`flows`] table in [`state`] (the [`daemon`]'s poll
+//! does both) -> [`export`]: the metrics, and the JSON API, where
+//! [`flows::to_view`] makes it an [`api::FlowView`] -> [`api`]'s client ->
+//! [`cli`], which [`term`] lays out.
 
 pub mod api;
 pub mod bench;
@@ -46,3 +49,27 @@ pub mod replay;
 pub mod sources;
 pub mod state;
 pub mod term;
+
+/// Whether a unit test that needs root can run. Not as root it cannot:
+/// it says so (on stderr, which libtest does not capture) and is skipped,
+/// or fails when `OBSERVER_REQUIRE_ROOT=1`, which `cargo xtask test` sets
+/// so that CI never skips one quietly. (The integration tests need root
+/// and always fail without it.)
+#[cfg(test)]
+pub(crate) fn have_root(why: &str) -> bool {
+    use std::io::Write as _;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    assert!(
+        std::env::var_os("OBSERVER_REQUIRE_ROOT").is_none_or(|v| v != "1"),
+        "{test} needs root ({why}), and OBSERVER_REQUIRE_ROOT=1 forbids skipping it"
+    );
+    let _ = writeln!(std::io::stderr(), "{test}: skipped, needs root ({why})");
+    false
+}

@@ -9,13 +9,15 @@ use anyhow::{Context as _, Result, bail};
 use crate::{tally::Tally, vm, workspace_root};
 
 /// Runs `cargo test`, passing its output through, and adds up every test
-/// binary's result (for the closing line).
+/// binary's result (for the closing line). Unit tests that need root fail
+/// without it here (`OBSERVER_REQUIRE_ROOT=1`), never skip.
 pub fn cargo_test(args: &[&str]) -> (Tally, Result<()>) {
     let mut tally = Tally::default();
     let result = (|| {
         use std::io::{BufRead as _, BufReader};
         let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(args)
+            .env("OBSERVER_REQUIRE_ROOT", "1")
             .current_dir(workspace_root())
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -240,8 +240,8 @@ pub fn batch(before: &Counters, after: &Counters) -> Option<String> {
 /// it is shorter than an Ethernet header, or when its bytes 12-13 (read as
 /// an ethertype whatever the entry point) say IPv4 or IPv6 and what follows
 /// is shorter than that IP header. No such frame can be tested; every other
-/// refusal is a failure. (Measured on 6.18; `tests/fuzz.rs` checks the
-/// rule against the kernel.)
+/// refusal is a failure. (Measured on 6.18; `tests/integration/fuzz.rs`
+/// checks the rule against the kernel.)
 pub fn refused_by_kernel(frame: &[u8]) -> bool {
     const ETH_HLEN: usize = 14;
     if frame.len() < ETH_HLEN {

@@ -126,9 +126,6 @@ mod tests {
 
     #[test]
     fn generic_netlink_families_resolve_on_this_kernel() {
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        assert!(root, "needs root");
         // nlctrl names itself; a made-up family is absent, not an error.
         assert_eq!(
             genl_family("nlctrl").unwrap(),

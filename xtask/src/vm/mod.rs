@@ -85,8 +85,8 @@ pub fn run(opts: &Options) -> Result<Outcome> {
                 .into(),
         ),
     ];
-    // The suite's test binaries, also for a command of one's own:
-    // `cargo xtask vm -- '$TEST_daemon --exact ...'`.
+    // The suite's test binary, also for a command of one's own:
+    // `cargo xtask vm -- '$TEST_integration --exact daemon::...'`.
     env.extend(
         bins.tests
             .iter()

@@ -1,6 +1,6 @@
 //! What the VM test suite needs from the host besides the binaries: the
 //! flows the host's kernel makes of every capture, for the guest to compare
-//! with its own (`older_kernel.rs`: `replay_gives_the_hosts_flows`).
+//! with its own (`older_kernel::replay_gives_the_hosts_flows`).
 
 use std::{
     path::{Path, PathBuf},

@@ -8,8 +8,6 @@
 //! - `observer replay` gives the same flows from every capture as the
 //!   host's kernel did (`cargo xtask vm` replays them on the host first).
 
-mod common;
-
 use std::{
     net::UdpSocket,
     path::{Path, PathBuf},
@@ -17,8 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{lab::observer, sh};
 use observer::api::{FlowView, InterfaceView};
+
+use crate::common::{self, lab::observer, sh};
 
 /// What the daemon takes at most, on a real CPU, to come up or to count.
 fn wait() -> Duration {

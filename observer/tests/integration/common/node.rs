@@ -321,11 +321,6 @@ pub fn sum(exposition: &str, metric: &str, labels: &[&str]) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// Whether `path` (a pin) exists.
-pub fn pinned(path: &Path) -> bool {
-    path.exists()
-}
-
 /// The names of the TCX programs on an interface's (ingress, egress), as
 /// the kernel lists them (Debian's bpftool cannot).
 pub fn tcx_programs(ns: &Netns, iface: &str) -> (Vec<String>, Vec<String>) {

@@ -12,8 +12,6 @@
 //! every point as tcpdump saw leave the tunnel device, and those are what
 //! the kernel counted on the device.
 
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -22,10 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::lab::{TestLab, iface_of, pod};
 use observer::{
     api::{FlowView, ServiceView, Via},
     lab::{netns::within, plan::Plan, traffic},
+};
+
+use crate::common::{
+    self,
+    lab::{TestLab, iface_of, pod},
 };
 
 /// How long the lab's observers take at most to show what was sent.

@@ -79,7 +79,9 @@ pub struct TestLab {
 impl TestLab {
     /// `observer lab up` with `extra` arguments; `env` is passed to the lab's
     /// daemons (they inherit it). The name is unique per test process and
-    /// lab, so tests (and test binaries) run in parallel.
+    /// lab, so tests run in parallel. Root, and the caller's module past the
+    /// gate ([`super::require_root`]).
+    #[track_caller]
     pub fn up(extra: &[&str], env: &[(&str, &str)]) -> Self {
         super::require_root();
         static N: AtomicU32 = AtomicU32::new(0);

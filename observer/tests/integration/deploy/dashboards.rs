@@ -12,7 +12,8 @@ use promql_parser::{
 };
 use serde_json::Value;
 
-use crate::{common, read, repo, yaml_docs};
+use super::{read, repo, yaml_docs};
+use crate::common;
 
 /// The dashboards' stable uids: links and bookmarks depend on them.
 const DASHBOARD_UIDS: &[&str] = &[

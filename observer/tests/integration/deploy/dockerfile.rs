@@ -1,6 +1,6 @@
 //! The image.
 
-use crate::{read, repo};
+use super::{read, repo};
 
 /// Dockerfile instructions: (keyword, arguments), continuation lines joined.
 fn dockerfile() -> Vec<(String, String)> {

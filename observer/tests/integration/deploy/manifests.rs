@@ -21,7 +21,7 @@ use k8s_openapi::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{kube_dir, read, repo, strict, yaml_docs};
+use super::{kube_dir, read, repo, strict, yaml_docs};
 
 /// Prometheus Operator's PodMonitor (monitoring.coreos.com/v1): the fields
 /// we use and their usual neighbours; anything else is an error.

@@ -6,8 +6,6 @@
 //! socket, objects that do not decode, a doctor asked right after a route
 //! went away.
 
-mod common;
-
 use std::{
     net::UdpSocket,
     path::Path,
@@ -15,11 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use observer::api::FlowView;
+
+use crate::common::{
+    self,
     node::{Daemon, Netns},
     sh,
 };
-use observer::api::FlowView;
 
 /// Everything tc and bpftool show on an interface: empty when we left
 /// nothing behind.

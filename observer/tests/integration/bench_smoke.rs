@@ -1,9 +1,9 @@
 //! `observer-bench --quick` (the CI smoke of `cargo xtask bench`): it runs
 //! every part and writes a report with the keys the issue asks for.
 
-mod common;
-
 use std::process::Command;
+
+use crate::common;
 
 #[test]
 fn quick_bench_writes_every_headline() {

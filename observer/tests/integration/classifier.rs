@@ -3,14 +3,13 @@
 //! that every frame, however broken, gets TC_ACT_UNSPEC and is accounted
 //! exactly once (as a flow, as non-IP, or as unparsed).
 
-mod common;
-
-use common::*;
 use observer::{
     datapath::{Datapath, object, testrun},
     flows::key_addrs,
 };
 use observer_common::{Encap, FlowKey, FlowStats, Stat};
+
+use crate::common::*;
 
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 

@@ -2,12 +2,11 @@
 //! VXLAN mode, and on a BGP lab `observer node` (and the doctor) see a peer
 //! go down when we freeze its BIRD, within the hold time.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::lab::TestLab;
 use serde_json::Value;
+
+use crate::common::lab::TestLab;
 
 #[test]
 fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
@@ -100,7 +99,8 @@ fn ipam_routes_and_node_agree_with_a_vxlan_lab() {
 }
 
 /// The BGP state of node1's session with `peer` in `observer node`.
-fn peer_state(lab: &TestLab, peer: &str) -> String {
+/// The BGP state node1's observer shows for `peer`, if it lists it.
+fn peer_listed(lab: &TestLab, peer: &str) -> Option<String> {
     let node = lab.json("node1", "node", &[]);
     node["bgp"]
         .as_array()
@@ -109,7 +109,10 @@ fn peer_state(lab: &TestLab, peer: &str) -> String {
         .flat_map(|b| b["peers"].as_array().cloned().unwrap_or_default())
         .find(|p| p["address"] == peer)
         .map(|p| p["bgp_state"].as_str().unwrap_or_default().to_owned())
-        .unwrap_or_else(|| panic!("no peer {peer}: {node:#}"))
+}
+
+fn peer_state(lab: &TestLab, peer: &str) -> String {
+    peer_listed(lab, peer).unwrap_or_else(|| panic!("no peer {peer} in node1's `observer node`"))
 }
 
 #[test]
@@ -118,6 +121,16 @@ fn observer_node_sees_a_frozen_bird_peer_go_down_within_the_hold_time() {
     let plan = lab.status();
     let node2 = &plan.nodes[1];
     let peer = node2.underlay_ip.to_string();
+    // The daemon waits 2 s at most for BIRD's first answer before it is
+    // ready; on a loaded machine the peer can show a poll or two later.
+    let start = Instant::now();
+    while peer_listed(&lab, &peer).is_none() {
+        assert!(
+            start.elapsed() < crate::common::patience(10),
+            "node1 never listed the peer {peer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(peer_state(&lab, &peer), "Established");
     let (healthy, checks) = lab.doctor("node1");
     assert!(healthy, "doctor on a healthy BGP lab: {checks:#?}");

@@ -6,16 +6,15 @@
 //! without a greeting problem. Fails (never passes quietly) without root or
 //! without BIRD.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use common::sh;
 use observer::{api::BirdStatus, sources::bird::show_protocols};
+
+use crate::common::{self, sh};
 
 const BIRD: &str = "/usr/sbin/bird";
 const BIRD6: &str = "/usr/sbin/bird6";

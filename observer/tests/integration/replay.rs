@@ -3,12 +3,11 @@
 //! byte counts must agree with tcpdump's own decode beside each capture
 //! (the `.out` files), which nobody here wrote.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::lab::observer;
 use observer::{api::FlowView, replay::ReplayReport};
+
+use crate::common::{self, lab::observer};
 
 fn replay(capture: &str) -> ReplayReport {
     common::require_root();

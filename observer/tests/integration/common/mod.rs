@@ -1,22 +1,33 @@
-//! Shared by the integration tests: root check, commands, packet builders
-//! and the lab.
-#![allow(
-    dead_code,
-    reason = "each test binary includes this module and uses a part of it"
-)]
+//! Shared by the integration tests: root check and the gate between
+//! modules, commands, packet builders and the lab.
 
 pub mod lab;
 pub mod node;
 pub mod prometheus;
 
 use std::{
+    cell::RefCell,
     net::{Ipv4Addr, Ipv6Addr},
+    panic::Location,
     process::Command,
+    sync::{Condvar, Mutex, PoisonError},
 };
 
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
 
 /// Privileged tests fail loudly when they cannot run, never pass quietly.
+///
+/// Every privileged test calls this (directly or through `TestLab::up`),
+/// which also takes it past the gate between modules: each module was a
+/// test binary of its own once, which cargo ran one after another, so a
+/// module's labs, daemons, loaded programs, namespaces and measurements
+/// never met another module's. In one binary they would; so tests of one
+/// module still run side by side, but a test of another module waits until
+/// none of them runs. The module is that of the file calling (helpers in
+/// between are `#[track_caller]`); the test holds the gate until its thread
+/// ends, after what it made is dropped. Tests that need no root change
+/// nothing host-wide and run free.
+#[track_caller]
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -24,6 +35,60 @@ pub fn require_root() {
         euid, 0,
         "this test loads eBPF programs and needs root (run `sudo -E cargo xtask test`)"
     );
+    enter_gate(module_of(Location::caller().file()));
+}
+
+/// The test module of a source file: `daemon` for
+/// `observer/tests/integration/daemon.rs`, `deploy` for `.../deploy/rbac.rs`.
+fn module_of(file: &'static str) -> &'static str {
+    let rest = file.rsplit_once("integration/").map_or(file, |(_, r)| r);
+    let module = rest.split(['/', '.']).next().unwrap_or(rest);
+    assert_ne!(
+        module, "common",
+        "{file} takes the gate for its caller: make it #[track_caller]"
+    );
+    module
+}
+
+/// The module whose tests are past the gate, and how many of them.
+static GATE: Mutex<(Option<&'static str>, usize)> = Mutex::new((None, 0));
+static GATE_LEFT: Condvar = Condvar::new();
+
+thread_local! {
+    /// The module this thread's test is past the gate for (libtest runs
+    /// each test on a thread of its own): left when the thread ends.
+    static PAST_GATE: RefCell<Option<PastGate>> = const { RefCell::new(None) };
+}
+
+struct PastGate(&'static str);
+
+impl Drop for PastGate {
+    fn drop(&mut self) {
+        let mut gate = GATE.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.1 -= 1;
+        if gate.1 == 0 {
+            gate.0 = None;
+            GATE_LEFT.notify_all();
+        }
+    }
+}
+
+fn enter_gate(module: &'static str) {
+    PAST_GATE.with_borrow_mut(|past| {
+        if past.as_ref().is_some_and(|p| p.0 == module) {
+            return;
+        }
+        // Past it for another module: this thread ran an earlier test
+        // (libtest's fallback when it cannot start a thread).
+        *past = None;
+        let mut gate = GATE.lock().unwrap_or_else(PoisonError::into_inner);
+        while gate.0.is_some_and(|m| m != module) {
+            gate = GATE_LEFT.wait(gate).unwrap_or_else(PoisonError::into_inner);
+        }
+        gate.0 = Some(module);
+        gate.1 += 1;
+        *past = Some(PastGate(module));
+    });
 }
 
 /// How long to wait for what takes at most `secs` seconds on a real CPU:

@@ -3,13 +3,12 @@
 //! program was taken off behind the daemon's back, and one where a program
 //! of our name that is not ours took its place.
 
-mod common;
+use observer::api::{Check, Verdict};
 
-use common::{
+use crate::common::{
     lab::{TestLab, pod},
     sh,
 };
-use observer::api::{Check, Verdict};
 
 fn check<'a>(checks: &'a [Check], name: &str) -> &'a Check {
     checks.iter().find(|c| c.name == name).expect(name)

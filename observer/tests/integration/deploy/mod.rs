@@ -6,12 +6,9 @@
 //! only documented metrics and labels, and, against a real Prometheus
 //! scraping the lab with traffic running, returns data.
 //!
-//! One test binary, a module per concern: `manifests` (rendered by
-//! `kubectl kustomize`, parsed strictly, checked against the daemon),
-//! `rbac`, `dockerfile` and `dashboards` (static, and live against the lab).
-
-#[path = "../common/mod.rs"]
-mod common;
+//! A module per concern: `manifests` (rendered by `kubectl kustomize`,
+//! parsed strictly, checked against the daemon), `rbac`, `dockerfile` and
+//! `dashboards` (static, and live against the lab).
 
 mod dashboards;
 mod dockerfile;

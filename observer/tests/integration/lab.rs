@@ -3,15 +3,15 @@
 //! the right interfaces, directions and encapsulations; `lab down` leaves
 //! nothing behind.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use observer::lab::traffic::Sent;
+
+use crate::common::{
+    self,
     lab::{TestLab, counts, iface_of},
     sh,
 };
-use observer::lab::traffic::Sent;
 
 fn exact_counts(v6: bool) {
     let lab = TestLab::up(if v6 { &["--ipv6"] } else { &[] }, &[]);

@@ -3,8 +3,6 @@
 //! `encap`; and, without a lab, the errors when the daemon is not there,
 //! bad filter values and shell completions.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     os::unix::fs::PermissionsExt as _,
@@ -12,9 +10,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::lab::{TestLab, command, observer, run};
 use observer::api::FlowView;
 use serde_json::Value;
+
+use crate::common::{
+    self,
+    lab::{TestLab, command, observer, run},
+};
 
 /// Interface, direction and 5-tuple: what tells flows apart.
 fn ids(flows: &[FlowView]) -> BTreeSet<String> {

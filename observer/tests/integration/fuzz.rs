@@ -3,8 +3,6 @@
 //! (see `observer::fuzz`). The seed is fixed so that CI is repeatable;
 //! `OBSERVER_FUZZ_SEED` picks another.
 
-mod common;
-
 use observer::{
     datapath::{Datapath, object, testrun},
     fuzz::{
@@ -12,6 +10,8 @@ use observer::{
         runner::{Config, run},
     },
 };
+
+use crate::common;
 
 const SEED: u64 = 20_250_612;
 

@@ -3,15 +3,14 @@
 //! is clean; the series cap holds under a flood of distinct flows; a pod
 //! whose MTU is larger than the tunnel's is caught.
 
-mod common;
-
 use std::{
     io::{Read as _, Write as _},
     net::SocketAddr,
     time::Duration,
 };
 
-use common::{
+use crate::common::{
+    self,
     lab::{TestLab, pod},
     prometheus::Prometheus,
     sh,

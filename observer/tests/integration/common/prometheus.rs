@@ -214,10 +214,6 @@ impl Prometheus {
         p
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
     /// The end of Prometheus' own log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text =
@@ -333,27 +329,6 @@ impl Prometheus {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-
-    /// The same query through `promtool query instant` run in the
-    /// namespace (an independent client), as promtool prints it.
-    pub fn promtool_query(&self, expr: &str) -> Result<String, String> {
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, PROMTOOL]);
-                c
-            }
-            None => Command::new(PROMTOOL),
-        };
-        let out = cmd
-            .args(["query", "instant", &self.url(), expr])
-            .output()
-            .map_err(|e| format!("starting promtool: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// The scrape targets: (scrape URL, health, last error).

@@ -5,15 +5,14 @@
 //! within the hold time, and cross-node traffic is counted unencapsulated
 //! with exact packet and byte counts.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{
+use observer::lab::plan::NodePlan;
+
+use crate::common::{
     lab::{TestLab, counts, iface_of},
     sh,
 };
-use observer::lab::plan::NodePlan;
 
 /// Calico's mesh session name for a peer: `Mesh_172_30_0_12`.
 fn mesh(peer: &NodePlan) -> String {

@@ -4,8 +4,6 @@
 //! nothing, and a full flow map loses no count (every packet is in a pod's
 //! series, and the flow series add up to them).
 
-mod common;
-
 use std::{
     net::{SocketAddr, UdpSocket},
     sync::{
@@ -15,11 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
+use observer::api::FlowView;
+
+use crate::common::{
+    self,
     lab::TestLab,
     node::{Daemon, Keep, Netns, scrape, sum},
 };
-use observer::api::FlowView;
 
 const CALI: &str = "cali0123456789a";
 

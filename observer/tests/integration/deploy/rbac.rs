@@ -8,7 +8,7 @@ use std::{
 
 use k8s_openapi::api::rbac::v1::ClusterRole;
 
-use crate::{kube_dir, strict, yaml_docs};
+use super::{kube_dir, strict, yaml_docs};
 
 /// (verb, API group, resource) of every request the fake API server saw.
 type Calls = Arc<Mutex<BTreeSet<(String, String, String)>>>;
