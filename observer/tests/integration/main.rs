@@ -19,6 +19,7 @@ mod daemon;
 mod deploy;
 mod doctor;
 mod fuzz;
+mod kernel_log;
 mod lab;
 mod lab_bgp;
 mod metrics;

@@ -1,23 +1,23 @@
 //! The programs' own log (`observer run --ebpf-log`): crafted frames run
 //! through the loaded classifiers (BPF_PROG_TEST_RUN, on `lo`), and the
 //! records that reach `tracing` are exactly the ones the level asks for.
-mod common;
 
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use common::{
-    node::{Daemon, Netns},
-    *,
-};
 use observer::datapath::{
     Datapath,
     kernel_log::{KernelLog, KernelLogLevel},
     object, testrun,
 };
 use observer_common::Stat;
+
+use crate::common::{
+    node::{Daemon, Netns},
+    *,
+};
 
 /// What `tracing` printed while `f` ran, one line per record.
 fn captured(f: impl FnOnce()) -> Vec<String> {
