@@ -113,7 +113,8 @@ impl Datapath {
     }
 
     /// Each kernel map by name, for its memory (`memlock` in fdinfo): ours,
-    /// and the log ring and read-only data while still in the object.
+    /// and those still in the object (the log ring while no reader took it,
+    /// the last unparsed reason, read-only data).
     pub fn map_fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
         let mut fds: Vec<(String, BorrowedFd<'_>)> = [
             (FLOWS_MAP, self.flows.fd().as_fd()),
@@ -128,7 +129,7 @@ impl Datapath {
         .collect();
         for (name, map) in self.ebpf.maps() {
             let data = match map {
-                Map::RingBuf(m) | Map::Array(m) => m,
+                Map::RingBuf(m) | Map::Array(m) | Map::PerCpuArray(m) => m,
                 _ => continue,
             };
             fds.push((name.to_owned(), data.fd().as_fd()));
