@@ -1,15 +1,20 @@
 //! `observer-bench` (run by `cargo xtask bench`): the numbers behind the
 //! observer's cost. In-kernel cost with BPF_PROG_TEST_RUN ([`kernel`]),
 //! throughput on real veths ([`throughput`]), kernel map memory
-//! ([`memory`]) and userspace scale ([`scale`]); written as
-//! `report.json` and `report.md` ([`report`]).
+//! ([`memory`]), userspace scale ([`scale`]) and `/metrics` encoding
+//! ([`render`]); the measuring parts run in several full passes, and every
+//! headline is the median of the passes with their spread, beside the
+//! machine's load ([`machine`]); written as `report.json` and `report.md`
+//! ([`report`]).
 
 pub mod daemon;
 pub mod frames;
 pub mod kernel;
+pub mod machine;
 pub mod memory;
 pub mod netns;
 pub mod procfs;
+pub mod render;
 pub mod report;
 pub mod scale;
 pub mod stats;
@@ -40,6 +45,9 @@ pub struct BenchArgs {
     /// Run only these parts (comma-separated); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
+    /// Full passes of the measuring parts (default: 3, quick: 1).
+    #[arg(long)]
+    pub passes: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,6 +56,7 @@ pub enum Part {
     Memory,
     Scale,
     Throughput,
+    Metrics,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -67,64 +76,88 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cpus_online: std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpus_possible: procfs::possible_cpus(),
         started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        load_average: [loadavg(), String::new()],
         ..Default::default()
     };
+    let machine = machine::Sampler::start();
+    let passes = args.passes.unwrap_or(if q { 1 } else { 3 }).max(1);
+    r.passes = passes;
     println!(
-        "observer-bench ({} mode): kernel {}, CPU {} x{}",
-        r.mode, r.kernel, r.cpu, r.cpus_online
+        "observer-bench ({} mode, {passes} pass(es)): kernel {}, CPU {} x{}; load average {}",
+        r.mode,
+        r.kernel,
+        r.cpu,
+        r.cpus_online,
+        machine.load_now()
     );
     let wanted = |p: Part| args.only.is_empty() || args.only.contains(&p);
 
-    if wanted(Part::Kernel) {
-        let p = kernel::Params {
-            rounds: if q { 7 } else { 31 },
-            repeat: if q { 20_000 } else { 500_000 },
-            distinct_flows: 100_000,
-            distinct_repetitions: if q { 1 } else { 3 },
-            distinct_passes: 2,
-        };
-        println!(
-            "[kernel] TEST_RUN: packet mix, {} rounds x {} repetitions, ours vs empty interleaved; then {} distinct flows, one run each, {} pass(es) x {} fresh map(s)",
-            p.rounds, p.repeat, p.distinct_flows, p.distinct_passes, p.distinct_repetitions
-        );
-        r.kernel_cost = phase(&mut r.errors, "kernel", || kernel::run(&p));
-    }
     if wanted(Part::Memory) {
         println!(
             "[memory] memlock of each map (fdinfo) at the default capacity; 64 and 128 CPUs computed"
         );
         r.memory = phase(&mut r.errors, "memory", memory::run);
     }
-    if wanted(Part::Scale) {
-        let p = scale::Params {
-            sizes: vec![(10_000, 65_536), (65_536, 65_536), (100_000, 131_072)],
-            polls: if q { 3 } else { 11 },
-            daemon_interval: Duration::from_millis(if q { 500 } else { 2000 }),
-            daemon_polls: if q { 2 } else { 5 },
+    for pass in 1..=passes {
+        println!("== pass {pass} of {passes} ==");
+        let at = machine.load_now();
+        let mut one = report::Pass {
+            pass,
+            load_average: at,
+            ..Default::default()
         };
-        println!(
-            "[scale] poll work at {:?} (flows, map slots): in this process ({} polls), and a real daemon (its poll time, RSS, CPU over {} polls)",
-            p.sizes, p.polls, p.daemon_polls
-        );
-        r.scale = phase(&mut r.errors, "scale", || scale::run(&p, &exe));
-    }
-    if wanted(Part::Throughput) {
-        let p = throughput::Params {
-            rounds: if q { 1 } else { 8 },
-            seconds: if q { 1 } else { 3 },
-            stats_seconds: if q { 1 } else { 5 },
-            sustained_pps: 100_000,
-        };
-        println!(
-            "[throughput] iperf3 pod -> node -> pod over cali veths, UDP pps and TCP, {} round(s) of nothing / the empty program / the observer attached, {} s per test; then BPF run-time stats",
-            p.rounds, p.seconds
-        );
-        r.throughput = phase(&mut r.errors, "throughput", || throughput::run(&p, &exe));
+        if wanted(Part::Kernel) {
+            let p = kernel::Params {
+                rounds: if q { 7 } else { 15 },
+                repeat: if q { 20_000 } else { 300_000 },
+                distinct_flows: 100_000,
+                distinct_repetitions: 1,
+                distinct_passes: 2,
+            };
+            println!(
+                "[kernel] TEST_RUN: packet mix, {} rounds x {} repetitions, ours vs empty interleaved; then {} distinct flows, one run each, {} pass(es) x {} fresh map(s)",
+                p.rounds, p.repeat, p.distinct_flows, p.distinct_passes, p.distinct_repetitions
+            );
+            one.kernel = phase(&mut r.errors, "kernel", || kernel::run(&p));
+        }
+        if wanted(Part::Metrics) {
+            println!("[metrics] /metrics (OpenMetrics) with 10,000 flow series");
+            one.metrics = phase(&mut r.errors, "metrics", || {
+                render::run(10_000, if q { 5 } else { 15 })
+            });
+        }
+        if wanted(Part::Scale) {
+            let p = scale::Params {
+                // Room to keep every flow: past half full the daemon gives
+                // back flows that did not grow, and these do not.
+                sizes: vec![(10_000, 65_536), (65_536, 131_072), (100_000, 262_144)],
+                polls: if q { 3 } else { 7 },
+                daemon_interval: Duration::from_millis(if q { 500 } else { 1000 }),
+                daemon_polls: if q { 2 } else { 4 },
+            };
+            println!(
+                "[scale] poll work at {:?} (flows, map slots): in this process ({} polls), and a real daemon (its poll time, RSS, CPU over {} polls)",
+                p.sizes, p.polls, p.daemon_polls
+            );
+            one.scale = phase(&mut r.errors, "scale", || scale::run(&p, &exe));
+        }
+        if wanted(Part::Throughput) {
+            let p = throughput::Params {
+                rounds: if q { 1 } else { 4 },
+                seconds: if q { 1 } else { 2 },
+                stats_seconds: if q { 1 } else { 3 },
+                sustained_pps: 100_000,
+            };
+            println!(
+                "[throughput] iperf3 pod -> node -> pod over cali veths, UDP pps and TCP, {} round(s) of nothing / the empty program / the observer attached, {} s per test; then BPF run-time stats",
+                p.rounds, p.seconds
+            );
+            one.throughput = phase(&mut r.errors, "throughput", || throughput::run(&p, &exe));
+        }
+        r.pass_results.push(one);
     }
 
     r.duration_seconds = started.elapsed().as_secs_f64();
-    r.load_average[1] = loadavg();
+    r.machine = machine.finish();
     r.conclude();
     r.write(&args.out)?;
     println!(
@@ -156,10 +189,4 @@ fn phase<T>(errors: &mut Vec<String>, name: &str, f: impl FnOnce() -> Result<T>)
             None
         }
     }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }

@@ -82,6 +82,9 @@ pub struct Figure {
     pub ratio: Summary,
     /// empty program / nothing within each round.
     pub empty_ratio: Summary,
+    /// observer / empty program within each round: what our programs cost
+    /// beyond any TC program's hooks.
+    pub vs_empty: Summary,
 }
 
 #[derive(Serialize)]
@@ -114,6 +117,8 @@ pub struct ThroughputResult {
     pub figures: Vec<Figure>,
     /// The lowest of the figures' median observer/nothing ratios.
     pub ratio: f64,
+    /// The lower of the UDP figures' median observer/empty ratios.
+    pub ratio_vs_empty: f64,
     pub bpf_stats: Vec<StatsRun>,
     pub bpf_stats_sysctl: String,
 }
@@ -174,6 +179,11 @@ pub fn run(p: &Params, exe: &Path) -> Result<ThroughputResult> {
             .iter()
             .map(|f| f.ratio.median)
             .fold(f64::INFINITY, f64::min),
+        ratio_vs_empty: figures
+            .iter()
+            .filter(|f| f.name.starts_with("UDP"))
+            .map(|f| f.vs_empty.median)
+            .fold(f64::INFINITY, f64::min),
         figures,
         bpf_stats,
         bpf_stats_sysctl: sysctl,
@@ -190,12 +200,12 @@ fn figure(samples: &[Sample], name: &'static str, f: fn(&Sample) -> f64) -> Figu
             .map(f)
             .collect::<Vec<_>>()
     };
-    let ratio_to_nothing = |setup| {
+    let ratio = |setup, to| {
         let per_round: Vec<f64> = samples
             .chunk_by(|a, b| a.round == b.round)
             .filter_map(|round| {
                 let get = |x| round.iter().find(|s| s.setup == x).map(f);
-                Some(get(setup)? / get(Setup::Nothing)?.max(f64::MIN_POSITIVE))
+                Some(get(setup)? / get(to)?.max(f64::MIN_POSITIVE))
             })
             .collect();
         Summary::of(&per_round)
@@ -205,8 +215,9 @@ fn figure(samples: &[Sample], name: &'static str, f: fn(&Sample) -> f64) -> Figu
         nothing: Summary::of(&of(Setup::Nothing)),
         empty_program: Summary::of(&of(Setup::EmptyProgram)),
         observer: Summary::of(&of(Setup::Observer)),
-        ratio: ratio_to_nothing(Setup::Observer),
-        empty_ratio: ratio_to_nothing(Setup::EmptyProgram),
+        ratio: ratio(Setup::Observer, Setup::Nothing),
+        empty_ratio: ratio(Setup::EmptyProgram, Setup::Nothing),
+        vs_empty: ratio(Setup::Observer, Setup::EmptyProgram),
     }
 }
 

@@ -27,7 +27,10 @@ fn quick_bench_writes_every_headline() {
         "kernel_distinct_ratio",
         "kernel_empty_ns",
         "throughput_ratio",
+        "throughput_ratio_vs_empty",
         "poll_ms_100k",
+        "metrics_render_ms_10k",
+        "metrics_bytes_per_series",
         "rss_mib_100k",
         "map_mib_64cpu",
     ] {

@@ -1,0 +1,135 @@
+//! `/metrics` at the series cap: the daemon's own `Metrics`, fed 10,000
+//! flows of a pod that differ by destination port (one flow label set
+//! each), encoded as OpenMetrics (what Prometheus asks for) again and again.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use anyhow::{Result, ensure};
+use observer_common::{ClockSample, FAMILY_IPV4, FlowKey, FlowStats, IfaceTotals};
+use serde::Serialize;
+
+use super::stats::Summary;
+use crate::{
+    config::{Dimension, Granularity, MetricsSettings},
+    datapath::attach::{LinkLayer, Via},
+    export::metrics::Metrics,
+    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
+    model::Model,
+    state::{DatapathStatus, InterfaceState, State},
+};
+
+#[derive(Serialize)]
+pub struct RenderResult {
+    /// Flow label sets (each a packets and a bytes series).
+    pub flow_series: usize,
+    pub encodes: usize,
+    /// Wall time of one OpenMetrics encoding of everything.
+    pub ms: Summary,
+    pub bytes: usize,
+    /// Lines of samples in the output.
+    pub samples: usize,
+    pub bytes_per_flow_series: f64,
+}
+
+pub fn run(flows: u16, encodes: usize) -> Result<RenderResult> {
+    let mut st = state();
+    let config = MetricsSettings {
+        granularity: Granularity::Workload,
+        dimensions: vec![
+            Dimension::Protocol,
+            Dimension::Port,
+            Dimension::Service,
+            Dimension::Encap,
+        ],
+        max_series: flows as usize,
+    };
+    let mut m = Metrics::new(config, "node-1");
+    st.table.begin_poll();
+    for port in 1..=flows {
+        let key = flow(port);
+        let s = FlowStats {
+            skbs: 10 + port as u64,
+            bytes: 1000 * port as u64,
+            first_seen_jiffies: 1,
+            last_seen_jiffies: 2,
+            ..Default::default()
+        };
+        st.table.observe(&key, &s);
+    }
+    st.table.end_poll(0, 0);
+    let growth = st.table.take_growth();
+    m.update(&st, &growth, &[], &[], Instant::now());
+    let mut ms = Vec::with_capacity(encodes);
+    let mut text = String::new();
+    for _ in 0..encodes {
+        let t = Instant::now();
+        text = m.encode(true);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+    let flow_series = text
+        .lines()
+        .filter(|l| l.starts_with("observer_flow_packets_total{"))
+        .count();
+    ensure!(
+        flow_series == flows as usize,
+        "expected {flows} flow series, the encoding has {flow_series}"
+    );
+    let flow_bytes: usize = text
+        .lines()
+        .filter(|l| l.starts_with("observer_flow_"))
+        .map(|l| l.len() + 1)
+        .sum();
+    Ok(RenderResult {
+        flow_series,
+        encodes,
+        ms: Summary::of(&ms),
+        bytes: text.len(),
+        samples,
+        bytes_per_flow_series: flow_bytes as f64 / flow_series as f64,
+    })
+}
+
+/// A pod's flow to destination port `port`.
+fn flow(port: u16) -> FlowKey {
+    let mut key = FlowKey {
+        ifindex: 7,
+        src_port: 40000,
+        dst_port: port,
+        family: FAMILY_IPV4,
+        protocol: 6,
+        ..Default::default()
+    };
+    let (mut s, mut d) = ([0u8; 16], [0u8; 16]);
+    s[..4].copy_from_slice(&[10, 244, 0, 5]);
+    d[..4].copy_from_slice(&[10, 244, 1, 9]);
+    key.set_addrs(s, d);
+    key
+}
+
+fn state() -> State {
+    let mut interfaces = BTreeMap::new();
+    interfaces.insert(
+        7,
+        InterfaceState {
+            iface: Interface {
+                name: "cali0123456789a".into(),
+                kind: InterfaceKind::Pod,
+            },
+            layer: LinkLayer::Ethernet,
+            via: Some(Via::Tcx),
+            attach_error: None,
+            totals: IfaceTotals::default(),
+            gone: false,
+            mtu: Some(1450),
+        },
+    );
+    State {
+        table: FlowTable::default(),
+        model: Arc::new(Model::default()),
+        interfaces,
+        status: DatapathStatus::default(),
+        clock: Clock::new(ClockSample::default(), 4_000_000),
+        started: std::time::SystemTime::now(),
+    }
+}
