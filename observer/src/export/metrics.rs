@@ -4,7 +4,15 @@
 //! the series its current names give, so counters never go back when flows
 //! are evicted or renamed.
 
-use std::{collections::HashSet, hash::Hash, net::IpAddr, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::Hash,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+};
 
 use observer_common::{Encap, FlowKey, Hook, Stat};
 use prometheus_client::{
@@ -22,6 +30,7 @@ use prometheus_client::{
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
+use super::rendered::{Labels, RenderedLabels};
 use crate::{
     api::{Direction, EndpointKind, EndpointView, Protocol, Via},
     config::{Dimension, Granularity, MetricsSettings},
@@ -40,14 +49,14 @@ pub const OTHER: &str = "other";
 /// (in their interface's overflow totals) were between: not known.
 pub const OVERFLOW: &str = "overflow";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 struct PodLabels {
     namespace: String,
     pod: String,
     direction: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 struct FlowLabels {
     direction: String,
     src_namespace: String,
@@ -60,7 +69,7 @@ struct FlowLabels {
     encap: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 struct ServiceLabels {
     namespace: String,
     service: String,
@@ -69,11 +78,59 @@ struct ServiceLabels {
     backend: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
 struct EncapLabels {
     encap: String,
     peer_node: String,
     direction: String,
+}
+
+impl Labels for PodLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("direction", &self.direction),
+        ]
+    }
+}
+
+impl Labels for FlowLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("direction", &self.direction),
+            ("src_namespace", &self.src_namespace),
+            ("src", &self.src),
+            ("dst_namespace", &self.dst_namespace),
+            ("dst", &self.dst),
+            ("protocol", &self.protocol),
+            ("port", &self.port),
+            ("service", &self.service),
+            ("encap", &self.encap),
+        ]
+    }
+}
+
+impl Labels for ServiceLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("namespace", &self.namespace),
+            ("service", &self.service),
+            ("port", &self.port),
+            ("via", &self.via),
+            ("backend", &self.backend),
+        ]
+    }
+}
+
+impl Labels for EncapLabels {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("encap", &self.encap),
+            ("peer_node", &self.peer_node),
+            ("direction", &self.direction),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Serialize, Deserialize)]
@@ -98,7 +155,7 @@ fn label(key: &'static str, value: &str) -> OneLabel {
 }
 
 /// A label set that can stand for "everything folded".
-trait Foldable: Clone + Hash + Eq {
+trait Foldable: Clone + Hash + Eq + Labels {
     fn other() -> Self;
 }
 
@@ -155,51 +212,48 @@ impl Foldable for PodLabels {
 }
 
 /// Counter families sharing one label set, holding at most `cap` label
-/// sets; traffic of further ones goes to the `other` series.
-struct Capped<
-    L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
-    const N: usize,
-> {
+/// sets; traffic of further ones goes to the `other` series. Each label
+/// set is rendered once (see [`RenderedLabels`]).
+struct Capped<L: Foldable, const N: usize> {
     name: &'static str,
-    families: [Family<L, Counter>; N],
-    known: HashSet<L>,
+    families: [Family<RenderedLabels, Counter>; N],
+    known: HashMap<L, RenderedLabels>,
     cap: usize,
-    /// The `other` series exists (something was folded).
-    folded_any: bool,
+    /// The `other` series, once something was folded.
+    other: Option<RenderedLabels>,
 }
 
-impl<L, const N: usize> Capped<L, N>
-where
-    L: Foldable + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
-{
+impl<L: Foldable, const N: usize> Capped<L, N> {
     fn new(
         registry: &mut Registry,
         name: &'static str,
         metrics: [(&str, &str); N],
         cap: usize,
     ) -> Self {
-        let families: [Family<L, Counter>; N] = std::array::from_fn(|_| Family::default());
+        let families: [Family<RenderedLabels, Counter>; N] =
+            std::array::from_fn(|_| Family::default());
         for (f, (metric, help)) in families.iter().zip(metrics) {
             registry.register(metric, help, f.clone());
         }
         Self {
             name,
             families,
-            known: HashSet::new(),
+            known: HashMap::new(),
             cap,
-            folded_any: false,
+            other: None,
         }
     }
 
     /// Every series' values, to carry over a restart.
     fn save(&self) -> Vec<(L, Vec<u64>)> {
-        let other = self.folded_any.then(L::other);
+        let other = self.other.as_ref().map(|r| (L::other(), r));
         self.known
             .iter()
-            .chain(other.as_ref())
-            .map(|l| {
-                let values = self.families.iter().map(|f| f.get_or_create(l).get());
-                (l.clone(), values.collect())
+            .map(|(l, r)| (l.clone(), r))
+            .chain(other)
+            .map(|(l, r)| {
+                let values = self.families.iter().map(|f| f.get_or_create(r).get());
+                (l, values.collect())
             })
             .collect()
     }
@@ -207,15 +261,23 @@ where
     /// Takes over saved series (before any update).
     fn restore(&mut self, saved: Vec<(L, Vec<u64>)>) {
         for (labels, values) in saved {
-            if labels == L::other() {
-                self.folded_any = true;
+            let rendered = if labels == L::other() {
+                self.other_series().clone()
             } else {
-                self.known.insert(labels.clone());
-            }
+                self.known
+                    .entry(labels)
+                    .or_insert_with_key(RenderedLabels::of)
+                    .clone()
+            };
             for (f, v) in self.families.iter().zip(values) {
-                f.get_or_create(&labels).inc_by(v);
+                f.get_or_create(&rendered).inc_by(v);
             }
         }
+    }
+
+    fn other_series(&mut self) -> &RenderedLabels {
+        self.other
+            .get_or_insert_with(|| RenderedLabels::of(&L::other()))
     }
 
     /// The counters of the series of `labels` (or of `other`, past the cap:
@@ -227,20 +289,21 @@ where
         folded: &Family<OneLabel, Counter>,
         out: &mut Vec<(Counter, What)>,
     ) {
-        let fold = !self.known.contains(&labels) && self.known.len() >= self.cap;
-        let labels = if fold {
-            self.folded_any = true;
+        let fold = !self.known.contains_key(&labels) && self.known.len() >= self.cap;
+        let rendered = if fold {
             out.push((
                 folded.get_or_create(&label("family", self.name)).clone(),
                 What::One,
             ));
-            L::other()
+            self.other_series().clone()
         } else {
-            self.known.insert(labels.clone());
-            labels
+            self.known
+                .entry(labels)
+                .or_insert_with_key(RenderedLabels::of)
+                .clone()
         };
         for (f, w) in self.families.iter().zip(what) {
-            out.push((f.get_or_create(&labels).clone(), w));
+            out.push((f.get_or_create(&rendered).clone(), w));
         }
     }
 }
@@ -364,6 +427,8 @@ pub struct Metrics {
     /// computation is most of the cost of a changed flow).
     resolved: FxHashMap<FlowKey, Vec<(Counter, What)>>,
     resolved_with: Option<Arc<Model>>,
+    /// The length of the last encoding, to size the next one.
+    encoded_len: AtomicUsize,
 }
 
 impl Metrics {
@@ -466,6 +531,7 @@ impl Metrics {
             own,
             resolved: FxHashMap::default(),
             resolved_with: None,
+            encoded_len: AtomicUsize::new(0),
         }
     }
 
@@ -494,13 +560,16 @@ impl Metrics {
     /// Every series as OpenMetrics text, or in Prometheus' text format
     /// 0.0.4 (for clients that do not ask for OpenMetrics, and promtool).
     pub fn encode(&self, openmetrics: bool) -> String {
-        let mut out = String::new();
+        // Sized like the last one: growing a few MiB step by step was a
+        // tenth of the time.
+        let mut out = String::with_capacity(self.encoded_len.load(Relaxed) + 4096);
         let written = if openmetrics {
             encode(&mut out, &self.registry)
         } else {
             prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
         };
         written.expect("writing to a String cannot fail");
+        self.encoded_len.store(out.len(), Relaxed);
         out
     }
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod calico_views;
 pub mod http;
 pub mod metrics;
+mod rendered;
 pub mod serve;
 pub mod services;
 pub mod socket;
