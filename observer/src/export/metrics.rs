@@ -30,7 +30,7 @@ use prometheus_client::{
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use super::rendered::{Labels, RenderedLabels};
+use super::series::{Labels, RenderedLabels, SeriesCounter, SeriesFamilies};
 use crate::{
     api::{Direction, EndpointKind, EndpointView, Protocol, Via},
     config::{Dimension, Granularity, MetricsSettings},
@@ -212,29 +212,26 @@ impl Foldable for PodLabels {
 }
 
 /// Counter families sharing one label set, holding at most `cap` label
-/// sets; traffic of further ones goes to the `other` series. Each label
-/// set is rendered once (see [`RenderedLabels`]).
+/// sets; traffic of further ones goes to the `other` series.
 struct Capped<L: Foldable, const N: usize> {
     name: &'static str,
-    families: [Family<RenderedLabels, Counter>; N],
-    known: HashMap<L, RenderedLabels>,
+    families: Arc<SeriesFamilies>,
+    /// Each label set's series.
+    known: HashMap<L, usize>,
     cap: usize,
     /// The `other` series, once something was folded.
-    other: Option<RenderedLabels>,
+    other: Option<usize>,
 }
 
 impl<L: Foldable, const N: usize> Capped<L, N> {
     fn new(
         registry: &mut Registry,
         name: &'static str,
-        metrics: [(&str, &str); N],
+        metrics: [(&'static str, &str); N],
         cap: usize,
     ) -> Self {
-        let families: [Family<RenderedLabels, Counter>; N] =
-            std::array::from_fn(|_| Family::default());
-        for (f, (metric, help)) in families.iter().zip(metrics) {
-            registry.register(metric, help, f.clone());
-        }
+        let families = SeriesFamilies::new(&metrics);
+        registry.register_collector(Box::new(families.clone()));
         Self {
             name,
             families,
@@ -246,13 +243,13 @@ impl<L: Foldable, const N: usize> Capped<L, N> {
 
     /// Every series' values, to carry over a restart.
     fn save(&self) -> Vec<(L, Vec<u64>)> {
-        let other = self.other.as_ref().map(|r| (L::other(), r));
+        let other = self.other.map(|s| (L::other(), s));
         self.known
             .iter()
-            .map(|(l, r)| (l.clone(), r))
+            .map(|(l, s)| (l.clone(), *s))
             .chain(other)
-            .map(|(l, r)| {
-                let values = self.families.iter().map(|f| f.get_or_create(r).get());
+            .map(|(l, s)| {
+                let values = (0..N).map(|f| self.families.counter(s, f).get());
                 (l, values.collect())
             })
             .collect()
@@ -261,23 +258,31 @@ impl<L: Foldable, const N: usize> Capped<L, N> {
     /// Takes over saved series (before any update).
     fn restore(&mut self, saved: Vec<(L, Vec<u64>)>) {
         for (labels, values) in saved {
-            let rendered = if labels == L::other() {
-                self.other_series().clone()
+            let s = if labels == L::other() {
+                self.other_series()
             } else {
-                self.known
-                    .entry(labels)
-                    .or_insert_with_key(RenderedLabels::of)
-                    .clone()
+                self.series(labels)
             };
-            for (f, v) in self.families.iter().zip(values) {
-                f.get_or_create(&rendered).inc_by(v);
+            for (f, v) in values.into_iter().enumerate().take(N) {
+                self.families.counter(s, f).inc_by(v);
             }
         }
     }
 
-    fn other_series(&mut self) -> &RenderedLabels {
-        self.other
-            .get_or_insert_with(|| RenderedLabels::of(&L::other()))
+    fn series(&mut self, labels: L) -> usize {
+        if let Some(s) = self.known.get(&labels) {
+            return *s;
+        }
+        let s = self.families.add(RenderedLabels::of(&labels));
+        self.known.insert(labels, s);
+        s
+    }
+
+    fn other_series(&mut self) -> usize {
+        let families = &self.families;
+        *self
+            .other
+            .get_or_insert_with(|| families.add(RenderedLabels::of(&L::other())))
     }
 
     /// The counters of the series of `labels` (or of `other`, past the cap:
@@ -287,23 +292,37 @@ impl<L: Foldable, const N: usize> Capped<L, N> {
         labels: L,
         what: [What; N],
         folded: &Family<OneLabel, Counter>,
-        out: &mut Vec<(Counter, What)>,
+        out: &mut Vec<(Target, What)>,
     ) {
         let fold = !self.known.contains_key(&labels) && self.known.len() >= self.cap;
-        let rendered = if fold {
-            out.push((
-                folded.get_or_create(&label("family", self.name)).clone(),
-                What::One,
-            ));
-            self.other_series().clone()
+        let s = if fold {
+            let count = folded.get_or_create(&label("family", self.name)).clone();
+            out.push((Target::Plain(count), What::One));
+            self.other_series()
         } else {
-            self.known
-                .entry(labels)
-                .or_insert_with_key(RenderedLabels::of)
-                .clone()
+            self.series(labels)
         };
-        for (f, w) in self.families.iter().zip(what) {
-            out.push((f.get_or_create(&rendered).clone(), w));
+        for (f, w) in what.into_iter().enumerate() {
+            out.push((Target::Series(self.families.counter(s, f)), w));
+        }
+    }
+}
+
+/// A counter that traffic adds to: a series of a capped family, or a
+/// plain counter (the count of folded updates).
+#[derive(Clone, Debug)]
+enum Target {
+    Series(SeriesCounter),
+    Plain(Counter),
+}
+
+impl Target {
+    fn inc_by(&self, v: u64) {
+        match self {
+            Target::Series(c) => c.inc_by(v),
+            Target::Plain(c) => {
+                c.inc_by(v);
+            }
         }
     }
 }
@@ -425,7 +444,7 @@ pub struct Metrics {
     own: SelfMetrics,
     /// Each flow's series, resolved once per version of the names (label
     /// computation is most of the cost of a changed flow).
-    resolved: FxHashMap<FlowKey, Vec<(Counter, What)>>,
+    resolved: FxHashMap<FlowKey, Vec<(Target, What)>>,
     resolved_with: Option<Arc<Model>>,
     /// The length of the last encoding, to size the next one.
     encoded_len: AtomicUsize,
@@ -757,7 +776,7 @@ impl Metrics {
         key: &FlowKey,
         model: &Model,
         pod: Option<&crate::model::PodEntry>,
-    ) -> Vec<(Counter, What)> {
+    ) -> Vec<(Target, What)> {
         let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
         let dir = direction(InterfaceKind::Pod, hook);
         let (src, dst) = key_addrs(key);
@@ -853,7 +872,7 @@ impl Metrics {
         key: &FlowKey,
         encap: Encap,
         model: &Model,
-    ) -> Vec<(Counter, What)> {
+    ) -> Vec<(Target, What)> {
         let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
         let (src, dst) = key_addrs(key);
         let labels = EncapLabels {

@@ -5,7 +5,7 @@ pub mod api;
 pub mod calico_views;
 pub mod http;
 pub mod metrics;
-mod rendered;
+mod series;
 pub mod serve;
 pub mod services;
 pub mod socket;
