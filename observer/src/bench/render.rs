@@ -29,6 +29,10 @@ pub struct RenderResult {
     /// Lines of samples in the output.
     pub samples: usize,
     pub bytes_per_flow_series: f64,
+    /// The metrics' update after a poll in which every flow grew: the
+    /// first, which resolves every flow's series, and the later ones.
+    pub first_update_ms: f64,
+    pub update_ms: Summary,
 }
 
 pub fn run(flows: u16, encodes: usize) -> Result<RenderResult> {
@@ -44,21 +48,25 @@ pub fn run(flows: u16, encodes: usize) -> Result<RenderResult> {
         max_series: flows as usize,
     };
     let mut m = Metrics::new(config, "node-1");
-    st.table.begin_poll();
-    for port in 1..=flows {
-        let key = flow(port);
-        let s = FlowStats {
-            skbs: 10 + port as u64,
-            bytes: 1000 * port as u64,
-            first_seen_jiffies: 1,
-            last_seen_jiffies: 2,
-            ..Default::default()
-        };
-        st.table.observe(&key, &s);
+    let mut updates = Vec::new();
+    for poll in 1..=4u64 {
+        st.table.begin_poll();
+        for port in 1..=flows {
+            let s = FlowStats {
+                skbs: poll * (10 + port as u64),
+                bytes: poll * 1000 * port as u64,
+                first_seen_jiffies: 1,
+                last_seen_jiffies: 2,
+                ..Default::default()
+            };
+            st.table.observe(&flow(port), &s);
+        }
+        st.table.end_poll(0, 0);
+        let growth = st.table.take_growth();
+        let t = Instant::now();
+        m.update(&st, &growth, &[], &[], t);
+        updates.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    st.table.end_poll(0, 0);
-    let growth = st.table.take_growth();
-    m.update(&st, &growth, &[], &[], Instant::now());
     let mut ms = Vec::with_capacity(encodes);
     let mut text = String::new();
     for _ in 0..encodes {
@@ -87,6 +95,8 @@ pub fn run(flows: u16, encodes: usize) -> Result<RenderResult> {
         bytes: text.len(),
         samples,
         bytes_per_flow_series: flow_bytes as f64 / flow_series as f64,
+        first_update_ms: updates[0],
+        update_ms: Summary::of(&updates[1..]),
     })
 }
 

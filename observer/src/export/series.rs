@@ -74,27 +74,32 @@ pub struct SeriesFamilies {
     store: RwLock<Store>,
 }
 
+/// Series per chunk of counters.
+const CHUNK: usize = 256;
+
 #[derive(Debug, Default)]
 struct Store {
     labels: Vec<RenderedLabels>,
-    /// Series `s`'s counter of family `f` at `s * families + f`.
-    values: Vec<AtomicU64>,
+    /// Series `s`'s counter of family `f`: `chunks[s / CHUNK]` at
+    /// `(s % CHUNK) * families + f`. Chunks never move, so counters are
+    /// added to without the lock.
+    chunks: Vec<Arc<[AtomicU64]>>,
 }
 
 /// One counter of one series.
 #[derive(Clone, Debug)]
 pub struct SeriesCounter {
-    families: Arc<SeriesFamilies>,
+    chunk: Arc<[AtomicU64]>,
     at: usize,
 }
 
 impl SeriesCounter {
     pub fn inc_by(&self, v: u64) {
-        self.families.read().values[self.at].fetch_add(v, Relaxed);
+        self.chunk[self.at].fetch_add(v, Relaxed);
     }
 
     pub fn get(&self) -> u64 {
-        self.families.read().values[self.at].load(Relaxed)
+        self.chunk[self.at].load(Relaxed)
     }
 }
 
@@ -112,24 +117,29 @@ impl SeriesFamilies {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Store> {
-        // A panic while holding the lock leaves the counters consistent.
+        // Nothing panics while holding the lock half-way through a change.
         self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds a series; returns its index.
     pub fn add(&self, labels: RenderedLabels) -> usize {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let s = store.labels.len();
+        if s.is_multiple_of(CHUNK) {
+            let n = self.descriptors.len();
+            store
+                .chunks
+                .push((0..CHUNK * n).map(|_| AtomicU64::new(0)).collect());
+        }
         store.labels.push(labels);
-        let n = self.descriptors.len();
-        store.values.extend((0..n).map(|_| AtomicU64::new(0)));
-        store.labels.len() - 1
+        s
     }
 
     /// Family `family`'s counter of series `series`.
-    pub fn counter(self: &Arc<Self>, series: usize, family: usize) -> SeriesCounter {
+    pub fn counter(&self, series: usize, family: usize) -> SeriesCounter {
         SeriesCounter {
-            families: self.clone(),
-            at: series * self.descriptors.len() + family,
+            chunk: self.read().chunks[series / CHUNK].clone(),
+            at: (series % CHUNK) * self.descriptors.len() + family,
         }
     }
 }
@@ -145,7 +155,7 @@ impl Collector for SeriesFamilies {
         for (f, (name, help)) in self.descriptors.iter().enumerate() {
             let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (s, labels) in store.labels.iter().enumerate() {
-                let v = store.values[s * n + f].load(Relaxed);
+                let v = store.chunks[s / CHUNK][(s % CHUNK) * n + f].load(Relaxed);
                 metric
                     .encode_family(labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
@@ -233,8 +243,9 @@ mod tests {
             "{derived}"
         );
         assert_eq!(derived, rendered);
-        // Several series: the same lines (a Family's order is its hash map's).
-        let many: Vec<Two> = (0..50)
+        // Several series, more than a chunk: the same lines (a Family's
+        // order is its hash map's).
+        let many: Vec<Two> = (0..CHUNK + 50)
             .map(|i| Two {
                 pod: format!("web-{i}"),
                 direction: "ingress".into(),
@@ -248,7 +259,7 @@ mod tests {
         };
         assert_eq!(sorted(&derived), sorted(&rendered));
         assert!(rendered.contains(
-            r#"observer_pod_packets_total{node="n1",pod="web-49",direction="ingress"} 50"#
+            r#"observer_pod_packets_total{node="n1",pod="web-299",direction="ingress"} 300"#
         ));
     }
 
