@@ -5,12 +5,12 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
-use observer_common::{Encap, EncapTotals, IfaceTotals, Stat};
+use observer_common::{ClockSample, Encap, EncapTotals, IfaceTotals, Stat};
 use tokio::sync::RwLock;
 
 use crate::{
     datapath::attach::{LinkLayer, Via},
-    flows::{Clock, Interface, table::FlowTable},
+    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
 };
 
@@ -57,6 +57,34 @@ pub struct State {
     pub status: DatapathStatus,
     pub clock: Clock,
     pub started: std::time::SystemTime,
+}
+
+impl State {
+    /// A state with one pod interface (ifindex 7, attached with TCX, MTU
+    /// 1450) and nothing counted yet: what the metrics' tests and the
+    /// `/metrics` bench start from.
+    pub fn with_pod_interface(name: String, model: Arc<Model>) -> Self {
+        let pod = InterfaceState {
+            iface: Interface {
+                name,
+                kind: InterfaceKind::Pod,
+            },
+            layer: LinkLayer::Ethernet,
+            via: Some(Via::Tcx),
+            attach_error: None,
+            totals: IfaceTotals::default(),
+            gone: false,
+            mtu: Some(1450),
+        };
+        Self {
+            table: FlowTable::default(),
+            model,
+            interfaces: BTreeMap::from([(7, pod)]),
+            status: DatapathStatus::default(),
+            clock: Clock::new(ClockSample::default(), 4_000_000),
+            started: std::time::SystemTime::now(),
+        }
+    }
 }
 
 pub type Shared = Arc<RwLock<State>>;

@@ -2,20 +2,18 @@
 //! flows of a pod that differ by destination port (one flow label set
 //! each), encoded as OpenMetrics (what Prometheus asks for) again and again.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{sync::Arc, time::Instant};
 
 use anyhow::{Result, ensure};
-use observer_common::{ClockSample, FAMILY_IPV4, FlowKey, FlowStats, IfaceTotals};
+use observer_common::{FAMILY_IPV4, FlowKey, FlowStats};
 use serde::Serialize;
 
 use super::stats::Summary;
 use crate::{
     config::{Dimension, Granularity, MetricsSettings},
-    datapath::attach::{LinkLayer, Via},
     export::metrics::Metrics,
-    flows::{Clock, Interface, InterfaceKind, table::FlowTable},
     model::Model,
-    state::{DatapathStatus, InterfaceState, State},
+    state::State,
 };
 
 #[derive(Serialize)]
@@ -118,28 +116,5 @@ fn flow(port: u16) -> FlowKey {
 }
 
 fn state() -> State {
-    let mut interfaces = BTreeMap::new();
-    interfaces.insert(
-        7,
-        InterfaceState {
-            iface: Interface {
-                name: "cali0123456789a".into(),
-                kind: InterfaceKind::Pod,
-            },
-            layer: LinkLayer::Ethernet,
-            via: Some(Via::Tcx),
-            attach_error: None,
-            totals: IfaceTotals::default(),
-            gone: false,
-            mtu: Some(1450),
-        },
-    );
-    State {
-        table: FlowTable::default(),
-        model: Arc::new(Model::default()),
-        interfaces,
-        status: DatapathStatus::default(),
-        clock: Clock::new(ClockSample::default(), 4_000_000),
-        started: std::time::SystemTime::now(),
-    }
+    State::with_pod_interface("cali0123456789a".into(), Arc::new(Model::default()))
 }

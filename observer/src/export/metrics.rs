@@ -1110,18 +1110,13 @@ fn nominal_overhead(encap: Encap, inner_src: IpAddr) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use observer_common::{ClockSample, FAMILY_IPV4, FlowStats, IfaceTotals};
+    use observer_common::{FAMILY_IPV4, FlowStats};
     use serde_json::json;
 
     use super::*;
     use crate::{
-        datapath::attach::{LinkLayer, Via},
-        flows::{Clock, Interface, table::FlowTable},
         model::calico_interface,
         sources::{objects::ClusterObjects, routes::RouteTable},
-        state::{DatapathStatus, InterfaceState},
     };
 
     fn model(with_pod: bool) -> Arc<Model> {
@@ -1142,30 +1137,7 @@ mod tests {
     }
 
     fn state() -> State {
-        let mut interfaces = BTreeMap::new();
-        interfaces.insert(
-            7,
-            InterfaceState {
-                iface: Interface {
-                    name: calico_interface("cali", "shop", "web-1"),
-                    kind: InterfaceKind::Pod,
-                },
-                layer: LinkLayer::Ethernet,
-                via: Some(Via::Tcx),
-                attach_error: None,
-                totals: IfaceTotals::default(),
-                gone: false,
-                mtu: Some(1450),
-            },
-        );
-        State {
-            table: FlowTable::default(),
-            model: model(false),
-            interfaces,
-            status: DatapathStatus::default(),
-            clock: Clock::new(ClockSample::default(), 4_000_000),
-            started: std::time::SystemTime::now(),
-        }
+        State::with_pod_interface(calico_interface("cali", "shop", "web-1"), model(false))
     }
 
     /// One poll in which the pod's flow to 8.8.8.8:53 reached `skbs`.
