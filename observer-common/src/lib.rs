@@ -5,11 +5,22 @@
 //! syscall. A `user` feature adds `aya::Pod` impls for userspace.
 #![no_std]
 
-/// Name of the shared hash holding one entry per flow. Not an LRU: an entry
-/// leaves only when userspace reads and deletes it, so no count is ever
-/// dropped unread; when the map is full, packets go to the interface's
-/// overflow totals (see [`IfaceTotals::overflow`]).
+/// Name of the shared hash from a flow's key to its slot ([`SlotRef`]). Not
+/// an LRU: an entry leaves only when userspace retires its slot, so no count
+/// is ever dropped unread; when no slot is free, packets go to the
+/// interface's overflow totals (see [`IfaceTotals::overflow`]).
 pub const FLOWS_MAP: &str = "FLOWS";
+/// Name of the mmapable array of [`FlowSlot`]s: the flows' counters, read by
+/// userspace straight from memory (no syscall, no copy of unchanged flows).
+pub const SLOTS_MAP: &str = "SLOTS";
+/// Name of the mmapable array of free slot indexes, a ring that userspace
+/// fills and the kernel takes from (see [`RingHead`]).
+pub const FREE_RING_MAP: &str = "FREE_RING";
+/// Name of the mmapable one-element array holding the [`RingHead`].
+pub const RING_HEAD_MAP: &str = "RING_HEAD";
+/// Name of the per-CPU array of [`FlowCacheEntry`]s: the flows last seen
+/// on each CPU, so that a burst of one flow skips the hash lookup.
+pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
 /// Name of the per-CPU array of per-interface totals.
 pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
 /// Name of the per-CPU array of per-encapsulation totals.
@@ -23,6 +34,10 @@ pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default number of flow slots (the map is preallocated).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
+/// Entries of the per-CPU flow cache (a power of two), picked by interface
+/// and hook: the two hooks a forwarded packet passes (a pod's ingress, the
+/// other pod's egress) use different entries.
+pub const FLOW_CACHE_SLOTS: u32 = 8;
 /// Slots in the per-interface totals array; an interface uses slot
 /// `ifindex % IFACE_SLOTS`.
 pub const IFACE_SLOTS: u32 = 4096;
@@ -225,6 +240,7 @@ pub struct MtuLimit {
 /// operations, so memory does not multiply by the CPU count.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct FlowStats {
     /// Socket buffers seen (a GSO super-packet is one).
     pub skbs: u64,
@@ -248,6 +264,67 @@ pub struct FlowStats {
     /// Packets (not GSO) larger than the interface's [`MtuLimit`]: a pod
     /// sending more than fits the tunnel.
     pub oversize_packets: u32,
+}
+
+/// Value of the flow hash: where the flow's counters are, and the slot's
+/// generation (its low 32 bits) when it was given to this flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SlotRef {
+    pub slot: u32,
+    pub generation: u32,
+}
+
+/// `FlowSlot::key.hook` of a slot userspace put in the free ring.
+pub const SLOT_IN_RING: u8 = 0xfe;
+/// `FlowSlot::key.hook` of a slot the kernel took from the ring but did not
+/// use (another CPU inserted the same flow first): userspace puts it back.
+pub const SLOT_RETURNED: u8 = 0xff;
+
+/// One flow's counters, in the mmapable `SLOTS` array.
+///
+/// `generation` is odd while the slot belongs to a flow: the kernel writes the key
+/// and first counts, inserts the key into `FLOWS`, then makes `generation` odd
+/// (atomically: userspace reads the key only after seeing an odd `generation`).
+/// Userspace retires a slot in two steps a poll apart: it makes `generation` even
+/// and deletes the hash entry (so no CPU finds the slot any more, and cached
+/// references to it fail their `generation` check), then reads the final counts and
+/// puts the slot back in the ring. One cache line per slot: no two flows
+/// share a line that CPUs write.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub _pad0: u32,
+    /// 64 bits: the BPF target has no 32-bit compare-and-swap everywhere.
+    pub generation: u64,
+    pub stats: FlowStats,
+    pub _pad: [u64; 2],
+}
+
+/// The free ring's counters: the kernel takes index `cons` (compare and
+/// swap), userspace, the only producer, writes at `prod` and then moves it.
+/// `capacity` is written once, when userspace fills a new ring; 0 means not
+/// filled yet (every insert then overflows).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RingHead {
+    pub cons: u64,
+    pub _pad0: [u64; 7],
+    pub prod: u64,
+    pub capacity: u64,
+    pub _pad1: [u64; 6],
+}
+
+/// A flow a CPU saw lately: its key, and the slot and generation the hash
+/// gave. Valid while the slot's `generation` still equals `generation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowCacheEntry {
+    pub key: FlowKey,
+    pub slot: u32,
+    pub generation: u32,
+    pub _pad: u32,
 }
 
 /// The kernel's jiffies and CLOCK_MONOTONIC read together, so that
@@ -349,6 +426,8 @@ mod pod_impls {
     unsafe impl aya::Pod for ClockSample {}
     // SAFETY: MtuLimit is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for MtuLimit {}
+    // SAFETY: SlotRef is repr(C) plain-old-data, any bytes are a valid value.
+    unsafe impl aya::Pod for SlotRef {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.
@@ -357,6 +436,11 @@ const _: () = assert!(size_of::<FlowStats>() == 56);
 const _: () = assert!(size_of::<IfaceTotals>() == 80);
 const _: () = assert!(size_of::<MtuLimit>() == 8);
 const _: () = assert!(size_of::<EncapTotals>() == 24);
+const _: () = assert!(size_of::<SlotRef>() == 8);
+const _: () = assert!(size_of::<FlowSlot>() == 128);
+const _: () = assert!(core::mem::offset_of!(FlowSlot, stats) == 56);
+const _: () = assert!(size_of::<RingHead>() == 128);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 56);
 
 #[cfg(test)]
 mod tests {

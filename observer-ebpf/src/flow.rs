@@ -1,10 +1,12 @@
-//! Map updates: the flow map (shared hash, atomic adds), per-interface
-//! and per-encapsulation totals and datapath counters (per-CPU arrays).
+//! Map updates: a flow's counters (a slot of the mmapable `SLOTS` array,
+//! found through a per-CPU cache or the `FLOWS` hash, shared by all CPUs,
+//! atomic adds), per-interface and per-encapsulation totals and datapath
+//! counters (per-CPU arrays).
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -12,19 +14,34 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FlowKey, FlowStats,
-    IFACE_SLOTS, IfaceTotals, MtuLimit, Stat,
+    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS,
+    FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead,
+    SLOT_RETURNED, SlotRef, Stat,
 };
 
 #[cfg(doc)]
 use crate::parse::Fail;
 
-/// One entry per flow; values shared by all CPUs (memory does not grow
-/// with the CPU count). Capacity is set by userspace at load time. A plain
-/// (preallocated) hash, not an LRU: the LRU would drop entries whose counts
-/// userspace has not read yet; here only userspace deletes, after reading.
+/// Flow key -> its slot. A plain (preallocated) hash, not an LRU: only
+/// userspace deletes, when it retires the slot. Capacity set at load time.
 #[map(name = "FLOWS")]
-static FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+static FLOWS: HashMap<FlowKey, SlotRef> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// The flows' counters; userspace maps this array and reads it in place.
+#[map(name = "SLOTS")]
+static SLOTS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
+
+/// Free slot indexes, `RING_HEAD.capacity` of them, filled by userspace
+/// (u64: array elements are 8-byte aligned, so userspace sees them so).
+#[map(name = "FREE_RING")]
+static FREE_RING: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
+
+#[map(name = "RING_HEAD")]
+static RING_HEAD: Array<RingHead> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// The flows each CPU saw last (see `FlowCacheEntry`).
+#[map(name = "FLOW_CACHE")]
+static FLOW_CACHE: PerCpuArray<FlowCacheEntry> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map(name = "IFACE_TOTALS")]
 static IFACE_TOTALS: PerCpuArray<IfaceTotals> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
@@ -64,6 +81,10 @@ pub fn last_unparsed() -> u32 {
     LAST_UNPARSED.get(0).copied().unwrap_or(0)
 }
 
+/// Compare-and-swap attempts on the ring before an insert gives up (counted
+/// as an insert failure: the packet goes to the overflow totals).
+const RING_TRIES: usize = 8;
+
 /// Writes jiffies and CLOCK_MONOTONIC side by side (for the `clock` program).
 #[inline(always)]
 pub fn sample_clock() {
@@ -77,6 +98,7 @@ pub fn sample_clock() {
 }
 
 const EEXIST: i64 = 17;
+const ENOSPC: i64 = 28;
 
 /// What one skb adds to its flow.
 pub struct Delta {
@@ -154,7 +176,11 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
                 d.oversize,
             );
         }
-        (*v).last_seen_jiffies = now;
+        // Stored only when it changes (once a tick): an idle flow's line is
+        // not written for nothing.
+        if (*v).last_seen_jiffies != now {
+            (*v).last_seen_jiffies = now;
+        }
         // Plain read-modify-write: only when a new flag appears, so the rare
         // race loses at most a flag bit, never a count.
         let flags = d.tcp_flags as u32;
@@ -164,10 +190,31 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
     }
 }
 
+/// Word-by-word equality of two keys (a byte-wise compare would be a loop).
+#[inline(always)]
+fn same_key(a: *const FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (a as *const u32, b as *const FlowKey as *const u32);
+    let mut diff = 0;
+    for i in 0..(size_of::<FlowKey>() / 4) {
+        // SAFETY: both are 44-byte keys, 4-byte aligned.
+        diff |= unsafe { *a.add(i) ^ *b.add(i) };
+    }
+    diff == 0
+}
+
+#[inline(always)]
+fn copy_key(to: *mut FlowKey, from: &FlowKey) {
+    let (to, from) = (to as *mut u32, from as *const FlowKey as *const u32);
+    for i in 0..(size_of::<FlowKey>() / 4) {
+        // SAFETY: both are 44-byte keys, 4-byte aligned.
+        unsafe { *to.add(i) = *from.add(i) };
+    }
+}
+
 #[inline(always)]
 pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
-    // SAFETY: helper without preconditions; jiffies, because a nanosecond
-    // clock read costs as much as the rest of the update.
+    // SAFETY: helper without preconditions (inlined by the verifier to a
+    // load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
     let hook = (key.hook & 1) as usize;
     let slot = iface_slot(key.ifindex);
@@ -190,31 +237,16 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
         }
     }
 
-    if let Some(v) = FLOWS.get_ptr_mut(key) {
-        add_to_flow(v, d, now);
+    let cached = FLOW_CACHE
+        .get_ptr_mut((key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1));
+    if add_cached(cached, key, d, now) || add_found(cached, key, d, now) {
         return;
     }
-    let fresh = FlowStats {
-        skbs: 1,
-        extra_segments: d.segs - 1,
-        bytes: d.bytes,
-        overhead_bytes: d.overhead,
-        first_seen_jiffies: now,
-        last_seen_jiffies: now,
-        tcp_flags: d.tcp_flags as u32,
-        oversize_packets: d.oversize,
+    let Err(error) = insert(cached, key, d, now) else {
+        return;
     };
-    let error = match FLOWS.insert(key, fresh, BPF_NOEXIST as u64) {
-        Ok(()) => return count(Stat::FlowInserts),
-        // Another CPU inserted the same flow first: add to its entry.
-        Err(e) if e as i64 == -EEXIST => match FLOWS.get_ptr_mut(key) {
-            Some(v) => return add_to_flow(v, d, now),
-            None => e,
-        },
-        Err(e) => e,
-    };
-    // No room for the flow (or it was deleted under us): the packet still
-    // counts, in its interface's overflow totals.
+    // No room for the flow: the packet still counts, in its interface's
+    // overflow totals.
     count(Stat::FlowInsertFailures);
     warn!(
         ctx,
@@ -230,4 +262,151 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
             (*slot).overflow[hook].bytes += d.bytes;
         }
     }
+}
+
+/// The flow this CPU saw last on this interface and hook, if the packet is
+/// of it and its slot is still the flow's.
+#[inline(always)]
+fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
+    let Some(c) = cached else { return false };
+    // SAFETY: per-CPU entry; slots are live map values.
+    unsafe {
+        if !same_key(&raw const (*c).key, key) {
+            return false;
+        }
+        let Some(s) = SLOTS.get_ptr_mut((*c).slot) else {
+            return false;
+        };
+        if (*s).generation as u32 != (*c).generation {
+            return false;
+        }
+        add_to_flow(&raw mut (*s).stats, d, now);
+    }
+    true
+}
+
+/// The flow's slot from the hash (and remembered in the cache).
+#[inline(always)]
+fn add_found(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
+    // SAFETY: the value is read at once; hash values live under RCU.
+    let Some(r) = (unsafe { FLOWS.get(key) }) else {
+        return false;
+    };
+    let (slot, generation) = (r.slot, r.generation);
+    let Some(s) = SLOTS.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: live map value.
+    let now_generation = unsafe { (*s).generation } as u32;
+    // The flow's generation, or the even one before it while the inserting
+    // CPU is still publishing the slot. Anything else: the slot was given
+    // back since (an entry userspace failed to delete); the entry goes, and
+    // the packet opens a new slot.
+    if now_generation != generation && now_generation.wrapping_add(1) != generation {
+        let _ = FLOWS.remove(key);
+        return false;
+    }
+    // SAFETY: live map value.
+    add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
+    remember(cached, key, slot, generation);
+    true
+}
+
+#[inline(always)]
+fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, generation: u32) {
+    if let Some(c) = cached {
+        // SAFETY: per-CPU entry.
+        unsafe {
+            copy_key(&raw mut (*c).key, key);
+            (*c).slot = slot;
+            (*c).generation = generation;
+        }
+    }
+}
+
+/// A new flow: a slot from the ring, its key and first counts, the hash
+/// entry, then the odd generation that makes it visible to userspace.
+/// The error is the hash's, or `-ENOSPC` when no slot is free.
+#[inline(always)]
+fn insert(
+    cached: Option<*mut FlowCacheEntry>,
+    key: &FlowKey,
+    d: &Delta,
+    now: u64,
+) -> Result<(), i64> {
+    let Some(slot) = take_free_slot() else {
+        return Err(-ENOSPC);
+    };
+    let Some(s) = SLOTS.get_ptr_mut(slot) else {
+        return Err(-ENOSPC);
+    };
+    // SAFETY: the slot is ours until published (no other CPU has its index).
+    unsafe {
+        copy_key(&raw mut (*s).key, key);
+        let v = &raw mut (*s).stats;
+        (*v).skbs = 1;
+        (*v).extra_segments = d.segs - 1;
+        (*v).bytes = d.bytes;
+        (*v).overhead_bytes = d.overhead;
+        (*v).first_seen_jiffies = now;
+        (*v).last_seen_jiffies = now;
+        (*v).tcp_flags = d.tcp_flags as u32;
+        (*v).oversize_packets = d.oversize;
+        // Even while free: the flow's generation is the next, odd one.
+        let free = (*s).generation;
+        let generation = (free | 1) as u32;
+        match FLOWS.insert(key, SlotRef { slot, generation }, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                // A compare-and-swap: a full barrier after the writes above
+                // (a plain or non-fetching store is not one on every
+                // architecture), so that userspace, seeing the generation
+                // odd, reads the whole key. Only we change an even one.
+                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                    &raw mut (*s).generation,
+                    free,
+                    free + 1,
+                );
+                count(Stat::FlowInserts);
+                remember(cached, key, slot, generation);
+                Ok(())
+            }
+            Err(e) => {
+                // Not used: userspace puts it back in the ring.
+                (*s).key.hook = SLOT_RETURNED;
+                // Another CPU inserted the same flow first: add to its slot.
+                if e as i64 == -EEXIST && add_found(cached, key, d, now) {
+                    return Ok(());
+                }
+                Err(e as i64)
+            }
+        }
+    }
+}
+
+/// Takes a slot index from the free ring; `None` when it is empty.
+#[inline(always)]
+fn take_free_slot() -> Option<u32> {
+    let h = RING_HEAD.get_ptr_mut(0)?;
+    for _ in 0..RING_TRIES {
+        // SAFETY: h points into the map; the fields are u64-aligned.
+        unsafe {
+            let cons = core::ptr::read_volatile(&raw const (*h).cons);
+            let prod = core::ptr::read_volatile(&raw const (*h).prod);
+            let cap = core::ptr::read_volatile(&raw const (*h).capacity);
+            if cons >= prod || cap == 0 {
+                return None;
+            }
+            // The compare-and-swap orders the read of the index after the
+            // producer's write of it (it wrote the index, then `prod`).
+            let (_, won) = atomic_cxchg::<
+                u64,
+                { AtomicOrdering::SeqCst },
+                { AtomicOrdering::SeqCst },
+            >(&raw mut (*h).cons, cons, cons + 1);
+            if won {
+                return FREE_RING.get((cons % cap) as u32).map(|s| *s as u32);
+            }
+        }
+    }
+    None
 }

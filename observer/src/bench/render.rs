@@ -50,16 +50,22 @@ pub fn run(flows: u16, encodes: usize) -> Result<RenderResult> {
     for poll in 1..=4u64 {
         st.table.begin_poll();
         for port in 1..=flows {
-            let s = FlowStats {
-                skbs: poll * (10 + port as u64),
-                bytes: poll * 1000 * port as u64,
+            // One kernel slot per flow, grown by the same amount each poll.
+            let grown = FlowStats {
+                skbs: 10 + port as u64,
+                bytes: 1000 * port as u64,
                 first_seen_jiffies: 1,
                 last_seen_jiffies: 2,
                 ..Default::default()
             };
-            st.table.observe(&flow(port), &s);
+            let now = FlowStats {
+                skbs: poll * grown.skbs,
+                bytes: poll * grown.bytes,
+                ..grown
+            };
+            st.table.add(&flow(port), &grown, &now, poll == 1, false);
         }
-        st.table.end_poll(0, 0);
+        st.table.end_poll(0);
         let growth = st.table.take_growth();
         let t = Instant::now();
         m.update(&st, &growth, &[], &[], t);

@@ -3,18 +3,18 @@
 //!
 //! Two views. In this process: a flow map filled by the classifier itself
 //! (one TEST_RUN per distinct packet), then the poll's work timed phase by
-//! phase (batch read of the map, flow-table update). In a real `observer
-//! run`: its flow map filled with the same number of entries, then its own
-//! poll time, resident memory and CPU while it polls.
+//! phase (read of the slots, flow-table update), with no flow changed and
+//! with every flow changed. In a real `observer run`: its flow map filled
+//! the same way (its own classifier run on as many distinct packets), then
+//! its own poll time, resident memory and CPU while it polls.
 
 use std::{
+    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{HashMap, Map, MapData};
-use observer_common::{FAMILY_IPV4, FlowKey, FlowStats};
 use serde::Serialize;
 
 use super::{
@@ -25,11 +25,9 @@ use super::{
     stats::Summary,
 };
 use crate::{
-    datapath::{Datapath, object, testrun},
+    datapath::{Datapath, object, sys, testrun},
     flows::table::FlowTable,
 };
-
-const BPF_MAP_TYPE_HASH: u64 = 1;
 
 pub struct Params {
     /// (live flows, flow-map capacity) to measure.
@@ -139,29 +137,26 @@ fn run_distinct(dp: &Datapath, n: u32) -> Result<()> {
 
 /// The daemon's poll work (see `daemon::poll`) on `n` live flows.
 fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
-    let (dp, fill_seconds) = fill(n, capacity)?;
+    let (mut dp, fill_seconds) = fill(n, capacity)?;
     let mut table = FlowTable::default();
     let (mut total, mut read, mut upd) = (vec![], vec![], vec![]);
-    let mut live = 0;
-    let mut one = |dp: &Datapath| -> Result<(f64, f64, f64)> {
+    let mut one = |dp: &mut Datapath| -> (f64, f64, f64) {
         let t0 = Instant::now();
-        let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
-        dp.read_flows(|k, v| entries.push((*k, *v)))?;
+        let mut changes = Vec::new();
+        dp.poll_flows(|c| changes.push(c));
         let t1 = Instant::now();
         table.begin_poll();
-        for (k, v) in &entries {
-            table.observe(k, v);
+        for c in &changes {
+            table.add(&c.key, &c.grown, &c.stats, c.opened, c.closed);
         }
         // Nothing is idle: the flows are seconds old.
-        let idle = table.end_poll(0, 0);
+        table.end_poll(0);
         let t2 = Instant::now();
-        debug_assert!(idle.is_empty());
-        live = entries.len() as u64;
-        Ok((ms(t2 - t0), ms(t1 - t0), ms(t2 - t1)))
+        (ms(t2 - t0), ms(t1 - t0), ms(t2 - t1))
     };
     for _ in 0..polls + 1 {
         interrupted()?;
-        let (a, b, c) = one(&dp)?;
+        let (a, b, c) = one(&mut dp);
         total.push(a);
         read.push(b);
         upd.push(c);
@@ -171,8 +166,9 @@ fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
     let mut all_changed = Vec::new();
     for _ in 0..polls.min(3) {
         run_distinct(&dp, n)?;
-        all_changed.push(one(&dp)?.0);
+        all_changed.push(one(&mut dp).0);
     }
+    let live = dp.live_flows() as u64;
     let poll_ms = Summary::of(&total[1..]);
     Ok(PollWork {
         flows: n,
@@ -255,44 +251,25 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     })
 }
 
-/// Puts `n` distinct flows, all just seen, into the daemon's flow map (the
-/// only hash map among its BPF fds).
+/// Puts `n` distinct flows, all just seen, into the daemon's flow map:
+/// one packet of each through the daemon's own classifier (its maps are
+/// only reachable through it: a flow is a hash entry and a slot).
 fn insert_flows(pid: u32, n: u32) -> Result<()> {
-    let info = procfs::bpf_fds(pid, "map_id")?
-        .into_iter()
-        .find(|i| procfs::num(i, "map_type") == BPF_MAP_TYPE_HASH)
-        .context("the daemon's flow map not found among its fds")?;
-    let id = procfs::num(&info, "map_id") as u32;
-    let map = Map::from_map_data(MapData::from_id(id)?)?;
-    let mut flows: HashMap<MapData, FlowKey, FlowStats> = HashMap::try_from(map)?;
-    // Timestamps "now" in the kernel's jiffies, read by our own clock program.
-    let now = Datapath::load(1024)?.clock_sample()?.jiffies;
+    let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+        .collect();
+    let id = procfs::bpf_fds(pid, "run_cnt")?
+        .iter()
+        .map(|i| procfs::num(i, "prog_id") as u32)
+        .find(|id| names.get(id).is_some_and(|n| n == object::ETH_INGRESS))
+        .context("the daemon's eth_ingress program not found among its fds")?;
+    let prog = sys::prog_fd_by_id(id).context("opening the daemon's program")?;
     for i in 0..n {
         if i % 8192 == 0 {
             interrupted()?;
         }
-        let mut key = FlowKey {
-            ifindex: 1,
-            src_port: 1024 + (i % 60000) as u16,
-            dst_port: 80,
-            family: FAMILY_IPV4,
-            protocol: 6,
-            ..Default::default()
-        };
-        let src = [10, (i >> 16) as u8 | 0x80, (i >> 8) as u8, i as u8];
-        let mut s = [0u8; 16];
-        s[..4].copy_from_slice(&src);
-        let mut dst = [0u8; 16];
-        dst[..4].copy_from_slice(&[10, 244, 1, 7]);
-        key.set_addrs(s, dst);
-        let value = FlowStats {
-            skbs: 1,
-            bytes: 140,
-            first_seen_jiffies: now,
-            last_seen_jiffies: now,
-            ..Default::default()
-        };
-        flows.insert(key, value, 0)?;
+        sys::prog_test_run(prog.as_fd(), &frames::distinct_tcp4(i))?;
     }
     Ok(())
 }

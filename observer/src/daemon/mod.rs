@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use observer_common::{FlowKey, FlowStats, Hook, IfaceTotals};
+use observer_common::{Hook, IfaceTotals};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::RwLock,
@@ -86,7 +86,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         if let Some(layout) = &dp.layout {
             p.remove_other_layouts(layout);
         }
-        take_over_saved(&args.state_file, &dp, &state, &metrics).await;
+        take_over_saved(&args.state_file, &mut dp, &state, &metrics).await;
     }
     let mut mtu_limits = MtuLimits::default();
     mtu_limits.apply(&mut dp, &state).await;
@@ -120,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 },
                 _ = tick.tick() => {
                     let sources = names.synced();
-                    poll(&dp, &attacher, args.polling(), jiffy_ns, &state, &metrics, &sources).await?;
+                    poll(&mut dp, &attacher, args.polling(), jiffy_ns, &state, &metrics, &sources).await?;
                     names.refresh(&state, false).await;
                     // Routes to other nodes may have come or gone.
                     mtu_limits.apply(&mut dp, &state).await;
@@ -169,6 +169,7 @@ async fn snapshot(dp: &Datapath, state: &Shared, metrics: &Mutex<Metrics>) -> sa
         flows_map_id: dp.flows_map_id,
         saved_at_ms: saved::Saved::now_ms(),
         table: st.table.save(),
+        slots: postcard::to_stdvec(&dp.tracker).unwrap_or_default(),
         interfaces: st
             .interfaces
             .iter()
@@ -197,7 +198,7 @@ fn save(path: &std::path::Path, s: &saved::Saved) {
 /// zero).
 async fn take_over_saved(
     state_file: &std::path::Path,
-    dp: &Datapath,
+    dp: &mut Datapath,
     state: &Shared,
     metrics: &Mutex<Metrics>,
 ) {
@@ -212,6 +213,12 @@ async fn take_over_saved(
     let same = dp.reused_maps && saved.flows_map_id == dp.flows_map_id;
     let mut st = state.write().await;
     st.table.restore(saved.table, same);
+    if same {
+        match postcard::from_bytes(&saved.slots) {
+            Ok(t) => dp.tracker = t,
+            Err(e) => tracing::warn!("the saved slots do not decode: {e}"),
+        }
+    }
     if same {
         for (ifindex, totals) in saved.interfaces {
             if let Some(s) = st.interfaces.get_mut(&ifindex) {
@@ -304,7 +311,7 @@ async fn on_link_present(
 }
 
 async fn poll(
-    dp: &Datapath,
+    dp: &mut Datapath,
     attacher: &Attacher,
     settings: PollSettings,
     jiffy_ns: u64,
@@ -313,10 +320,11 @@ async fn poll(
     sources: &[(&'static str, bool)],
 ) -> Result<()> {
     let started = Instant::now();
-    let mut entries: Vec<(FlowKey, FlowStats)> = Vec::with_capacity(4096);
+    // Only the slots that changed since the last poll, read in place.
+    let mut changes = Vec::new();
+    dp.poll_flows(|c| changes.push(c));
     // Flows first, interface totals after: a packet is in its interface's
     // totals before it is in its flow, so the totals read are never behind.
-    dp.read_flows(|k, v| entries.push((*k, *v)))?;
     let stats = dp.stats()?;
     let encap = dp.encap_totals()?;
     let mut totals = Vec::new();
@@ -330,26 +338,16 @@ async fn poll(
     let idle_before = now.saturating_sub(clock.jiffies_in(settings.idle_timeout));
     let forget_before = now.saturating_sub(clock.jiffies_in(settings.retain));
     // Half the map stays free for the flows of the next interval; past
-    // that, the least recently seen are read out (their counts kept).
-    let keep = (dp.capacity / 2) as usize;
-    let to_evict = {
-        let mut st = state.write().await;
-        st.table.begin_poll();
-        for (k, v) in &entries {
-            st.table.observe(k, v);
-        }
-        st.table.end_poll_keeping(idle_before, forget_before, keep)
-    };
-    // The syscalls without the lock: the API answers meanwhile.
-    let mut evicted = Vec::with_capacity(to_evict.len());
-    for key in to_evict {
-        evicted.push((key, dp.evict(&key)?));
-    }
+    // that, the least recently seen are given back (their counts kept).
+    let to_retire = dp.tracker.choose(idle_before, (dp.capacity / 2) as usize);
+    dp.retire(&to_retire)?;
 
     let mut st = state.write().await;
-    for (key, last) in &evicted {
-        st.table.retire(key, last.as_ref());
+    st.table.begin_poll();
+    for c in &changes {
+        st.table.add(&c.key, &c.grown, &c.stats, c.opened, c.closed);
     }
+    st.table.end_poll(forget_before);
     let mut overflow = Vec::new();
     for (ifindex, t) in totals {
         if let Some(s) = st.interfaces.get_mut(&ifindex) {
@@ -377,7 +375,7 @@ async fn poll(
     st.clock = clock;
     let status = &mut st.status;
     status.polls += 1;
-    status.kernel_flow_entries = (entries.len() - evicted.len()) as u64;
+    status.kernel_flow_entries = (dp.live_flows() - to_retire.len()) as u64;
     status.stats = stats;
     status.stats_history.push_back((Instant::now(), stats));
     while status

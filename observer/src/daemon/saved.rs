@@ -22,7 +22,7 @@ use crate::{export::metrics::SavedMetrics, flows::table::SavedTable};
 pub const SAVE_EVERY: Duration = Duration::from_secs(30);
 
 /// First bytes of the file; a new layout of [`Saved`] gets a new one.
-const MAGIC: &[u8] = b"observer-state 1\n";
+const MAGIC: &[u8] = b"observer-state 2\n";
 
 #[derive(Serialize, Deserialize)]
 pub struct Saved {
@@ -31,6 +31,9 @@ pub struct Saved {
     /// When it was saved (ms since the Unix epoch).
     pub saved_at_ms: u64,
     pub table: SavedTable,
+    /// What the polls knew of each kernel slot (`datapath::tracker`,
+    /// encoded), for maps that are the same.
+    pub slots: Vec<u8>,
     /// (ifindex, totals as last read) of the attached interfaces.
     pub interfaces: Vec<(u32, IfaceTotals)>,
     pub metrics: SavedMetrics,
@@ -75,15 +78,84 @@ pub fn read(path: &Path) -> Result<Option<Saved>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let Some(body) = bytes.strip_prefix(MAGIC) else {
+    let decoded = if let Some(body) = bytes.strip_prefix(MAGIC) {
+        postcard::from_bytes(body)
+    } else if let Some(body) = bytes.strip_prefix(v1::MAGIC) {
+        postcard::from_bytes::<v1::Saved>(body).map(v1::Saved::upgrade)
+    } else {
         bail!(
             "{} is not a state file of this version (written by another observer?)",
             path.display()
         );
     };
-    let saved = postcard::from_bytes(body)
-        .with_context(|| format!("decoding {} (truncated or corrupt)", path.display()))?;
+    let saved =
+        decoded.with_context(|| format!("decoding {} (truncated or corrupt)", path.display()))?;
     Ok(Some(saved))
+}
+
+/// The first format, written by daemons that kept whole flow entries in a
+/// kernel hash: read so that an upgrade keeps every flow's totals.
+mod v1 {
+    use observer_common::{FlowKey, IfaceTotals};
+    use serde::Deserialize;
+
+    use crate::{
+        export::metrics::SavedMetrics,
+        flows::table::{Counters, SavedTable},
+    };
+
+    pub const MAGIC: &[u8] = b"observer-state 1\n";
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub struct Saved {
+        pub _flows_map_id: u32,
+        pub saved_at_ms: u64,
+        pub table: Table,
+        pub interfaces: Vec<(u32, IfaceTotals)>,
+        pub metrics: SavedMetrics,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub struct Table {
+        pub entries: Vec<(FlowKey, Entry)>,
+        pub lru_evictions: u64,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub struct Entry {
+        pub retired: Counters,
+        pub current: Counters,
+        pub first_seen: u64,
+        pub last_seen: u64,
+        pub tcp_flags: u32,
+        pub _kernel_first_seen: u64,
+        pub _in_kernel: bool,
+        pub _seen_in_poll: u64,
+        pub _grew_in_poll: u64,
+    }
+
+    impl Saved {
+        /// Its maps had another layout, so they are never the new daemon's:
+        /// map id 0 (no map has it) says so, and each flow keeps its totals.
+        pub fn upgrade(self) -> super::Saved {
+            let flows = self.table.entries.into_iter().map(|(key, e)| {
+                let mut total = e.retired;
+                total.add(&e.current);
+                (key, total, e.first_seen, e.last_seen, e.tcp_flags)
+            });
+            super::Saved {
+                flows_map_id: 0,
+                saved_at_ms: self.saved_at_ms,
+                table: SavedTable::without_slots(flows, self.table.lru_evictions),
+                slots: Vec::new(),
+                interfaces: self.interfaces,
+                metrics: self.metrics,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +171,7 @@ mod tests {
             flows_map_id: 42,
             saved_at_ms: 7,
             table: crate::flows::table::FlowTable::default().save(),
+            slots: Vec::new(),
             interfaces: vec![(3, IfaceTotals::default())],
             metrics: SavedMetrics::default(),
         };
@@ -114,5 +187,58 @@ mod tests {
         assert!(err.contains("not a state file"), "{err}");
         std::fs::write(&path, [MAGIC, &[1, 2]].concat()).unwrap();
         assert!(read(&path).is_err());
+    }
+
+    #[test]
+    fn a_first_format_file_keeps_every_flow_total() {
+        use observer_common::FlowKey;
+
+        use crate::flows::table::{Counters, FlowTable};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let counters = |packets| Counters {
+            packets,
+            bytes: 100 * packets,
+            skbs: packets,
+            ..Default::default()
+        };
+        let key = FlowKey {
+            src_port: 7,
+            ..Default::default()
+        };
+        let old = v1::Saved {
+            _flows_map_id: 42,
+            saved_at_ms: 7,
+            table: v1::Table {
+                entries: vec![(
+                    key,
+                    v1::Entry {
+                        retired: counters(3),
+                        current: counters(2),
+                        first_seen: 10,
+                        last_seen: 20,
+                        tcp_flags: 0x12,
+                        _kernel_first_seen: 15,
+                        _in_kernel: true,
+                        _seen_in_poll: 4,
+                        _grew_in_poll: 4,
+                    },
+                )],
+                lru_evictions: 1,
+            },
+            interfaces: vec![(3, IfaceTotals::default())],
+            metrics: SavedMetrics::default(),
+        };
+        let body = postcard::to_stdvec(&old).unwrap();
+        std::fs::write(&path, [v1::MAGIC, &body].concat()).unwrap();
+        let back = read(&path).unwrap().unwrap();
+        // Never taken for the new daemon's maps.
+        assert_eq!(back.flows_map_id, 0);
+        let mut table = FlowTable::default();
+        table.restore(back.table, false);
+        let (k, e) = table.iter().next().unwrap();
+        assert_eq!(*k, key);
+        assert_eq!(e.counters(), counters(5));
+        assert_eq!((e.first_seen, e.last_seen, e.tcp_flags), (10, 20, 0x12));
     }
 }

@@ -7,8 +7,10 @@ pub mod kernel_log;
 pub mod links;
 pub mod object;
 pub mod pin;
+pub mod slots;
 pub mod sys;
 pub mod testrun;
+pub mod tracker;
 
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd};
 
@@ -19,12 +21,15 @@ use aya::{
 };
 use kernel_log::KernelLogLevel;
 use observer_common::{
-    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOWS_MAP, FlowKey, FlowStats,
-    IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP, MtuLimit, STATS_MAP, Stat,
+    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOWS_MAP,
+    FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP,
+    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, SlotRef, Stat,
 };
 
-/// Elements per batch-lookup syscall.
-const BATCH: usize = 4096;
+use self::{
+    slots::Slots,
+    tracker::{SlotChange, Tracker},
+};
 
 /// The loaded programs and their maps.
 pub struct Datapath {
@@ -36,7 +41,13 @@ pub struct Datapath {
     /// The pinned maps' layout (see [`pin::layout_id`]), when pinned.
     pub layout: Option<String>,
     pub ebpf: Ebpf,
+    /// Flow key -> slot (the kernel's `FLOWS`).
     flows: MapData,
+    /// The flows' counters, mapped into our memory.
+    slots: Slots,
+    /// What the polls know of each slot.
+    pub tracker: Tracker,
+    slot_maps: [MapData; 4],
     iface_totals: PerCpuArray<MapData, IfaceTotals>,
     encap_totals: PerCpuArray<MapData, EncapTotals>,
     stats: PerCpuArray<MapData, u64>,
@@ -88,6 +99,25 @@ impl Datapath {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))
         };
+        let mut data = |name: &str| -> Result<MapData> {
+            match take(name)? {
+                Map::Array(m) | Map::PerCpuArray(m) | Map::Unsupported(m) => Ok(m),
+                _ => Err(anyhow!("map {name} is not an array")),
+            }
+        };
+        let slot_maps = [
+            data(SLOTS_MAP)?,
+            data(FREE_RING_MAP)?,
+            data(RING_HEAD_MAP)?,
+            data(FLOW_CACHE_MAP)?,
+        ];
+        let slots = Slots::map(
+            slot_maps[0].fd().as_fd(),
+            slot_maps[1].fd().as_fd(),
+            slot_maps[2].fd().as_fd(),
+            capacity,
+        )
+        .context("mapping the flow slots")?;
         let iface_totals = PerCpuArray::try_from(take(IFACE_TOTALS_MAP)?)?;
         let encap_totals = PerCpuArray::try_from(take(ENCAP_TOTALS_MAP)?)?;
         let stats = PerCpuArray::try_from(take(STATS_MAP)?)?;
@@ -101,6 +131,9 @@ impl Datapath {
             clock,
             ebpf,
             flows,
+            slots,
+            tracker: Tracker::new(),
+            slot_maps,
             iface_totals,
             encap_totals,
             stats,
@@ -118,6 +151,10 @@ impl Datapath {
     pub fn map_fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
         let mut fds: Vec<(String, BorrowedFd<'_>)> = [
             (FLOWS_MAP, self.flows.fd().as_fd()),
+            (SLOTS_MAP, self.slot_maps[0].fd().as_fd()),
+            (FREE_RING_MAP, self.slot_maps[1].fd().as_fd()),
+            (RING_HEAD_MAP, self.slot_maps[2].fd().as_fd()),
+            (FLOW_CACHE_MAP, self.slot_maps[3].fd().as_fd()),
             (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
             (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
             (STATS_MAP, self.stats.map().fd().as_fd()),
@@ -183,14 +220,71 @@ impl Datapath {
         out
     }
 
-    /// Every flow entry in the kernel, with batch lookups.
-    pub fn read_flows(&self, each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
-        sys::lookup_batch(self.flows_fd(), BATCH, each).context("reading the flow map")
+    /// Every flow in the kernel now, read from its slot.
+    pub fn read_flows(&self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
+        for i in 0..self.slots.in_use_bound() {
+            if self.slots.generation(i) & 1 == 1 {
+                each(&self.slots.key(i), &self.slots.stats(i));
+            }
+        }
+        Ok(())
     }
 
-    /// Removes a flow from the kernel map, returning its final counters.
+    /// Removes a flow from the kernel maps at once, returning its final
+    /// counters. Only while no program runs (replay, tests: frames run one
+    /// at a time on the caller's thread); the daemon gives slots back in
+    /// two steps (see [`Datapath::retire`]).
     pub fn evict(&self, key: &FlowKey) -> Result<Option<FlowStats>> {
-        sys::lookup_and_delete(self.flows_fd(), key).context("evicting a flow")
+        let Some(r) = sys::lookup_and_delete::<FlowKey, SlotRef>(self.flows_fd(), key)
+            .context("evicting a flow")?
+        else {
+            return Ok(None);
+        };
+        let stats = self.slots.stats(r.slot);
+        self.slots.end_generation(r.slot);
+        self.slots.give_back(r.slot);
+        Ok(Some(stats))
+    }
+
+    /// One poll of the slots: every change since the last (see
+    /// [`Tracker::poll`]).
+    pub fn poll_flows(&mut self, each: impl FnMut(SlotChange)) {
+        self.tracker.poll(&self.slots, each);
+    }
+
+    /// Flows in the kernel's slots (as of the last poll).
+    pub fn live_flows(&self) -> usize {
+        self.tracker.live()
+    }
+
+    /// Slots free for new flows.
+    pub fn free_slots(&self) -> u64 {
+        self.slots.free()
+    }
+
+    /// Step one of giving slots back: no CPU finds them any more (hash
+    /// entries deleted, then cached references voided); the next poll reads
+    /// their final counts and frees them. In that order, a packet never
+    /// finds a hash entry whose slot was given back: between the two steps
+    /// it opens a new slot for its flow, and both slots count.
+    pub fn retire(&mut self, which: &[u32]) -> Result<()> {
+        let keys: Vec<FlowKey> = which.iter().map(|&i| self.slots.key(i)).collect();
+        let deleted = self.delete_keys(&keys);
+        self.tracker.retire(&self.slots, which);
+        deleted
+    }
+
+    fn delete_keys(&self, keys: &[FlowKey]) -> Result<()> {
+        let fd = self.flows_fd();
+        let deleted = sys::delete_batch(fd, keys).unwrap_or(0);
+        // A key not there stops the batch: the rest one by one.
+        for key in &keys[deleted.min(keys.len())..] {
+            match sys::lookup_and_delete::<FlowKey, SlotRef>(fd, key) {
+                Ok(_) => {}
+                Err(e) => return Err(e).context("deleting a flow's hash entry"),
+            }
+        }
+        Ok(())
     }
 
     /// Datapath counters summed over CPUs, indexed by [`Stat`].

@@ -1,8 +1,8 @@
-//! The bpf(2) commands aya 0.14 does not wrap: batch lookup (one syscall
-//! per few thousand flows instead of one per flow), lookup-and-delete of
-//! one element (read a flow's final counts as it is evicted, so nothing
-//! counted between the read and the delete is lost), and the device a
-//! pinned TCX link is on.
+//! The bpf(2) commands aya 0.14 does not wrap: batch lookup and batch
+//! delete (one syscall per few thousand keys instead of one per key),
+//! lookup-and-delete of one element, running a program of another process
+//! by id (the benchmarks fill a daemon's maps through its own classifier),
+//! and the device a pinned TCX link is on.
 
 use std::{
     io,
@@ -14,9 +14,12 @@ use std::{
 use aya::Pod;
 
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// `union bpf_attr`, sized generously; unused bytes must be zero.
@@ -151,4 +154,40 @@ pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`; returns how
+/// many were deleted (it stops at the first key that is not there).
+pub fn delete_batch<K: Pod>(map_fd: RawFd, keys: &[K]) -> io::Result<usize> {
+    let mut done = 0;
+    for chunk in keys.chunks(1 << 16) {
+        let mut attr = Attr::new();
+        attr.put_u64(16, chunk.as_ptr() as u64);
+        attr.put_u32(32, chunk.len() as u32);
+        attr.put_u32(36, map_fd as u32);
+        let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        done += attr.get_u32(32) as usize;
+        res?;
+    }
+    Ok(done)
+}
+
+/// Opens a loaded program by id (`BPF_PROG_GET_FD_BY_ID`).
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Runs a program once on `data` (`BPF_PROG_TEST_RUN`); its return value.
+pub fn prog_test_run(prog: BorrowedFd<'_>, data: &[u8]) -> io::Result<u32> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32);
+    attr.put_u32(8, data.len() as u32);
+    attr.put_u64(16, data.as_ptr() as u64);
+    attr.put_u32(32, 1);
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.get_u32(4))
 }

@@ -1162,8 +1162,15 @@ mod tests {
             last_seen_jiffies: 1,
             ..Default::default()
         };
-        st.table.observe(&key, &stats);
-        st.table.end_poll(0, 0);
+        // One kernel slot that reached `skbs`: what it grew by since.
+        let had = st.table.iter().next().map_or(0, |(_, e)| e.counters().skbs);
+        let grown = FlowStats {
+            skbs: skbs - had,
+            bytes: 100 * (skbs - had),
+            ..stats
+        };
+        st.table.add(&key, &grown, &stats, had == 0, false);
+        st.table.end_poll(0);
         let growth = st.table.take_growth();
         m.update(st, &growth, &[], &[], std::time::Instant::now());
     }

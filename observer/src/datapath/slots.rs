@@ -1,0 +1,238 @@
+//! The flows' counters as userspace sees them: the kernel's `SLOTS`,
+//! `FREE_RING` and `RING_HEAD` arrays mapped into our memory, read in
+//! place (a poll copies nothing it does not need), and the two steps that
+//! give a slot back (see `FlowSlot` in observer-common for the protocol).
+
+use std::{
+    io,
+    mem::{offset_of, size_of},
+    os::fd::{AsRawFd as _, BorrowedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+};
+
+use observer_common::{FlowKey, FlowSlot, FlowStats, RingHead, SLOT_IN_RING, SLOT_RETURNED};
+
+/// A shared mapping of a `BPF_F_MMAPABLE` array of `T` (elements are
+/// 8-byte aligned in such arrays, as ours are).
+struct Mmap<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with the kernel; every access
+// goes through raw pointers with the atomics or volatile reads it needs.
+unsafe impl<T> Send for Mmap<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Mmap<T> {}
+
+impl<T> Mmap<T> {
+    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+        const { assert!(size_of::<T>().is_multiple_of(8)) };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let bytes = (len * size_of::<T>()).next_multiple_of(page);
+        // SAFETY: a new shared mapping of the map's data; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: NonNull::new(p.cast()).ok_or_else(io::Error::last_os_error)?,
+            len,
+            bytes,
+        })
+    }
+
+    fn at(&self, i: usize) -> *mut T {
+        assert!(i < self.len, "index {i} beyond {}", self.len);
+        // SAFETY: in bounds of the mapping.
+        unsafe { self.ptr.as_ptr().add(i) }
+    }
+}
+
+impl<T> Drop for Mmap<T> {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The mapped slot arrays of one flow map.
+pub struct Slots {
+    slots: Mmap<FlowSlot>,
+    ring: Mmap<u64>,
+    head: Mmap<RingHead>,
+    capacity: u32,
+}
+
+impl Slots {
+    pub fn map(
+        slots: BorrowedFd<'_>,
+        ring: BorrowedFd<'_>,
+        head: BorrowedFd<'_>,
+        capacity: u32,
+    ) -> io::Result<Self> {
+        let n = capacity as usize;
+        let s = Self {
+            slots: Mmap::new(slots, n)?,
+            ring: Mmap::new(ring, n)?,
+            head: Mmap::new(head, 1)?,
+            capacity,
+        };
+        s.fill_if_new();
+        Ok(s)
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The ring head's u64 field at `offset` (see [`RingHead`]).
+    fn head_u64(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: an aligned u64 of the mapping (the offset is a field's),
+        // shared with the kernel.
+        unsafe { AtomicU64::from_ptr(self.head.at(0).byte_add(offset).cast()) }
+    }
+
+    fn cons(&self) -> &AtomicU64 {
+        self.head_u64(offset_of!(RingHead, cons))
+    }
+
+    fn prod(&self) -> &AtomicU64 {
+        self.head_u64(offset_of!(RingHead, prod))
+    }
+
+    /// A new map: every slot in the ring. (Maps pinned by an earlier
+    /// daemon are filled already and keep their state.)
+    fn fill_if_new(&self) {
+        let cap = self.head_u64(offset_of!(RingHead, capacity));
+        if cap.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        for i in 0..self.capacity as usize {
+            // SAFETY: no program has a slot yet (the ring is empty).
+            unsafe {
+                (*self.slots.at(i)).key.hook = SLOT_IN_RING;
+                *self.ring.at(i) = i as u64;
+            }
+        }
+        cap.store(self.capacity as u64, Ordering::Release);
+        self.prod().store(
+            self.cons().load(Ordering::Acquire) + self.capacity as u64,
+            Ordering::Release,
+        );
+    }
+
+    /// Slots below this index have been handed out at least once (the ring
+    /// hands them out in order the first time round): a poll reads no more.
+    pub fn in_use_bound(&self) -> u32 {
+        self.cons()
+            .load(Ordering::Acquire)
+            .min(self.capacity as u64) as u32
+    }
+
+    /// Slots in the ring, ready for new flows.
+    pub fn free(&self) -> u64 {
+        let (p, c) = (
+            self.prod().load(Ordering::Acquire),
+            self.cons().load(Ordering::Acquire),
+        );
+        p.saturating_sub(c)
+    }
+
+    fn generation_atomic(&self, i: u32) -> &AtomicU64 {
+        // SAFETY: an aligned u64 of the mapping, shared with the kernel.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.slots.at(i as usize)).generation) }
+    }
+
+    /// The slot's generation: odd while a flow owns it.
+    pub fn generation(&self, i: u32) -> u64 {
+        self.generation_atomic(i).load(Ordering::Acquire)
+    }
+
+    /// The slot's key (stable once the generation was seen odd).
+    pub fn key(&self, i: u32) -> FlowKey {
+        // SAFETY: plain data of the mapping.
+        unsafe { std::ptr::read_volatile(&raw const (*self.slots.at(i as usize)).key) }
+    }
+
+    /// The free marker (`FlowKey::hook`) of a slot no flow owns.
+    pub fn marker(&self, i: u32) -> u8 {
+        // SAFETY: plain data of the mapping.
+        unsafe { std::ptr::read_volatile(&raw const (*self.slots.at(i as usize)).key.hook) }
+    }
+
+    /// The slot's counters, each read whole (CPUs add to them meanwhile).
+    pub fn stats(&self, i: u32) -> FlowStats {
+        let v = self.slots.at(i as usize);
+        // SAFETY: aligned fields of the mapping; the kernel writes them with
+        // atomic adds or aligned stores, which these loads never tear.
+        unsafe {
+            let u64_at = |p: *mut u64| AtomicU64::from_ptr(p).load(Ordering::Relaxed);
+            let u32_at = |p: *mut u32| AtomicU32::from_ptr(p).load(Ordering::Relaxed);
+            let s = &raw mut (*v).stats;
+            FlowStats {
+                skbs: u64_at(&raw mut (*s).skbs),
+                extra_segments: u64_at(&raw mut (*s).extra_segments),
+                bytes: u64_at(&raw mut (*s).bytes),
+                overhead_bytes: u64_at(&raw mut (*s).overhead_bytes),
+                first_seen_jiffies: u64_at(&raw mut (*s).first_seen_jiffies),
+                last_seen_jiffies: u64_at(&raw mut (*s).last_seen_jiffies),
+                tcp_flags: u32_at(&raw mut (*s).tcp_flags),
+                oversize_packets: u32_at(&raw mut (*s).oversize_packets),
+            }
+        }
+    }
+
+    /// Step one of giving a slot back: its generation made even, so that
+    /// no CPU's cached reference to it holds. (The caller deletes its hash
+    /// entry, and reads its final counts a poll later.)
+    pub fn end_generation(&self, i: u32) {
+        let g = self.generation_atomic(i);
+        let was = g.load(Ordering::Acquire);
+        if was & 1 == 1 {
+            g.store(was + 1, Ordering::Release);
+        }
+    }
+
+    /// Step two: after its final counts were read, the slot is zeroed and
+    /// goes back in the ring. Refuses (false) a slot that a flow owns or
+    /// that is in the ring already.
+    pub fn give_back(&self, i: u32) -> bool {
+        if self.generation(i) & 1 == 1 || self.marker(i) == SLOT_IN_RING {
+            return false;
+        }
+        let prod = self.prod().load(Ordering::Acquire);
+        if prod - self.cons().load(Ordering::Acquire) >= self.capacity as u64 {
+            // Every slot is in the ring already: this one cannot be free.
+            return false;
+        }
+        // SAFETY: no flow owns the slot and no CPU can reach it (step one
+        // was at least a poll ago); the ring position is past `prod`.
+        unsafe {
+            let v = self.slots.at(i as usize);
+            (&raw mut (*v).stats).write_volatile(FlowStats::default());
+            (&raw mut (*v).key.hook).write_volatile(SLOT_IN_RING);
+            *self.ring.at((prod % self.capacity as u64) as usize) = i as u64;
+        }
+        // Publishes the index written above.
+        self.prod().store(prod + 1, Ordering::Release);
+        true
+    }
+
+    /// Whether the kernel took this slot and did not use it.
+    pub fn returned(&self, i: u32) -> bool {
+        self.generation(i) & 1 == 0 && self.marker(i) == SLOT_RETURNED
+    }
+}
