@@ -161,11 +161,11 @@ fn warn_reports_a_full_flow_map_and_not_unparsed_packets() {
     let records = p.records();
     assert_eq!(records.len(), 2, "{records:#?}");
     for record in &records {
-        // -E2BIG: a preallocated hash map is full.
+        // -ENOSPC: no flow slot is free.
         assert!(
             record.contains(" WARN observer::ebpf: ")
                 && record.ends_with(
-                    "flow map insert failed (error -7): 1 packets counted in ifindex 1's overflow"
+                    "flow map insert failed (error -28): 1 packets counted in ifindex 1's overflow"
                 ),
             "{record:?}"
         );
