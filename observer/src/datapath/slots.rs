@@ -15,7 +15,7 @@ use observer_common::{FlowKey, FlowSlot, FlowStats, RingHead, SLOT_IN_RING, SLOT
 
 /// A shared mapping of a `BPF_F_MMAPABLE` array of `T` (elements are
 /// 8-byte aligned in such arrays, as ours are).
-struct Mmap<T> {
+pub(super) struct Mmap<T> {
     ptr: NonNull<T>,
     len: usize,
     bytes: usize,
@@ -28,7 +28,7 @@ unsafe impl<T> Send for Mmap<T> {}
 unsafe impl<T> Sync for Mmap<T> {}
 
 impl<T> Mmap<T> {
-    fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+    pub(super) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
         const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -54,7 +54,7 @@ impl<T> Mmap<T> {
         })
     }
 
-    fn at(&self, i: usize) -> *mut T {
+    pub(super) fn at(&self, i: usize) -> *mut T {
         assert!(i < self.len, "index {i} beyond {}", self.len);
         // SAFETY: in bounds of the mapping.
         unsafe { self.ptr.as_ptr().add(i) }

@@ -207,3 +207,221 @@ impl Tracker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+
+    use observer_common::{FlowSlot, RingHead, SLOT_RETURNED};
+
+    use super::*;
+    use crate::datapath::slots::Mmap;
+
+    const CAPACITY: u32 = 8;
+
+    /// Memory standing in for the kernel's three arrays, and the kernel's
+    /// side of the protocol (see `flow.rs` in observer-ebpf), done by hand.
+    struct Kernel {
+        fds: [OwnedFd; 3],
+        slots: Mmap<FlowSlot>,
+        ring: Mmap<u64>,
+        head: Mmap<RingHead>,
+    }
+
+    fn memfd(bytes: usize) -> OwnedFd {
+        // SAFETY: plain syscalls; the descriptor is checked and owned.
+        unsafe {
+            let fd = libc::memfd_create(c"slots".as_ptr(), 0);
+            assert!(fd >= 0, "memfd_create: {}", io_error());
+            assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0);
+            OwnedFd::from_raw_fd(fd)
+        }
+    }
+
+    fn io_error() -> std::io::Error {
+        std::io::Error::last_os_error()
+    }
+
+    impl Kernel {
+        fn new() -> Self {
+            let n = CAPACITY as usize;
+            let fds = [memfd(n * size_of::<FlowSlot>()), memfd(4096), memfd(4096)];
+            Self {
+                slots: Mmap::new(fds[0].as_fd(), n).unwrap(),
+                ring: Mmap::new(fds[1].as_fd(), n).unwrap(),
+                head: Mmap::new(fds[2].as_fd(), 1).unwrap(),
+                fds,
+            }
+        }
+
+        /// Userspace's view of the same memory.
+        fn user(&self) -> Slots {
+            Slots::map(
+                self.fds[0].as_fd(),
+                self.fds[1].as_fd(),
+                self.fds[2].as_fd(),
+                CAPACITY,
+            )
+            .unwrap()
+        }
+
+        fn take_slot(&self) -> u32 {
+            // SAFETY: test memory, one thread.
+            unsafe {
+                let h = self.head.at(0);
+                assert!((*h).cons < (*h).prod, "the ring is empty");
+                let i = *self.ring.at(((*h).cons % (*h).capacity) as usize);
+                (*h).cons += 1;
+                i as u32
+            }
+        }
+
+        /// A new flow with `skbs` packets of 100 bytes at jiffy `t`.
+        fn open(&self, port: u16, skbs: u64, t: u64) -> u32 {
+            let i = self.take_slot();
+            // SAFETY: test memory, one thread.
+            unsafe {
+                let s = self.slots.at(i as usize);
+                (*s).key = key(port);
+                (*s).stats = FlowStats {
+                    skbs,
+                    bytes: 100 * skbs,
+                    first_seen_jiffies: t,
+                    last_seen_jiffies: t,
+                    ..Default::default()
+                };
+                (*s).generation |= 1;
+            }
+            i
+        }
+
+        fn add(&self, i: u32, skbs: u64, t: u64) {
+            // SAFETY: test memory, one thread.
+            unsafe {
+                let s = &mut (*self.slots.at(i as usize)).stats;
+                s.skbs += skbs;
+                s.bytes += 100 * skbs;
+                s.last_seen_jiffies = t;
+            }
+        }
+
+        /// A slot taken for a flow another CPU inserted first.
+        fn take_and_return(&self) -> u32 {
+            let i = self.take_slot();
+            // SAFETY: test memory, one thread.
+            unsafe { (*self.slots.at(i as usize)).key.hook = SLOT_RETURNED };
+            i
+        }
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_port: port,
+            ..Default::default()
+        }
+    }
+
+    /// (port, skbs grown, opened, closed) of each change of one poll.
+    fn poll(t: &mut Tracker, s: &Slots) -> Vec<(u16, u64, bool, bool)> {
+        let mut out = Vec::new();
+        t.poll(s, |c| {
+            out.push((c.key.src_port, c.grown.skbs, c.opened, c.closed))
+        });
+        out
+    }
+
+    #[test]
+    fn a_poll_reports_new_and_grown_slots_only() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        assert_eq!(poll(&mut t, &s), []);
+        let a = k.open(1, 3, 10);
+        assert_eq!(poll(&mut t, &s), [(1, 3, true, false)]);
+        k.add(a, 2, 11);
+        k.open(2, 1, 11);
+        assert_eq!(
+            poll(&mut t, &s),
+            [(1, 2, false, false), (2, 1, true, false)]
+        );
+        assert_eq!(poll(&mut t, &s), []);
+        assert_eq!(t.live(), 2);
+    }
+
+    #[test]
+    fn a_retired_slot_counts_to_its_last_packet_and_goes_back_a_poll_later() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        let a = k.open(1, 3, 10);
+        k.open(2, 1, 50);
+        poll(&mut t, &s);
+        assert_eq!(s.free(), CAPACITY as u64 - 2);
+        // Idle since before 20: only the first.
+        assert_eq!(t.choose(20, 100), [a]);
+        t.retire(&s, &[a]);
+        assert_eq!(s.generation(a) & 1, 0);
+        // A CPU that found the slot before it was retired adds after.
+        k.add(a, 4, 30);
+        assert_eq!(poll(&mut t, &s), [(1, 4, false, true)]);
+        assert_eq!(s.free(), CAPACITY as u64 - 1);
+        // Reused by a new flow: a new generation, counted from its start.
+        let mut reused = None;
+        for port in 3..=9 {
+            let i = k.open(port, 1, 60);
+            if i == a {
+                reused = Some(port);
+            }
+        }
+        let port = reused.expect("the given-back slot was handed out again");
+        assert_eq!(s.generation(a), 3);
+        let changes = poll(&mut t, &s);
+        assert!(changes.contains(&(port, 1, true, false)), "{changes:?}");
+        assert_eq!(changes.len(), 7);
+    }
+
+    #[test]
+    fn a_slot_the_kernel_did_not_use_goes_back() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        k.take_and_return();
+        assert_eq!(s.free(), CAPACITY as u64 - 1);
+        assert_eq!(poll(&mut t, &s), []);
+        assert_eq!(s.free(), CAPACITY as u64);
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn past_the_room_to_keep_the_least_recently_seen_quiet_ones_go() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        let slots: Vec<u32> = (1..=5).map(|p| k.open(p, 1, 100 + p as u64)).collect();
+        poll(&mut t, &s);
+        // All grew in the last poll: none is taken for room.
+        assert_eq!(t.choose(0, 2), Vec::<u32>::new());
+        k.add(slots[4], 1, 200);
+        poll(&mut t, &s);
+        // Keep two: three go, the least recently seen of the quiet four.
+        let mut out = t.choose(0, 2);
+        out.sort();
+        assert_eq!(out, [slots[0], slots[1], slots[2]]);
+    }
+
+    #[test]
+    fn a_saved_tracker_goes_on_from_its_last_read() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        let a = k.open(1, 3, 10);
+        poll(&mut t, &s);
+        let saved = postcard::to_stdvec(&t).unwrap();
+        k.add(a, 2, 11);
+        // The next daemon maps the same memory, which is filled already.
+        let s2 = k.user();
+        assert_eq!(s2.free(), CAPACITY as u64 - 1);
+        let mut t2: Tracker = postcard::from_bytes(&saved).unwrap();
+        assert_eq!(poll(&mut t2, &s2), [(1, 2, false, false)]);
+    }
+}
