@@ -275,7 +275,7 @@ pub struct SlotRef {
     pub generation: u32,
 }
 
-/// `FlowSlot::key.hook` of a slot userspace put in the free ring.
+/// `FlowSlot::key.hook` of a slot userspace put back in the free ring.
 pub const SLOT_IN_RING: u8 = 0xfe;
 /// `FlowSlot::key.hook` of a slot the kernel took from the ring but did not
 /// use (another CPU inserted the same flow first): userspace puts it back.

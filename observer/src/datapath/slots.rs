@@ -113,8 +113,11 @@ impl Slots {
         self.head_u64(offset_of!(RingHead, prod))
     }
 
-    /// A new map: every slot in the ring. (Maps pinned by an earlier
-    /// daemon are filled already and keep their state.)
+    /// A new map: every slot in the ring, in order. (Maps pinned by an
+    /// earlier daemon are filled already and keep their state.) The slots
+    /// themselves are not touched: those never handed out lie beyond
+    /// [`Slots::in_use_bound`], where no poll looks, so their pages stay
+    /// out of our memory until the kernel uses them.
     fn fill_if_new(&self) {
         let cap = self.head_u64(offset_of!(RingHead, capacity));
         if cap.load(Ordering::Acquire) != 0 {
@@ -122,10 +125,7 @@ impl Slots {
         }
         for i in 0..self.capacity as usize {
             // SAFETY: no program has a slot yet (the ring is empty).
-            unsafe {
-                (*self.slots.at(i)).key.hook = SLOT_IN_RING;
-                *self.ring.at(i) = i as u64;
-            }
+            unsafe { *self.ring.at(i) = i as u64 };
         }
         cap.store(self.capacity as u64, Ordering::Release);
         self.prod().store(
