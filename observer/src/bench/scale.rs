@@ -140,10 +140,10 @@ fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
     let (mut dp, fill_seconds) = fill(n, capacity)?;
     let mut table = FlowTable::default();
     let (mut total, mut read, mut upd) = (vec![], vec![], vec![]);
-    let mut one = |dp: &mut Datapath| -> (f64, f64, f64) {
+    let mut one = |dp: &mut Datapath| -> Result<(f64, f64, f64)> {
         let t0 = Instant::now();
         let mut changes = Vec::new();
-        dp.poll_flows(|c| changes.push(c));
+        dp.poll_flows(|c| changes.push(c))?;
         let t1 = Instant::now();
         table.begin_poll();
         for c in &changes {
@@ -152,11 +152,11 @@ fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
         // Nothing is idle: the flows are seconds old.
         table.end_poll(0);
         let t2 = Instant::now();
-        (ms(t2 - t0), ms(t1 - t0), ms(t2 - t1))
+        Ok((ms(t2 - t0), ms(t1 - t0), ms(t2 - t1)))
     };
     for _ in 0..polls + 1 {
         interrupted()?;
-        let (a, b, c) = one(&mut dp);
+        let (a, b, c) = one(&mut dp)?;
         total.push(a);
         read.push(b);
         upd.push(c);
@@ -166,7 +166,7 @@ fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
     let mut all_changed = Vec::new();
     for _ in 0..polls.min(3) {
         run_distinct(&dp, n)?;
-        all_changed.push(one(&mut dp).0);
+        all_changed.push(one(&mut dp)?.0);
     }
     let live = dp.live_flows() as u64;
     let poll_ms = Summary::of(&total[1..]);

@@ -322,7 +322,7 @@ async fn poll(
     let started = Instant::now();
     // Only the slots that changed since the last poll, read in place.
     let mut changes = Vec::new();
-    dp.poll_flows(|c| changes.push(c));
+    dp.poll_flows(|c| changes.push(c))?;
     // Flows first, interface totals after: a packet is in its interface's
     // totals before it is in its flow, so the totals read are never behind.
     let stats = dp.stats()?;

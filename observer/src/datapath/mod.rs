@@ -222,7 +222,11 @@ impl Datapath {
 
     /// Every flow in the kernel now, read from its slot.
     pub fn read_flows(&self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
-        for i in 0..self.slots.in_use_bound() {
+        for i in 0..self
+            .slots
+            .in_use_bound()
+            .context("mapping the flow slots")?
+        {
             if self.slots.generation(i) & 1 == 1 {
                 each(&self.slots.key(i), &self.slots.stats(i));
             }
@@ -240,6 +244,9 @@ impl Datapath {
         else {
             return Ok(None);
         };
+        self.slots
+            .in_use_bound()
+            .context("mapping the flow slots")?;
         let stats = self.slots.stats(r.slot);
         self.slots.end_generation(r.slot);
         self.slots.give_back(r.slot);
@@ -248,8 +255,10 @@ impl Datapath {
 
     /// One poll of the slots: every change since the last (see
     /// [`Tracker::poll`]).
-    pub fn poll_flows(&mut self, each: impl FnMut(SlotChange)) {
-        self.tracker.poll(&self.slots, each);
+    pub fn poll_flows(&mut self, each: impl FnMut(SlotChange)) -> Result<()> {
+        self.tracker
+            .poll(&self.slots, each)
+            .context("mapping the flow slots")
     }
 
     /// Flows in the kernel's slots (as of the last poll).

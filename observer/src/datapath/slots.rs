@@ -6,9 +6,12 @@
 use std::{
     io,
     mem::{offset_of, size_of},
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
 };
 
 use observer_common::{FlowKey, FlowSlot, FlowStats, RingHead, SLOT_IN_RING, SLOT_RETURNED};
@@ -28,10 +31,16 @@ unsafe impl<T> Send for Mmap<T> {}
 unsafe impl<T> Sync for Mmap<T> {}
 
 impl<T> Mmap<T> {
-    pub(super) fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<Self> {
+    /// Elements `first..first + len`; `first` must start a page.
+    pub(super) fn new(fd: BorrowedFd<'_>, first: usize, len: usize) -> io::Result<Self> {
         const { assert!(size_of::<T>().is_multiple_of(8)) };
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let offset = first * size_of::<T>();
+        assert!(
+            offset.is_multiple_of(page),
+            "element {first} does not start a page"
+        );
         let bytes = (len * size_of::<T>()).next_multiple_of(page);
         // SAFETY: a new shared mapping of the map's data; checked below.
         let p = unsafe {
@@ -41,7 +50,7 @@ impl<T> Mmap<T> {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd.as_raw_fd(),
-                0,
+                offset as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
@@ -68,9 +77,54 @@ impl<T> Drop for Mmap<T> {
     }
 }
 
+/// Slots mapped a chunk at a time, as the kernel first hands them out: the
+/// kernel maps all of an mmapable array's pages at once, and they count in
+/// our resident memory, so a map of 262,144 slots holding 10,000 flows
+/// maps 2 chunks, not 32 MiB.
+struct ChunkedSlots {
+    fd: OwnedFd,
+    chunks: Vec<OnceLock<Mmap<FlowSlot>>>,
+    capacity: usize,
+}
+
+impl ChunkedSlots {
+    /// Slots per chunk: 512 KiB, a whole number of pages.
+    const CHUNK: usize = 4096;
+
+    fn new(fd: BorrowedFd<'_>, capacity: u32) -> io::Result<Self> {
+        let capacity = capacity as usize;
+        Ok(Self {
+            fd: fd.try_clone_to_owned()?,
+            chunks: (0..capacity.div_ceil(Self::CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
+            capacity,
+        })
+    }
+
+    /// Maps the chunks that hold slots `0..n`.
+    fn map_below(&self, n: usize) -> io::Result<()> {
+        for (c, chunk) in self.chunks.iter().enumerate().take(n.div_ceil(Self::CHUNK)) {
+            if chunk.get().is_none() {
+                let first = c * Self::CHUNK;
+                let len = Self::CHUNK.min(self.capacity - first);
+                let _ = chunk.set(Mmap::new(self.fd.as_fd(), first, len)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn at(&self, i: usize) -> *mut FlowSlot {
+        let chunk = self.chunks[i / Self::CHUNK]
+            .get()
+            .unwrap_or_else(|| panic!("slot {i} read before its chunk was mapped"));
+        chunk.at(i % Self::CHUNK)
+    }
+}
+
 /// The mapped slot arrays of one flow map.
 pub struct Slots {
-    slots: Mmap<FlowSlot>,
+    slots: ChunkedSlots,
     ring: Mmap<u64>,
     head: Mmap<RingHead>,
     capacity: u32,
@@ -85,9 +139,9 @@ impl Slots {
     ) -> io::Result<Self> {
         let n = capacity as usize;
         let s = Self {
-            slots: Mmap::new(slots, n)?,
-            ring: Mmap::new(ring, n)?,
-            head: Mmap::new(head, 1)?,
+            slots: ChunkedSlots::new(slots, capacity)?,
+            ring: Mmap::new(ring, 0, n)?,
+            head: Mmap::new(head, 0, 1)?,
             capacity,
         };
         s.fill_if_new();
@@ -136,10 +190,14 @@ impl Slots {
 
     /// Slots below this index have been handed out at least once (the ring
     /// hands them out in order the first time round): a poll reads no more.
-    pub fn in_use_bound(&self) -> u32 {
-        self.cons()
+    /// Maps them if they are not yet.
+    pub fn in_use_bound(&self) -> io::Result<u32> {
+        let bound = self
+            .cons()
             .load(Ordering::Acquire)
-            .min(self.capacity as u64) as u32
+            .min(self.capacity as u64) as u32;
+        self.slots.map_below(bound as usize)?;
+        Ok(bound)
     }
 
     /// Slots in the ring, ready for new flows.

@@ -3,6 +3,8 @@
 //! the slots handed out so far and reports only what changed: a flow that
 //! did not grow costs a generation load and a compare, no syscall, no hash.
 
+use std::io;
+
 use observer_common::{FlowKey, FlowStats, SLOT_IN_RING};
 use serde::{Deserialize, Serialize};
 
@@ -81,11 +83,11 @@ impl Tracker {
 
     /// Reads every slot handed out so far; calls `each` for every slot that
     /// changed, and gives back the slots whose step one is a poll old.
-    pub fn poll(&mut self, slots: &Slots, mut each: impl FnMut(SlotChange)) {
+    pub fn poll(&mut self, slots: &Slots, mut each: impl FnMut(SlotChange)) -> io::Result<()> {
         self.poll += 1;
         let poll = self.poll;
         // Only as many as the kernel handed out so far.
-        let bound = slots.in_use_bound();
+        let bound = slots.in_use_bound()?;
         if self.memo.len() < bound as usize {
             self.memo.resize(bound as usize, Memo::default());
         }
@@ -165,6 +167,7 @@ impl Tracker {
             }
         }
         self.live = live;
+        Ok(())
     }
 
     /// Live slots to give back: those idle since `idle_before` (jiffies),
@@ -238,8 +241,8 @@ mod tests {
         }
     }
 
-    fn io_error() -> std::io::Error {
-        std::io::Error::last_os_error()
+    fn io_error() -> io::Error {
+        io::Error::last_os_error()
     }
 
     impl Kernel {
@@ -247,9 +250,9 @@ mod tests {
             let n = CAPACITY as usize;
             let fds = [memfd(n * size_of::<FlowSlot>()), memfd(4096), memfd(4096)];
             Self {
-                slots: Mmap::new(fds[0].as_fd(), n).unwrap(),
-                ring: Mmap::new(fds[1].as_fd(), n).unwrap(),
-                head: Mmap::new(fds[2].as_fd(), 1).unwrap(),
+                slots: Mmap::new(fds[0].as_fd(), 0, n).unwrap(),
+                ring: Mmap::new(fds[1].as_fd(), 0, n).unwrap(),
+                head: Mmap::new(fds[2].as_fd(), 0, 1).unwrap(),
                 fds,
             }
         }
@@ -326,7 +329,8 @@ mod tests {
         let mut out = Vec::new();
         t.poll(s, |c| {
             out.push((c.key.src_port, c.grown.skbs, c.opened, c.closed))
-        });
+        })
+        .unwrap();
         out
     }
 
