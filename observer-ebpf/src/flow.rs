@@ -296,14 +296,16 @@ fn add_found(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now:
     let Some(s) = SLOTS.get_ptr_mut(slot) else {
         return false;
     };
-    // SAFETY: live map value.
-    let now_generation = unsafe { (*s).generation } as u32;
+    // SAFETY: live map value; the key is written before the slot's hash
+    // entry exists and stays until the slot is given back.
+    let (now_generation, same) =
+        unsafe { ((*s).generation as u32, same_key(&raw const (*s).key, key)) };
     // The flow's generation, or the even one before it while the inserting
-    // CPU is still publishing the slot. Anything else: the slot was given
-    // back since (an entry userspace failed to delete); the entry goes, and
-    // the packet opens a new slot.
-    if now_generation != generation && now_generation.wrapping_add(1) != generation {
-        let _ = FLOWS.remove(key);
+    // CPU is still publishing the slot; and the slot holds this flow (a
+    // preallocated hash reuses a deleted element at once, so the value read
+    // may be another flow's by now). Else: not found (a new slot is taken,
+    // or the packet counts in the overflow totals).
+    if !same || (now_generation != generation && now_generation.wrapping_add(1) != generation) {
         return false;
     }
     // SAFETY: live map value.

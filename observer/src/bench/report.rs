@@ -197,14 +197,14 @@ impl Report {
             let d = s.daemon.iter().find(|d| d.flows == 100_000);
             (
                 format!(
-                    "the daemon's whole poll (flow map, datapath counters, table, metrics) with {} live flows, none changed: the whole map is read in batches (in this process: read {:.1} ms + table {:.1} ms); with every flow changed, in this process: {:.1} ms (last pass)",
+                    "the daemon's whole poll (flow map, datapath counters, table, metrics) with {} live flows, none changed: every slot handed out is read in place (in this process: read {:.1} ms + table {:.1} ms); with every flow changed, in this process: {:.1} ms (last pass)",
                     d.map_or(0, |d| d.live_entries),
                     w.map_or(0.0, |w| w.read_ms.median),
                     w.map_or(0.0, |w| w.table_ms.median),
                     w.map_or(0.0, |w| w.all_changed_poll_ms.median),
                 ),
                 format!(
-                    "peak RSS (VmHWM); {:.1} MiB with no flows, then {:.0} bytes per live flow (flow table + the poll's read buffer)",
+                    "peak RSS (VmHWM); {:.1} MiB with no flows, then {:.0} bytes per live flow (flow table, the poll's memory of each slot, the slots mapped)",
                     d.map_or(0.0, |d| d.rss_mib_empty),
                     s.rss_bytes_per_flow
                 ),
@@ -225,7 +225,7 @@ impl Report {
         let map_bound = self.memory.as_ref().map_or(String::new(), |m| {
             let percpu: u64 = m.maps.iter().map(|x| x.per_cpu_bytes).sum();
             format!(
-                "{:.1} B per flow slot whatever the CPU count (the shared hash's preallocated entry); per-CPU arrays add {:.1} KiB per CPU",
+                "{:.1} B per flow slot whatever the CPU count (the slot, its hash entry and ring position); per-CPU arrays add {:.1} KiB per CPU",
                 m.bytes_per_slot - percpu as f64 * m.possible_cpus as f64 / m.flow_capacity as f64,
                 percpu as f64 / 1024.0
             )
@@ -517,8 +517,8 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
          **What:** the kernel's mean time per run of our classifier and of an empty SCHED_CLS \
          program (returns TC_ACT_UNSPEC; same object, same process), on the same frame, \
          {} rounds of one TEST_RUN call each with repeat = {}, the order of the two flipped \
-         every round{}. Each case is one flow hit again and again (its map entry exists: the \
-         update path of a burst). Ratio = ours/empty within a \
+         every round{}. Each case is one flow hit again and again (the burst case: \
+         its slot is found through the CPU's memory of recent flows). Ratio = ours/empty within a \
          round; medians, IQR in parentheses. Headline: the median of the cases' ratios \
          ({:.2}; tcp4 alone {:.2}).\n",
         k.rounds,
@@ -555,8 +555,8 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
          call per packet (repeat = 1) of our `eth_ingress` and of the empty program, \
          interleaved, into a fresh flow map of the default capacity ({} slots). {} \
          repetition(s), each a pass over the new flows (every packet an insert) and {} more \
-         pass(es) over the same flows (every packet a known flow, found by a hash lookup, \
-         no insert). Per-packet times \
+         pass(es) over the same flows (every packet a known flow, found by a hash lookup since \
+         each packet is of another flow, no insert). Per-packet times \
          include the kernel's timer reads around a single run (both programs alike). Headline: \
          median(ours) / median(empty) of each repetition's first pass; median over \
          repetitions.\n",
@@ -687,8 +687,8 @@ fn memory_md(w: &mut String, m: &MemoryResult) {
          and computed for 64 and 128 CPUs: the per-CPU part (per-CPU arrays: entries × \
          value size rounded to 8, per CPU; the shared hash: at most 40 bytes per CPU of \
          bucket-lock counters and a spare element) scaled, the rest as measured. The flow \
-         capacity sizes the flow hash (preallocated: the key, the value and the \
-         kernel's element header per slot).\n",
+         capacity sizes the flow hash (preallocated: key, slot reference and the kernel's \
+         element header), the slot array (128 bytes a slot) and the free ring (8 bytes).\n",
         m.flow_capacity, m.possible_cpus
     );
     let _ = writeln!(
@@ -736,9 +736,9 @@ fn scale_md(w: &mut String, s: &ScaleResult) {
         w,
         "## Userspace scale\n\n\
          **Poll work, in this process.** A flow map filled by the classifier itself (one \
-         TEST_RUN per distinct packet), then the daemon's poll work timed: a batch read of the \
-         whole kernel map (BPF_MAP_LOOKUP_BATCH) into a buffer, then the flow table's \
-         begin/observe/end. The first \
+         TEST_RUN per distinct packet), then the daemon's poll work timed: a read of the \
+         slots handed out so far, in place (mapped memory, no syscall), listing the changed \
+         ones, then the flow table's update with them. The first \
          poll creates every table entry; later polls are the steady state (no flow changed); \
          \"all changed\": a poll after every flow got one more packet. Map sizes leave room \
          for every flow (past half full the daemon gives back flows that did not grow).\n"

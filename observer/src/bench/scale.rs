@@ -49,7 +49,7 @@ pub struct PollWork {
     pub fill_seconds: f64,
     /// The first poll, which creates every flow-table entry.
     pub first_poll_ms: f64,
-    /// Later polls (steady state): whole cycle, batch read, table update.
+    /// Later polls (steady state): whole cycle, slot read, table update.
     pub poll_ms: Summary,
     pub read_ms: Summary,
     pub table_ms: Summary,

@@ -216,7 +216,15 @@ async fn take_over_saved(
     if same {
         match postcard::from_bytes(&saved.slots) {
             Ok(t) => dp.tracker = t,
-            Err(e) => tracing::warn!("the saved slots do not decode: {e}"),
+            Err(e) => {
+                // Every count in the slots is taken as in the table: none
+                // twice, though those since the save are not counted.
+                tracing::warn!("the saved slots do not decode ({e}); taking them as read now");
+                match dp.adopt_slots() {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
         }
     }
     if same {
@@ -310,6 +318,11 @@ async fn on_link_present(
     );
 }
 
+/// The value, or `None` with a warning saying what failed.
+fn reported<T>(what: &str, r: Result<T>) -> Option<T> {
+    r.inspect_err(|e| tracing::warn!("{what}: {e:#}")).ok()
+}
+
 async fn poll(
     dp: &mut Datapath,
     attacher: &Attacher,
@@ -320,27 +333,40 @@ async fn poll(
     sources: &[(&'static str, bool)],
 ) -> Result<()> {
     let started = Instant::now();
-    // Only the slots that changed since the last poll, read in place.
+    // Only the slots that changed since the last poll, read in place. From
+    // here on, what was read must reach the table and the metrics: a read
+    // below that fails is reported and leaves its last value in place.
     let mut changes = Vec::new();
     dp.poll_flows(|c| changes.push(c))?;
     // Flows first, interface totals after: a packet is in its interface's
     // totals before it is in its flow, so the totals read are never behind.
-    let stats = dp.stats()?;
-    let encap = dp.encap_totals()?;
+    let stats = reported("reading the datapath counters", dp.stats());
+    let encap = reported("reading the encapsulation totals", dp.encap_totals());
     let mut totals = Vec::new();
     for (ifindex, _, _) in attacher.attached() {
-        totals.push((ifindex, dp.iface_totals(ifindex)?));
+        match dp.iface_totals(ifindex) {
+            Ok(t) => totals.push((ifindex, t)),
+            Err(e) => tracing::warn!("reading interface {ifindex}'s totals: {e:#}"),
+        }
     }
 
     // Sampled after the read, so every flow's last packet is before `now`.
-    let clock = Clock::new(dp.clock_sample()?, jiffy_ns);
-    let now = clock.now_jiffies();
-    let idle_before = now.saturating_sub(clock.jiffies_in(settings.idle_timeout));
-    let forget_before = now.saturating_sub(clock.jiffies_in(settings.retain));
-    // Half the map stays free for the flows of the next interval; past
-    // that, the least recently seen are given back (their counts kept).
-    let to_retire = dp.tracker.choose(idle_before, (dp.capacity / 2) as usize);
-    dp.retire(&to_retire)?;
+    let clock = reported(
+        "reading the kernel clock",
+        dp.clock_sample().map(|c| Clock::new(c, jiffy_ns)),
+    );
+    let (mut to_retire, mut forget_before) = (Vec::new(), 0);
+    if let Some(clock) = &clock {
+        let now = clock.now_jiffies();
+        let idle_before = now.saturating_sub(clock.jiffies_in(settings.idle_timeout));
+        forget_before = now.saturating_sub(clock.jiffies_in(settings.retain));
+        // Half the map stays free for the flows of the next interval; past
+        // that, the least recently seen are given back (their counts kept).
+        let chosen = dp.tracker.choose(idle_before, (dp.capacity / 2) as usize);
+        if reported("giving flow slots back", dp.retire(&chosen)).is_some() {
+            to_retire = chosen;
+        }
+    }
 
     let mut st = state.write().await;
     st.table.begin_poll();
@@ -372,12 +398,16 @@ async fn poll(
             st.table.iter().map(|(k, _)| k.ifindex).collect();
         st.interfaces.retain(|i, s| !s.gone || live.contains(i));
     }
-    st.clock = clock;
+    if let Some(clock) = clock {
+        st.clock = clock;
+    }
     let status = &mut st.status;
     status.polls += 1;
     status.kernel_flow_entries = (dp.live_flows() - to_retire.len()) as u64;
-    status.stats = stats;
-    status.stats_history.push_back((Instant::now(), stats));
+    if let Some(stats) = stats {
+        status.stats = stats;
+        status.stats_history.push_back((Instant::now(), stats));
+    }
     while status
         .stats_history
         .front()
@@ -385,7 +415,9 @@ async fn poll(
     {
         status.stats_history.pop_front();
     }
-    status.encap = encap;
+    if let Some(encap) = encap {
+        status.encap = encap;
+    }
     status.attach_mode_tcx = attacher.attached().any(|(_, _, v)| v == Via::Tcx);
     status.program_stats = dp.program_stats();
     status.last_poll_at_ms = std::time::SystemTime::now()

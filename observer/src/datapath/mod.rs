@@ -261,6 +261,12 @@ impl Datapath {
             .context("mapping the flow slots")
     }
 
+    /// Takes every count now in the slots as read (see [`Tracker::adopt`]).
+    pub fn adopt_slots(&mut self) -> Result<()> {
+        self.tracker = Tracker::adopt(&self.slots).context("mapping the flow slots")?;
+        Ok(())
+    }
+
     /// Flows in the kernel's slots (as of the last poll).
     pub fn live_flows(&self) -> usize {
         self.tracker.live()
@@ -284,15 +290,7 @@ impl Datapath {
     }
 
     fn delete_keys(&self, keys: &[FlowKey]) -> Result<()> {
-        let fd = self.flows_fd();
-        let deleted = sys::delete_batch(fd, keys).unwrap_or(0);
-        // A key not there stops the batch: the rest one by one.
-        for key in &keys[deleted.min(keys.len())..] {
-            match sys::lookup_and_delete::<FlowKey, SlotRef>(fd, key) {
-                Ok(_) => {}
-                Err(e) => return Err(e).context("deleting a flow's hash entry"),
-            }
-        }
+        sys::delete_batch(self.flows_fd(), keys).context("deleting flows' hash entries")?;
         Ok(())
     }
 

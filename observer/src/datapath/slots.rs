@@ -181,11 +181,14 @@ impl Slots {
             // SAFETY: no program has a slot yet (the ring is empty).
             unsafe { *self.ring.at(i) = i as u64 };
         }
-        cap.store(self.capacity as u64, Ordering::Release);
+        // The producer first, the capacity last: a daemon stopped in
+        // between leaves the capacity 0 (no slot handed out) and the next
+        // one fills the ring again.
         self.prod().store(
             self.cons().load(Ordering::Acquire) + self.capacity as u64,
             Ordering::Release,
         );
+        cap.store(self.capacity as u64, Ordering::Release);
     }
 
     /// Slots below this index have been handed out at least once (the ring

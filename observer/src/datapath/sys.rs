@@ -156,18 +156,27 @@ pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
     }
 }
 
-/// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`; returns how
-/// many were deleted (it stops at the first key that is not there).
+/// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`, one syscall
+/// per run of keys that are there: the kernel stops at a key that is not
+/// (ENOENT), which is skipped. Returns how many were deleted.
 pub fn delete_batch<K: Pod>(map_fd: RawFd, keys: &[K]) -> io::Result<usize> {
-    let mut done = 0;
-    for chunk in keys.chunks(1 << 16) {
+    let (mut rest, mut done) = (keys, 0);
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(1 << 16)];
         let mut attr = Attr::new();
         attr.put_u64(16, chunk.as_ptr() as u64);
         attr.put_u32(32, chunk.len() as u32);
         attr.put_u32(36, map_fd as u32);
         let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-        done += attr.get_u32(32) as usize;
-        res?;
+        let deleted = (attr.get_u32(32) as usize).min(chunk.len());
+        done += deleted;
+        match res {
+            Ok(_) => rest = &rest[chunk.len()..],
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                rest = &rest[(deleted + 1).min(rest.len())..]
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(done)
 }

@@ -76,6 +76,40 @@ impl Tracker {
         Self::default()
     }
 
+    /// A memory of the slots as they are now, for maps whose counts so far
+    /// are in the flow table already but whose memory was lost: every count
+    /// in the slots is taken as read. Nothing is counted twice; what came
+    /// after the table was saved is not counted.
+    pub fn adopt(slots: &Slots) -> io::Result<Self> {
+        let bound = slots.in_use_bound()?;
+        let mut live = 0;
+        let memo = (0..bound)
+            .map(|i| {
+                let generation = slots.generation(i);
+                let phase = if generation & 1 == 1 {
+                    live += 1;
+                    Phase::Live
+                } else if slots.marker(i) == SLOT_IN_RING || slots.returned(i) {
+                    Phase::Empty
+                } else {
+                    // Being given back: its final counts at the next poll.
+                    Phase::Retiring(0)
+                };
+                Memo {
+                    phase,
+                    generation,
+                    grew: 0,
+                    stats: slots.stats(i),
+                }
+            })
+            .collect();
+        Ok(Self {
+            memo,
+            poll: 0,
+            live,
+        })
+    }
+
     /// Slots a flow owns, as of the last poll.
     pub fn live(&self) -> usize {
         self.live
@@ -136,9 +170,16 @@ impl Tracker {
             }
             match m.phase {
                 Phase::Retiring(at) | Phase::Suspect(at) if at < poll => {
+                    let suspect = matches!(m.phase, Phase::Suspect(_));
                     let before = m.stats;
                     *m = Memo::default();
                     if slots.marker(i) == SLOT_IN_RING {
+                        continue;
+                    }
+                    // Taken for a flow another CPU inserted first (seen
+                    // before it was marked so): its packet is in that slot.
+                    if suspect && slots.returned(i) {
+                        slots.give_back(i);
                         continue;
                     }
                     let s = slots.stats(i);
@@ -147,7 +188,8 @@ impl Tracker {
                         key: slots.key(i),
                         stats: s,
                         grown: growth(&s, &before),
-                        opened: false,
+                        // A suspect slot was never reported open.
+                        opened: suspect,
                         closed: true,
                     });
                     slots.give_back(i);
@@ -394,6 +436,44 @@ mod tests {
         assert_eq!(poll(&mut t, &s), []);
         assert_eq!(s.free(), CAPACITY as u64);
         assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn a_slot_seen_mid_claim_and_then_returned_is_not_counted() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        // Taken and its key written; the hash insert not done yet.
+        let i = k.take_slot();
+        // SAFETY: test memory, one thread.
+        unsafe { (*k.slots.at(i as usize)).key = key(1) };
+        assert_eq!(poll(&mut t, &s), []);
+        // Another CPU had inserted the flow: the slot is returned unused.
+        // SAFETY: as above.
+        unsafe { (*k.slots.at(i as usize)).key.hook = SLOT_RETURNED };
+        assert_eq!(poll(&mut t, &s), []);
+        assert_eq!(s.free(), CAPACITY as u64);
+    }
+
+    #[test]
+    fn an_adopted_memory_counts_nothing_twice() {
+        let k = Kernel::new();
+        let s = k.user();
+        let a = k.open(1, 3, 10);
+        let b = k.open(2, 5, 10);
+        // b was being given back by the daemon whose memory was lost.
+        s.in_use_bound().unwrap();
+        s.end_generation(b);
+        k.take_and_return();
+        let mut t = Tracker::adopt(&s).unwrap();
+        k.add(a, 2, 11);
+        k.add(b, 1, 11);
+        // Only what came after: a grew by 2; b's last packet, and b freed.
+        assert_eq!(
+            poll(&mut t, &s),
+            [(1, 2, false, false), (2, 1, false, true)]
+        );
+        assert_eq!(s.free(), CAPACITY as u64 - 1);
     }
 
     #[test]
