@@ -369,6 +369,7 @@ async fn poll(
     }
 
     let mut st = state.write().await;
+    st.table.lru_evictions += dp.tracker.take_vanished();
     st.table.begin_poll();
     for c in &changes {
         st.table.add(&c.key, &c.grown, &c.stats, c.opened, c.closed);

@@ -56,6 +56,10 @@ pub struct Tracker {
     memo: Vec<Memo>,
     poll: u32,
     live: usize,
+    /// Slots given back or reused by a daemon that stopped before saving
+    /// what it read of them (a crash): their counts since the last save
+    /// were lost with it. Taken by [`Tracker::take_vanished`].
+    vanished: u64,
 }
 
 /// What a slot's counts grew by (saturating: counters never go back).
@@ -107,6 +111,7 @@ impl Tracker {
             memo,
             poll: 0,
             live,
+            vanished: 0,
         })
     }
 
@@ -125,7 +130,7 @@ impl Tracker {
         if self.memo.len() < bound as usize {
             self.memo.resize(bound as usize, Memo::default());
         }
-        let mut live = 0;
+        let (mut live, mut vanished) = (0, 0);
         for i in 0..bound {
             let m = &mut self.memo[i as usize];
             let generation = slots.generation(i);
@@ -149,7 +154,11 @@ impl Tracker {
                     continue;
                 }
                 // A flow new to us (the key is complete: the kernel made
-                // the generation odd after writing it).
+                // the generation odd after writing it). If we knew the slot
+                // as another flow's, a crashed daemon gave it back since.
+                if matches!(m.phase, Phase::Live | Phase::Retiring(_)) {
+                    vanished += 1;
+                }
                 let key = slots.key(i);
                 let s = slots.stats(i);
                 *m = Memo {
@@ -197,7 +206,10 @@ impl Tracker {
                 Phase::Retiring(_) | Phase::Suspect(_) => live += 1,
                 // Ended by another daemon (one that crashed after it saved
                 // our memo): give it back a poll from now.
-                Phase::Live if slots.marker(i) == SLOT_IN_RING => *m = Memo::default(),
+                Phase::Live if slots.marker(i) == SLOT_IN_RING => {
+                    *m = Memo::default();
+                    vanished += 1;
+                }
                 Phase::Live => m.phase = Phase::Retiring(poll),
                 Phase::Empty => {
                     if slots.returned(i) {
@@ -209,7 +221,13 @@ impl Tracker {
             }
         }
         self.live = live;
+        self.vanished += vanished;
         Ok(())
+    }
+
+    /// Slots that vanished since the last call (see `vanished`).
+    pub fn take_vanished(&mut self) -> u64 {
+        std::mem::take(&mut self.vanished)
     }
 
     /// Live slots to give back: those idle since `idle_before` (jiffies),
@@ -453,6 +471,33 @@ mod tests {
         unsafe { (*k.slots.at(i as usize)).key.hook = SLOT_RETURNED };
         assert_eq!(poll(&mut t, &s), []);
         assert_eq!(s.free(), CAPACITY as u64);
+    }
+
+    #[test]
+    fn slots_a_crashed_daemon_gave_back_after_its_save_are_counted_as_vanished() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        let a = k.open(1, 3, 10);
+        let b = k.open(2, 3, 10);
+        poll(&mut t, &s);
+        let saved = postcard::to_stdvec(&t).unwrap();
+        // After the save, the daemon read and gave back both, then the
+        // kernel handed b's out again, and the daemon crashed.
+        poll(&mut t, &s);
+        t.retire(&s, &[a, b]);
+        poll(&mut t, &s);
+        assert_eq!(s.free(), CAPACITY as u64);
+        let mut reused = None;
+        while reused.is_none() {
+            let i = k.open(3, 1, 20);
+            reused = (i == b).then_some(i);
+        }
+        let mut t2: Tracker = postcard::from_bytes(&saved).unwrap();
+        let changes = poll(&mut t2, &s);
+        assert!(changes.contains(&(3, 1, true, false)), "{changes:?}");
+        assert_eq!(t2.take_vanished(), 2);
+        assert_eq!(t2.take_vanished(), 0);
     }
 
     #[test]

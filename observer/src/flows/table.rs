@@ -61,9 +61,10 @@ pub struct FlowTable {
     /// Fx hashing: the keys are ours, not an attacker's, and SipHash was a
     /// third of the poll at 100k flows.
     entries: FxHashMap<FlowKey, FlowEntry>,
-    /// Kernel entries that vanished before they were read. Only userspace
-    /// gives slots back, after reading them, so this stays 0 (kept for the
-    /// API and metrics that show it).
+    /// Kernel slots that vanished before their counts were saved: given
+    /// back (or reused) by a daemon that crashed before it saved what it had
+    /// read of them. Only the daemon gives slots back, after reading them,
+    /// so this stays 0 unless a daemon crashed.
     pub lru_evictions: u64,
     /// What flows grew by in this poll (and whether they are new), for the
     /// metrics: only the flows that changed, with no second map to keep.
