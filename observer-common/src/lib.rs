@@ -286,11 +286,11 @@ pub const SLOT_RETURNED: u8 = 0xff;
 /// `generation` is odd while the slot belongs to a flow: the kernel writes the key
 /// and first counts, inserts the key into `FLOWS`, then makes `generation` odd
 /// (atomically: userspace reads the key only after seeing an odd `generation`).
-/// Userspace retires a slot in two steps a poll apart: it makes `generation` even
-/// and deletes the hash entry (so no CPU finds the slot any more, and cached
-/// references to it fail their `generation` check), then reads the final counts and
-/// puts the slot back in the ring. One cache line per slot: no two flows
-/// share a line that CPUs write.
+/// Userspace retires a slot in two steps a poll apart: it deletes the hash entry
+/// and then makes `generation` even (so no CPU finds the slot any more, and
+/// cached references to it fail their `generation` check), then, a poll later,
+/// reads the final counts and puts the slot back in the ring. Two cache lines
+/// of its own per slot: no two flows share a line that CPUs write.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowSlot {
