@@ -272,11 +272,6 @@ impl Datapath {
         self.tracker.live()
     }
 
-    /// Slots free for new flows.
-    pub fn free_slots(&self) -> u64 {
-        self.slots.free()
-    }
-
     /// Step one of giving slots back: no CPU finds them any more (hash
     /// entries deleted, then cached references voided); the next poll reads
     /// their final counts and frees them. In that order, a packet never

@@ -148,10 +148,6 @@ impl Slots {
         Ok(s)
     }
 
-    pub fn capacity(&self) -> u32 {
-        self.capacity
-    }
-
     /// The ring head's u64 field at `offset` (see [`RingHead`]).
     fn head_u64(&self, offset: usize) -> &AtomicU64 {
         // SAFETY: an aligned u64 of the mapping (the offset is a field's),

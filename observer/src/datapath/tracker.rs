@@ -38,7 +38,6 @@ struct Memo {
 /// One change a poll found.
 #[derive(Clone, Copy, Debug)]
 pub struct SlotChange {
-    pub slot: u32,
     pub key: FlowKey,
     /// The slot's counts now (first and last seen, flags).
     pub stats: FlowStats,
@@ -143,7 +142,6 @@ impl Tracker {
                         m.stats = s;
                         m.grew = poll;
                         each(SlotChange {
-                            slot: i,
                             key: slots.key(i),
                             stats: s,
                             grown,
@@ -168,7 +166,6 @@ impl Tracker {
                     stats: s,
                 };
                 each(SlotChange {
-                    slot: i,
                     key,
                     stats: s,
                     grown: s,
@@ -193,7 +190,6 @@ impl Tracker {
                     }
                     let s = slots.stats(i);
                     each(SlotChange {
-                        slot: i,
                         key: slots.key(i),
                         stats: s,
                         grown: growth(&s, &before),
