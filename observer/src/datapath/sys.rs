@@ -1,5 +1,5 @@
-//! The bpf(2) commands aya 0.14 does not wrap: batch lookup and batch
-//! delete (one syscall per few thousand keys instead of one per key),
+//! The bpf(2) commands aya 0.14 does not wrap: batch delete (one syscall
+//! per few thousand keys instead of one per key),
 //! lookup-and-delete of one element, running a program of another process
 //! by id (the benchmarks fill a daemon's maps through its own classifier),
 //! and the device a pinned TCX link is on.
@@ -18,7 +18,6 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 
@@ -81,62 +80,6 @@ pub fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
         ));
     }
     Ok(word(16))
-}
-
-/// Reads every element of a hash map with `BPF_MAP_LOOKUP_BATCH`, calling
-/// `each` for every key/value pair. `K` and `V` must be the map's exact
-/// key and value types (plain old data).
-pub fn lookup_batch<K: Pod + Default, V: Pod + Default>(
-    map_fd: RawFd,
-    chunk: usize,
-    mut each: impl FnMut(&K, &V),
-) -> io::Result<()> {
-    let mut chunk = chunk.max(16);
-    let mut keys = vec![K::default(); chunk];
-    let mut values = vec![V::default(); chunk];
-    // Hash maps use a 32-bit bucket cursor as the batch token.
-    let mut in_batch: u32 = 0;
-    let mut out_batch: u32 = 0;
-    let mut first = true;
-    loop {
-        let mut attr = Attr::new();
-        attr.put_u64(
-            0,
-            if first {
-                0
-            } else {
-                &in_batch as *const u32 as u64
-            },
-        );
-        attr.put_u64(8, &mut out_batch as *mut u32 as u64);
-        attr.put_u64(16, keys.as_mut_ptr() as u64);
-        attr.put_u64(24, values.as_mut_ptr() as u64);
-        attr.put_u32(32, chunk as u32);
-        attr.put_u32(36, map_fd as u32);
-        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr).map(drop);
-        let count = (attr.get_u32(32) as usize).min(chunk);
-        let last = match res {
-            Ok(()) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && count == 0 && chunk < 1 << 22 => {
-                // One bucket holds more than `chunk` elements: grow and read
-                // the same bucket again.
-                chunk *= 2;
-                keys.resize(chunk, K::default());
-                values.resize(chunk, V::default());
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        for i in 0..count {
-            each(&keys[i], &values[i]);
-        }
-        if last {
-            return Ok(());
-        }
-        in_batch = out_batch;
-        first = false;
-    }
 }
 
 /// Atomically reads and deletes one element; `Ok(None)` if it is gone.
