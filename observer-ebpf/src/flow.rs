@@ -1,31 +1,32 @@
 //! Map updates: a flow's counters (a slot of the mmapable `SLOTS` array,
-//! found through a per-CPU cache or the `FLOWS` hash, shared by all CPUs,
-//! atomic adds), per-interface and per-encapsulation totals and datapath
+//! found through a per-CPU cache or the `FLOW_INDEX` table, shared by all
+//! CPUs, atomic adds), per-interface and per-encapsulation totals and datapath
 //! counters (per-CPU arrays).
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS,
     FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead,
-    SLOT_RETURNED, SlotRef, Stat,
+    Stat,
+    index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
 #[cfg(doc)]
 use crate::parse::Fail;
 
-/// Flow key -> its slot. A plain (preallocated) hash, not an LRU: only
-/// userspace deletes, when it retires the slot. Capacity set at load time.
-#[map(name = "FLOWS")]
-static FLOWS: HashMap<FlowKey, SlotRef> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+/// Flow key -> its slot (see `observer_common::index`): only userspace
+/// removes entries, when it retires the slot. Size set at load time.
+#[map(name = "FLOW_INDEX")]
+static FLOW_INDEX: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
 
 /// The flows' counters; userspace maps this array and reads it in place.
 #[map(name = "SLOTS")]
@@ -97,7 +98,6 @@ pub fn sample_clock() {
     }
 }
 
-const EEXIST: i64 = 17;
 const ENOSPC: i64 = 28;
 
 /// What one skb adds to its flow.
@@ -239,10 +239,10 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
 
     let cached = FLOW_CACHE
         .get_ptr_mut((key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1));
-    if add_cached(cached, key, d, now) || add_found(cached, key, d, now) {
+    if add_cached(cached, key, d, now) {
         return;
     }
-    let Err(error) = insert(cached, key, d, now) else {
+    let Err(error) = add_indexed(cached, key, d, now) else {
         return;
     };
     // No room for the flow: the packet still counts, in its interface's
@@ -285,33 +285,93 @@ fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now
     true
 }
 
-/// The flow's slot from the hash (and remembered in the cache).
+/// What the index holds for a key.
+enum Lookup {
+    /// The flow's slot (live, of this key): its index, its place and its
+    /// generation.
+    Found(u32, *mut FlowSlot, u32),
+    /// Not there; the entry a new slot would take.
+    Absent(u32),
+    /// Not there, and no entry free in the key's probe range.
+    Full,
+}
+
+/// The flow's slot from the index (remembered in the cache), or a new slot
+/// for it. The error is `-ENOSPC` when no slot or no index entry is free.
 #[inline(always)]
-fn add_found(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
-    // SAFETY: the value is read at once; hash values live under RCU.
-    let Some(r) = (unsafe { FLOWS.get(key) }) else {
-        return false;
+fn add_indexed(
+    cached: Option<*mut FlowCacheEntry>,
+    key: &FlowKey,
+    d: &Delta,
+    now: u64,
+) -> Result<(), i64> {
+    let Some(h) = RING_HEAD.get_ptr_mut(0) else {
+        return Err(-ENOSPC);
     };
-    let (slot, generation) = (r.slot, r.generation);
-    let Some(s) = SLOTS.get_ptr_mut(slot) else {
-        return false;
+    // SAFETY: h points into the map; written once by userspace, before any
+    // slot is handed out.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*h).seed),
+            core::ptr::read_volatile(&raw const (*h).index_mask) as u32,
+        )
     };
-    // SAFETY: live map value; the key is written before the slot's hash
-    // entry exists and stays until the slot is given back.
-    let (now_generation, same) =
-        unsafe { ((*s).generation as u32, same_key(&raw const (*s).key, key)) };
-    // The flow's generation, or the even one before it while the inserting
-    // CPU is still publishing the slot; and the slot holds this flow (a
-    // preallocated hash reuses a deleted element at once, so the value read
-    // may be another flow's by now). Else: not found (a new slot is taken,
-    // or the packet counts in the overflow totals).
-    if !same || (now_generation != generation && now_generation.wrapping_add(1) != generation) {
-        return false;
+    let hash = flow_hash(key, seed);
+    match lookup(key, hash, mask) {
+        Lookup::Found(slot, s, generation) => {
+            // SAFETY: live map value.
+            add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
+            remember(cached, key, slot, generation);
+            Ok(())
+        }
+        Lookup::Absent(free) => insert(cached, key, d, now, h, hash, free, mask),
+        Lookup::Full => Err(-ENOSPC),
     }
-    // SAFETY: live map value.
-    add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
-    remember(cached, key, slot, generation);
-    true
+}
+
+/// Probes the key's entries: a live slot of this key, or the first entry
+/// a new one could take (a removed flow's, or the free one that ends the
+/// probe).
+#[inline(always)]
+fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
+    let mut gone = None;
+    for i in 0..INDEX_PROBES {
+        let pos = (hash as u32).wrapping_add(i) & mask;
+        let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
+            break;
+        };
+        // SAFETY: an aligned u64 of the map, written by compare-and-swap.
+        let entry = unsafe { core::ptr::read_volatile(e) };
+        if entry == INDEX_FREE {
+            return Lookup::Absent(gone.unwrap_or(pos));
+        }
+        if entry == INDEX_GONE {
+            gone = gone.or(Some(pos));
+            continue;
+        }
+        if !same_tag(entry, hash) {
+            continue;
+        }
+        let Some(slot) = entry_slot(entry) else {
+            continue;
+        };
+        let Some(s) = SLOTS.get_ptr_mut(slot) else {
+            continue;
+        };
+        // SAFETY: live map value. A slot is published (odd generation) with
+        // its key written before it is entered, and keeps the key until it
+        // is given back; a slot given back and reused since holds another
+        // key, or this one again (then it is this flow's, rightly found).
+        let (generation, same) =
+            unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
+        if generation & 1 == 1 && same {
+            return Lookup::Found(slot, s, generation as u32);
+        }
+    }
+    match gone {
+        Some(pos) => Lookup::Absent(pos),
+        None => Lookup::Full,
+    }
 }
 
 #[inline(always)]
@@ -326,17 +386,22 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
     }
 }
 
-/// A new flow: a slot from the ring, its key and first counts, the hash
-/// entry, then the odd generation that makes it visible to userspace.
-/// The error is the hash's, or `-ENOSPC` when no slot is free.
+/// A new flow: a slot from the ring, its key and first counts, the odd
+/// generation that makes it visible to userspace (which counts it from
+/// then on), then its index entry, from `free` on.
+#[allow(clippy::too_many_arguments, reason = "one call site, all inlined")]
 #[inline(always)]
 fn insert(
     cached: Option<*mut FlowCacheEntry>,
     key: &FlowKey,
     d: &Delta,
     now: u64,
+    head: *mut RingHead,
+    hash: u64,
+    free: u32,
+    mask: u32,
 ) -> Result<(), i64> {
-    let Some(slot) = take_free_slot() else {
+    let Some(slot) = take_free_slot(head) else {
         return Err(-ENOSPC);
     };
     let Some(s) = SLOTS.get_ptr_mut(slot) else {
@@ -354,41 +419,63 @@ fn insert(
         (*v).last_seen_jiffies = now;
         (*v).tcp_flags = d.tcp_flags as u32;
         (*v).oversize_packets = d.oversize;
-        // Even while free: the flow's generation is the next, odd one.
-        let free = (*s).generation;
-        let generation = (free | 1) as u32;
-        match FLOWS.insert(key, SlotRef { slot, generation }, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                // A compare-and-swap: a full barrier after the writes above
-                // (a plain or non-fetching store is not one on every
-                // architecture), so that userspace, seeing the generation
-                // odd, reads the whole key. Only we change an even one.
+        // A compare-and-swap: a full barrier after the writes above (a
+        // plain or non-fetching store is not one on every architecture),
+        // so that userspace, seeing the generation odd, reads the whole
+        // key. Only we change an even one.
+        let even = (*s).generation;
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*s).generation,
+            even,
+            even + 1,
+        );
+        count(Stat::FlowInserts);
+        remember(cached, key, slot, (even + 1) as u32);
+    }
+    enter(hash, slot, free, mask);
+    Ok(())
+}
+
+/// Enters a published slot in the index at the first entry from `free` on
+/// that is still free or a removed flow's. Should another CPU enter the same
+/// flow first (same tag), or every entry be taken meanwhile, the slot stays
+/// out of the index: counted all the same, and retired once idle.
+#[inline(always)]
+fn enter(hash: u64, slot: u32, free: u32, mask: u32) {
+    let mine = index_entry(hash, slot);
+    let mut pos = free;
+    // A few more tries than probes: a lost compare-and-swap with an entry
+    // still free (userspace freed a removed one) retries the same entry.
+    for _ in 0..INDEX_PROBES + 4 {
+        let Some(e) = FLOW_INDEX.get_ptr_mut(pos & mask) else {
+            return;
+        };
+        // SAFETY: an aligned u64 of the map; see `lookup`.
+        let mut entry = unsafe { core::ptr::read_volatile(e) };
+        if entry == INDEX_FREE || entry == INDEX_GONE {
+            // SAFETY: as above.
+            let (now, won) = unsafe {
                 atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*s).generation,
-                    free,
-                    free + 1,
-                );
-                count(Stat::FlowInserts);
-                remember(cached, key, slot, generation);
-                Ok(())
+                    e, entry, mine,
+                )
+            };
+            if won {
+                return;
             }
-            Err(e) => {
-                // Not used: userspace puts it back in the ring.
-                (*s).key.hook = SLOT_RETURNED;
-                // Another CPU inserted the same flow first: add to its slot.
-                if e as i64 == -EEXIST && add_found(cached, key, d, now) {
-                    return Ok(());
-                }
-                Err(e as i64)
+            entry = now;
+        }
+        if entry_slot(entry).is_some() {
+            if same_tag(entry, hash) {
+                return;
             }
+            pos = pos.wrapping_add(1);
         }
     }
 }
 
 /// Takes a slot index from the free ring; `None` when it is empty.
 #[inline(always)]
-fn take_free_slot() -> Option<u32> {
-    let h = RING_HEAD.get_ptr_mut(0)?;
+fn take_free_slot(h: *mut RingHead) -> Option<u32> {
     for _ in 0..RING_TRIES {
         // SAFETY: h points into the map; the fields are u64-aligned.
         unsafe {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
-use observer_common::{FLOWS_MAP, FREE_RING_MAP, SLOTS_MAP};
+use observer_common::{FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP, index::index_entries};
 
 use super::{
     kernel_log::{self, KernelLogLevel},
@@ -35,10 +35,11 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
-    // A hash entry, a slot and a ring position per flow.
-    for name in [FLOWS_MAP, SLOTS_MAP, FREE_RING_MAP] {
+    // A slot and a ring position per flow, and index entries to spare.
+    for name in [SLOTS_MAP, FREE_RING_MAP] {
         loader.map_max_entries(name, flow_capacity);
     }
+    loader.map_max_entries(FLOW_INDEX_MAP, index_entries(flow_capacity));
     let level = log.global_value();
     loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
     if let Some(dir) = maps_dir {
