@@ -362,8 +362,7 @@ fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
         // its key written before it is entered, and keeps the key until it
         // is given back; a slot given back and reused since holds another
         // key, or this one again (then it is this flow's, rightly found).
-        let (generation, same) =
-            unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
+        let (generation, same) = unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
         if generation & 1 == 1 && same {
             return Lookup::Found(slot, s, generation as u32);
         }

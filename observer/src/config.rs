@@ -747,7 +747,10 @@ mod tests {
         assert_eq!(e, "--flow-capacity 5 is too small: use at least 1024");
         let (_, a) = with_file("", &["--flow-capacity", "16777217"]);
         let e = format!("{:#}", a.unwrap().validate().unwrap_err());
-        assert_eq!(e, "--flow-capacity 16777217 is too large: use at most 16777216");
+        assert_eq!(
+            e,
+            "--flow-capacity 16777217 is too large: use at most 16777216"
+        );
     }
 
     #[test]

@@ -22,9 +22,9 @@ use aya::{
 };
 use kernel_log::KernelLogLevel;
 use observer_common::{
-    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP,
-    FLOW_INDEX_MAP, FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals,
-    MTU_LIMITS_MAP, MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat,
+    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOW_INDEX_MAP,
+    FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP,
+    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat,
 };
 
 use self::{

@@ -246,8 +246,8 @@ impl Tracker {
         out
     }
 
-    /// Step one for `slots` (the caller deletes their hash entries): their
-    /// final counts are read at the next poll.
+    /// Step one for `slots`: their index entries removed and generations
+    /// ended; their final counts are read at the next poll.
     pub fn retire(&mut self, slots: &Slots, which: &[u32]) {
         for &i in which {
             let m = &mut self.memo[i as usize];
