@@ -285,6 +285,15 @@ fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now
     true
 }
 
+/// Where in the index a key's new entry goes: its hash, the first entry
+/// to try, and the index's mask.
+#[derive(Clone, Copy)]
+struct Probe {
+    hash: u64,
+    pos: u32,
+    mask: u32,
+}
+
 /// What the index holds for a key.
 enum Lookup {
     /// The flow's slot (live, of this key): its index, its place and its
@@ -324,7 +333,7 @@ fn add_indexed(
             remember(cached, key, slot, generation);
             Ok(())
         }
-        Lookup::Absent(free) => insert(cached, key, d, now, h, hash, free, mask),
+        Lookup::Absent(pos) => insert(cached, key, d, now, h, Probe { hash, pos, mask }),
         Lookup::Full => Err(-ENOSPC),
     }
 }
@@ -387,8 +396,7 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
 
 /// A new flow: a slot from the ring, its key and first counts, the odd
 /// generation that makes it visible to userspace (which counts it from
-/// then on), then its index entry, from `free` on.
-#[allow(clippy::too_many_arguments, reason = "one call site, all inlined")]
+/// then on), then its index entry, from `at.pos` on.
 #[inline(always)]
 fn insert(
     cached: Option<*mut FlowCacheEntry>,
@@ -396,9 +404,7 @@ fn insert(
     d: &Delta,
     now: u64,
     head: *mut RingHead,
-    hash: u64,
-    free: u32,
-    mask: u32,
+    at: Probe,
 ) -> Result<(), i64> {
     let Some(slot) = take_free_slot(head) else {
         return Err(-ENOSPC);
@@ -431,18 +437,22 @@ fn insert(
         count(Stat::FlowInserts);
         remember(cached, key, slot, (even + 1) as u32);
     }
-    enter(hash, slot, free, mask);
+    enter(at, slot);
     Ok(())
 }
 
-/// Enters a published slot in the index at the first entry from `free` on
+/// Enters a published slot in the index at the first entry from `at.pos` on
 /// that is still free or a removed flow's. Should another CPU enter the same
 /// flow first (same tag), or every entry be taken meanwhile, the slot stays
 /// out of the index: counted all the same, and retired once idle.
 #[inline(always)]
-fn enter(hash: u64, slot: u32, free: u32, mask: u32) {
+fn enter(at: Probe, slot: u32) {
+    let Probe {
+        hash,
+        mut pos,
+        mask,
+    } = at;
     let mine = index_entry(hash, slot);
-    let mut pos = free;
     // A few more tries than probes: a lost compare-and-swap with an entry
     // still free (userspace freed a removed one) retries the same entry.
     for _ in 0..INDEX_PROBES + 4 {
