@@ -109,3 +109,91 @@ impl FlowIndex {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use observer_common::index::{INDEX_GONE, index_entry};
+
+    use super::*;
+    use crate::datapath::slots::memfd;
+
+    const CAPACITY: u32 = 1024;
+    const SEED: u64 = 7;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src_port: port,
+            dst_port: 80,
+            ..Default::default()
+        }
+    }
+
+    /// The kernel's insert (`enter` in observer-ebpf's flow.rs), by hand:
+    /// the first free or removed entry of the key's probes.
+    fn enter(index: &FlowIndex, k: &FlowKey, slot: u32) {
+        let hash = flow_hash(k, SEED);
+        let pos = index
+            .probes(hash)
+            .find(|&p| entry_slot(index.entry(p).load(Ordering::Relaxed)).is_none())
+            .expect("a free entry");
+        index
+            .entry(pos)
+            .store(index_entry(hash, slot), Ordering::Relaxed);
+    }
+
+    #[test]
+    fn removed_flows_are_not_found_and_no_removed_entry_ends_a_run() {
+        let fd = memfd((index_entries(CAPACITY) as usize * 8).next_multiple_of(4096));
+        let index = FlowIndex::map(fd.as_fd(), CAPACITY).unwrap();
+        let keys: Vec<FlowKey> = (0..CAPACITY as u16).map(key).collect();
+        for (slot, k) in keys.iter().enumerate() {
+            enter(&index, k, slot as u32);
+        }
+        let find = |slot: usize| index.find(&keys[slot], SEED, |s| keys[s as usize] == keys[slot]);
+        for slot in 0..keys.len() {
+            assert_eq!(find(slot), Some(slot as u32));
+        }
+        for slot in (0..keys.len()).step_by(2) {
+            index.remove(&keys[slot], SEED, slot as u32);
+        }
+        for slot in 0..keys.len() {
+            let want = (slot % 2 == 1).then_some(slot as u32);
+            assert_eq!(find(slot), want, "slot {slot}");
+        }
+        // A removed entry stays only where a run of taken entries goes on
+        // past it: otherwise it was freed.
+        let entries = index_entries(CAPACITY);
+        let gone = (0..entries)
+            .filter(|&p| index.entry(p).load(Ordering::Relaxed) == INDEX_GONE)
+            .inspect(|&p| {
+                let next = index.entry(p + 1).load(Ordering::Relaxed);
+                assert_ne!(next, INDEX_FREE, "entry {p} removed before a free one");
+            })
+            .count();
+        let taken = (0..entries)
+            .filter(|&p| entry_slot(index.entry(p).load(Ordering::Relaxed)).is_some())
+            .count();
+        assert_eq!(taken, keys.len() / 2);
+        assert!(gone < keys.len() / 2, "{gone} removed entries kept");
+        // Removed flows come back, into freed or removed entries.
+        for slot in (0..keys.len()).step_by(2) {
+            enter(&index, &keys[slot], slot as u32);
+        }
+        for slot in 0..keys.len() {
+            assert_eq!(find(slot), Some(slot as u32));
+        }
+    }
+
+    #[test]
+    fn removing_a_slot_not_in_the_index_changes_nothing() {
+        let fd = memfd((index_entries(CAPACITY) as usize * 8).next_multiple_of(4096));
+        let index = FlowIndex::map(fd.as_fd(), CAPACITY).unwrap();
+        enter(&index, &key(1), 0);
+        // Slot 1 has the same flow but never got an entry (another CPU
+        // entered the flow first).
+        index.remove(&key(1), SEED, 1);
+        assert_eq!(index.find(&key(1), SEED, |_| true), Some(0));
+    }
+}

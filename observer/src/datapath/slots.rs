@@ -80,6 +80,19 @@ impl<T> Drop for Mmap<T> {
     }
 }
 
+/// Memory standing in for a mmapable map in tests: `bytes` of a memfd.
+#[cfg(test)]
+pub(super) fn memfd(bytes: usize) -> OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls; the descriptor is checked and owned.
+    unsafe {
+        let fd = libc::memfd_create(c"slots".as_ptr(), 0);
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0);
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
 /// Slots mapped a chunk at a time, as the kernel first hands them out: the
 /// kernel maps all of an mmapable array's pages at once, and they count in
 /// our resident memory, so a map of 262,144 slots holding 10,000 flows

@@ -262,12 +262,12 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsFd as _, OwnedFd};
 
     use observer_common::{FlowSlot, RingHead, index::index_entries};
 
     use super::*;
-    use crate::datapath::slots::{Mmap, SlotFds};
+    use crate::datapath::slots::{Mmap, SlotFds, memfd};
 
     const CAPACITY: u32 = 8;
 
@@ -279,20 +279,6 @@ mod tests {
         slots: Mmap<FlowSlot>,
         ring: Mmap<u64>,
         head: Mmap<RingHead>,
-    }
-
-    fn memfd(bytes: usize) -> OwnedFd {
-        // SAFETY: plain syscalls; the descriptor is checked and owned.
-        unsafe {
-            let fd = libc::memfd_create(c"slots".as_ptr(), 0);
-            assert!(fd >= 0, "memfd_create: {}", io_error());
-            assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
-    }
-
-    fn io_error() -> io::Error {
-        io::Error::last_os_error()
     }
 
     impl Kernel {
