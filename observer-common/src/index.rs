@@ -18,13 +18,14 @@ pub const INDEX_FREE: u64 = 0;
 /// A removed flow's entry: a lookup goes past it, an insert may take it.
 pub const INDEX_GONE: u64 = u64::MAX;
 /// Entries a lookup or insert probes at most (two cache lines; more makes
-/// the programs too long to verify). With the table at most a quarter full,
-/// a run of this many taken entries at a key's place is rare (none in
-/// simulations that filled 131,072 slots 20 times over, with 12 probes);
-/// should one happen, the flow's packets go to the overflow totals, counted.
+/// the programs too long to verify). With the table at most an eighth full,
+/// a run of this many taken entries at a key's place is rare (simulations
+/// that filled 131,072 slots 20 times over saw runs of 9 at most; a quarter
+/// full, 15); should one happen, the flow's packets go to the overflow
+/// totals, counted.
 pub const INDEX_PROBES: u32 = 16;
-/// Index entries per flow slot: the table is at most a quarter full.
-pub const INDEX_ENTRIES_PER_SLOT: u32 = 4;
+/// Index entries per flow slot: the table is at most an eighth full.
+pub const INDEX_ENTRIES_PER_SLOT: u32 = 8;
 /// The largest flow capacity (the index's size must fit a u32).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 
@@ -98,8 +99,8 @@ mod tests {
         assert!(same_tag(e, h) && !same_tag(e, h ^ 1 << 40));
         assert_eq!(entry_slot(INDEX_FREE), None);
         assert_eq!(entry_slot(INDEX_GONE), None);
-        assert_eq!(index_entries(1000), 4096);
-        assert_eq!(index_entries(1024), 4096);
+        assert_eq!(index_entries(1000), 8192);
+        assert_eq!(index_entries(1024), 8192);
     }
 
     #[test]
@@ -117,10 +118,10 @@ mod tests {
 
     #[test]
     fn nearby_keys_spread_over_the_table() {
-        // Flows differing in the source port only: a table a quarter full
+        // Flows differing in the source port only: a table an eighth full
         // has short runs.
-        let mask = (1u64 << 12) - 1;
-        let mut taken = [false; 1 << 12];
+        let mask = (1u64 << 13) - 1;
+        let mut taken = [false; 1 << 13];
         for port in 0..1024u16 {
             let k = FlowKey {
                 src_port: port,
