@@ -22,6 +22,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput benchmarks"),
     ("ethtool", "offload settings in the tests"),
     (
+        "conntrack",
+        "conntrack -R: a node's big conntrack table in the daemon tests",
+    ),
+    (
         "bpftool",
         "an independent view of attached programs in the tests",
     ),
