@@ -242,9 +242,10 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
     if add_cached(cached, key, d, now) {
         return;
     }
-    let Err(error) = add_indexed(cached, key, d, now) else {
+    let error = add_indexed_apart(cached.unwrap_or(core::ptr::null_mut()), key, d, now);
+    if error == 0 {
         return;
-    };
+    }
     // No room for the flow: the packet still counts, in its interface's
     // overflow totals.
     count(Stat::FlowInsertFailures);
@@ -305,6 +306,19 @@ enum Lookup {
     Full,
 }
 
+/// [`add_indexed`] as a function of its own (a BPF-to-BPF call, so at
+/// most five arguments and no struct returned): inlined, its unrolled
+/// probes crowd the registers of the hot path, which it is not on. Returns
+/// 0 or the error.
+#[inline(never)]
+fn add_indexed_apart(cached: *mut FlowCacheEntry, key: &FlowKey, d: &Delta, now: u64) -> i64 {
+    let cached = (!cached.is_null()).then_some(cached);
+    match add_indexed(cached, key, d, now) {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
 /// The flow's slot from the index (remembered in the cache), or a new slot
 /// for it. The error is `-ENOSPC` when no slot or no index entry is free.
 #[inline(always)]
@@ -338,16 +352,32 @@ fn add_indexed(
     }
 }
 
+/// Runs `$body` with `$i` bound to each probe, 0 to 15, unrolled: a
+/// loop's back-edge may come out as a fall-through, which kernels before
+/// 6.4 refuse ("back-edge from insn").
+macro_rules! for_each_probe {
+    ($i:ident => $body:block) => {
+        for_each_probe!(@ $i $body 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $i:ident $body:block $($n:literal)*) => {
+        $({
+            let $i: u32 = $n;
+            $body
+        })*
+    };
+}
+const _: () = assert!(INDEX_PROBES == 16);
+
 /// Probes the key's entries: a live slot of this key, or the first entry
 /// a new one could take (a removed flow's, or the free one that ends the
 /// probe).
 #[inline(always)]
 fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
     let mut gone = None;
-    for i in 0..INDEX_PROBES {
+    for_each_probe!(i => {
         let pos = (hash as u32).wrapping_add(i) & mask;
         let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
-            break;
+            return Lookup::Full;
         };
         // SAFETY: an aligned u64 of the map, written by compare-and-swap.
         let entry = unsafe { core::ptr::read_volatile(e) };
@@ -356,26 +386,22 @@ fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
         }
         if entry == INDEX_GONE {
             gone = gone.or(Some(pos));
-            continue;
+        } else if same_tag(entry, hash)
+            && let Some(slot) = entry_slot(entry)
+            && let Some(s) = SLOTS.get_ptr_mut(slot)
+        {
+            // SAFETY: live map value. A slot is published (odd generation)
+            // with its key written before it is entered, and keeps the key
+            // until it is given back; a slot given back and reused since
+            // holds another key, or this one again (then it is this flow's,
+            // rightly found).
+            let (generation, same) =
+                unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
+            if generation & 1 == 1 && same {
+                return Lookup::Found(slot, s, generation as u32);
+            }
         }
-        if !same_tag(entry, hash) {
-            continue;
-        }
-        let Some(slot) = entry_slot(entry) else {
-            continue;
-        };
-        let Some(s) = SLOTS.get_ptr_mut(slot) else {
-            continue;
-        };
-        // SAFETY: live map value. A slot is published (odd generation) with
-        // its key written before it is entered, and keeps the key until it
-        // is given back; a slot given back and reused since holds another
-        // key, or this one again (then it is this flow's, rightly found).
-        let (generation, same) = unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
-        if generation & 1 == 1 && same {
-            return Lookup::Found(slot, s, generation as u32);
-        }
-    }
+    });
     match gone {
         Some(pos) => Lookup::Absent(pos),
         None => Lookup::Full,
@@ -445,6 +471,7 @@ fn insert(
 /// that is still free or a removed flow's. Should another CPU enter the same
 /// flow first (same tag), or every entry be taken meanwhile, the slot stays
 /// out of the index: counted all the same, and retired once idle.
+#[expect(unused_assignments, reason = "the last probe's next position")]
 #[inline(always)]
 fn enter(at: Probe, slot: u32) {
     let Probe {
@@ -453,9 +480,7 @@ fn enter(at: Probe, slot: u32) {
         mask,
     } = at;
     let mine = index_entry(hash, slot);
-    // A few more tries than probes: a lost compare-and-swap with an entry
-    // still free (userspace freed a removed one) retries the same entry.
-    for _ in 0..INDEX_PROBES + 4 {
+    for_each_probe!(_try => {
         let Some(e) = FLOW_INDEX.get_ptr_mut(pos & mask) else {
             return;
         };
@@ -473,13 +498,16 @@ fn enter(at: Probe, slot: u32) {
             }
             entry = now;
         }
+        // Taken: by this flow (another CPU's slot), or the next entry is
+        // tried. (Lost to userspace freeing a removed entry: the same one
+        // is tried again.)
         if entry_slot(entry).is_some() {
             if same_tag(entry, hash) {
                 return;
             }
             pos = pos.wrapping_add(1);
         }
-    }
+    });
 }
 
 /// Takes a slot index from the free ring; `None` when it is empty.
