@@ -202,6 +202,21 @@ fn same_key(a: *const FlowKey, b: &FlowKey) -> bool {
     diff == 0
 }
 
+/// [`same_key`] for a slot's key, read with volatile loads: every word is
+/// read and compared, and one branch decides. (The compiler otherwise
+/// branches on each word, and the verifier of older kernels, walking
+/// every probe of the index, runs past its million instructions.)
+#[inline(always)]
+fn same_slot_key(a: *const FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (a as *const u32, b as *const FlowKey as *const u32);
+    let mut diff = 0;
+    for i in 0..(size_of::<FlowKey>() / 4) {
+        // SAFETY: both are 44-byte keys, 4-byte aligned.
+        diff |= unsafe { core::ptr::read_volatile(a.add(i)) ^ *b.add(i) };
+    }
+    diff == 0
+}
+
 #[inline(always)]
 fn copy_key(to: *mut FlowKey, from: &FlowKey) {
     let (to, from) = (to as *mut u32, from as *const FlowKey as *const u32);
@@ -286,25 +301,18 @@ fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now
     true
 }
 
-/// Where in the index a key's new entry goes: its hash, the first entry
-/// to try, and the index's mask.
+/// Where in the index a key's new entry goes: its hash and the entry.
 #[derive(Clone, Copy)]
 struct Probe {
     hash: u64,
     pos: u32,
-    mask: u32,
 }
 
-/// What the index holds for a key.
-enum Lookup {
-    /// The flow's slot (live, of this key): its index, its place and its
-    /// generation.
-    Found(u32, *mut FlowSlot, u32),
-    /// Not there; the entry a new slot would take.
-    Absent(u32),
-    /// Not there, and no entry free in the key's probe range.
-    Full,
-}
+/// [`lookup`]'s answer for a key not in the index and no entry free in
+/// its probes. (Its other answers: the flow's odd generation's low 32 bits
+/// above its slot's index, or, not found, the entry a new slot would take,
+/// below 2^32.)
+const LOOKUP_FULL: u64 = u64::MAX;
 
 /// [`add_indexed`] as a function of its own (a BPF-to-BPF call, so at
 /// most five arguments and no struct returned): inlined, its unrolled
@@ -340,16 +348,20 @@ fn add_indexed(
         )
     };
     let hash = flow_hash(key, seed);
-    match lookup(key, hash, mask) {
-        Lookup::Found(slot, s, generation) => {
-            // SAFETY: live map value.
-            add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
-            remember(cached, key, slot, generation);
-            Ok(())
-        }
-        Lookup::Absent(pos) => insert(cached, key, d, now, h, Probe { hash, pos, mask }),
-        Lookup::Full => Err(-ENOSPC),
+    let found = lookup(key, hash, mask);
+    if found == LOOKUP_FULL {
+        return Err(-ENOSPC);
     }
+    let (generation, slot) = ((found >> 32) as u32, found as u32);
+    if generation == 0 {
+        return insert(cached, key, d, now, h, Probe { hash, pos: slot });
+    }
+    if let Some(s) = SLOTS.get_ptr_mut(slot) {
+        // SAFETY: live map value.
+        add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
+        remember(cached, key, slot, generation);
+    }
+    Ok(())
 }
 
 /// Runs `$body` with `$i` bound to each probe, 0 to 15, unrolled: a
@@ -370,19 +382,21 @@ const _: () = assert!(INDEX_PROBES == 16);
 
 /// Probes the key's entries: a live slot of this key, or the first entry
 /// a new one could take (a removed flow's, or the free one that ends the
-/// probe).
-#[inline(always)]
-fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
+/// probe); see [`LOOKUP_FULL`] for the answer's form. A function of its
+/// own, answering a number: inlined, the compiler copies what follows it
+/// once per probe, and the verifier walks every copy.
+#[inline(never)]
+fn lookup(key: &FlowKey, hash: u64, mask: u32) -> u64 {
     let mut gone = None;
     for_each_probe!(i => {
         let pos = (hash as u32).wrapping_add(i) & mask;
         let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
-            return Lookup::Full;
+            return LOOKUP_FULL;
         };
         // SAFETY: an aligned u64 of the map, written by compare-and-swap.
         let entry = unsafe { core::ptr::read_volatile(e) };
         if entry == INDEX_FREE {
-            return Lookup::Absent(gone.unwrap_or(pos));
+            return gone.unwrap_or(pos) as u64;
         }
         if entry == INDEX_GONE {
             gone = gone.or(Some(pos));
@@ -396,15 +410,15 @@ fn lookup(key: &FlowKey, hash: u64, mask: u32) -> Lookup {
             // holds another key, or this one again (then it is this flow's,
             // rightly found).
             let (generation, same) =
-                unsafe { ((*s).generation, same_key(&raw const (*s).key, key)) };
+                unsafe { ((*s).generation, same_slot_key(&raw const (*s).key, key)) };
             if generation & 1 == 1 && same {
-                return Lookup::Found(slot, s, generation as u32);
+                return (generation << 32) | slot as u64;
             }
         }
     });
     match gone {
-        Some(pos) => Lookup::Absent(pos),
-        None => Lookup::Full,
+        Some(pos) => pos as u64,
+        None => LOOKUP_FULL,
     }
 }
 
@@ -422,7 +436,7 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
 
 /// A new flow: a slot from the ring, its key and first counts, the odd
 /// generation that makes it visible to userspace (which counts it from
-/// then on), then its index entry, from `at.pos` on.
+/// then on), then its index entry, at `at.pos`.
 #[inline(always)]
 fn insert(
     cached: Option<*mut FlowCacheEntry>,
@@ -467,47 +481,27 @@ fn insert(
     Ok(())
 }
 
-/// Enters a published slot in the index at the first entry from `at.pos` on
-/// that is still free or a removed flow's. Should another CPU enter the same
-/// flow first (same tag), or every entry be taken meanwhile, the slot stays
-/// out of the index: counted all the same, and retired once idle.
-#[expect(unused_assignments, reason = "the last probe's next position")]
+/// Enters a published slot in the index, at the entry the lookup found
+/// free (or a removed flow's). Should another CPU have taken that entry
+/// since, the slot stays out of the index: counted all the same, and
+/// retired once idle; the flow's next packet finds the other CPU's entry
+/// (the same flow) or opens a slot again.
 #[inline(always)]
 fn enter(at: Probe, slot: u32) {
-    let Probe {
-        hash,
-        mut pos,
-        mask,
-    } = at;
-    let mine = index_entry(hash, slot);
-    for_each_probe!(_try => {
-        let Some(e) = FLOW_INDEX.get_ptr_mut(pos & mask) else {
-            return;
-        };
-        // SAFETY: an aligned u64 of the map; see `lookup`.
-        let mut entry = unsafe { core::ptr::read_volatile(e) };
+    let Some(e) = FLOW_INDEX.get_ptr_mut(at.pos) else {
+        return;
+    };
+    // SAFETY: an aligned u64 of the map; see `lookup`.
+    unsafe {
+        let entry = core::ptr::read_volatile(e);
         if entry == INDEX_FREE || entry == INDEX_GONE {
-            // SAFETY: as above.
-            let (now, won) = unsafe {
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    e, entry, mine,
-                )
-            };
-            if won {
-                return;
-            }
-            entry = now;
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                e,
+                entry,
+                index_entry(at.hash, slot),
+            );
         }
-        // Taken: by this flow (another CPU's slot), or the next entry is
-        // tried. (Lost to userspace freeing a removed entry: the same one
-        // is tried again.)
-        if entry_slot(entry).is_some() {
-            if same_tag(entry, hash) {
-                return;
-            }
-            pos = pos.wrapping_add(1);
-        }
-    });
+    }
 }
 
 /// Takes a slot index from the free ring; `None` when it is empty.
