@@ -6,7 +6,7 @@
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, __sk_buff},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::map,
     maps::{Array, PerCpuArray},
@@ -257,12 +257,21 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
     if add_cached(cached, key, d, now) {
         return;
     }
-    let error = add_indexed_apart(cached.unwrap_or(core::ptr::null_mut()), key, d, now);
-    if error == 0 {
-        return;
-    }
-    // No room for the flow: the packet still counts, in its interface's
-    // overflow totals.
+    // Last: nothing of this frame is needed after the call, so the
+    // verifier finds the callee's states alike whatever the parse was.
+    add_indexed_apart(
+        ctx.skb.skb,
+        cached.unwrap_or(core::ptr::null_mut()),
+        key,
+        d,
+        now,
+    );
+}
+
+/// No room for the flow: the packet still counts, in its interface's
+/// overflow totals.
+#[inline(always)]
+fn overflow(ctx: &TcContext, key: &FlowKey, d: &Delta, error: i64) {
     count(Stat::FlowInsertFailures);
     warn!(
         ctx,
@@ -271,7 +280,8 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
         d.segs,
         key.ifindex
     );
-    if let Some(slot) = slot {
+    if let Some(slot) = iface_slot(key.ifindex) {
+        let hook = (key.hook & 1) as usize;
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {
             (*slot).overflow[hook].packets += d.segs;
@@ -314,16 +324,20 @@ struct Probe {
 /// below 2^32.)
 const LOOKUP_FULL: u64 = u64::MAX;
 
-/// [`add_indexed`] as a function of its own (a BPF-to-BPF call, so at
-/// most five arguments and no struct returned): inlined, its unrolled
-/// probes crowd the registers of the hot path, which it is not on. Returns
-/// 0 or the error.
+/// [`add_indexed`], or the overflow totals, as a function of its own (a
+/// BPF-to-BPF call, so at most five arguments and no struct returned):
+/// inlined, it crowds the registers of the hot path, which it is not on.
 #[inline(never)]
-fn add_indexed_apart(cached: *mut FlowCacheEntry, key: &FlowKey, d: &Delta, now: u64) -> i64 {
+fn add_indexed_apart(
+    skb: *mut __sk_buff,
+    cached: *mut FlowCacheEntry,
+    key: &FlowKey,
+    d: &Delta,
+    now: u64,
+) {
     let cached = (!cached.is_null()).then_some(cached);
-    match add_indexed(cached, key, d, now) {
-        Ok(()) => 0,
-        Err(e) => e,
+    if let Err(error) = add_indexed(cached, key, d, now) {
+        overflow(&TcContext::new(skb), key, d, error);
     }
 }
 
