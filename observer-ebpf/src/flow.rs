@@ -3,11 +3,14 @@
 //! CPUs, atomic adds), per-interface and per-encapsulation totals and datapath
 //! counters (per-CPU arrays).
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+};
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, __sk_buff},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, PerCpuArray},
     programs::TcContext,
@@ -202,21 +205,6 @@ fn same_key(a: *const FlowKey, b: &FlowKey) -> bool {
     diff == 0
 }
 
-/// [`same_key`] for a slot's key, read with volatile loads: every word is
-/// read and compared, and one branch decides. (The compiler otherwise
-/// branches on each word, and the verifier of older kernels, walking
-/// every probe of the index, runs past its million instructions.)
-#[inline(always)]
-fn same_slot_key(a: *const FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (a as *const u32, b as *const FlowKey as *const u32);
-    let mut diff = 0;
-    for i in 0..(size_of::<FlowKey>() / 4) {
-        // SAFETY: both are 44-byte keys, 4-byte aligned.
-        diff |= unsafe { core::ptr::read_volatile(a.add(i)) ^ *b.add(i) };
-    }
-    diff == 0
-}
-
 #[inline(always)]
 fn copy_key(to: *mut FlowKey, from: &FlowKey) {
     let (to, from) = (to as *mut u32, from as *const FlowKey as *const u32);
@@ -378,61 +366,90 @@ fn add_indexed(
     Ok(())
 }
 
-/// Runs `$body` with `$i` bound to each probe, 0 to 15, unrolled: a
-/// loop's back-edge may come out as a fall-through, which kernels before
-/// 6.4 refuse ("back-edge from insn").
-macro_rules! for_each_probe {
-    ($i:ident => $body:block) => {
-        for_each_probe!(@ $i $body 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
-    };
-    (@ $i:ident $body:block $($n:literal)*) => {
-        $({
-            let $i: u32 = $n;
-            $body
-        })*
-    };
+/// What the probes of one lookup share: the key, where its probes start,
+/// and the answer so far (on the caller's stack, passed to each probe).
+#[repr(C)]
+struct Probing {
+    key: FlowKey,
+    mask: u32,
+    hash: u64,
+    /// [`LOOKUP_FULL`] until a probe answers.
+    answer: u64,
+    /// The first removed flow's entry met, or [`LOOKUP_FULL`].
+    gone: u64,
 }
-const _: () = assert!(INDEX_PROBES == 16);
 
 /// Probes the key's entries: a live slot of this key, or the first entry
 /// a new one could take (a removed flow's, or the free one that ends the
-/// probe); see [`LOOKUP_FULL`] for the answer's form. A function of its
-/// own, answering a number: inlined, the compiler copies what follows it
-/// once per probe, and the verifier walks every copy.
-#[inline(never)]
+/// probe); see [`LOOKUP_FULL`] for the answer's form.
+///
+/// One probe per call of [`probe`] from `bpf_loop` (5.17+), which the
+/// verifier checks once, not once per probe and path: 16 probes written
+/// out ran 6.1's verifier past its million instructions, and a loop of
+/// them was refused there (the compiler laid its back-edge out as a
+/// fall-through, "back-edge from insn").
+#[inline(always)]
 fn lookup(key: &FlowKey, hash: u64, mask: u32) -> u64 {
-    let mut gone = None;
-    for_each_probe!(i => {
-        let pos = (hash as u32).wrapping_add(i) & mask;
+    let mut p = Probing {
+        key: *key,
+        mask,
+        hash,
+        answer: LOOKUP_FULL,
+        gone: LOOKUP_FULL,
+    };
+    // SAFETY: `probe` has the callback's signature; `p` outlives the call.
+    unsafe {
+        bpf_loop(
+            INDEX_PROBES,
+            probe as *mut c_void,
+            &raw mut p as *mut c_void,
+            0,
+        );
+    }
+    if p.answer == LOOKUP_FULL { p.gone } else { p.answer }
+}
+
+/// Probe `i` of a [`lookup`]: 1 (stop) once `p.answer` is set, else 0.
+#[inline(never)]
+extern "C" fn probe(i: u32, p: *mut c_void) -> i64 {
+    let p = p as *mut Probing;
+    // SAFETY: `p` is the lookup's `Probing`, on its stack.
+    unsafe {
+        let pos = ((*p).hash as u32).wrapping_add(i) & (*p).mask;
         let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
-            return LOOKUP_FULL;
+            return 1;
         };
-        // SAFETY: an aligned u64 of the map, written by compare-and-swap.
-        let entry = unsafe { core::ptr::read_volatile(e) };
+        // An aligned u64 of the map, written by compare-and-swap.
+        let entry = core::ptr::read_volatile(e);
         if entry == INDEX_FREE {
-            return gone.unwrap_or(pos) as u64;
+            (*p).answer = if (*p).gone == LOOKUP_FULL {
+                pos as u64
+            } else {
+                (*p).gone
+            };
+            return 1;
         }
         if entry == INDEX_GONE {
-            gone = gone.or(Some(pos));
-        } else if same_tag(entry, hash)
+            if (*p).gone == LOOKUP_FULL {
+                (*p).gone = pos as u64;
+            }
+            return 0;
+        }
+        if same_tag(entry, (*p).hash)
             && let Some(slot) = entry_slot(entry)
             && let Some(s) = SLOTS.get_ptr_mut(slot)
         {
-            // SAFETY: live map value. A slot is published (odd generation)
-            // with its key written before it is entered, and keeps the key
-            // until it is given back; a slot given back and reused since
-            // holds another key, or this one again (then it is this flow's,
-            // rightly found).
-            let (generation, same) =
-                unsafe { ((*s).generation, same_slot_key(&raw const (*s).key, key)) };
-            if generation & 1 == 1 && same {
-                return (generation << 32) | slot as u64;
+            // A slot is published (odd generation) with its key written
+            // before it is entered, and keeps the key until it is given
+            // back; a slot given back and reused since holds another key,
+            // or this one again (then it is this flow's, rightly found).
+            let generation = (*s).generation;
+            if generation & 1 == 1 && same_key(&raw const (*s).key, &(*p).key) {
+                (*p).answer = (generation << 32) | slot as u64;
+                return 1;
             }
         }
-    });
-    match gone {
-        Some(pos) => pos as u64,
-        None => LOOKUP_FULL,
+        0
     }
 }
 
