@@ -9,7 +9,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, __sk_buff},
+    bindings::{__sk_buff, BPF_F_MMAPABLE},
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, PerCpuArray},
@@ -406,7 +406,11 @@ fn lookup(key: &FlowKey, hash: u64, mask: u32) -> u64 {
             0,
         );
     }
-    if p.answer == LOOKUP_FULL { p.gone } else { p.answer }
+    if p.answer == LOOKUP_FULL {
+        p.gone
+    } else {
+        p.answer
+    }
 }
 
 /// Probe `i` of a [`lookup`]: 1 (stop) once `p.answer` is set, else 0.

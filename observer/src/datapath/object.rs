@@ -67,16 +67,16 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     Ok(ebpf)
 }
 
-/// The oldest kernel the programs and the daemon's map reads work on: the
-/// BPF ring buffer (the programs' log) came in 5.8, `BPF_MAP_LOOKUP_BATCH`
-/// in 5.6, `bpf_jiffies64` in 5.5. Older ones are told so in one line
-/// rather than with the verifier's log.
+/// The oldest kernel the programs work on: `bpf_loop` (the flow index's
+/// probes) came in 5.17, the BPF ring buffer (the programs' log) in 5.8,
+/// mmapable arrays (the flow slots and index) in 5.5. Older ones are told
+/// so in one line rather than with the verifier's log.
 fn check_kernel() -> Result<()> {
     // A version we cannot read is left to the kernel to judge.
-    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 8, 0)) {
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 17, 0)) {
         bail!(
-            "observer needs Linux 5.8 or newer (BPF ring buffer, batched map reads, \
-             bpf_jiffies64); this kernel is {}",
+            "observer needs Linux 5.17 or newer (bpf_loop, BPF ring buffer, \
+             mmapable arrays); this kernel is {}",
             kernel_release()
         );
     }
