@@ -5,11 +5,14 @@
 //! syscall. A `user` feature adds `aya::Pod` impls for userspace.
 #![no_std]
 
-/// Name of the shared hash from a flow's key to its slot ([`SlotRef`]). Not
-/// an LRU: an entry leaves only when userspace retires its slot, so no count
-/// is ever dropped unread; when no slot is free, packets go to the
-/// interface's overflow totals (see [`IfaceTotals::overflow`]).
-pub const FLOWS_MAP: &str = "FLOWS";
+pub mod index;
+
+/// Name of the mmapable array that finds a flow's slot from its key: an
+/// open-addressing table of index entries (see [`index`]). An entry leaves
+/// only when userspace retires its slot, so no count is ever dropped
+/// unread; when no slot (or no entry near the key's) is free, packets go to
+/// the interface's overflow totals (see [`IfaceTotals::overflow`]).
+pub const FLOW_INDEX_MAP: &str = "FLOW_INDEX";
 /// Name of the mmapable array of [`FlowSlot`]s: the flows' counters, read by
 /// userspace straight from memory (no syscall, no copy of unchanged flows).
 pub const SLOTS_MAP: &str = "SLOTS";
@@ -19,7 +22,7 @@ pub const FREE_RING_MAP: &str = "FREE_RING";
 /// Name of the mmapable one-element array holding the [`RingHead`].
 pub const RING_HEAD_MAP: &str = "RING_HEAD";
 /// Name of the per-CPU array of [`FlowCacheEntry`]s: the flows last seen
-/// on each CPU, so that a burst of one flow skips the hash lookup.
+/// on each CPU, so that a burst of one flow skips the index lookup.
 pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
 /// Name of the per-CPU array of per-interface totals.
 pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
@@ -266,31 +269,20 @@ pub struct FlowStats {
     pub oversize_packets: u32,
 }
 
-/// Value of the flow hash: where the flow's counters are, and the slot's
-/// generation (its low 32 bits) when it was given to this flow.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SlotRef {
-    pub slot: u32,
-    pub generation: u32,
-}
-
 /// `FlowSlot::key.hook` of a slot userspace put back in the free ring.
 pub const SLOT_IN_RING: u8 = 0xfe;
-/// `FlowSlot::key.hook` of a slot the kernel took from the ring but did not
-/// use (another CPU inserted the same flow first): userspace puts it back.
-pub const SLOT_RETURNED: u8 = 0xff;
 
 /// One flow's counters, in the mmapable `SLOTS` array.
 ///
 /// `generation` is odd while the slot belongs to a flow: the kernel writes the key
-/// and first counts, inserts the key into `FLOWS`, then makes `generation` odd
-/// (atomically: userspace reads the key only after seeing an odd `generation`).
-/// Userspace retires a slot in two steps a poll apart: it deletes the hash entry
-/// and then makes `generation` even (so no CPU finds the slot any more, and
-/// cached references to it fail their `generation` check), then, a poll later,
-/// reads the final counts and puts the slot back in the ring. Two cache lines
-/// of its own per slot: no two flows share a line that CPUs write.
+/// and first counts, makes `generation` odd (atomically: userspace reads the key
+/// only after seeing an odd `generation`, and counts the slot from then on), then
+/// enters the slot in `FLOW_INDEX`. Userspace retires a slot in two steps a poll
+/// apart: it removes the index entry and then makes `generation` even (so no CPU
+/// finds the slot any more, and cached references to it fail their `generation`
+/// check), then, a poll later, reads the final counts and puts the slot back in
+/// the ring. Two cache lines of its own per slot: no two flows share a line that
+/// CPUs write.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowSlot {
@@ -304,8 +296,9 @@ pub struct FlowSlot {
 
 /// The free ring's counters: the kernel takes index `cons` (compare and
 /// swap), userspace, the only producer, writes at `prod` and then moves it.
-/// `capacity` is written once, when userspace fills a new ring; 0 means not
-/// filled yet (every insert then overflows).
+/// `capacity` is written once, when userspace fills a new ring, after the
+/// index's `seed` and `index_mask`; 0 means not filled yet (every insert
+/// then overflows).
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingHead {
@@ -313,10 +306,14 @@ pub struct RingHead {
     pub _pad0: [u64; 7],
     pub prod: u64,
     pub capacity: u64,
-    pub _pad1: [u64; 6],
+    /// The index's hash seed (random, per map), see [`index::flow_hash`].
+    pub seed: u64,
+    /// Entries of `FLOW_INDEX` minus one (a power of two minus one).
+    pub index_mask: u64,
+    pub _pad1: [u64; 4],
 }
 
-/// A flow a CPU saw lately: its key, and the slot and generation the hash
+/// A flow a CPU saw lately: its key, and the slot and generation the index
 /// gave. Valid while the slot's `generation` still equals `generation`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -426,8 +423,6 @@ mod pod_impls {
     unsafe impl aya::Pod for ClockSample {}
     // SAFETY: MtuLimit is repr(C) plain-old-data, any bytes are a valid value.
     unsafe impl aya::Pod for MtuLimit {}
-    // SAFETY: SlotRef is repr(C) plain-old-data, any bytes are a valid value.
-    unsafe impl aya::Pod for SlotRef {}
 }
 
 // Layout checks: the kernel and userspace must agree byte for byte.
@@ -436,7 +431,6 @@ const _: () = assert!(size_of::<FlowStats>() == 56);
 const _: () = assert!(size_of::<IfaceTotals>() == 80);
 const _: () = assert!(size_of::<MtuLimit>() == 8);
 const _: () = assert!(size_of::<EncapTotals>() == 24);
-const _: () = assert!(size_of::<SlotRef>() == 8);
 const _: () = assert!(size_of::<FlowSlot>() == 128);
 const _: () = assert!(core::mem::offset_of!(FlowSlot, stats) == 56);
 const _: () = assert!(size_of::<RingHead>() == 128);

@@ -1,31 +1,35 @@
 //! Map updates: a flow's counters (a slot of the mmapable `SLOTS` array,
-//! found through a per-CPU cache or the `FLOWS` hash, shared by all CPUs,
-//! atomic adds), per-interface and per-encapsulation totals and datapath
+//! found through a per-CPU cache or the `FLOW_INDEX` table, shared by all
+//! CPUs, atomic adds), per-interface and per-encapsulation totals and datapath
 //! counters (per-CPU arrays).
 
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::{
+    ffi::c_void,
+    intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+};
 
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_NOEXIST},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    bindings::{__sk_buff, BPF_F_MMAPABLE},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS,
     FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead,
-    SLOT_RETURNED, SlotRef, Stat,
+    Stat,
+    index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
 #[cfg(doc)]
 use crate::parse::Fail;
 
-/// Flow key -> its slot. A plain (preallocated) hash, not an LRU: only
-/// userspace deletes, when it retires the slot. Capacity set at load time.
-#[map(name = "FLOWS")]
-static FLOWS: HashMap<FlowKey, SlotRef> = HashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+/// Flow key -> its slot (see `observer_common::index`): only userspace
+/// removes entries, when it retires the slot. Size set at load time.
+#[map(name = "FLOW_INDEX")]
+static FLOW_INDEX: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
 
 /// The flows' counters; userspace maps this array and reads it in place.
 #[map(name = "SLOTS")]
@@ -97,7 +101,6 @@ pub fn sample_clock() {
     }
 }
 
-const EEXIST: i64 = 17;
 const ENOSPC: i64 = 28;
 
 /// What one skb adds to its flow.
@@ -239,14 +242,24 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
 
     let cached = FLOW_CACHE
         .get_ptr_mut((key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1));
-    if add_cached(cached, key, d, now) || add_found(cached, key, d, now) {
+    if add_cached(cached, key, d, now) {
         return;
     }
-    let Err(error) = insert(cached, key, d, now) else {
-        return;
-    };
-    // No room for the flow: the packet still counts, in its interface's
-    // overflow totals.
+    // Last: nothing of this frame is needed after the call, so the
+    // verifier finds the callee's states alike whatever the parse was.
+    add_indexed_apart(
+        ctx.skb.skb,
+        cached.unwrap_or(core::ptr::null_mut()),
+        key,
+        d,
+        now,
+    );
+}
+
+/// No room for the flow: the packet still counts, in its interface's
+/// overflow totals.
+#[inline(always)]
+fn overflow(ctx: &TcContext, key: &FlowKey, d: &Delta, error: i64) {
     count(Stat::FlowInsertFailures);
     warn!(
         ctx,
@@ -255,7 +268,8 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
         d.segs,
         key.ifindex
     );
-    if let Some(slot) = slot {
+    if let Some(slot) = iface_slot(key.ifindex) {
+        let hook = (key.hook & 1) as usize;
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {
             (*slot).overflow[hook].packets += d.segs;
@@ -285,33 +299,162 @@ fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now
     true
 }
 
-/// The flow's slot from the hash (and remembered in the cache).
-#[inline(always)]
-fn add_found(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
-    // SAFETY: the value is read at once; hash values live under RCU.
-    let Some(r) = (unsafe { FLOWS.get(key) }) else {
-        return false;
-    };
-    let (slot, generation) = (r.slot, r.generation);
-    let Some(s) = SLOTS.get_ptr_mut(slot) else {
-        return false;
-    };
-    // SAFETY: live map value; the key is written before the slot's hash
-    // entry exists and stays until the slot is given back.
-    let (now_generation, same) =
-        unsafe { ((*s).generation as u32, same_key(&raw const (*s).key, key)) };
-    // The flow's generation, or the even one before it while the inserting
-    // CPU is still publishing the slot; and the slot holds this flow (a
-    // preallocated hash reuses a deleted element at once, so the value read
-    // may be another flow's by now). Else: not found (a new slot is taken,
-    // or the packet counts in the overflow totals).
-    if !same || (now_generation != generation && now_generation.wrapping_add(1) != generation) {
-        return false;
+/// Where in the index a key's new entry goes: its hash and the entry.
+#[derive(Clone, Copy)]
+struct Probe {
+    hash: u64,
+    pos: u32,
+}
+
+/// [`lookup`]'s answer for a key not in the index and no entry free in
+/// its probes. (Its other answers: the flow's odd generation's low 32 bits
+/// above its slot's index, or, not found, the entry a new slot would take,
+/// below 2^32.)
+const LOOKUP_FULL: u64 = u64::MAX;
+
+/// [`add_indexed`], or the overflow totals, as a function of its own (a
+/// BPF-to-BPF call, so at most five arguments and no struct returned):
+/// inlined, it crowds the registers of the hot path, which it is not on.
+#[inline(never)]
+fn add_indexed_apart(
+    skb: *mut __sk_buff,
+    cached: *mut FlowCacheEntry,
+    key: &FlowKey,
+    d: &Delta,
+    now: u64,
+) {
+    let cached = (!cached.is_null()).then_some(cached);
+    if let Err(error) = add_indexed(cached, key, d, now) {
+        overflow(&TcContext::new(skb), key, d, error);
     }
-    // SAFETY: live map value.
-    add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
-    remember(cached, key, slot, generation);
-    true
+}
+
+/// The flow's slot from the index (remembered in the cache), or a new slot
+/// for it. The error is `-ENOSPC` when no slot or no index entry is free.
+#[inline(always)]
+fn add_indexed(
+    cached: Option<*mut FlowCacheEntry>,
+    key: &FlowKey,
+    d: &Delta,
+    now: u64,
+) -> Result<(), i64> {
+    let Some(h) = RING_HEAD.get_ptr_mut(0) else {
+        return Err(-ENOSPC);
+    };
+    // SAFETY: h points into the map; written once by userspace, before any
+    // slot is handed out.
+    let (seed, mask) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*h).seed),
+            core::ptr::read_volatile(&raw const (*h).index_mask) as u32,
+        )
+    };
+    let hash = flow_hash(key, seed);
+    let found = lookup(key, hash, mask);
+    if found == LOOKUP_FULL {
+        return Err(-ENOSPC);
+    }
+    let (generation, slot) = ((found >> 32) as u32, found as u32);
+    if generation == 0 {
+        return insert(cached, key, d, now, h, Probe { hash, pos: slot });
+    }
+    if let Some(s) = SLOTS.get_ptr_mut(slot) {
+        // SAFETY: live map value.
+        add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
+        remember(cached, key, slot, generation);
+    }
+    Ok(())
+}
+
+/// What the probes of one lookup share: the key, where its probes start,
+/// and the answer so far (on the caller's stack, passed to each probe).
+#[repr(C)]
+struct Probing {
+    key: FlowKey,
+    mask: u32,
+    hash: u64,
+    /// [`LOOKUP_FULL`] until a probe answers.
+    answer: u64,
+    /// The first removed flow's entry met, or [`LOOKUP_FULL`].
+    gone: u64,
+}
+
+/// Probes the key's entries: a live slot of this key, or the first entry
+/// a new one could take (a removed flow's, or the free one that ends the
+/// probe); see [`LOOKUP_FULL`] for the answer's form.
+///
+/// One probe per call of [`probe`] from `bpf_loop` (5.17+), which the
+/// verifier checks once, not once per probe and path: 16 probes written
+/// out ran 6.1's verifier past its million instructions, and a loop of
+/// them was refused there (the compiler laid its back-edge out as a
+/// fall-through, "back-edge from insn").
+#[inline(always)]
+fn lookup(key: &FlowKey, hash: u64, mask: u32) -> u64 {
+    let mut p = Probing {
+        key: *key,
+        mask,
+        hash,
+        answer: LOOKUP_FULL,
+        gone: LOOKUP_FULL,
+    };
+    // SAFETY: `probe` has the callback's signature; `p` outlives the call.
+    unsafe {
+        bpf_loop(
+            INDEX_PROBES,
+            probe as *mut c_void,
+            &raw mut p as *mut c_void,
+            0,
+        );
+    }
+    if p.answer == LOOKUP_FULL {
+        p.gone
+    } else {
+        p.answer
+    }
+}
+
+/// Probe `i` of a [`lookup`]: 1 (stop) once `p.answer` is set, else 0.
+#[inline(never)]
+extern "C" fn probe(i: u32, p: *mut c_void) -> i64 {
+    let p = p as *mut Probing;
+    // SAFETY: `p` is the lookup's `Probing`, on its stack.
+    unsafe {
+        let pos = ((*p).hash as u32).wrapping_add(i) & (*p).mask;
+        let Some(e) = FLOW_INDEX.get_ptr_mut(pos) else {
+            return 1;
+        };
+        // An aligned u64 of the map, written by compare-and-swap.
+        let entry = core::ptr::read_volatile(e);
+        if entry == INDEX_FREE {
+            (*p).answer = if (*p).gone == LOOKUP_FULL {
+                pos as u64
+            } else {
+                (*p).gone
+            };
+            return 1;
+        }
+        if entry == INDEX_GONE {
+            if (*p).gone == LOOKUP_FULL {
+                (*p).gone = pos as u64;
+            }
+            return 0;
+        }
+        if same_tag(entry, (*p).hash)
+            && let Some(slot) = entry_slot(entry)
+            && let Some(s) = SLOTS.get_ptr_mut(slot)
+        {
+            // A slot is published (odd generation) with its key written
+            // before it is entered, and keeps the key until it is given
+            // back; a slot given back and reused since holds another key,
+            // or this one again (then it is this flow's, rightly found).
+            let generation = (*s).generation;
+            if generation & 1 == 1 && same_key(&raw const (*s).key, &(*p).key) {
+                (*p).answer = (generation << 32) | slot as u64;
+                return 1;
+            }
+        }
+        0
+    }
 }
 
 #[inline(always)]
@@ -326,17 +469,19 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
     }
 }
 
-/// A new flow: a slot from the ring, its key and first counts, the hash
-/// entry, then the odd generation that makes it visible to userspace.
-/// The error is the hash's, or `-ENOSPC` when no slot is free.
+/// A new flow: a slot from the ring, its key and first counts, the odd
+/// generation that makes it visible to userspace (which counts it from
+/// then on), then its index entry, at `at.pos`.
 #[inline(always)]
 fn insert(
     cached: Option<*mut FlowCacheEntry>,
     key: &FlowKey,
     d: &Delta,
     now: u64,
+    head: *mut RingHead,
+    at: Probe,
 ) -> Result<(), i64> {
-    let Some(slot) = take_free_slot() else {
+    let Some(slot) = take_free_slot(head) else {
         return Err(-ENOSPC);
     };
     let Some(s) = SLOTS.get_ptr_mut(slot) else {
@@ -354,41 +499,49 @@ fn insert(
         (*v).last_seen_jiffies = now;
         (*v).tcp_flags = d.tcp_flags as u32;
         (*v).oversize_packets = d.oversize;
-        // Even while free: the flow's generation is the next, odd one.
-        let free = (*s).generation;
-        let generation = (free | 1) as u32;
-        match FLOWS.insert(key, SlotRef { slot, generation }, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                // A compare-and-swap: a full barrier after the writes above
-                // (a plain or non-fetching store is not one on every
-                // architecture), so that userspace, seeing the generation
-                // odd, reads the whole key. Only we change an even one.
-                atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-                    &raw mut (*s).generation,
-                    free,
-                    free + 1,
-                );
-                count(Stat::FlowInserts);
-                remember(cached, key, slot, generation);
-                Ok(())
-            }
-            Err(e) => {
-                // Not used: userspace puts it back in the ring.
-                (*s).key.hook = SLOT_RETURNED;
-                // Another CPU inserted the same flow first: add to its slot.
-                if e as i64 == -EEXIST && add_found(cached, key, d, now) {
-                    return Ok(());
-                }
-                Err(e as i64)
-            }
+        // A compare-and-swap: a full barrier after the writes above (a
+        // plain or non-fetching store is not one on every architecture),
+        // so that userspace, seeing the generation odd, reads the whole
+        // key. Only we change an even one.
+        let even = (*s).generation;
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*s).generation,
+            even,
+            even + 1,
+        );
+        count(Stat::FlowInserts);
+        remember(cached, key, slot, (even + 1) as u32);
+    }
+    enter(at, slot);
+    Ok(())
+}
+
+/// Enters a published slot in the index, at the entry the lookup found
+/// free (or a removed flow's). Should another CPU have taken that entry
+/// since, the slot stays out of the index: counted all the same, and
+/// retired once idle; the flow's next packet finds the other CPU's entry
+/// (the same flow) or opens a slot again.
+#[inline(always)]
+fn enter(at: Probe, slot: u32) {
+    let Some(e) = FLOW_INDEX.get_ptr_mut(at.pos) else {
+        return;
+    };
+    // SAFETY: an aligned u64 of the map; see `lookup`.
+    unsafe {
+        let entry = core::ptr::read_volatile(e);
+        if entry == INDEX_FREE || entry == INDEX_GONE {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+                e,
+                entry,
+                index_entry(at.hash, slot),
+            );
         }
     }
 }
 
 /// Takes a slot index from the free ring; `None` when it is empty.
 #[inline(always)]
-fn take_free_slot() -> Option<u32> {
-    let h = RING_HEAD.get_ptr_mut(0)?;
+fn take_free_slot(h: *mut RingHead) -> Option<u32> {
     for _ in 0..RING_TRIES {
         // SAFETY: h points into the map; the fields are u64-aligned.
         unsafe {

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use observer_common::{DEFAULT_FLOW_CAPACITY, Encap};
+use observer_common::{DEFAULT_FLOW_CAPACITY, Encap, index::MAX_FLOW_CAPACITY};
 
 use crate::{
     datapath::{attach::AttachMode, kernel_log::KernelLogLevel, links::LinkInfoView},
@@ -401,6 +401,12 @@ impl RunArgs {
                 self.given("flow-capacity", self.flow_capacity)
             );
         }
+        if self.flow_capacity > MAX_FLOW_CAPACITY {
+            bail!(
+                "{} is too large: use at most {MAX_FLOW_CAPACITY}",
+                self.given("flow-capacity", self.flow_capacity)
+            );
+        }
         if self.poll_interval < Duration::from_millis(100) {
             bail!("{} must be at least 100ms", self.setting("poll-interval"));
         }
@@ -739,6 +745,12 @@ mod tests {
         let (_, a) = with_file("flow-capacity: 4096\n", &["--flow-capacity", "5"]);
         let e = format!("{:#}", a.unwrap().validate().unwrap_err());
         assert_eq!(e, "--flow-capacity 5 is too small: use at least 1024");
+        let (_, a) = with_file("", &["--flow-capacity", "16777217"]);
+        let e = format!("{:#}", a.unwrap().validate().unwrap_err());
+        assert_eq!(
+            e,
+            "--flow-capacity 16777217 is too large: use at most 16777216"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Params {
     /// Fresh flow maps the distinct flows are run into.
     pub distinct_repetitions: u32,
     /// Passes over the distinct flows per map (later passes: every flow is
-    /// in the map, and the per-CPU cache misses: the hash path).
+    /// in the map, and the per-CPU cache misses: the index path).
     pub distinct_passes: u32,
 }
 
@@ -60,11 +60,11 @@ pub struct DistinctResult {
     /// move in steps of the kernel clock's resolution, which the medians
     /// of short runs (the empty program's) feel.
     pub trimmed_mean_ratio: f64,
-    /// First passes: every packet a new flow (a slot from the ring, a hash
-    /// insert).
+    /// First passes: every packet a new flow (a slot from the ring, an
+    /// index entry).
     pub filling_ours_ns: Summary,
     /// Later passes: every packet of a flow in the map, but not the one
-    /// before it (the per-CPU cache misses; the hash lookup finds it).
+    /// before it (the per-CPU cache misses; the index lookup finds it).
     pub known_ours_ns: Summary,
     pub known_ratio: f64,
     pub flow_inserts: u64,
@@ -175,7 +175,7 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
 
 /// Distinct flows, one TEST_RUN each (repeat = 1), into a flow map of the
 /// default capacity: the first pass inserts every flow, later ones find
-/// them (through the hash: the packet before was another flow's).
+/// them (through the index: the packet before was another flow's).
 fn distinct(p: &Params) -> Result<DistinctResult> {
     let capacity = DEFAULT_FLOW_CAPACITY;
     let frames: Vec<Vec<u8>> = (0..p.distinct_flows).map(frames::distinct_tcp4).collect();

@@ -6,21 +6,13 @@
 use std::os::fd::AsRawFd as _;
 
 use anyhow::Result;
-use observer_common::DEFAULT_FLOW_CAPACITY;
+use observer_common::{DEFAULT_FLOW_CAPACITY, FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP};
 use serde::Serialize;
 
 use super::procfs;
 use crate::datapath::Datapath;
 
-const BPF_MAP_TYPE_HASH: u64 = 1;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u64 = 6;
-/// Per CPU, a preallocated hash map keeps `HASHTAB_MAP_LOCK_COUNT` (8)
-/// ints of bucket-lock recursion counters (kernels that still have them),
-/// one spare element (for updates of existing keys) and a pointer to it
-/// (`htab_map_mem_usage`).
-const HASH_PER_CPU_BYTES: u64 = 8 * 4 + 8;
-/// `struct htab_elem` before its key (x86_64).
-const HTAB_ELEM_HEADER: u64 = 48;
 
 #[derive(Serialize)]
 pub struct MapMemory {
@@ -45,7 +37,8 @@ pub struct MemoryResult {
     pub total_bytes: u64,
     pub total_64cpu: u64,
     pub total_128cpu: u64,
-    /// The flow map's memlock per slot (shared by all CPUs).
+    /// The flow maps' memlock per slot (slots, free ring and index; shared
+    /// by all CPUs).
     pub flow_map_bytes_per_slot: f64,
     /// All maps per flow slot, here and on 64 / 128 CPUs.
     pub bytes_per_slot: f64,
@@ -68,12 +61,6 @@ pub fn run() -> Result<MemoryResult> {
         let per_cpu_bytes = match map_type {
             // array_map_mem_usage: entries * round_up(value_size, 8) per CPU.
             BPF_MAP_TYPE_PERCPU_ARRAY => n("max_entries") * n("value_size").next_multiple_of(8),
-            BPF_MAP_TYPE_HASH => {
-                let elem = HTAB_ELEM_HEADER
-                    + n("key_size").next_multiple_of(8)
-                    + n("value_size").next_multiple_of(8);
-                HASH_PER_CPU_BYTES + elem
-            }
             _ => 0,
         };
         let memlock = n("memlock");
@@ -96,13 +83,17 @@ pub fn run() -> Result<MemoryResult> {
         sum(|m| m.memlock_64cpu),
         sum(|m| m.memlock_128cpu),
     );
-    let flow = maps.iter().find(|m| m.map_type == BPF_MAP_TYPE_HASH);
+    let flow: u64 = maps
+        .iter()
+        .filter(|m| [SLOTS_MAP, FREE_RING_MAP, FLOW_INDEX_MAP].contains(&m.name.as_str()))
+        .map(|m| m.memlock)
+        .sum();
     let slots = capacity as f64;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(MemoryResult {
         flow_capacity: capacity,
         possible_cpus: cpus as u32,
-        flow_map_bytes_per_slot: flow.map(|m| m.memlock as f64 / slots).unwrap_or(0.0),
+        flow_map_bytes_per_slot: flow as f64 / slots,
         bytes_per_slot: total as f64 / slots,
         bytes_per_slot_64cpu: t64 as f64 / slots,
         bytes_per_slot_128cpu: t128 as f64 / slots,

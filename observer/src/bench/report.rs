@@ -140,7 +140,7 @@ impl Report {
                 .map(|c| format!("{} {:.2}", c.name, c.ratio.median))
                 .collect();
             format!(
-                "median of the mix's cases ({}, last pass); the hot path is parse + a hash lookup of the flow's 44-byte key + atomic adds to its shared entry + per-CPU interface totals; the empty program takes {:.1} ns per run",
+                "median of the mix's cases ({}, last pass); the hot path is parse + the per-CPU cache's check of the flow's 44-byte key + atomic adds to its shared slot + per-CPU interface totals; the empty program takes {:.1} ns per run",
                 cases.join(", "),
                 k.empty_ns
             )
@@ -148,7 +148,7 @@ impl Report {
         let distinct_bound = k.map_or(String::new(), |k| {
             let d = &k.distinct;
             format!(
-                "a new flow per packet (a hash lookup that misses, then an insert): median {:.0} ns beside {:.0} ns for the empty program's single run (timer reads included); a known flow whose packet follows another flow's (a hash lookup that finds it): {:.0} ns, {:.2}x",
+                "a new flow per packet (an index lookup that misses, then a slot from the ring and its index entry): median {:.0} ns beside {:.0} ns for the empty program's single run (timer reads included); a known flow whose packet follows another flow's (an index lookup that finds it): {:.0} ns, {:.2}x",
                 d.filling_ours_ns.median, d.empty_ns.median, d.known_ours_ns.median, d.known_ratio
             )
         });
@@ -225,7 +225,7 @@ impl Report {
         let map_bound = self.memory.as_ref().map_or(String::new(), |m| {
             let percpu: u64 = m.maps.iter().map(|x| x.per_cpu_bytes).sum();
             format!(
-                "{:.1} B per flow slot whatever the CPU count (the slot, its hash entry and ring position); per-CPU arrays add {:.1} KiB per CPU",
+                "{:.1} B per flow slot whatever the CPU count (the slot, its ring position and index entries); per-CPU arrays add {:.1} KiB per CPU",
                 m.bytes_per_slot - percpu as f64 * m.possible_cpus as f64 / m.flow_capacity as f64,
                 percpu as f64 / 1024.0
             )
@@ -555,7 +555,7 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
          call per packet (repeat = 1) of our `eth_ingress` and of the empty program, \
          interleaved, into a fresh flow map of the default capacity ({} slots). {} \
          repetition(s), each a pass over the new flows (every packet an insert) and {} more \
-         pass(es) over the same flows (every packet a known flow, found by a hash lookup since \
+         pass(es) over the same flows (every packet a known flow, found by an index lookup since \
          each packet is of another flow, no insert). Per-packet times \
          include the kernel's timer reads around a single run (both programs alike). Headline: \
          median(ours) / median(empty) of each repetition's first pass; median over \
@@ -685,10 +685,9 @@ fn memory_md(w: &mut String, m: &MemoryResult) {
          **What:** `memlock` of each map's fd (`/proc/self/fdinfo`: the kernel's own \
          `map_mem_usage`) with the default flow capacity ({} slots), here ({} possible CPUs), \
          and computed for 64 and 128 CPUs: the per-CPU part (per-CPU arrays: entries × \
-         value size rounded to 8, per CPU; the shared hash: at most 40 bytes per CPU of \
-         bucket-lock counters and a spare element) scaled, the rest as measured. The flow \
-         capacity sizes the flow hash (preallocated: key, slot reference and the kernel's \
-         element header), the slot array (128 bytes a slot) and the free ring (8 bytes).\n",
+         value size rounded to 8, per CPU) scaled, the rest as measured. The flow capacity \
+         sizes the slot array (128 bytes a slot), the free ring (8 bytes a slot) and the \
+         flow index (8-byte entries, eight per slot rounded up to a power of two).\n",
         m.flow_capacity, m.possible_cpus
     );
     let _ = writeln!(
@@ -722,7 +721,7 @@ fn memory_md(w: &mut String, m: &MemoryResult) {
     );
     let _ = writeln!(
         w,
-        "\nPer flow slot: flow hash {:.1} B (shared by all CPUs); all maps {:.1} B here, \
+        "\nPer flow slot: slots, ring and index {:.1} B (shared by all CPUs); all maps {:.1} B here, \
          {:.1} B on 64 CPUs, {:.1} B on 128 CPUs.\n",
         m.flow_map_bytes_per_slot,
         m.bytes_per_slot,

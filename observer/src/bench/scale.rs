@@ -253,7 +253,7 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
 
 /// Puts `n` distinct flows, all just seen, into the daemon's flow map:
 /// one packet of each through the daemon's own classifier (its maps are
-/// only reachable through it: a flow is a hash entry and a slot).
+/// only reachable through it: a flow is a slot and an index entry).
 fn insert_flows(pid: u32, n: u32) -> Result<()> {
     let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())

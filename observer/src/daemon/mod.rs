@@ -355,7 +355,7 @@ async fn poll(
         "reading the kernel clock",
         dp.clock_sample().map(|c| Clock::new(c, jiffy_ns)),
     );
-    let (mut to_retire, mut forget_before) = (Vec::new(), 0);
+    let (mut retired, mut forget_before) = (0, 0);
     if let Some(clock) = &clock {
         let now = clock.now_jiffies();
         let idle_before = now.saturating_sub(clock.jiffies_in(settings.idle_timeout));
@@ -363,9 +363,8 @@ async fn poll(
         // Half the map stays free for the flows of the next interval; past
         // that, the least recently seen are given back (their counts kept).
         let chosen = dp.tracker.choose(idle_before, (dp.capacity / 2) as usize);
-        if reported("giving flow slots back", dp.retire(&chosen)).is_some() {
-            to_retire = chosen;
-        }
+        dp.retire(&chosen);
+        retired = chosen.len();
     }
 
     let mut st = state.write().await;
@@ -404,7 +403,7 @@ async fn poll(
     }
     let status = &mut st.status;
     status.polls += 1;
-    status.kernel_flow_entries = (dp.live_flows() - to_retire.len()) as u64;
+    status.kernel_flow_entries = (dp.live_flows() - retired) as u64;
     if let Some(stats) = stats {
         status.stats = stats;
         status.stats_history.push_back((Instant::now(), stats));

@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod clock;
+mod index;
 pub mod kernel_log;
 pub mod links;
 pub mod object;
@@ -12,7 +13,7 @@ pub mod sys;
 pub mod testrun;
 pub mod tracker;
 
-use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, RawFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
@@ -21,13 +22,13 @@ use aya::{
 };
 use kernel_log::KernelLogLevel;
 use observer_common::{
-    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOWS_MAP,
+    CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOW_INDEX_MAP,
     FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP,
-    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, SlotRef, Stat,
+    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat,
 };
 
 use self::{
-    slots::Slots,
+    slots::{SlotFds, Slots},
     tracker::{SlotChange, Tracker},
 };
 
@@ -35,19 +36,17 @@ use self::{
 pub struct Datapath {
     /// The maps were pinned by an earlier daemon and hold its counts.
     pub reused_maps: bool,
-    /// The kernel's id of the flow map: tells whether a saved state
+    /// The kernel's id of the flow slots' map: tells whether a saved state
     /// describes these very maps.
     pub flows_map_id: u32,
     /// The pinned maps' layout (see [`pin::layout_id`]), when pinned.
     pub layout: Option<String>,
     pub ebpf: Ebpf,
-    /// Flow key -> slot (the kernel's `FLOWS`).
-    flows: MapData,
-    /// The flows' counters, mapped into our memory.
+    /// The flows' counters and index, mapped into our memory.
     slots: Slots,
     /// What the polls know of each slot.
     pub tracker: Tracker,
-    slot_maps: [MapData; 4],
+    slot_maps: [MapData; 5],
     iface_totals: PerCpuArray<MapData, IfaceTotals>,
     encap_totals: PerCpuArray<MapData, EncapTotals>,
     stats: PerCpuArray<MapData, u64>,
@@ -88,13 +87,8 @@ impl Datapath {
         maps_dir: Option<&std::path::Path>,
         log: KernelLogLevel,
     ) -> Result<Self> {
-        let reused_maps = maps_dir.is_some_and(|d| d.join(FLOWS_MAP).exists());
+        let reused_maps = maps_dir.is_some_and(|d| d.join(SLOTS_MAP).exists());
         let mut ebpf = object::load(capacity, maps_dir, log)?;
-        let flows = match ebpf.take_map(FLOWS_MAP) {
-            Some(Map::HashMap(m)) => m,
-            _ => return Err(anyhow!("map {FLOWS_MAP} missing or not a hash")),
-        };
-        let flows_map_id = flows.info().map(|i| i.id()).unwrap_or(0);
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))
@@ -109,15 +103,17 @@ impl Datapath {
             data(SLOTS_MAP)?,
             data(FREE_RING_MAP)?,
             data(RING_HEAD_MAP)?,
+            data(FLOW_INDEX_MAP)?,
             data(FLOW_CACHE_MAP)?,
         ];
-        let slots = Slots::map(
-            slot_maps[0].fd().as_fd(),
-            slot_maps[1].fd().as_fd(),
-            slot_maps[2].fd().as_fd(),
-            capacity,
-        )
-        .context("mapping the flow slots")?;
+        let flows_map_id = slot_maps[0].info().map(|i| i.id()).unwrap_or(0);
+        let fds = SlotFds {
+            slots: slot_maps[0].fd().as_fd(),
+            ring: slot_maps[1].fd().as_fd(),
+            head: slot_maps[2].fd().as_fd(),
+            index: slot_maps[3].fd().as_fd(),
+        };
+        let slots = Slots::map(fds, capacity).context("mapping the flow slots")?;
         let iface_totals = PerCpuArray::try_from(take(IFACE_TOTALS_MAP)?)?;
         let encap_totals = PerCpuArray::try_from(take(ENCAP_TOTALS_MAP)?)?;
         let stats = PerCpuArray::try_from(take(STATS_MAP)?)?;
@@ -130,7 +126,6 @@ impl Datapath {
             mtu_limits,
             clock,
             ebpf,
-            flows,
             slots,
             tracker: Tracker::new(),
             slot_maps,
@@ -141,20 +136,16 @@ impl Datapath {
         })
     }
 
-    fn flows_fd(&self) -> RawFd {
-        self.flows.fd().as_fd().as_raw_fd()
-    }
-
     /// Each kernel map by name, for its memory (`memlock` in fdinfo): ours,
     /// and those still in the object (the log ring while no reader took it,
     /// the last unparsed reason, read-only data).
     pub fn map_fds(&self) -> Vec<(String, BorrowedFd<'_>)> {
         let mut fds: Vec<(String, BorrowedFd<'_>)> = [
-            (FLOWS_MAP, self.flows.fd().as_fd()),
             (SLOTS_MAP, self.slot_maps[0].fd().as_fd()),
             (FREE_RING_MAP, self.slot_maps[1].fd().as_fd()),
             (RING_HEAD_MAP, self.slot_maps[2].fd().as_fd()),
-            (FLOW_CACHE_MAP, self.slot_maps[3].fd().as_fd()),
+            (FLOW_INDEX_MAP, self.slot_maps[3].fd().as_fd()),
+            (FLOW_CACHE_MAP, self.slot_maps[4].fd().as_fd()),
             (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
             (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
             (STATS_MAP, self.stats.map().fd().as_fd()),
@@ -239,17 +230,16 @@ impl Datapath {
     /// at a time on the caller's thread); the daemon gives slots back in
     /// two steps (see [`Datapath::retire`]).
     pub fn evict(&self, key: &FlowKey) -> Result<Option<FlowStats>> {
-        let Some(r) = sys::lookup_and_delete::<FlowKey, SlotRef>(self.flows_fd(), key)
-            .context("evicting a flow")?
-        else {
-            return Ok(None);
-        };
         self.slots
             .in_use_bound()
             .context("mapping the flow slots")?;
-        let stats = self.slots.stats(r.slot);
-        self.slots.end_generation(r.slot);
-        self.slots.give_back(r.slot);
+        let Some(slot) = self.slots.find(key) else {
+            return Ok(None);
+        };
+        let stats = self.slots.stats(slot);
+        self.slots.unindex(slot);
+        self.slots.end_generation(slot);
+        self.slots.give_back(slot);
         Ok(Some(stats))
     }
 
@@ -272,21 +262,13 @@ impl Datapath {
         self.tracker.live()
     }
 
-    /// Step one of giving slots back: no CPU finds them any more (hash
-    /// entries deleted, then cached references voided); the next poll reads
+    /// Step one of giving slots back: no CPU finds them any more (index
+    /// entries removed, then cached references voided); the next poll reads
     /// their final counts and frees them. In that order, a packet never
-    /// finds a hash entry whose slot was given back: between the two steps
-    /// it opens a new slot for its flow, and both slots count.
-    pub fn retire(&mut self, which: &[u32]) -> Result<()> {
-        let keys: Vec<FlowKey> = which.iter().map(|&i| self.slots.key(i)).collect();
-        let deleted = self.delete_keys(&keys);
+    /// finds an index entry whose slot was given back: between the two
+    /// steps it opens a new slot for its flow, and both slots count.
+    pub fn retire(&mut self, which: &[u32]) {
         self.tracker.retire(&self.slots, which);
-        deleted
-    }
-
-    fn delete_keys(&self, keys: &[FlowKey]) -> Result<()> {
-        sys::delete_batch(self.flows_fd(), keys).context("deleting flows' hash entries")?;
-        Ok(())
     }
 
     /// Datapath counters summed over CPUs, indexed by [`Stat`].

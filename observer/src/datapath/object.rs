@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
-use observer_common::{FLOWS_MAP, FREE_RING_MAP, SLOTS_MAP};
+use observer_common::{FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP, index::index_entries};
 
 use super::{
     kernel_log::{self, KernelLogLevel},
@@ -35,10 +35,11 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
-    // A hash entry, a slot and a ring position per flow.
-    for name in [FLOWS_MAP, SLOTS_MAP, FREE_RING_MAP] {
+    // A slot and a ring position per flow, and index entries to spare.
+    for name in [SLOTS_MAP, FREE_RING_MAP] {
         loader.map_max_entries(name, flow_capacity);
     }
+    loader.map_max_entries(FLOW_INDEX_MAP, index_entries(flow_capacity));
     let level = log.global_value();
     loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
     if let Some(dir) = maps_dir {
@@ -66,16 +67,16 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     Ok(ebpf)
 }
 
-/// The oldest kernel the programs and the daemon's map reads work on: the
-/// BPF ring buffer (the programs' log) came in 5.8, `BPF_MAP_LOOKUP_BATCH`
-/// in 5.6, `bpf_jiffies64` in 5.5. Older ones are told so in one line
-/// rather than with the verifier's log.
+/// The oldest kernel the programs work on: `bpf_loop` (the flow index's
+/// probes) came in 5.17, the BPF ring buffer (the programs' log) in 5.8,
+/// mmapable arrays (the flow slots and index) in 5.5. Older ones are told
+/// so in one line rather than with the verifier's log.
 fn check_kernel() -> Result<()> {
     // A version we cannot read is left to the kernel to judge.
-    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 8, 0)) {
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 17, 0)) {
         bail!(
-            "observer needs Linux 5.8 or newer (BPF ring buffer, batched map reads, \
-             bpf_jiffies64); this kernel is {}",
+            "observer needs Linux 5.17 or newer (bpf_loop, BPF ring buffer, \
+             mmapable arrays); this kernel is {}",
             kernel_release()
         );
     }

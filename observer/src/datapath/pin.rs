@@ -21,12 +21,12 @@ use sha1::{Digest as _, Sha1};
 
 /// Raised by hand when the meaning of a map's bytes changes without its
 /// sizes changing, so that the new version does not reuse the old maps.
-pub const MAP_ABI: u32 = 3;
+pub const MAP_ABI: u32 = 4;
 
 /// The maps that carry counts across restarts. (`CLOCK` is rewritten on
 /// every read and `FLOW_CACHE` only remembers slots: a new one starts empty.)
 pub const PINNED_MAPS: [&str; 8] = [
-    observer_common::FLOWS_MAP,
+    observer_common::FLOW_INDEX_MAP,
     observer_common::SLOTS_MAP,
     observer_common::FREE_RING_MAP,
     observer_common::RING_HEAD_MAP,
@@ -133,13 +133,11 @@ pub fn layout_id(object: &[u8], flow_capacity: u32) -> Result<String> {
     maps.sort_by(|a, b| a.0.cmp(b.0));
     let mut text = format!("abi {MAP_ABI}\n");
     for (name, m) in maps {
-        let per_flow = [
-            observer_common::FLOWS_MAP,
-            observer_common::SLOTS_MAP,
-            observer_common::FREE_RING_MAP,
-        ];
+        let per_flow = [observer_common::SLOTS_MAP, observer_common::FREE_RING_MAP];
         let entries = if per_flow.contains(&name.as_str()) {
             flow_capacity
+        } else if name == observer_common::FLOW_INDEX_MAP {
+            observer_common::index::index_entries(flow_capacity)
         } else {
             m.max_entries()
         };

@@ -1,7 +1,8 @@
 //! The flows' counters as userspace sees them: the kernel's `SLOTS`,
-//! `FREE_RING` and `RING_HEAD` arrays mapped into our memory, read in
-//! place (a poll copies nothing it does not need), and the two steps that
-//! give a slot back (see `FlowSlot` in observer-common for the protocol).
+//! `FREE_RING`, `RING_HEAD` and `FLOW_INDEX` arrays mapped into our memory,
+//! read in place (a poll copies nothing it does not need), and the two
+//! steps that give a slot back (see `FlowSlot` in observer-common for the
+//! protocol).
 
 use std::{
     io,
@@ -14,7 +15,9 @@ use std::{
     },
 };
 
-use observer_common::{FlowKey, FlowSlot, FlowStats, RingHead, SLOT_IN_RING, SLOT_RETURNED};
+use observer_common::{FlowKey, FlowSlot, FlowStats, RingHead, SLOT_IN_RING};
+
+use super::index::FlowIndex;
 
 /// A shared mapping of a `BPF_F_MMAPABLE` array of `T` (elements are
 /// 8-byte aligned in such arrays, as ours are).
@@ -77,6 +80,19 @@ impl<T> Drop for Mmap<T> {
     }
 }
 
+/// Memory standing in for a mmapable map in tests: `bytes` of a memfd.
+#[cfg(test)]
+pub(super) fn memfd(bytes: usize) -> OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain syscalls; the descriptor is checked and owned.
+    unsafe {
+        let fd = libc::memfd_create(c"slots".as_ptr(), 0);
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0);
+        OwnedFd::from_raw_fd(fd)
+    }
+}
+
 /// Slots mapped a chunk at a time, as the kernel first hands them out: the
 /// kernel maps all of an mmapable array's pages at once, and they count in
 /// our resident memory, so a map of 262,144 slots holding 10,000 flows
@@ -122,29 +138,35 @@ impl ChunkedSlots {
     }
 }
 
+/// The kernel's arrays of one flow map, in the order [`Slots::map`] takes
+/// them.
+pub struct SlotFds<'a> {
+    pub slots: BorrowedFd<'a>,
+    pub ring: BorrowedFd<'a>,
+    pub head: BorrowedFd<'a>,
+    pub index: BorrowedFd<'a>,
+}
+
 /// The mapped slot arrays of one flow map.
 pub struct Slots {
     slots: ChunkedSlots,
     ring: Mmap<u64>,
     head: Mmap<RingHead>,
+    index: FlowIndex,
     capacity: u32,
 }
 
 impl Slots {
-    pub fn map(
-        slots: BorrowedFd<'_>,
-        ring: BorrowedFd<'_>,
-        head: BorrowedFd<'_>,
-        capacity: u32,
-    ) -> io::Result<Self> {
+    pub fn map(fds: SlotFds<'_>, capacity: u32) -> io::Result<Self> {
         let n = capacity as usize;
         let s = Self {
-            slots: ChunkedSlots::new(slots, capacity)?,
-            ring: Mmap::new(ring, 0, n)?,
-            head: Mmap::new(head, 0, 1)?,
+            slots: ChunkedSlots::new(fds.slots, capacity)?,
+            ring: Mmap::new(fds.ring, 0, n)?,
+            head: Mmap::new(fds.head, 0, 1)?,
+            index: FlowIndex::map(fds.index, capacity)?,
             capacity,
         };
-        s.fill_if_new();
+        s.fill_if_new()?;
         Ok(s)
     }
 
@@ -163,16 +185,31 @@ impl Slots {
         self.head_u64(offset_of!(RingHead, prod))
     }
 
-    /// A new map: every slot in the ring, in order. (Maps pinned by an
-    /// earlier daemon are filled already and keep their state.) The slots
-    /// themselves are not touched: those never handed out lie beyond
-    /// [`Slots::in_use_bound`], where no poll looks, so their pages stay
-    /// out of our memory until the kernel uses them.
-    fn fill_if_new(&self) {
+    fn seed(&self) -> u64 {
+        self.head_u64(offset_of!(RingHead, seed))
+            .load(Ordering::Acquire)
+    }
+
+    /// A new map: the index's seed and size, and every slot in the ring, in
+    /// order. (Maps pinned by an earlier daemon are filled already and keep
+    /// their state.) The slots themselves are not touched: those never
+    /// handed out lie beyond [`Slots::in_use_bound`], where no poll looks,
+    /// so their pages stay out of our memory until the kernel uses them.
+    fn fill_if_new(&self) -> io::Result<()> {
         let cap = self.head_u64(offset_of!(RingHead, capacity));
         if cap.load(Ordering::Acquire) != 0 {
-            return;
+            return Ok(());
         }
+        let mut seed = [0u8; 8];
+        // SAFETY: writes at most 8 bytes into `seed`.
+        let got = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+        if got != seed.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+        self.head_u64(offset_of!(RingHead, seed))
+            .store(u64::from_ne_bytes(seed), Ordering::Release);
+        self.head_u64(offset_of!(RingHead, index_mask))
+            .store(self.index.mask() as u64, Ordering::Release);
         for i in 0..self.capacity as usize {
             // SAFETY: no program has a slot yet (the ring is empty).
             unsafe { *self.ring.at(i) = i as u64 };
@@ -185,6 +222,7 @@ impl Slots {
             Ordering::Release,
         );
         cap.store(self.capacity as u64, Ordering::Release);
+        Ok(())
     }
 
     /// Slots below this index have been handed out at least once (the ring
@@ -252,9 +290,23 @@ impl Slots {
         }
     }
 
-    /// Step one of giving a slot back: its generation made even, so that
-    /// no CPU's cached reference to it holds. (The caller deletes its hash
-    /// entry, and reads its final counts a poll later.)
+    /// Step one of giving a slot back, first part: no lookup finds it any
+    /// more (its index entry removed).
+    pub fn unindex(&self, i: u32) {
+        self.index.remove(&self.key(i), self.seed(), i);
+    }
+
+    /// The live slot the index gives `key`, if any.
+    pub fn find(&self, key: &FlowKey) -> Option<u32> {
+        let bound = self.in_use_bound().ok()?;
+        self.index.find(key, self.seed(), |i| {
+            i < bound && self.generation(i) & 1 == 1 && self.key(i) == *key
+        })
+    }
+
+    /// Step one, second part: its generation made even, so that no CPU's
+    /// cached reference to it holds. (The caller reads its final counts a
+    /// poll later.)
     pub fn end_generation(&self, i: u32) {
         let g = self.generation_atomic(i);
         let was = g.load(Ordering::Acquire);
@@ -286,10 +338,5 @@ impl Slots {
         // Publishes the index written above.
         self.prod().store(prod + 1, Ordering::Release);
         true
-    }
-
-    /// Whether the kernel took this slot and did not use it.
-    pub fn returned(&self, i: u32) -> bool {
-        self.generation(i) & 1 == 0 && self.marker(i) == SLOT_RETURNED
     }
 }

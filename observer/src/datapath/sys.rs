@@ -1,7 +1,5 @@
-//! The bpf(2) commands aya 0.14 does not wrap: batch delete (one syscall
-//! per few thousand keys instead of one per key),
-//! lookup-and-delete of one element, running a program of another process
-//! by id (the benchmarks fill a daemon's maps through its own classifier),
+//! The bpf(2) commands aya 0.14 does not wrap: running a program of
+//! another process by id (the benchmarks fill a daemon's maps through its own classifier),
 //! and the device a pinned TCX link is on.
 
 use std::{
@@ -11,14 +9,10 @@ use std::{
     path::Path,
 };
 
-use aya::Pod;
-
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_TYPE_TCX: u32 = 11;
 
 /// `union bpf_attr`, sized generously; unused bytes must be zero.
@@ -80,48 +74,6 @@ pub fn tcx_link_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
         ));
     }
     Ok(word(16))
-}
-
-/// Atomically reads and deletes one element; `Ok(None)` if it is gone.
-pub fn lookup_and_delete<K: Pod, V: Pod + Default>(
-    map_fd: RawFd,
-    key: &K,
-) -> io::Result<Option<V>> {
-    let mut value = V::default();
-    let mut attr = Attr::new();
-    attr.put_u32(0, map_fd as u32);
-    attr.put_u64(8, key as *const K as u64);
-    attr.put_u64(16, &mut value as *mut V as u64);
-    match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        Ok(_) => Ok(Some(value)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Deletes `keys` from a hash map with `BPF_MAP_DELETE_BATCH`, one syscall
-/// per run of keys that are there: the kernel stops at a key that is not
-/// (ENOENT), which is skipped. Returns how many were deleted.
-pub fn delete_batch<K: Pod>(map_fd: RawFd, keys: &[K]) -> io::Result<usize> {
-    let (mut rest, mut done) = (keys, 0);
-    while !rest.is_empty() {
-        let chunk = &rest[..rest.len().min(1 << 16)];
-        let mut attr = Attr::new();
-        attr.put_u64(16, chunk.as_ptr() as u64);
-        attr.put_u32(32, chunk.len() as u32);
-        attr.put_u32(36, map_fd as u32);
-        let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-        let deleted = (attr.get_u32(32) as usize).min(chunk.len());
-        done += deleted;
-        match res {
-            Ok(_) => rest = &rest[chunk.len()..],
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                rest = &rest[(deleted + 1).min(rest.len())..]
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 /// Opens a loaded program by id (`BPF_PROG_GET_FD_BY_ID`).

@@ -92,7 +92,7 @@ impl Tracker {
                 let phase = if generation & 1 == 1 {
                     live += 1;
                     Phase::Live
-                } else if slots.marker(i) == SLOT_IN_RING || slots.returned(i) {
+                } else if slots.marker(i) == SLOT_IN_RING {
                     Phase::Empty
                 } else {
                     // Being given back: its final counts at the next poll.
@@ -182,12 +182,6 @@ impl Tracker {
                     if slots.marker(i) == SLOT_IN_RING {
                         continue;
                     }
-                    // Taken for a flow another CPU inserted first (seen
-                    // before it was marked so): its packet is in that slot.
-                    if suspect && slots.returned(i) {
-                        slots.give_back(i);
-                        continue;
-                    }
                     let s = slots.stats(i);
                     each(SlotChange {
                         key: slots.key(i),
@@ -208,9 +202,7 @@ impl Tracker {
                 }
                 Phase::Live => m.phase = Phase::Retiring(poll),
                 Phase::Empty => {
-                    if slots.returned(i) {
-                        slots.give_back(i);
-                    } else if slots.marker(i) != SLOT_IN_RING {
+                    if slots.marker(i) != SLOT_IN_RING {
                         m.phase = Phase::Suspect(poll);
                     }
                 }
@@ -254,12 +246,13 @@ impl Tracker {
         out
     }
 
-    /// Step one for `slots` (the caller deletes their hash entries): their
-    /// final counts are read at the next poll.
+    /// Step one for `slots`: their index entries removed and generations
+    /// ended; their final counts are read at the next poll.
     pub fn retire(&mut self, slots: &Slots, which: &[u32]) {
         for &i in which {
             let m = &mut self.memo[i as usize];
             if m.phase == Phase::Live {
+                slots.unindex(i);
                 slots.end_generation(i);
                 m.phase = Phase::Retiring(self.poll);
             }
@@ -269,42 +262,35 @@ impl Tracker {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsFd as _, OwnedFd};
 
-    use observer_common::{FlowSlot, RingHead, SLOT_RETURNED};
+    use observer_common::{FlowSlot, RingHead, index::index_entries};
 
     use super::*;
-    use crate::datapath::slots::Mmap;
+    use crate::datapath::slots::{Mmap, SlotFds, memfd};
 
     const CAPACITY: u32 = 8;
 
-    /// Memory standing in for the kernel's three arrays, and the kernel's
-    /// side of the protocol (see `flow.rs` in observer-ebpf), done by hand.
+    /// Memory standing in for the kernel's four arrays, and the kernel's
+    /// side of the protocol (see `flow.rs` in observer-ebpf), done by hand
+    /// (flows are not entered in the index: none is looked up).
     struct Kernel {
-        fds: [OwnedFd; 3],
+        fds: [OwnedFd; 4],
         slots: Mmap<FlowSlot>,
         ring: Mmap<u64>,
         head: Mmap<RingHead>,
     }
 
-    fn memfd(bytes: usize) -> OwnedFd {
-        // SAFETY: plain syscalls; the descriptor is checked and owned.
-        unsafe {
-            let fd = libc::memfd_create(c"slots".as_ptr(), 0);
-            assert!(fd >= 0, "memfd_create: {}", io_error());
-            assert_eq!(libc::ftruncate(fd, bytes as libc::off_t), 0);
-            OwnedFd::from_raw_fd(fd)
-        }
-    }
-
-    fn io_error() -> io::Error {
-        io::Error::last_os_error()
-    }
-
     impl Kernel {
         fn new() -> Self {
             let n = CAPACITY as usize;
-            let fds = [memfd(n * size_of::<FlowSlot>()), memfd(4096), memfd(4096)];
+            let index = index_entries(CAPACITY) as usize * size_of::<u64>();
+            let fds = [
+                memfd(n * size_of::<FlowSlot>()),
+                memfd(4096),
+                memfd(4096),
+                memfd(index.next_multiple_of(4096)),
+            ];
             Self {
                 slots: Mmap::new(fds[0].as_fd(), 0, n).unwrap(),
                 ring: Mmap::new(fds[1].as_fd(), 0, n).unwrap(),
@@ -315,13 +301,13 @@ mod tests {
 
         /// Userspace's view of the same memory.
         fn user(&self) -> Slots {
-            Slots::map(
-                self.fds[0].as_fd(),
-                self.fds[1].as_fd(),
-                self.fds[2].as_fd(),
-                CAPACITY,
-            )
-            .unwrap()
+            let fds = SlotFds {
+                slots: self.fds[0].as_fd(),
+                ring: self.fds[1].as_fd(),
+                head: self.fds[2].as_fd(),
+                index: self.fds[3].as_fd(),
+            };
+            Slots::map(fds, CAPACITY).unwrap()
         }
 
         fn take_slot(&self) -> u32 {
@@ -362,14 +348,6 @@ mod tests {
                 s.bytes += 100 * skbs;
                 s.last_seen_jiffies = t;
             }
-        }
-
-        /// A slot taken for a flow another CPU inserted first.
-        fn take_and_return(&self) -> u32 {
-            let i = self.take_slot();
-            // SAFETY: test memory, one thread.
-            unsafe { (*self.slots.at(i as usize)).key.hook = SLOT_RETURNED };
-            i
         }
     }
 
@@ -441,32 +419,26 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_the_kernel_did_not_use_goes_back() {
+    fn a_slot_seen_mid_claim_counts_once_published() {
         let k = Kernel::new();
         let s = k.user();
         let mut t = Tracker::new();
-        k.take_and_return();
-        assert_eq!(s.free(), CAPACITY as u64 - 1);
-        assert_eq!(poll(&mut t, &s), []);
-        assert_eq!(s.free(), CAPACITY as u64);
-        assert_eq!(t.live(), 0);
-    }
-
-    #[test]
-    fn a_slot_seen_mid_claim_and_then_returned_is_not_counted() {
-        let k = Kernel::new();
-        let s = k.user();
-        let mut t = Tracker::new();
-        // Taken and its key written; the hash insert not done yet.
+        // Taken and its key written; the generation not odd yet.
         let i = k.take_slot();
         // SAFETY: test memory, one thread.
         unsafe { (*k.slots.at(i as usize)).key = key(1) };
         assert_eq!(poll(&mut t, &s), []);
-        // Another CPU had inserted the flow: the slot is returned unused.
         // SAFETY: as above.
-        unsafe { (*k.slots.at(i as usize)).key.hook = SLOT_RETURNED };
-        assert_eq!(poll(&mut t, &s), []);
-        assert_eq!(s.free(), CAPACITY as u64);
+        unsafe {
+            (*k.slots.at(i as usize)).stats = FlowStats {
+                skbs: 2,
+                bytes: 200,
+                ..Default::default()
+            };
+            (*k.slots.at(i as usize)).generation |= 1;
+        }
+        assert_eq!(poll(&mut t, &s), [(1, 2, true, false)]);
+        assert_eq!(t.live(), 1);
     }
 
     #[test]
@@ -505,7 +477,6 @@ mod tests {
         // b was being given back by the daemon whose memory was lost.
         s.in_use_bound().unwrap();
         s.end_generation(b);
-        k.take_and_return();
         let mut t = Tracker::adopt(&s).unwrap();
         k.add(a, 2, 11);
         k.add(b, 1, 11);
