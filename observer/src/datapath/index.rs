@@ -11,7 +11,7 @@ use std::{
 
 use observer_common::{
     FlowKey,
-    index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entries},
+    index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entries, same_tag},
 };
 
 use super::slots::Mmap;
@@ -48,16 +48,16 @@ impl FlowIndex {
 
     /// Removes `slot`'s entry for `key`, if it has one (a slot another CPU
     /// entered the same flow before has none); then frees the removed
-    /// entries that end a run (see [`FlowIndex::free_run`]).
+    /// entries that end a run (see [`FlowIndex::free_run`]). Every probe
+    /// is looked at, past free entries too: a CPU may enter a flow just
+    /// after an entry that a removal freed meanwhile, and that entry must
+    /// not outlive its slot (no lookup finds it, but it takes room).
     pub(super) fn remove(&self, key: &FlowKey, seed: u64, slot: u32) {
         let hash = flow_hash(key, seed);
         for pos in self.probes(hash) {
             let e = self.entry(pos);
             let entry = e.load(Ordering::Acquire);
-            if entry == INDEX_FREE {
-                return;
-            }
-            if entry_slot(entry) == Some(slot) {
+            if same_tag(entry, hash) && entry_slot(entry) == Some(slot) {
                 // Only we change a taken entry: this cannot fail.
                 let _ = e.compare_exchange(entry, INDEX_GONE, Ordering::AcqRel, Ordering::Acquire);
                 self.free_run(pos);
@@ -195,5 +195,24 @@ mod tests {
         // entered the flow first).
         index.remove(&key(1), SEED, 1);
         assert_eq!(index.find(&key(1), SEED, |_| true), Some(0));
+        // Nor does removing a slot under another flow's key.
+        index.remove(&key(2), SEED, 0);
+        assert_eq!(index.find(&key(1), SEED, |_| true), Some(0));
+    }
+
+    #[test]
+    fn an_entry_entered_past_a_freed_one_is_removed_all_the_same() {
+        let fd = memfd((index_entries(CAPACITY) as usize * 8).next_multiple_of(4096));
+        let index = FlowIndex::map(fd.as_fd(), CAPACITY).unwrap();
+        // A CPU's lookup of key 1 passed its first probe (another flow's)
+        // and entered key 1 at the second; meanwhile the other flow was
+        // removed and its entry freed.
+        let hash = flow_hash(&key(1), SEED);
+        let second = (hash as u32).wrapping_add(1) & index.mask();
+        index
+            .entry(second)
+            .store(index_entry(hash, 5), Ordering::Relaxed);
+        index.remove(&key(1), SEED, 5);
+        assert_eq!(index.entry(second).load(Ordering::Relaxed), INDEX_FREE);
     }
 }

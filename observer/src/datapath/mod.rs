@@ -264,9 +264,10 @@ impl Datapath {
 
     /// Step one of giving slots back: no CPU finds them any more (index
     /// entries removed, then cached references voided); the next poll reads
-    /// their final counts and frees them. In that order, a packet never
-    /// finds an index entry whose slot was given back: between the two
-    /// steps it opens a new slot for its flow, and both slots count.
+    /// their final counts and frees them. Between the two steps a packet
+    /// of the flow opens a new slot for it, and both slots count. (A
+    /// lookup checks a slot's key and odd generation, so even an entry
+    /// left behind could not count a packet in a slot given back.)
     pub fn retire(&mut self, which: &[u32]) {
         self.tracker.retire(&self.slots, which);
     }
