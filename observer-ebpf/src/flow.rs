@@ -9,11 +9,10 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_F_MMAPABLE},
+    bindings::BPF_F_MMAPABLE,
     helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, PerCpuArray},
-    programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use observer_common::{
@@ -215,7 +214,7 @@ fn copy_key(to: *mut FlowKey, from: &FlowKey) {
 }
 
 #[inline(always)]
-pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
+pub fn account(key: &FlowKey, d: &Delta) {
     // SAFETY: helper without preconditions (inlined by the verifier to a
     // load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
@@ -240,29 +239,22 @@ pub fn account(ctx: &TcContext, key: &FlowKey, d: &Delta) {
         }
     }
 
-    let cached = FLOW_CACHE
-        .get_ptr_mut((key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1));
-    if add_cached(cached, key, d, now) {
+    let cache_slot = (key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1);
+    if add_cached(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
         return;
     }
-    // Last: nothing of this frame is needed after the call, so the
-    // verifier finds the callee's states alike whatever the parse was.
-    add_indexed_apart(
-        ctx.skb.skb,
-        cached.unwrap_or(core::ptr::null_mut()),
-        key,
-        d,
-        now,
-    );
+    add_indexed_apart(cache_slot, key, d, now);
 }
 
 /// No room for the flow: the packet still counts, in its interface's
 /// overflow totals.
 #[inline(always)]
-fn overflow(ctx: &TcContext, key: &FlowKey, d: &Delta, error: i64) {
+fn overflow(key: &FlowKey, d: &Delta, error: i64) {
     count(Stat::FlowInsertFailures);
+    // aya-log-ebpf writes to its ring buffer: the macro ignores the
+    // context argument.
     warn!(
-        ctx,
+        &(),
         "flow map insert failed (error {}): {} packets counted in ifindex {}'s overflow",
         error,
         d.segs,
@@ -312,21 +304,31 @@ struct Probe {
 /// below 2^32.)
 const LOOKUP_FULL: u64 = u64::MAX;
 
-/// [`add_indexed`], or the overflow totals, as a function of its own (a
-/// BPF-to-BPF call, so at most five arguments and no struct returned):
-/// inlined, it crowds the registers of the hot path, which it is not on.
+/// [`add_indexed`], or the overflow totals, as a global function: the
+/// verifier checks it once, on its own, whatever the parse that calls it
+/// (as a static one it walked it again for every caller's state, a
+/// quarter of a minute per load on 6.1 under an emulated CPU). Hence its
+/// form: pointers it checks for null, a number returned (0), the cache
+/// entry by index, no context (a global function's must be used, and the
+/// log needs none). Not inlined into the hot path either, whose registers
+/// it would crowd.
+#[unsafe(no_mangle)]
 #[inline(never)]
-fn add_indexed_apart(
-    skb: *mut __sk_buff,
-    cached: *mut FlowCacheEntry,
-    key: &FlowKey,
-    d: &Delta,
+pub extern "C" fn add_indexed_apart(
+    cache_slot: u32,
+    key: *const FlowKey,
+    d: *const Delta,
     now: u64,
-) {
-    let cached = (!cached.is_null()).then_some(cached);
-    if let Err(error) = add_indexed(cached, key, d, now) {
-        overflow(&TcContext::new(skb), key, d, error);
+) -> i32 {
+    // SAFETY: the verifier checked that both point to readable memory of
+    // their types' sizes, or are null.
+    let (Some(key), Some(d)) = (unsafe { key.as_ref() }, unsafe { d.as_ref() }) else {
+        return 0;
+    };
+    if let Err(error) = add_indexed(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
+        overflow(key, d, error);
     }
+    0
 }
 
 /// The flow's slot from the index (remembered in the cache), or a new slot

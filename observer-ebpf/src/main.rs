@@ -132,7 +132,6 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
         0
     };
     account(
-        ctx,
         key,
         &Delta {
             segs,
