@@ -17,15 +17,16 @@ use crate::FlowKey;
 pub const INDEX_FREE: u64 = 0;
 /// A removed flow's entry: a lookup goes past it, an insert may take it.
 pub const INDEX_GONE: u64 = u64::MAX;
-/// Entries a lookup or insert probes at most (two cache lines; more makes
-/// the programs too long to verify). With the table at most an eighth full,
-/// a run of this many taken entries at a key's place is rare (simulations
-/// that filled 131,072 slots 20 times over saw runs of 9 at most; a quarter
-/// full, 15); should one happen, the flow's packets go to the overflow
-/// totals, counted.
-pub const INDEX_PROBES: u32 = 16;
-/// Index entries per flow slot: the table is at most an eighth full.
-pub const INDEX_ENTRIES_PER_SLOT: u32 = 8;
+/// Entries a lookup or insert probes at most (each probe one call of a
+/// `bpf_loop` callback, so the bound costs the verifier nothing). With the
+/// table at most a quarter full, a run this long at a key's place does not
+/// happen in practice (simulations that filled 262,144 slots 5 times over
+/// needed 14 probes at most; 131,072 slots 20 times, 15); should one
+/// happen, the flow's packets go to the overflow totals, counted.
+pub const INDEX_PROBES: u32 = 64;
+/// Index entries per flow slot: the table is at most a quarter full, and
+/// takes 32 bytes a slot (which the daemon's memory shows: it maps it).
+pub const INDEX_ENTRIES_PER_SLOT: u32 = 4;
 /// The largest flow capacity (the index's size must fit a u32).
 pub const MAX_FLOW_CAPACITY: u32 = 1 << 24;
 
@@ -99,8 +100,8 @@ mod tests {
         assert!(same_tag(e, h) && !same_tag(e, h ^ 1 << 40));
         assert_eq!(entry_slot(INDEX_FREE), None);
         assert_eq!(entry_slot(INDEX_GONE), None);
-        assert_eq!(index_entries(1000), 8192);
-        assert_eq!(index_entries(1024), 8192);
+        assert_eq!(index_entries(1000), 4096);
+        assert_eq!(index_entries(1024), 4096);
     }
 
     #[test]
@@ -118,10 +119,10 @@ mod tests {
 
     #[test]
     fn nearby_keys_spread_over_the_table() {
-        // Flows differing in the source port only: a table an eighth full
-        // has short runs.
-        let mask = (1u64 << 13) - 1;
-        let mut taken = [false; 1 << 13];
+        // Flows differing in the source port only: a table a quarter full
+        // has short runs (a quarter of the probes at most).
+        let mask = (1u64 << 12) - 1;
+        let mut taken = [false; 1 << 12];
         for port in 0..1024u16 {
             let k = FlowKey {
                 src_port: port,
@@ -133,7 +134,7 @@ mod tests {
                 p = (p + 1) & mask;
                 probes += 1;
             }
-            assert!(probes < INDEX_PROBES, "port {port}: {probes} probes");
+            assert!(probes < INDEX_PROBES / 4, "port {port}: {probes} probes");
             taken[p as usize] = true;
         }
     }

@@ -687,7 +687,7 @@ fn memory_md(w: &mut String, m: &MemoryResult) {
          and computed for 64 and 128 CPUs: the per-CPU part (per-CPU arrays: entries × \
          value size rounded to 8, per CPU) scaled, the rest as measured. The flow capacity \
          sizes the slot array (128 bytes a slot), the free ring (8 bytes a slot) and the \
-         flow index (8-byte entries, eight per slot rounded up to a power of two).\n",
+         flow index (8-byte entries, four per slot rounded up to a power of two).\n",
         m.flow_capacity, m.possible_cpus
     );
     let _ = writeln!(
