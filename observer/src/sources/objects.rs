@@ -123,8 +123,12 @@ impl ClusterObjects {
             .collect();
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
+            let text = match std::fs::read_to_string(&path) {
+                Ok(text) => text,
+                // Removed since the listing: the directory no longer holds it.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
             let docs = if path.extension().is_some_and(|e| e == "json") {
                 vec![
                     serde_json::from_str(&text)
@@ -457,5 +461,17 @@ mod tests {
             .add_value(json!({"kind": "Pod", "metadata": {"name": "bad", "labels": "not-a-map"}}))
             .unwrap_err();
         assert!(format!("{err:#}").contains("Pod bad"));
+    }
+
+    /// A file listed but gone when read (here a dangling link, the same as a
+    /// file removed between the listing and the read) is skipped, not an error.
+    #[test]
+    fn a_file_gone_before_it_is_read_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pods = json!({"apiVersion": "v1", "kind": "List", "items": [pod_json()]});
+        std::fs::write(dir.path().join("pods.json"), pods.to_string()).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("gone.json")).unwrap();
+        let objects = ClusterObjects::load_dir(dir.path()).unwrap();
+        assert_eq!(objects.pods.len(), 1);
     }
 }

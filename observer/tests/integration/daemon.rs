@@ -794,7 +794,10 @@ fn objects_that_do_not_decode_keep_their_names_and_say_so() {
         (r#"{"items":5}"#, "an object has no `kind`"),
         (r#"{"kind": "PodList", "items": [{"#, "is not JSON"),
     ] {
-        std::fs::write(&bad, text).unwrap();
+        // Written aside and renamed, so the daemon never reads half a file.
+        let part = objects.path().join("bad.part");
+        std::fs::write(&part, text).unwrap();
+        std::fs::rename(&part, &bad).unwrap();
         d.wait_for(
             |_| objects_synced(&node) == Some(0.0),
             "objects source_synced 0",
