@@ -239,8 +239,8 @@ pub struct MtuLimit {
     pub ipv6: u16,
 }
 
-/// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
-/// operations, so memory does not multiply by the CPU count.
+/// Counters of one flow, as userspace sees them (see [`FlowSlot::stats`]):
+/// one set for all CPUs, so memory does not multiply by the CPU count.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -249,7 +249,7 @@ pub struct FlowStats {
     pub skbs: u64,
     /// Wire packets beyond one per skb (`gso_segs - 1` of GSO skbs), so
     /// that packets on the wire = `skbs + extra_segments`. Kept apart so
-    /// the common non-GSO packet costs one atomic add less.
+    /// the common non-GSO packet costs one add less.
     pub extra_segments: u64,
     /// Bytes of the IP packets (inner ones for encapsulated traffic), as on
     /// the wire: every segment with its headers.
@@ -283,15 +283,74 @@ pub const SLOT_IN_RING: u8 = 0xfe;
 /// check), then, a poll later, reads the final counts and puts the slot back in
 /// the ring. Two cache lines of its own per slot: no two flows share a line that
 /// CPUs write.
+///
+/// Packets and bytes are counted twice over: `own` by the CPU that opened the
+/// flow (`owner_cpu`), with plain adds, since no other CPU writes there, and
+/// `shared` by every other CPU, with atomic adds. A flow stays on one CPU in
+/// the common case (RSS, a pod's veth), and a plain add costs a fraction of
+/// an atomic one. The first cache line holds all that a packet of a plain
+/// flow reads and writes; [`FlowSlot::stats`] adds the two up.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowSlot {
-    pub key: FlowKey,
-    pub _pad0: u32,
     /// 64 bits: the BPF target has no 32-bit compare-and-swap everywhere.
     pub generation: u64,
-    pub stats: FlowStats,
-    pub _pad: [u64; 2],
+    /// The CPU (`bpf_get_smp_processor_id`) whose adds go to `own`.
+    pub owner_cpu: u32,
+    /// Union of the TCP flags seen (low 8 bits used).
+    pub tcp_flags: u32,
+    /// Kernel jiffies at the last packet.
+    pub last_seen_jiffies: u64,
+    /// Written by the owner CPU only.
+    pub own: Counts,
+    /// Written by every CPU, atomically.
+    pub shared: Counts,
+    /// Wire packets beyond one per skb (see [`FlowStats::extra_segments`]),
+    /// added atomically by every CPU.
+    pub extra_segments: u64,
+    pub key: FlowKey,
+    pub oversize_packets: u32,
+    pub overhead_bytes: u64,
+    pub first_seen_jiffies: u64,
+}
+
+/// Socket buffers and bytes of a flow, one writer's share (see [`FlowSlot`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub skbs: u64,
+    pub bytes: u64,
+}
+
+impl FlowSlot {
+    /// The flow's counters, `own` and `shared` added up.
+    pub fn stats(&self) -> FlowStats {
+        FlowStats {
+            skbs: self.own.skbs + self.shared.skbs,
+            extra_segments: self.extra_segments,
+            bytes: self.own.bytes + self.shared.bytes,
+            overhead_bytes: self.overhead_bytes,
+            first_seen_jiffies: self.first_seen_jiffies,
+            last_seen_jiffies: self.last_seen_jiffies,
+            tcp_flags: self.tcp_flags,
+            oversize_packets: self.oversize_packets,
+        }
+    }
+
+    /// Sets the counters to `s`, as counted by `owner_cpu` (a new flow).
+    pub fn set_stats(&mut self, s: &FlowStats) {
+        self.own = Counts {
+            skbs: s.skbs,
+            bytes: s.bytes,
+        };
+        self.shared = Counts::default();
+        self.extra_segments = s.extra_segments;
+        self.overhead_bytes = s.overhead_bytes;
+        self.first_seen_jiffies = s.first_seen_jiffies;
+        self.last_seen_jiffies = s.last_seen_jiffies;
+        self.tcp_flags = s.tcp_flags;
+        self.oversize_packets = s.oversize_packets;
+    }
 }
 
 /// The free ring's counters: the kernel takes index `cons` (compare and
@@ -432,7 +491,8 @@ const _: () = assert!(size_of::<IfaceTotals>() == 80);
 const _: () = assert!(size_of::<MtuLimit>() == 8);
 const _: () = assert!(size_of::<EncapTotals>() == 24);
 const _: () = assert!(size_of::<FlowSlot>() == 128);
-const _: () = assert!(core::mem::offset_of!(FlowSlot, stats) == 56);
+// A packet of a flow that stays on its CPU touches the first line only.
+const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 64);
 const _: () = assert!(size_of::<RingHead>() == 128);
 const _: () = assert!(size_of::<FlowCacheEntry>() == 56);
 
