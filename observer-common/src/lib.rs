@@ -239,8 +239,8 @@ pub struct MtuLimit {
     pub ipv6: u16,
 }
 
-/// Counters of one flow, as userspace sees them (see [`FlowSlot::stats`]):
-/// one set for all CPUs, so memory does not multiply by the CPU count.
+/// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
+/// operations, so memory does not multiply by the CPU count.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -249,7 +249,7 @@ pub struct FlowStats {
     pub skbs: u64,
     /// Wire packets beyond one per skb (`gso_segs - 1` of GSO skbs), so
     /// that packets on the wire = `skbs + extra_segments`. Kept apart so
-    /// the common non-GSO packet costs one add less.
+    /// the common non-GSO packet costs one atomic add less.
     pub extra_segments: u64,
     /// Bytes of the IP packets (inner ones for encapsulated traffic), as on
     /// the wire: every segment with its headers.
@@ -282,75 +282,17 @@ pub const SLOT_IN_RING: u8 = 0xfe;
 /// finds the slot any more, and cached references to it fail their `generation`
 /// check), then, a poll later, reads the final counts and puts the slot back in
 /// the ring. Two cache lines of its own per slot: no two flows share a line that
-/// CPUs write.
-///
-/// Packets and bytes are counted twice over: `own` by the CPU that opened the
-/// flow (`owner_cpu`), with plain adds, since no other CPU writes there, and
-/// `shared` by every other CPU, with atomic adds. A flow stays on one CPU in
-/// the common case (RSS, a pod's veth), and a plain add costs a fraction of
-/// an atomic one. The first cache line holds all that a packet of a plain
-/// flow reads and writes; [`FlowSlot::stats`] adds the two up.
+/// CPUs write. The first holds `generation` and `stats`, all that a packet found
+/// through the per-CPU cache reads and writes; the key, which only the index
+/// lookup reads, is in the second.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowSlot {
     /// 64 bits: the BPF target has no 32-bit compare-and-swap everywhere.
     pub generation: u64,
-    /// The CPU (`bpf_get_smp_processor_id`) whose adds go to `own`.
-    pub owner_cpu: u32,
-    /// Union of the TCP flags seen (low 8 bits used).
-    pub tcp_flags: u32,
-    /// Kernel jiffies at the last packet.
-    pub last_seen_jiffies: u64,
-    /// Written by the owner CPU only.
-    pub own: Counts,
-    /// Written by every CPU, atomically.
-    pub shared: Counts,
-    /// Wire packets beyond one per skb (see [`FlowStats::extra_segments`]),
-    /// added atomically by every CPU.
-    pub extra_segments: u64,
+    pub stats: FlowStats,
     pub key: FlowKey,
-    pub oversize_packets: u32,
-    pub overhead_bytes: u64,
-    pub first_seen_jiffies: u64,
-}
-
-/// Socket buffers and bytes of a flow, one writer's share (see [`FlowSlot`]).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Counts {
-    pub skbs: u64,
-    pub bytes: u64,
-}
-
-impl FlowSlot {
-    /// The flow's counters, `own` and `shared` added up.
-    pub fn stats(&self) -> FlowStats {
-        FlowStats {
-            skbs: self.own.skbs + self.shared.skbs,
-            extra_segments: self.extra_segments,
-            bytes: self.own.bytes + self.shared.bytes,
-            overhead_bytes: self.overhead_bytes,
-            first_seen_jiffies: self.first_seen_jiffies,
-            last_seen_jiffies: self.last_seen_jiffies,
-            tcp_flags: self.tcp_flags,
-            oversize_packets: self.oversize_packets,
-        }
-    }
-
-    /// Sets the counters to `s`, as counted by `owner_cpu` (a new flow).
-    pub fn set_stats(&mut self, s: &FlowStats) {
-        self.own = Counts {
-            skbs: s.skbs,
-            bytes: s.bytes,
-        };
-        self.shared = Counts::default();
-        self.extra_segments = s.extra_segments;
-        self.overhead_bytes = s.overhead_bytes;
-        self.first_seen_jiffies = s.first_seen_jiffies;
-        self.last_seen_jiffies = s.last_seen_jiffies;
-        self.tcp_flags = s.tcp_flags;
-        self.oversize_packets = s.oversize_packets;
-    }
+    pub _pad: [u32; 5],
 }
 
 /// The free ring's counters: the kernel takes index `cons` (compare and
@@ -409,13 +351,14 @@ pub struct Totals {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct IfaceTotals {
+    /// First, beside `hook`: every packet writes both.
+    pub ifindex: u32,
+    pub _pad: u32,
     pub hook: [Totals; 2],
     /// Packets counted without a flow entry (the flow map was full), per hook.
     pub overflow: [Totals; 2],
     /// Packets that were not IP (ARP, LLDP, ...), counted but not in flows.
     pub non_ip_packets: u64,
-    pub ifindex: u32,
-    pub _pad: u32,
 }
 
 /// Per-encapsulation totals (indexed by [`Encap`]), from outer headers.
@@ -491,7 +434,7 @@ const _: () = assert!(size_of::<IfaceTotals>() == 80);
 const _: () = assert!(size_of::<MtuLimit>() == 8);
 const _: () = assert!(size_of::<EncapTotals>() == 24);
 const _: () = assert!(size_of::<FlowSlot>() == 128);
-// A packet of a flow that stays on its CPU touches the first line only.
+// A packet found through the per-CPU cache touches the first line only.
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 64);
 const _: () = assert!(size_of::<RingHead>() == 128);
 const _: () = assert!(size_of::<FlowCacheEntry>() == 56);

@@ -1,7 +1,6 @@
 //! Map updates: a flow's counters (a slot of the mmapable `SLOTS` array,
 //! found through a per-CPU cache or the `FLOW_INDEX` table, shared by all
-//! CPUs: plain adds from the CPU that opened the flow, atomic ones from the
-//! others), per-interface and per-encapsulation totals and datapath
+//! CPUs, atomic adds), per-interface and per-encapsulation totals and datapath
 //! counters (per-CPU arrays).
 
 use core::{
@@ -11,14 +10,15 @@ use core::{
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    helpers::{bpf_get_smp_processor_id, bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop},
     macros::map,
     maps::{Array, PerCpuArray},
 };
 use aya_log_ebpf::warn;
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS,
-    FlowCacheEntry, FlowKey, FlowSlot, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead, Stat,
+    FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead,
+    Stat,
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
@@ -160,45 +160,34 @@ fn add(field: *mut u64, v: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
-/// Adds a packet to its flow's slot: to `own` with plain adds on the CPU
-/// that owns the slot, to `shared` with atomic ones elsewhere (see
-/// `FlowSlot`).
 #[inline(always)]
-fn add_to_flow(s: *mut FlowSlot, d: &Delta, now: u64) {
-    // SAFETY: s is a live map value; see `add`. The helper has no
-    // preconditions (inlined by the verifier where the JIT can).
+fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
+    // SAFETY: v is a live map value; see `add`.
     unsafe {
-        if (*s).owner_cpu == bpf_get_smp_processor_id() {
-            // Only this CPU writes `own`, and a program runs to its end
-            // before another starts on the same CPU.
-            (*s).own.skbs += 1;
-            (*s).own.bytes += d.bytes;
-        } else {
-            add(&raw mut (*s).shared.skbs, 1);
-            add(&raw mut (*s).shared.bytes, d.bytes);
-        }
+        add(&raw mut (*v).skbs, 1);
         if d.segs > 1 {
-            add(&raw mut (*s).extra_segments, d.segs - 1);
+            add(&raw mut (*v).extra_segments, d.segs - 1);
         }
+        add(&raw mut (*v).bytes, d.bytes);
         if d.overhead != 0 {
-            add(&raw mut (*s).overhead_bytes, d.overhead);
+            add(&raw mut (*v).overhead_bytes, d.overhead);
         }
         if d.oversize != 0 {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
-                &raw mut (*s).oversize_packets,
+                &raw mut (*v).oversize_packets,
                 d.oversize,
             );
         }
         // Stored only when it changes (once a tick): an idle flow's line is
         // not written for nothing.
-        if (*s).last_seen_jiffies != now {
-            (*s).last_seen_jiffies = now;
+        if (*v).last_seen_jiffies != now {
+            (*v).last_seen_jiffies = now;
         }
         // Plain read-modify-write: only when a new flag appears, so the rare
         // race loses at most a flag bit, never a count.
         let flags = d.tcp_flags as u32;
-        if (*s).tcp_flags & flags != flags {
-            (*s).tcp_flags |= flags;
+        if (*v).tcp_flags & flags != flags {
+            (*v).tcp_flags |= flags;
         }
     }
 }
@@ -297,7 +286,7 @@ fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now
         if (*s).generation as u32 != (*c).generation {
             return false;
         }
-        add_to_flow(s, d, now);
+        add_to_flow(&raw mut (*s).stats, d, now);
     }
     true
 }
@@ -372,7 +361,8 @@ fn add_indexed(
         return insert(cached, key, d, now, h, Probe { hash, pos: slot });
     }
     if let Some(s) = SLOTS.get_ptr_mut(slot) {
-        add_to_flow(s, d, now);
+        // SAFETY: live map value.
+        add_to_flow(unsafe { &raw mut (*s).stats }, d, now);
         remember(cached, key, slot, generation);
     }
     Ok(())
@@ -502,17 +492,15 @@ fn insert(
     // SAFETY: the slot is ours until published (no other CPU has its index).
     unsafe {
         copy_key(&raw mut (*s).key, key);
-        (*s).owner_cpu = bpf_get_smp_processor_id();
-        (*s).own.skbs = 1;
-        (*s).own.bytes = d.bytes;
-        (*s).shared.skbs = 0;
-        (*s).shared.bytes = 0;
-        (*s).extra_segments = d.segs - 1;
-        (*s).overhead_bytes = d.overhead;
-        (*s).first_seen_jiffies = now;
-        (*s).last_seen_jiffies = now;
-        (*s).tcp_flags = d.tcp_flags as u32;
-        (*s).oversize_packets = d.oversize;
+        let v = &raw mut (*s).stats;
+        (*v).skbs = 1;
+        (*v).extra_segments = d.segs - 1;
+        (*v).bytes = d.bytes;
+        (*v).overhead_bytes = d.overhead;
+        (*v).first_seen_jiffies = now;
+        (*v).last_seen_jiffies = now;
+        (*v).tcp_flags = d.tcp_flags as u32;
+        (*v).oversize_packets = d.oversize;
         // A compare-and-swap: a full barrier after the writes above (a
         // plain or non-fetching store is not one on every architecture),
         // so that userspace, seeing the generation odd, reads the whole

@@ -268,8 +268,7 @@ impl Slots {
         unsafe { std::ptr::read_volatile(&raw const (*self.slots.at(i as usize)).key.hook) }
     }
 
-    /// The slot's counters, each read whole (CPUs add to them meanwhile;
-    /// each only grows, so their sum, `own` + `shared`, never goes back).
+    /// The slot's counters, each read whole (CPUs add to them meanwhile).
     pub fn stats(&self, i: u32) -> FlowStats {
         let v = self.slots.at(i as usize);
         // SAFETY: aligned fields of the mapping; the kernel writes them with
@@ -277,15 +276,16 @@ impl Slots {
         unsafe {
             let u64_at = |p: *mut u64| AtomicU64::from_ptr(p).load(Ordering::Relaxed);
             let u32_at = |p: *mut u32| AtomicU32::from_ptr(p).load(Ordering::Relaxed);
+            let s = &raw mut (*v).stats;
             FlowStats {
-                skbs: u64_at(&raw mut (*v).own.skbs) + u64_at(&raw mut (*v).shared.skbs),
-                extra_segments: u64_at(&raw mut (*v).extra_segments),
-                bytes: u64_at(&raw mut (*v).own.bytes) + u64_at(&raw mut (*v).shared.bytes),
-                overhead_bytes: u64_at(&raw mut (*v).overhead_bytes),
-                first_seen_jiffies: u64_at(&raw mut (*v).first_seen_jiffies),
-                last_seen_jiffies: u64_at(&raw mut (*v).last_seen_jiffies),
-                tcp_flags: u32_at(&raw mut (*v).tcp_flags),
-                oversize_packets: u32_at(&raw mut (*v).oversize_packets),
+                skbs: u64_at(&raw mut (*s).skbs),
+                extra_segments: u64_at(&raw mut (*s).extra_segments),
+                bytes: u64_at(&raw mut (*s).bytes),
+                overhead_bytes: u64_at(&raw mut (*s).overhead_bytes),
+                first_seen_jiffies: u64_at(&raw mut (*s).first_seen_jiffies),
+                last_seen_jiffies: u64_at(&raw mut (*s).last_seen_jiffies),
+                tcp_flags: u32_at(&raw mut (*s).tcp_flags),
+                oversize_packets: u32_at(&raw mut (*s).oversize_packets),
             }
         }
     }
@@ -331,10 +331,8 @@ impl Slots {
         // was at least a poll ago); the ring position is past `prod`.
         unsafe {
             let v = self.slots.at(i as usize);
-            let mut zeroed = v.read_volatile();
-            zeroed.set_stats(&FlowStats::default());
-            zeroed.key.hook = SLOT_IN_RING;
-            v.write_volatile(zeroed);
+            (&raw mut (*v).stats).write_volatile(FlowStats::default());
+            (&raw mut (*v).key.hook).write_volatile(SLOT_IN_RING);
             *self.ring.at((prod % self.capacity as u64) as usize) = i as u64;
         }
         // Publishes the index written above.

@@ -328,25 +328,24 @@ mod tests {
             unsafe {
                 let s = self.slots.at(i as usize);
                 (*s).key = key(port);
-                (*s).set_stats(&FlowStats {
+                (*s).stats = FlowStats {
                     skbs,
                     bytes: 100 * skbs,
                     first_seen_jiffies: t,
                     last_seen_jiffies: t,
                     ..Default::default()
-                });
+                };
                 (*s).generation |= 1;
             }
             i
         }
 
-        /// More packets, as a CPU other than the flow's owner adds them.
         fn add(&self, i: u32, skbs: u64, t: u64) {
             // SAFETY: test memory, one thread.
             unsafe {
-                let s = &mut *self.slots.at(i as usize);
-                s.shared.skbs += skbs;
-                s.shared.bytes += 100 * skbs;
+                let s = &mut (*self.slots.at(i as usize)).stats;
+                s.skbs += skbs;
+                s.bytes += 100 * skbs;
                 s.last_seen_jiffies = t;
             }
         }
@@ -431,11 +430,11 @@ mod tests {
         assert_eq!(poll(&mut t, &s), []);
         // SAFETY: as above.
         unsafe {
-            (*k.slots.at(i as usize)).set_stats(&FlowStats {
+            (*k.slots.at(i as usize)).stats = FlowStats {
                 skbs: 2,
                 bytes: 200,
                 ..Default::default()
-            });
+            };
             (*k.slots.at(i as usize)).generation |= 1;
         }
         assert_eq!(poll(&mut t, &s), [(1, 2, true, false)]);
