@@ -11,7 +11,7 @@ use super::{
     netns::interrupted,
     stats::{Summary, trimmed_mean},
 };
-use crate::datapath::{Datapath, object, testrun};
+use crate::datapath::{Datapath, cpu, object, testrun};
 
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
@@ -91,7 +91,10 @@ pub struct KernelResult {
 
 pub fn run(p: &Params) -> Result<KernelResult> {
     // One CPU for all runs: no migration between the calls compared.
-    let pin = Pinned::last_cpu();
+    let pin = cpu::allowed()
+        .ok()
+        .and_then(|c| c.last().copied())
+        .and_then(|c| cpu::Pinned::to(c).ok());
     let cases = hot_cases(p)?;
     let hot = cases
         .iter()
@@ -241,38 +244,4 @@ fn distinct(p: &Params) -> Result<DistinctResult> {
         flow_insert_failures: failures,
         entries_at_end: entries,
     })
-}
-
-/// This thread pinned to one CPU until dropped (then its old mask again).
-struct Pinned {
-    cpu: usize,
-    old: libc::cpu_set_t,
-}
-
-impl Pinned {
-    fn last_cpu() -> Option<Self> {
-        // SAFETY: cpu_set_t is plain data; the calls get valid pointers.
-        unsafe {
-            let mut old: libc::cpu_set_t = std::mem::zeroed();
-            if libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old) != 0 {
-                return None;
-            }
-            let cpu = (0..libc::CPU_SETSIZE as usize)
-                .rev()
-                .find(|&c| libc::CPU_ISSET(c, &old))?;
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut one);
-            if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one) != 0 {
-                return None;
-            }
-            Some(Self { cpu, old })
-        }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask read in `last_cpu`.
-        unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &self.old) };
-    }
 }

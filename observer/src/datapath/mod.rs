@@ -3,6 +3,7 @@
 
 pub mod attach;
 pub mod clock;
+pub mod cpu;
 mod index;
 pub mod kernel_log;
 pub mod links;

@@ -4,7 +4,7 @@
 //! exactly once (as a flow, as non-IP, or as unparsed).
 
 use observer::{
-    datapath::{Datapath, object, testrun},
+    datapath::{Datapath, cpu, object, testrun},
     flows::key_addrs,
 };
 use observer_common::{Encap, FlowKey, FlowStats, Stat};
@@ -342,7 +342,7 @@ fn gso_super_packets_count_every_segment_with_its_headers() {
 fn one_flow_counted_on_two_cpus_at_once_loses_nothing() {
     const RUNS: u32 = 200_000;
     let c = Classifier::new();
-    let cpus = allowed_cpus();
+    let cpus = cpu::allowed().expect("sched_getaffinity");
     assert!(
         cpus.len() >= 2,
         "this test needs two CPUs to run on, this thread may use {cpus:?}"
@@ -358,22 +358,25 @@ fn one_flow_counted_on_two_cpus_at_once_loses_nothing() {
         &[0; 2000],
     );
     let gso = eth(0x0800, &gso);
-    on_cpu(cpus[0], || c.eth(&frame));
+    {
+        let _on_first = cpu::Pinned::to(cpus[0]).expect("pinning");
+        c.eth(&frame);
+    }
     std::thread::scope(|s| {
-        for &cpu in &cpus[..2] {
+        for &n in &cpus[..2] {
             let (c, frame) = (&c, &frame);
             s.spawn(move || {
-                on_cpu(cpu, || {
-                    let r = testrun::run(&c.dp.ebpf, object::ETH_INGRESS, frame, None, RUNS)
-                        .expect("test run");
-                    assert_eq!(r.return_value, TC_ACT_UNSPEC);
-                })
+                let _pinned = cpu::Pinned::to(n).expect("pinning");
+                let r = testrun::run(&c.dp.ebpf, object::ETH_INGRESS, frame, None, RUNS)
+                    .expect("test run");
+                assert_eq!(r.return_value, TC_ACT_UNSPEC);
             });
         }
     });
     // A GSO packet of 2 segments, of another flow, on each CPU in turn.
-    for &cpu in &cpus[..2] {
-        on_cpu(cpu, || c.run(object::ETH_INGRESS, &gso, Some((2, 1000))));
+    for &n in &cpus[..2] {
+        let _pinned = cpu::Pinned::to(n).expect("pinning");
+        c.run(object::ETH_INGRESS, &gso, Some((2, 1000)));
     }
     let flows = c.flows();
     let udp = flows.iter().find(|f| f.proto == 17).expect("the UDP flow");
@@ -382,44 +385,6 @@ fn one_flow_counted_on_two_cpus_at_once_loses_nothing() {
     let tcp = flows.iter().find(|f| f.proto == 6).expect("the TCP flow");
     assert_eq!((tcp.skbs, tcp.packets, tcp.bytes), (2, 4, 4 * 1040));
     assert_eq!(c.stat(Stat::FlowInserts), 2);
-}
-
-/// The CPUs this thread may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is valid; the kernel fills it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set),
-            0,
-            "sched_getaffinity"
-        );
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
-}
-
-/// Runs `f` with this thread pinned to `cpu`, then puts its CPUs back.
-fn on_cpu<T>(cpu: usize, f: impl FnOnce() -> T) -> T {
-    // SAFETY: cpu_set_t values the kernel reads and fills.
-    unsafe {
-        let mut old: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(
-            libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut old),
-            0
-        );
-        let mut one: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut one);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &one),
-            0,
-            "pinning to CPU {cpu}"
-        );
-        let out = f();
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &old);
-        out
-    }
 }
 
 #[test]
