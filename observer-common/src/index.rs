@@ -59,25 +59,18 @@ pub const fn same_tag(entry: u64, hash: u64) -> bool {
 
 const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The key's hash under `seed`: two words at a time, multiplied and
+/// The key's hash under `seed`: eight bytes at a time, multiplied and
 /// folded, then the 64-bit finaliser of MurmurHash3. A few dozen
 /// instructions where the kernel's jhash of the same key is twice that;
 /// the random seed keeps outsiders from choosing keys that collide.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u64) -> u64 {
-    let w = key as *const FlowKey as *const u32;
-    let word = |i: usize| {
-        // SAFETY: i < 11, a u32 of the 44-byte, 4-byte aligned key.
-        unsafe { *w.add(i) as u64 }
-    };
     let mut h = seed ^ MULTIPLIER;
-    let mut i = 0;
-    while i + 1 < size_of::<FlowKey>() / 4 {
-        h = (h ^ (word(i) | word(i + 1) << 32)).wrapping_mul(MULTIPLIER);
+    for i in 0..FlowKey::WORDS {
+        h = (h ^ key.word(i)).wrapping_mul(MULTIPLIER);
         h ^= h >> 29;
-        i += 2;
     }
-    h = (h ^ word(i)).wrapping_mul(MULTIPLIER);
+    h = (h ^ key.tail() as u64).wrapping_mul(MULTIPLIER);
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -85,7 +78,6 @@ pub fn flow_hash(key: &FlowKey, seed: u64) -> u64 {
     h ^ h >> 33
 }
 
-const _: () = assert!(size_of::<FlowKey>() / 4 == 11);
 const _: () = assert!((MAX_FLOW_CAPACITY as u64) * (INDEX_ENTRIES_PER_SLOT as u64) <= 1 << 32);
 
 #[cfg(test)]

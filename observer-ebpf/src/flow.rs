@@ -195,21 +195,25 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
 /// Word-by-word equality of two keys (a byte-wise compare would be a loop).
 #[inline(always)]
 fn same_key(a: *const FlowKey, b: &FlowKey) -> bool {
-    let (a, b) = (a as *const u32, b as *const FlowKey as *const u32);
-    let mut diff = 0;
-    for i in 0..(size_of::<FlowKey>() / 4) {
-        // SAFETY: both are 44-byte keys, 4-byte aligned.
-        diff |= unsafe { *a.add(i) ^ *b.add(i) };
+    // SAFETY: a points to a live key (map value or stack).
+    let a = unsafe { &*a };
+    for i in 0..FlowKey::WORDS {
+        if a.word(i) != b.word(i) {
+            return false;
+        }
     }
-    diff == 0
+    a.tail() == b.tail()
 }
 
 #[inline(always)]
 fn copy_key(to: *mut FlowKey, from: &FlowKey) {
-    let (to, from) = (to as *mut u32, from as *const FlowKey as *const u32);
-    for i in 0..(size_of::<FlowKey>() / 4) {
-        // SAFETY: both are 44-byte keys, 4-byte aligned.
-        unsafe { *to.add(i) = *from.add(i) };
+    let words = to as *mut u64;
+    // SAFETY: the key's fields, as `FlowKey::word` and `tail` read them.
+    unsafe {
+        for i in 0..FlowKey::WORDS {
+            *words.add(i) = from.word(i);
+        }
+        *((to as *mut u8).add(FlowKey::TAIL) as *mut u32) = from.tail();
     }
 }
 

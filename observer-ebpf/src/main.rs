@@ -186,10 +186,13 @@ fn zero_key(key: &mut FlowKey, ifindex: u32, hook: Hook) {
 
 #[inline(always)]
 fn zero_words(key: *mut FlowKey) {
-    let words = key as *mut u32;
-    for i in 0..(size_of::<FlowKey>() / 4) {
-        // SAFETY: FlowKey is 44 bytes of plain integers, 4-byte aligned.
-        unsafe { words.add(i).write_volatile(0) };
+    let words = key as *mut u64;
+    // SAFETY: the key's fields, as `FlowKey::word` and `tail` read them.
+    unsafe {
+        for i in 0..FlowKey::WORDS {
+            words.add(i).write_volatile(0);
+        }
+        ((key as *mut u8).add(FlowKey::TAIL) as *mut u32).write_volatile(0);
     }
 }
 

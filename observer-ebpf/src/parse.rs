@@ -275,8 +275,17 @@ struct Ip {
     later_fragment: bool,
 }
 
+/// `inner`: an encapsulated header, whose outer one may have been IPv6 and
+/// left words in the addresses (the outer header finds them zero).
 #[inline(always)]
-fn ipv4(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> Result<(), Fail> {
+fn ipv4(
+    data: usize,
+    end: usize,
+    off: usize,
+    inner: bool,
+    key: &mut FlowKey,
+    ip: &mut Ip,
+) -> Result<(), Fail> {
     let h = hdr::<Ipv4Hdr>(data, end, off, Header::Ipv4)?;
     if h.ver_ihl >> 4 != 4 {
         return Err(Fail::malformed(Header::Ipv4, off));
@@ -286,8 +295,14 @@ fn ipv4(data: usize, end: usize, off: usize, key: &mut FlowKey, ip: &mut Ip) -> 
         return Err(Fail::malformed(Header::Ipv4, off));
     }
     key.family = FAMILY_IPV4;
-    key.src_addr = [h.src, 0, 0, 0];
-    key.dst_addr = [h.dst, 0, 0, 0];
+    key.src_addr[0] = h.src;
+    key.dst_addr[0] = h.dst;
+    if inner {
+        for i in 1..4 {
+            key.src_addr[i] = 0;
+            key.dst_addr[i] = 0;
+        }
+    }
     ip.proto = h.proto;
     ip.l4_off = off + ihl;
     // Offset bits (low 13 of the big-endian field).
@@ -343,11 +358,12 @@ fn ip(
     end: usize,
     ethertype: u16,
     off: usize,
+    inner: bool,
     key: &mut FlowKey,
     ip: &mut Ip,
 ) -> Result<(), Fail> {
     if ethertype == ETH_P_IP {
-        ipv4(data, end, off, key, ip)
+        ipv4(data, end, off, inner, key, ip)
     } else if ethertype == ETH_P_IPV6 {
         ipv6(data, end, off, key, ip)
     } else {
@@ -406,7 +422,7 @@ pub fn parse(
     let (ethertype, outer_off) = link(data, end, link_kind)?;
     let mut l3_off = outer_off;
     let mut ip_hdr = Ip::default();
-    ip(data, end, ethertype, outer_off, key, &mut ip_hdr)?;
+    ip(data, end, ethertype, outer_off, false, key, &mut ip_hdr)?;
     let mut flags = 0u8;
     let mut wg_overhead = 0usize;
 
@@ -419,7 +435,7 @@ pub fn parse(
                     ETH_P_IPV6
                 };
                 l3_off = ip_hdr.l4_off;
-                ip(data, end, inner, l3_off, key, &mut ip_hdr)?;
+                ip(data, end, inner, l3_off, true, key, &mut ip_hdr)?;
                 key.encap = Encap::Ipip as u8;
             }
             IPPROTO_UDP => {
@@ -430,7 +446,7 @@ pub fn parse(
                     let inner = *hdr::<u16>(data, end, inner_eth + 12, Header::Vxlan)?;
                     key.encap = Encap::Vxlan as u8;
                     l3_off = inner_eth + ETH_HLEN;
-                    ip(data, end, inner, l3_off, key, &mut ip_hdr)?;
+                    ip(data, end, inner, l3_off, true, key, &mut ip_hdr)?;
                 } else if p.dst == WIREGUARD_PORT.to_be() || p.src == WIREGUARD_PORT.to_be() {
                     // Encrypted: the outer packet is the flow; the tunnel's
                     // own headers are overhead, a handshake is all overhead.

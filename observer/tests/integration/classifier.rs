@@ -236,6 +236,32 @@ fn ipip_is_seen_from_outer_headers_on_ethernet_and_l3_devices() {
     );
 }
 
+/// The inner IPv4 header must clear the address words an outer IPv6 one
+/// wrote: else one flow would be two, told apart by the tunnel's outer
+/// addresses.
+#[test]
+fn ipv4_in_ipv6_is_the_same_flow_as_ipv4_in_ipv4() {
+    let c = Classifier::new();
+    let inner = udp4(ip4("10.244.1.5"), ip4("10.244.2.7"), 1111, 2222, &[0; 60]);
+    c.l3(&ipv6_around(ip6("fd00::10"), ip6("fd00::11"), 4, &inner));
+    c.l3(&ipv4_around(
+        ip4("172.30.0.10"),
+        ip4("172.30.0.11"),
+        4,
+        &inner,
+    ));
+    assert_eq!(
+        c.only_flow(),
+        Flow {
+            packets: 2,
+            skbs: 2,
+            bytes: 2 * 88,
+            overhead: 40 + 20,
+            ..flow("10.244.1.5", "10.244.2.7", 1111, 2222, 17, Encap::Ipip)
+        }
+    );
+}
+
 #[test]
 fn l3_device_packets_count_like_ethernet_ones() {
     let c = Classifier::new();

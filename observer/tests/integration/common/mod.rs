@@ -13,7 +13,7 @@ use std::{
     sync::{Condvar, Mutex, PoisonError},
 };
 
-use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
+use etherparse::{IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder};
 
 /// Privileged tests fail loudly when they cannot run, never pass quietly.
 ///
@@ -168,6 +168,22 @@ pub fn udp6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: &[u8]
 pub fn ipv4_around(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
     let h =
         Ipv4Header::new(payload.len() as u16, 64, IpNumber(proto), src, dst).expect("ipv4 header");
+    let mut out = h.to_bytes().to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An IPv6 header with next header `next` around `payload`.
+pub fn ipv6_around(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let h = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: payload.len() as u16,
+        next_header: IpNumber(next),
+        hop_limit: 64,
+        source: src.octets(),
+        destination: dst.octets(),
+    };
     let mut out = h.to_bytes().to_vec();
     out.extend_from_slice(payload);
     out
