@@ -37,10 +37,12 @@ pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default number of flow slots (the map is preallocated).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
-/// Entries of the per-CPU flow cache (a power of two), picked by interface
-/// and hook: the two hooks a forwarded packet passes (a pod's ingress, the
-/// other pod's egress) use different entries.
-pub const FLOW_CACHE_SLOTS: u32 = 8;
+/// Entries of the per-CPU flow cache, picked by a hash of the key (see
+/// `FlowKey::cache_slot`): the flows interleaved on one interface, and the
+/// two hooks a forwarded packet passes (a pod's ingress, the other pod's
+/// egress), mostly have entries of their own.
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+pub const FLOW_CACHE_BITS: u32 = 8;
 /// Slots in the per-interface totals array; an interface uses slot
 /// `ifindex % IFACE_SLOTS`.
 pub const IFACE_SLOTS: u32 = 4096;
@@ -218,6 +220,18 @@ impl FlowKey {
     pub fn tail(&self) -> u32 {
         // SAFETY: bytes TAIL..TAIL + 4 are fields; 4-aligned.
         unsafe { *((self as *const Self as *const u8).add(Self::TAIL) as *const u32) }
+    }
+
+    /// The key's entry in the per-CPU flow cache: a multiplicative hash of
+    /// the words that tell flows apart (the interface, the addresses' first
+    /// and last words, the ports; the hook and protocol moved up to bit 24,
+    /// so that the two hooks of one forwarded packet differ in more than
+    /// their interfaces' low bits). A dozen instructions, where the index's
+    /// hash takes about fifty.
+    #[inline(always)]
+    pub fn cache_slot(&self) -> u32 {
+        let x = self.word(0) ^ self.word(2) ^ self.word(4) ^ ((self.tail() as u64) << 24);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
     }
 
     /// The source address as bytes in network order (first 4 for IPv4).
@@ -466,7 +480,56 @@ const _: () = assert!(size_of::<FlowCacheEntry>() == 56);
 
 #[cfg(test)]
 mod tests {
-    use super::Encap;
+    use super::{Encap, FLOW_CACHE_SLOTS, FlowKey};
+
+    fn udp4(ifindex: u32, hook: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+        let mut k = FlowKey {
+            ifindex,
+            hook,
+            family: super::FAMILY_IPV4,
+            protocol: 17,
+            src_port: sport,
+            dst_port: dport,
+            ..FlowKey::default()
+        };
+        k.src_addr[0] = u32::from_ne_bytes(src);
+        k.dst_addr[0] = u32::from_ne_bytes(dst);
+        k
+    }
+
+    /// Flows interleaved on one interface should mostly keep cache entries
+    /// of their own: 64 connections of one pod to one service take nearly as
+    /// many entries as random picks would (57 expected of 256).
+    #[test]
+    fn one_pods_flows_spread_over_the_cache() {
+        let mut used = [false; FLOW_CACHE_SLOTS as usize];
+        for sport in 40000..40064 {
+            let k = udp4(7, 0, [10, 65, 0, 2], sport, [10, 96, 0, 10], 53);
+            used[k.cache_slot() as usize] = true;
+        }
+        let taken = used.iter().filter(|u| **u).count();
+        assert!(taken >= 52, "64 flows took only {taken} cache entries");
+    }
+
+    /// A forwarded packet is seen on two interfaces (ingress of one pod's
+    /// veth, egress of the other's) with the same addresses and ports: the
+    /// two should rarely share an entry, whatever the interfaces' numbers.
+    #[test]
+    fn the_two_hooks_of_a_forwarded_packet_rarely_share_an_entry() {
+        let mut shared = 0;
+        for a in 2..258u32 {
+            let b = a ^ 1;
+            let tuple =
+                |ifindex, hook| udp4(ifindex, hook, [10, 65, 0, 2], 4000, [10, 65, 0, 3], 80);
+            if tuple(a, 0).cache_slot() == tuple(b, 1).cache_slot() {
+                shared += 1;
+            }
+        }
+        assert!(
+            shared <= 8,
+            "{shared} of 256 interface pairs share an entry"
+        );
+    }
 
     #[test]
     fn calico_devices_and_their_headers() {

@@ -243,7 +243,7 @@ pub fn account(key: &FlowKey, d: &Delta) {
         }
     }
 
-    let cache_slot = (key.ifindex.wrapping_mul(2) + hook as u32) & (FLOW_CACHE_SLOTS - 1);
+    let cache_slot = key.cache_slot();
     if add_cached(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
         return;
     }
