@@ -647,8 +647,10 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
          with the kernel's BPF run-time statistics on only for this segment (BPF_ENABLE_STATS: \
          the switch behind `kernel.bpf_stats_enabled`, held by an fd so that it cannot be left \
          on; the sysctl read `{}` afterwards). Each run's time includes part of the \
-         statistics' own clock reads. Also the daemon's CPU (user + system) over the same \
-         time, and our programs' total run time as a share of one CPU.\n",
+         statistics' own clock reads. Then, the daemon gone, the same of the empty program \
+         attached to the same four hooks under the same loads: ours over it is the real-veth \
+         counterpart of `kernel_hot_ratio`. Also the daemon's CPU (user + system) over the \
+         same time, and our programs' total run time as a share of one CPU.\n",
         t.bpf_stats_sysctl
     );
     let _ = writeln!(w, "| load | program | runs | ns per run |");
@@ -661,6 +663,13 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
                 s.load, p.program, p.run_cnt, p.ns_per_run
             );
         }
+        if let Some(e) = &s.empty {
+            let _ = writeln!(
+                w,
+                "| {} | `{}` (all four hooks) | {} | {:.1} |",
+                s.load, e.program, e.run_cnt, e.ns_per_run
+            );
+        }
     }
     let _ = writeln!(w);
     for s in &t.bpf_stats {
@@ -669,9 +678,12 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
         } else {
             String::new()
         };
+        let vs_empty = s
+            .ratio_vs_empty()
+            .map_or(String::new(), |r| format!("; ours / empty per run {r:.2}"));
         let _ = writeln!(
             w,
-            "- {}{achieved}, {:.1} s: our programs {:.2}% of one CPU, the daemon {:.2}%.",
+            "- {}{achieved}, {:.1} s: our programs {:.2}% of one CPU, the daemon {:.2}%{vs_empty}.",
             s.load, s.seconds, s.classifier_cpu_percent, s.daemon_cpu_percent
         );
     }

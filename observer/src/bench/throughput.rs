@@ -2,8 +2,9 @@
 //! Calico's (host-side `cali*` veths, /32 routes, 169.254.1.1 as the pods'
 //! gateway), iperf3 from pod A to pod B through the node, with nothing
 //! attached to the cali veths, with the empty program attached, and with
-//! `observer run` attached, alternated. Then, with the observer attached, the kernel's own per-run
-//! statistics of our programs (BPF_ENABLE_STATS) while traffic flows.
+//! `observer run` attached, alternated. Then the kernel's own per-run
+//! statistics (BPF_ENABLE_STATS) of our programs while traffic flows, and
+//! of the empty program under the same loads.
 
 use std::{
     collections::BTreeMap,
@@ -105,6 +106,22 @@ pub struct StatsRun {
     pub classifier_cpu_percent: f64,
     /// The daemon process (user + system), percent of one CPU.
     pub daemon_cpu_percent: f64,
+    /// The empty program on the same hooks under the same load (after the
+    /// daemon is gone): what a run of any program costs here.
+    pub empty: Option<ProgStats>,
+}
+
+impl StatsRun {
+    /// Our programs' mean ns per run over their hooks, over the empty
+    /// program's.
+    pub fn ratio_vs_empty(&self) -> Option<f64> {
+        let (t, c) = self
+            .programs
+            .iter()
+            .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt));
+        let empty = self.empty.as_ref()?.ns_per_run;
+        (c > 0 && empty > 0.0).then(|| t as f64 / c as f64 / empty)
+    }
 }
 
 #[derive(Serialize)]
@@ -377,64 +394,91 @@ impl Lab {
     }
 
     /// Our programs' run time per run while traffic flows, with the
-    /// kernel's BPF statistics on for just this segment.
+    /// kernel's BPF statistics on for just this segment; then the empty
+    /// program's, attached to the same hooks under the same loads.
     fn bpf_stats(&self, exe: &Path, p: &Params) -> Result<Vec<StatsRun>> {
-        let d = self.observer(exe)?;
         // The switch behind kernel.bpf_stats_enabled, held by an fd: it
         // goes off again when the fd closes, even if we die.
         let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time statistics")?;
         let streams = 4;
-        let mut out = Vec::new();
-        for (load, udp) in [
+        let loads = [
             (
                 format!(
                     "UDP, {UDP_LEN}-byte payload, {} pps over {streams} flows",
                     p.sustained_pps
                 ),
-                true,
+                Some((p.sustained_pps, streams)),
             ),
-            ("TCP, one flow, full speed (GSO packets)".to_owned(), false),
-        ] {
+            ("TCP, one flow, full speed (GSO packets)".to_owned(), None),
+        ];
+        let d = self.observer(exe)?;
+        let mut out = Vec::new();
+        for (load, udp) in &loads {
             let before = prog_stats(d.pid())?;
             let (cpu0, t0) = (procfs::cpu_time(d.pid())?, Instant::now());
-            let achieved = if udp {
-                self.udp(p.stats_seconds, Some((p.sustained_pps, streams)))?
-                    .0
-            } else {
-                self.tcp(p.stats_seconds)?;
-                0.0
-            };
+            let achieved = self.stats_load(p, *udp)?;
             let wall = t0.elapsed().as_secs_f64();
             let cpu = (procfs::cpu_time(d.pid())? - cpu0).as_secs_f64();
-            let after = prog_stats(d.pid())?;
-            let programs: Vec<ProgStats> = after
-                .iter()
-                .filter_map(|(name, &(t1, c1))| {
-                    let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
-                    let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
-                    // Only the attached classifiers (not the daemon's clock).
-                    let ours = name.starts_with("eth_") || name.starts_with("l3_");
-                    (ours && c > 0).then(|| ProgStats {
-                        program: name.clone(),
-                        run_cnt: c,
-                        run_time_ns: t,
-                        ns_per_run: t as f64 / c as f64,
-                    })
-                })
-                .collect();
+            // Only the attached classifiers (not the daemon's clock).
+            let programs = grown(&before, &prog_stats(d.pid())?, |name| {
+                name.starts_with("eth_") || name.starts_with("l3_")
+            });
             let ours: u64 = programs.iter().map(|s| s.run_time_ns).sum();
             out.push(StatsRun {
-                load,
+                load: load.clone(),
                 seconds: wall,
                 achieved_pps: achieved,
                 classifier_cpu_percent: ours as f64 / 1e9 / wall * 100.0,
                 daemon_cpu_percent: cpu / wall * 100.0,
                 programs,
+                empty: None,
             });
+        }
+        drop(d);
+        let _empty = self.attach_empty()?;
+        let me = std::process::id();
+        for (run, (_, udp)) in out.iter_mut().zip(&loads) {
+            let before = prog_stats(me)?;
+            self.stats_load(p, *udp)?;
+            run.empty = grown(&before, &prog_stats(me)?, |name| name == object::EMPTY).pop();
         }
         Ok(out)
     }
+
+    /// One load of the statistics segment: UDP at a rate over streams
+    /// (returns the pps achieved), or TCP at full speed (returns 0).
+    fn stats_load(&self, p: &Params, udp: Option<(u64, u32)>) -> Result<f64> {
+        Ok(match udp {
+            Some(rate) => self.udp(p.stats_seconds, Some(rate))?.0,
+            None => {
+                self.tcp(p.stats_seconds)?;
+                0.0
+            }
+        })
+    }
+}
+
+/// What the programs `keep` names ran between two [`prog_stats`] reads
+/// (those that ran at all).
+fn grown(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<ProgStats> {
+    after
+        .iter()
+        .filter_map(|(name, &(t1, c1))| {
+            let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+            let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
+            (keep(name) && c > 0).then(|| ProgStats {
+                program: name.clone(),
+                run_cnt: c,
+                run_time_ns: t,
+                ns_per_run: t as f64 / c as f64,
+            })
+        })
+        .collect()
 }
 
 /// (run_time_ns, run_cnt) of each BPF program the daemon holds, by name.
