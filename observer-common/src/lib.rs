@@ -42,6 +42,7 @@ pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
 /// two hooks a forwarded packet passes (a pod's ingress, the other pod's
 /// egress), mostly have entries of their own.
 pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+/// Bits of a [`FLOW_CACHE_SLOTS`] index: the top bits of the key's hash.
 pub const FLOW_CACHE_BITS: u32 = 8;
 /// Slots in the per-interface totals array; an interface uses slot
 /// `ifindex % IFACE_SLOTS`.
@@ -224,10 +225,10 @@ impl FlowKey {
 
     /// The key's entry in the per-CPU flow cache: a multiplicative hash of
     /// the words that tell flows apart (the interface, the addresses' first
-    /// and last words, the ports; the hook and protocol moved up to bit 24,
-    /// so that the two hooks of one forwarded packet differ in more than
-    /// their interfaces' low bits). A dozen instructions, where the index's
-    /// hash takes about fifty.
+    /// and last words, the ports, and the last word, with the hook, moved
+    /// up 24 bits so that the two hooks of one forwarded packet differ in
+    /// more than their interfaces' low bits). A dozen instructions, where
+    /// the index's hash takes about fifty.
     #[inline(always)]
     pub fn cache_slot(&self) -> u32 {
         let x = self.word(0) ^ self.word(2) ^ self.word(4) ^ ((self.tail() as u64) << 24);
