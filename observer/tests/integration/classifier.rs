@@ -156,6 +156,40 @@ fn tcp_flags_accumulate() {
     assert_eq!(f.tcp_flags, 0x02 | 0x10, "SYN and ACK seen");
 }
 
+/// What a pod sends (TC ingress) over its tunnel's MTU is counted in its
+/// flow, against the limit userspace set last.
+#[test]
+fn packets_over_the_tunnel_mtu_are_counted_against_the_limit_set() {
+    let mut c = Classifier::new();
+    // BPF_PROG_TEST_RUN runs the program on the namespace's loopback device.
+    // SAFETY: a NUL-terminated name.
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    assert_ne!(lo, 0, "no loopback device");
+    let (a, b) = (ip4("10.65.0.2"), ip4("10.65.0.3"));
+    // IP packets of 100, 1400 and 1401 bytes.
+    let sized = |ip_len: usize| eth(0x0800, &udp4(a, b, 1000, 2000, &vec![0; ip_len - 28]));
+    let oversize = |c: &Classifier| {
+        let mut n = Vec::new();
+        c.dp.read_flows(|_, v| n.push(v.oversize_packets))
+            .expect("read flows");
+        n
+    };
+
+    c.eth(&sized(1401));
+    assert_eq!(oversize(&c), [0], "no limit set yet");
+
+    c.dp.set_mtu_limit(lo, 1400, 0).expect("set a limit");
+    for len in [100, 1400, 1401, 1400] {
+        c.eth(&sized(len));
+    }
+    assert_eq!(oversize(&c), [1], "only the 1401-byte packet is over 1400");
+
+    c.dp.set_mtu_limit(lo, 99, 0).expect("lower the limit");
+    c.eth(&sized(100));
+    assert_eq!(oversize(&c), [2], "100 bytes are over a limit of 99");
+    assert_eq!(c.only_flow().packets, 6);
+}
+
 #[test]
 fn vlan_and_qinq_tags_are_skipped() {
     let c = Classifier::new();
