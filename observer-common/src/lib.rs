@@ -16,8 +16,8 @@ pub const FLOW_INDEX_MAP: &str = "FLOW_INDEX";
 /// Name of the mmapable array of [`FlowSlot`]s: the flows' counters, read by
 /// userspace straight from memory (no syscall, no copy of unchanged flows).
 pub const SLOTS_MAP: &str = "SLOTS";
-/// Name of the mmapable array of free slot indexes, a ring that userspace
-/// fills and the kernel takes from (see [`RingHead`]).
+/// Name of the mmapable array of free slot indexes, a ring of the slots
+/// userspace gave back, which the kernel takes from (see [`RingHead`]).
 pub const FREE_RING_MAP: &str = "FREE_RING";
 /// Name of the mmapable one-element array holding the [`RingHead`].
 pub const RING_HEAD_MAP: &str = "RING_HEAD";
@@ -37,6 +37,8 @@ pub const CLOCK_MAP: &str = "CLOCK";
 
 /// Default number of flow slots (the map is preallocated).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 131_072;
+/// Entries of the flow index for [`DEFAULT_FLOW_CAPACITY`] slots.
+pub const DEFAULT_INDEX_ENTRIES: u32 = index::index_entries(DEFAULT_FLOW_CAPACITY);
 /// Entries of the per-CPU flow cache, picked by a hash of the key (see
 /// `FlowKey::cache_slot`): the flows interleaved on one interface, and the
 /// two hooks a forwarded packet passes (a pod's ingress, the other pod's
@@ -337,16 +339,27 @@ pub struct FlowSlot {
     pub _pad: [u32; 4],
 }
 
-/// The free ring's counters: the kernel takes index `cons` (compare and
-/// swap), userspace, the only producer, writes at `prod` and then moves it.
-/// `capacity` is written once, when userspace fills a new ring, after the
-/// index's `seed` and `index_mask`; 0 means not filled yet (every insert
-/// then overflows).
+/// How slots are handed out, and the flow index's parameters.
+///
+/// A slot goes out the first time from `fresh`, a counter the kernel moves
+/// by compare and swap (slots below it have been handed out at least once);
+/// once all have been, from the free ring, which holds the slots userspace
+/// gave back: the kernel takes index `cons` (compare and swap), userspace,
+/// the only producer, writes at `prod` and then moves it.
+///
+/// `seed`, `index_mask` and then `capacity` are written by userspace before
+/// any program runs. While `capacity` is 0 (the object loaded by something
+/// other than the daemon: a benchmark harness, `bpftool`), the programs use
+/// the maps' declared sizes ([`DEFAULT_FLOW_CAPACITY`] slots,
+/// [`DEFAULT_INDEX_ENTRIES`] index entries) and seed 0: they count exactly
+/// on their own, as they do under the daemon.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingHead {
     pub cons: u64,
-    pub _pad0: [u64; 7],
+    /// Beside `cons`: both are moved by CPUs that insert flows.
+    pub fresh: u64,
+    pub _pad0: [u64; 6],
     pub prod: u64,
     pub capacity: u64,
     /// The index's hash seed (random, per map), see [`index::flow_hash`].

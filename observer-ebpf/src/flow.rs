@@ -16,9 +16,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use observer_common::{
-    ClockSample, DEFAULT_FLOW_CAPACITY, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS,
-    FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, RingHead,
-    Stat,
+    ClockSample, DEFAULT_FLOW_CAPACITY, DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4,
+    FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals,
+    MtuLimit, RingHead, Stat,
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
@@ -28,14 +28,14 @@ use crate::parse::Fail;
 /// Flow key -> its slot (see `observer_common::index`): only userspace
 /// removes entries, when it retires the slot. Size set at load time.
 #[map(name = "FLOW_INDEX")]
-static FLOW_INDEX: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
+static FLOW_INDEX: Array<u64> = Array::with_max_entries(DEFAULT_INDEX_ENTRIES, BPF_F_MMAPABLE);
 
 /// The flows' counters; userspace maps this array and reads it in place.
 #[map(name = "SLOTS")]
 static SLOTS: Array<FlowSlot> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
 
-/// Free slot indexes, `RING_HEAD.capacity` of them, filled by userspace
-/// (u64: array elements are 8-byte aligned, so userspace sees them so).
+/// The slots userspace gave back, a ring of `RING_HEAD.capacity` (u64:
+/// array elements are 8-byte aligned, so userspace sees them so).
 #[map(name = "FREE_RING")]
 static FREE_RING: Array<u64> = Array::with_max_entries(DEFAULT_FLOW_CAPACITY, BPF_F_MMAPABLE);
 
@@ -84,8 +84,9 @@ pub fn last_unparsed() -> u32 {
     LAST_UNPARSED.get(0).copied().unwrap_or(0)
 }
 
-/// Compare-and-swap attempts on the ring before an insert gives up (counted
-/// as an insert failure: the packet goes to the overflow totals).
+/// Compare-and-swap attempts on `fresh` or the ring before an insert gives
+/// up (counted as an insert failure: the packet goes to the overflow
+/// totals).
 const RING_TRIES: usize = 8;
 
 /// Writes jiffies and CLOCK_MONOTONIC side by side (for the `clock` program).
@@ -347,22 +348,16 @@ fn add_indexed(
     let Some(h) = RING_HEAD.get_ptr_mut(0) else {
         return Err(-ENOSPC);
     };
-    // SAFETY: h points into the map; written once by userspace, before any
-    // slot is handed out.
-    let (seed, mask) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*h).seed),
-            core::ptr::read_volatile(&raw const (*h).index_mask) as u32,
-        )
-    };
-    let hash = flow_hash(key, seed);
-    let found = lookup(key, hash, mask);
+    let table = Table::of(h);
+    let hash = flow_hash(key, table.seed);
+    let found = lookup(key, hash, table.mask);
     if found == LOOKUP_FULL {
         return Err(-ENOSPC);
     }
     let (generation, slot) = ((found >> 32) as u32, found as u32);
     if generation == 0 {
-        return insert(cached, key, d, now, h, Probe { hash, pos: slot });
+        let at = Probe { hash, pos: slot };
+        return insert(cached, key, d, now, (h, table.capacity), at);
     }
     if let Some(s) = SLOTS.get_ptr_mut(slot) {
         // SAFETY: live map value.
@@ -370,6 +365,38 @@ fn add_indexed(
         remember(cached, key, slot, generation);
     }
     Ok(())
+}
+
+/// The flow map's parameters, as userspace set them, or, when it has not
+/// (`capacity` 0: the object run on its own), the maps' declared sizes and
+/// seed 0 (see `RingHead`).
+struct Table {
+    seed: u64,
+    mask: u32,
+    capacity: u64,
+}
+
+impl Table {
+    #[inline(always)]
+    fn of(h: *const RingHead) -> Self {
+        // SAFETY: h points into the map; written once by userspace, before
+        // any program runs (`capacity` last).
+        unsafe {
+            let capacity = core::ptr::read_volatile(&raw const (*h).capacity);
+            if capacity == 0 {
+                return Self {
+                    seed: 0,
+                    mask: DEFAULT_INDEX_ENTRIES - 1,
+                    capacity: DEFAULT_FLOW_CAPACITY as u64,
+                };
+            }
+            Self {
+                seed: core::ptr::read_volatile(&raw const (*h).seed),
+                mask: core::ptr::read_volatile(&raw const (*h).index_mask) as u32,
+                capacity,
+            }
+        }
+    }
 }
 
 /// What the probes of one lookup share: the key, where its probes start,
@@ -475,19 +502,19 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
     }
 }
 
-/// A new flow: a slot from the ring, its key and first counts, the odd
-/// generation that makes it visible to userspace (which counts it from
-/// then on), then its index entry, at `at.pos`.
+/// A new flow: a slot never used or given back (of `capacity`), its key
+/// and first counts, the odd generation that makes it visible to userspace
+/// (which counts it from then on), then its index entry, at `at.pos`.
 #[inline(always)]
 fn insert(
     cached: Option<*mut FlowCacheEntry>,
     key: &FlowKey,
     d: &Delta,
     now: u64,
-    head: *mut RingHead,
+    (head, capacity): (*mut RingHead, u64),
     at: Probe,
 ) -> Result<(), i64> {
-    let Some(slot) = take_free_slot(head) else {
+    let Some(slot) = take_free_slot(head, capacity) else {
         return Err(-ENOSPC);
     };
     let Some(s) = SLOTS.get_ptr_mut(slot) else {
@@ -545,16 +572,28 @@ fn enter(at: Probe, slot: u32) {
     }
 }
 
-/// Takes a slot index from the free ring; `None` when it is empty.
+/// Takes a slot never handed out, or else one from the free ring; `None`
+/// when neither has one.
 #[inline(always)]
-fn take_free_slot(h: *mut RingHead) -> Option<u32> {
+fn take_free_slot(h: *mut RingHead, capacity: u64) -> Option<u32> {
     for _ in 0..RING_TRIES {
         // SAFETY: h points into the map; the fields are u64-aligned.
         unsafe {
+            let fresh = core::ptr::read_volatile(&raw const (*h).fresh);
+            if fresh < capacity {
+                let (_, won) = atomic_cxchg::<
+                    u64,
+                    { AtomicOrdering::SeqCst },
+                    { AtomicOrdering::SeqCst },
+                >(&raw mut (*h).fresh, fresh, fresh + 1);
+                if won {
+                    return Some(fresh as u32);
+                }
+                continue;
+            }
             let cons = core::ptr::read_volatile(&raw const (*h).cons);
             let prod = core::ptr::read_volatile(&raw const (*h).prod);
-            let cap = core::ptr::read_volatile(&raw const (*h).capacity);
-            if cons >= prod || cap == 0 {
+            if cons >= prod {
                 return None;
             }
             // The compare-and-swap orders the read of the index after the
@@ -565,7 +604,7 @@ fn take_free_slot(h: *mut RingHead) -> Option<u32> {
                 { AtomicOrdering::SeqCst },
             >(&raw mut (*h).cons, cons, cons + 1);
             if won {
-                return FREE_RING.get((cons % cap) as u32).map(|s| *s as u32);
+                return FREE_RING.get((cons % capacity) as u32).map(|s| *s as u32);
             }
         }
     }

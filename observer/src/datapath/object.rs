@@ -11,9 +11,10 @@ use super::{
     pin::PINNED_MAPS,
 };
 
-/// The kernel programs, built from `observer-ebpf` by `build.rs`.
-pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+/// The kernel programs, built from `observer-ebpf` by `build.rs`. Other
+/// loaders may load it as it is (see `RingHead` in observer-common): with
+/// the maps' declared sizes, it counts on its own.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// Entry points, by link layer and TC hook.
 pub const ETH_INGRESS: &str = "eth_ingress";

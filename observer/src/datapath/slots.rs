@@ -166,7 +166,7 @@ impl Slots {
             index: FlowIndex::map(fds.index, capacity)?,
             capacity,
         };
-        s.fill_if_new()?;
+        s.init_if_new()?;
         Ok(s)
     }
 
@@ -185,17 +185,25 @@ impl Slots {
         self.head_u64(offset_of!(RingHead, prod))
     }
 
+    /// Slots below this one have been handed out at least once.
+    fn fresh(&self) -> u64 {
+        self.head_u64(offset_of!(RingHead, fresh))
+            .load(Ordering::Acquire)
+    }
+
     fn seed(&self) -> u64 {
         self.head_u64(offset_of!(RingHead, seed))
             .load(Ordering::Acquire)
     }
 
-    /// A new map: the index's seed and size, and every slot in the ring, in
-    /// order. (Maps pinned by an earlier daemon are filled already and keep
-    /// their state.) The slots themselves are not touched: those never
-    /// handed out lie beyond [`Slots::in_use_bound`], where no poll looks,
-    /// so their pages stay out of our memory until the kernel uses them.
-    fn fill_if_new(&self) -> io::Result<()> {
+    /// A new map: the index's seed and size, then the capacity, which tells
+    /// the programs that both are set. (Maps pinned by an earlier daemon
+    /// have them already and keep their state.) Nothing else is written:
+    /// the kernel hands slots out in order the first time round (see
+    /// `RingHead`), and those never handed out lie beyond
+    /// [`Slots::in_use_bound`], where no poll looks, so their pages stay
+    /// out of our memory until the kernel uses them.
+    fn init_if_new(&self) -> io::Result<()> {
         let cap = self.head_u64(offset_of!(RingHead, capacity));
         if cap.load(Ordering::Acquire) != 0 {
             return Ok(());
@@ -210,40 +218,26 @@ impl Slots {
             .store(u64::from_ne_bytes(seed), Ordering::Release);
         self.head_u64(offset_of!(RingHead, index_mask))
             .store(self.index.mask() as u64, Ordering::Release);
-        for i in 0..self.capacity as usize {
-            // SAFETY: no program has a slot yet (the ring is empty).
-            unsafe { *self.ring.at(i) = i as u64 };
-        }
-        // The producer first, the capacity last: a daemon stopped in
-        // between leaves the capacity 0 (no slot handed out) and the next
-        // one fills the ring again.
-        self.prod().store(
-            self.cons().load(Ordering::Acquire) + self.capacity as u64,
-            Ordering::Release,
-        );
         cap.store(self.capacity as u64, Ordering::Release);
         Ok(())
     }
 
-    /// Slots below this index have been handed out at least once (the ring
-    /// hands them out in order the first time round): a poll reads no more.
-    /// Maps them if they are not yet.
+    /// Slots below this index have been handed out at least once: a poll
+    /// reads no more. Maps them if they are not yet.
     pub fn in_use_bound(&self) -> io::Result<u32> {
-        let bound = self
-            .cons()
-            .load(Ordering::Acquire)
-            .min(self.capacity as u64) as u32;
+        let bound = self.fresh().min(self.capacity as u64) as u32;
         self.slots.map_below(bound as usize)?;
         Ok(bound)
     }
 
-    /// Slots in the ring, ready for new flows.
+    /// Slots ready for new flows: never handed out, or in the ring.
     pub fn free(&self) -> u64 {
         let (p, c) = (
             self.prod().load(Ordering::Acquire),
             self.cons().load(Ordering::Acquire),
         );
-        p.saturating_sub(c)
+        let never = (self.capacity as u64).saturating_sub(self.fresh());
+        never + p.saturating_sub(c)
     }
 
     fn generation_atomic(&self, i: u32) -> &AtomicU64 {
@@ -317,9 +311,10 @@ impl Slots {
 
     /// Step two: after its final counts were read, the slot is zeroed and
     /// goes back in the ring. Refuses (false) a slot that a flow owns or
-    /// that is in the ring already.
+    /// that is in the ring already, or one never handed out.
     pub fn give_back(&self, i: u32) -> bool {
-        if self.generation(i) & 1 == 1 || self.marker(i) == SLOT_IN_RING {
+        if i as u64 >= self.fresh() || self.generation(i) & 1 == 1 || self.marker(i) == SLOT_IN_RING
+        {
             return false;
         }
         let prod = self.prod().load(Ordering::Acquire);
