@@ -357,7 +357,7 @@ fn add_indexed(
     let (generation, slot) = ((found >> 32) as u32, found as u32);
     if generation == 0 {
         let at = Probe { hash, pos: slot };
-        return insert(cached, key, d, now, (h, table.capacity), at);
+        return insert(cached, key, d, now, h, table.capacity, at);
     }
     if let Some(s) = SLOTS.get_ptr_mut(slot) {
         // SAFETY: live map value.
@@ -511,7 +511,8 @@ fn insert(
     key: &FlowKey,
     d: &Delta,
     now: u64,
-    (head, capacity): (*mut RingHead, u64),
+    head: *mut RingHead,
+    capacity: u64,
     at: Probe,
 ) -> Result<(), i64> {
     let Some(slot) = take_free_slot(head, capacity) else {

@@ -60,8 +60,8 @@ pub struct DistinctResult {
     /// move in steps of the kernel clock's resolution, which the medians
     /// of short runs (the empty program's) feel.
     pub trimmed_mean_ratio: f64,
-    /// First passes: every packet a new flow (a slot from the ring, an
-    /// index entry).
+    /// First passes: every packet a new flow (a slot never used, an index
+    /// entry).
     pub filling_ours_ns: Summary,
     /// Later passes: every packet of a flow in the map, but not the one
     /// before it (the per-CPU cache misses; the index lookup finds it).

@@ -148,7 +148,7 @@ impl Report {
         let distinct_bound = k.map_or(String::new(), |k| {
             let d = &k.distinct;
             format!(
-                "a new flow per packet (an index lookup that misses, then a slot from the ring and its index entry): median {:.0} ns beside {:.0} ns for the empty program's single run (timer reads included); a known flow whose packet follows another flow's (an index lookup that finds it): {:.0} ns, {:.2}x",
+                "a new flow per packet (an index lookup that misses, then a slot never used, taken by compare-and-swap, and its index entry): median {:.0} ns beside {:.0} ns for the empty program's single run (timer reads included); a known flow whose packet follows another flow's (an index lookup that finds it): {:.0} ns, {:.2}x",
                 d.filling_ours_ns.median, d.empty_ns.median, d.known_ours_ns.median, d.known_ratio
             )
         });
