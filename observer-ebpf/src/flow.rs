@@ -14,7 +14,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, PerCpuArray},
 };
-use aya_log_ebpf::warn;
+use aya_log_ebpf::{macro_support::Level, warn};
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4,
     FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals,
@@ -22,6 +22,7 @@ use observer_common::{
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
+use crate::logs;
 #[cfg(doc)]
 use crate::parse::Fail;
 
@@ -256,15 +257,17 @@ pub fn account(key: &FlowKey, d: &Delta) {
 #[inline(always)]
 fn overflow(key: &FlowKey, d: &Delta, error: i64) {
     count(Stat::FlowInsertFailures);
-    // aya-log-ebpf writes to its ring buffer: the macro ignores the
-    // context argument.
-    warn!(
-        &(),
-        "flow map insert failed (error {}): {} packets counted in ifindex {}'s overflow",
-        error,
-        d.segs,
-        key.ifindex
-    );
+    if logs(Level::Warn) {
+        // aya-log-ebpf writes to its ring buffer: the macro ignores the
+        // context argument.
+        warn!(
+            &(),
+            "flow map insert failed (error {}): {} packets counted in ifindex {}'s overflow",
+            error,
+            d.segs,
+            key.ifindex
+        );
+    }
     if let Some(slot) = iface_slot(key.ifindex) {
         let hook = (key.hook & 1) as usize;
         // SAFETY: per-CPU slot; index masked to 0..2.

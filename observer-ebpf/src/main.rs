@@ -16,12 +16,13 @@ mod parse;
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
+    Global,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::bpf_skb_pull_data,
     macros::classifier,
     programs::TcContext,
 };
-use aya_log_ebpf::debug;
+use aya_log_ebpf::{debug, macro_support::Level};
 use observer_common::{FlowKey, Hook, Stat};
 
 use crate::{
@@ -31,6 +32,21 @@ use crate::{
     },
     parse::{Fail, Link, Parsed, Why, parse},
 };
+
+/// The most detailed log records the programs write (aya-log's level
+/// numbers: 2 warn, 4 debug), set by the loader (`observer run
+/// --ebpf-log`). Off unless set: aya-log's own level defaults to every
+/// record, which another loader of this object would pay for unasked. A
+/// constant once loaded (read-only data), so the verifier drops the code of
+/// levels that are off.
+#[unsafe(no_mangle)]
+static OBSERVER_LOG_LEVEL: Global<u8> = Global::new(0);
+
+/// Whether records of `level` are written.
+#[inline(always)]
+pub fn logs(level: Level) -> bool {
+    level as u8 <= OBSERVER_LOG_LEVEL.load()
+}
 
 /// Bytes to make linear when headers are not in the linear part of the skb:
 /// enough for outer IPv6 + UDP + VXLAN + inner Ethernet + IPv6 + TCP.
@@ -148,6 +164,9 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
 /// a constant.
 #[inline(always)]
 fn log_unparsed(ctx: &TcContext, hook: Hook) {
+    if !logs(Level::Debug) {
+        return;
+    }
     let f = Fail::from_code(last_unparsed());
     // SAFETY: ctx field read.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };

@@ -11,8 +11,9 @@ use aya_log::EbpfLogger;
 use clap::ValueEnum;
 use tokio::io::{Interest, unix::AsyncFd};
 
-/// The global in the object that holds the level (aya-log-ebpf's).
-pub(super) const LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+/// The global in the object that holds the level (ours: aya-log-ebpf's
+/// own, `AYA_LOG_LEVEL`, defaults to every level and is left so).
+pub(super) const LEVEL_GLOBAL: &str = "OBSERVER_LOG_LEVEL";
 
 /// The most detailed kernel log records to produce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

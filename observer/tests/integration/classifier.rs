@@ -515,10 +515,11 @@ fn random_garbage_never_changes_the_verdict_and_is_accounted_once() {
 /// Loaded as another loader would load it (a benchmark harness, bpftool):
 /// the maps' declared sizes, nothing written by userspace. The programs
 /// count every packet in its flow all the same: slots handed out in order,
-/// none overflowed.
+/// none overflowed. And they write no log record unasked (an unparsed
+/// packet writes one at debug).
 #[test]
 fn the_object_counts_on_its_own_without_the_daemon() {
-    use aya::maps::{Array, PerCpuArray};
+    use aya::maps::{Array, PerCpuArray, RingBuf};
     use observer_common::{FlowSlot, RingHead};
 
     require_root();
@@ -544,6 +545,13 @@ fn the_object_counts_on_its_own_without_the_daemon() {
             assert_eq!(r.return_value, TC_ACT_UNSPEC);
         }
     }
+    // Its TCP header cut short.
+    let mut unparsed = eth(
+        0x0800,
+        &tcp4(ip4("10.0.0.1"), ip4("10.0.0.2"), 1, 2, false, &[]),
+    );
+    unparsed.truncate(14 + 20 + 6);
+    testrun::run(&ebpf, object::ETH_INGRESS, &unparsed, None, 1).expect("run");
 
     let map = |name: &str| ebpf.map(name).unwrap_or_else(|| panic!("map {name}"));
     // Read as 128-byte blocks: the two types' layout (checked in observer-common).
@@ -571,4 +579,9 @@ fn the_object_counts_on_its_own_without_the_daemon() {
     let stat = |s: Stat| -> u64 { stats.get(&(s as u32), 0).expect("a stat").iter().sum() };
     assert_eq!(stat(Stat::FlowInserts), 3);
     assert_eq!(stat(Stat::FlowInsertFailures), 0, "nothing overflowed");
+    assert_eq!(stat(Stat::Unparsed), 1);
+    drop(stats);
+    let logs = ebpf.take_map("AYA_LOGS").expect("the log ring");
+    let mut logs = RingBuf::try_from(logs).expect("a ring buffer");
+    assert!(logs.next().is_none(), "a log record written unasked");
 }
