@@ -580,7 +580,6 @@ fn the_object_counts_on_its_own_without_the_daemon() {
     assert_eq!(stat(Stat::FlowInserts), 3);
     assert_eq!(stat(Stat::FlowInsertFailures), 0, "nothing overflowed");
     assert_eq!(stat(Stat::Unparsed), 1);
-    drop(stats);
     let logs = ebpf.take_map("AYA_LOGS").expect("the log ring");
     let mut logs = RingBuf::try_from(logs).expect("a ring buffer");
     assert!(logs.next().is_none(), "a log record written unasked");
