@@ -142,6 +142,8 @@ fn poll_work(n: u32, capacity: u32, polls: usize) -> Result<PollWork> {
     let (mut total, mut read, mut upd) = (vec![], vec![], vec![]);
     let mut one = |dp: &mut Datapath| -> Result<(f64, f64, f64)> {
         let t0 = Instant::now();
+        // The read and the table's update one after the other, to time
+        // each (the daemon adds each change to the table as it reads it).
         let mut changes = Vec::new();
         dp.poll_flows(|c| changes.push(c))?;
         let t1 = Instant::now();
