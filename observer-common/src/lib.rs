@@ -341,11 +341,12 @@ pub struct FlowSlot {
 
 /// How slots are handed out, and the flow index's parameters.
 ///
-/// A slot goes out the first time from `fresh`, a counter the kernel moves
-/// by compare and swap (slots below it have been handed out at least once);
-/// once all have been, from the free ring, which holds the slots userspace
-/// gave back: the kernel takes index `cons` (compare and swap), userspace,
-/// the only producer, writes at `prod` and then moves it.
+/// A new flow takes a slot from the free ring, which holds the slots
+/// userspace gave back (the kernel takes index `cons` by compare and swap;
+/// userspace, the only producer, writes at `prod` and then moves it), or,
+/// when the ring is empty, one never handed out, from `fresh`, a counter
+/// the kernel moves by compare and swap (slots below it have been handed
+/// out at least once, and are all that a poll reads).
 ///
 /// `seed`, `index_mask` and then `capacity` are written by userspace before
 /// any program runs. While `capacity` is 0 (the object loaded by something

@@ -310,19 +310,19 @@ mod tests {
             Slots::map(fds, CAPACITY).unwrap()
         }
 
-        /// A slot never handed out, else one from the ring.
+        /// A slot from the ring, else one never handed out.
         fn take_slot(&self) -> u32 {
             // SAFETY: test memory, one thread.
             unsafe {
                 let h = self.head.at(0);
-                if (*h).fresh < (*h).capacity {
-                    (*h).fresh += 1;
-                    return ((*h).fresh - 1) as u32;
+                if (*h).cons < (*h).prod {
+                    let i = *self.ring.at(((*h).cons % (*h).capacity) as usize);
+                    (*h).cons += 1;
+                    return i as u32;
                 }
-                assert!((*h).cons < (*h).prod, "no slot is free");
-                let i = *self.ring.at(((*h).cons % (*h).capacity) as usize);
-                (*h).cons += 1;
-                i as u32
+                assert!((*h).fresh < (*h).capacity, "no slot is free");
+                (*h).fresh += 1;
+                ((*h).fresh - 1) as u32
             }
         }
 

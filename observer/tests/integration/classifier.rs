@@ -584,3 +584,39 @@ fn the_object_counts_on_its_own_without_the_daemon() {
     let mut logs = RingBuf::try_from(logs).expect("a ring buffer");
     assert!(logs.next().is_none(), "a log record written unasked");
 }
+
+/// A slot given back is taken again before one never used: the slots
+/// handed out, which every poll reads, stay as few as the flows need.
+#[test]
+fn a_slot_given_back_is_taken_before_a_new_one() {
+    let c = Classifier::new();
+    let frame = |port: u16| {
+        eth(
+            0x0800,
+            &udp4(ip4("10.0.0.1"), ip4("10.0.0.2"), port, 53, &[0; 10]),
+        )
+    };
+    let in_slot_order = || {
+        let mut out = Vec::new();
+        c.dp.read_flows(|k, v| out.push((k.src_port, v.skbs)))
+            .expect("read flows");
+        out
+    };
+    c.eth(&frame(1));
+    c.eth(&frame(2));
+    assert_eq!(in_slot_order(), [(1, 1), (2, 1)]);
+    let mut first = None;
+    c.dp.read_flows(|k, _| {
+        first.get_or_insert(*k);
+    })
+    .expect("read flows");
+    let gone = c.dp.evict(&first.expect("flow 1")).expect("evict");
+    assert_eq!(gone.map(|s| s.skbs), Some(1));
+    c.eth(&frame(3));
+    c.eth(&frame(3));
+    assert_eq!(
+        in_slot_order(),
+        [(3, 2), (2, 1)],
+        "flow 3 in flow 1's slot, no third slot"
+    );
+}
