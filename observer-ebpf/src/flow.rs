@@ -591,12 +591,7 @@ fn take_free_slot(h: *mut RingHead, capacity: u64) -> Option<u32> {
                 // The compare-and-swap orders the read of the index after
                 // the producer's write of it (it wrote the index, then
                 // `prod`).
-                let (_, won) = atomic_cxchg::<
-                    u64,
-                    { AtomicOrdering::SeqCst },
-                    { AtomicOrdering::SeqCst },
-                >(&raw mut (*h).cons, cons, cons + 1);
-                if won {
+                if step(&raw mut (*h).cons, cons) {
                     return FREE_RING.get((cons % capacity) as u32).map(|s| *s as u32);
                 }
                 continue;
@@ -605,15 +600,25 @@ fn take_free_slot(h: *mut RingHead, capacity: u64) -> Option<u32> {
             if fresh >= capacity {
                 return None;
             }
-            let (_, won) = atomic_cxchg::<
-                u64,
-                { AtomicOrdering::SeqCst },
-                { AtomicOrdering::SeqCst },
-            >(&raw mut (*h).fresh, fresh, fresh + 1);
-            if won {
+            if step(&raw mut (*h).fresh, fresh) {
                 return Some(fresh as u32);
             }
         }
     }
     None
+}
+
+/// Moves a counter other CPUs move too from `seen` to `seen + 1`, unless
+/// one of them moved it first (compare and swap: a full barrier).
+#[inline(always)]
+fn step(counter: *mut u64, seen: u64) -> bool {
+    // SAFETY: the caller's counter is an aligned u64 of a map.
+    let (_, won) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            counter,
+            seen,
+            seen + 1,
+        )
+    };
+    won
 }
