@@ -119,8 +119,11 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
         Ok(()) => {}
         Err(f) if f.is(Why::NonIp) => return count_non_ip(key.ifindex),
         Err(f) => {
-            remember_unparsed(f.code());
-            log_unparsed(ctx, hook);
+            // The reason is kept only for the log, which reads it back.
+            if logs(Level::Debug) {
+                remember_unparsed(f.code());
+                log_unparsed(ctx, hook);
+            }
             return count(Stat::Unparsed);
         }
     }
@@ -159,14 +162,11 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
     );
 }
 
-/// Says why the packet went unparsed (as remembered), when the kernel log
-/// is on at debug; otherwise the verifier drops this code, the level being
-/// a constant.
+/// Says why the packet went unparsed (as remembered). Called only when
+/// the kernel log is on at debug; otherwise the verifier drops this code,
+/// the level being a constant.
 #[inline(always)]
 fn log_unparsed(ctx: &TcContext, hook: Hook) {
-    if !logs(Level::Debug) {
-        return;
-    }
     let f = Fail::from_code(last_unparsed());
     // SAFETY: ctx field read.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
