@@ -618,20 +618,24 @@ impl Metrics {
             let Some(iface) = st.interfaces.get(&key.ifindex) else {
                 continue;
             };
-            let pod = match iface.iface.kind {
+            // Looked up (a string hash) only where it is used: not for a
+            // flow already resolved with no packet over the MTU.
+            let pod = || match iface.iface.kind {
                 InterfaceKind::Pod => model.pod_of_interface(&iface.iface.name),
                 _ => None,
             };
-            if !self.resolved.contains_key(&key) {
+            // One hash of the key for a flow already resolved, the common
+            // case of a poll.
+            if let Some(series) = self.resolved.get(&key) {
+                add_to(series, &delta, new_flow);
+            } else {
                 let series = match iface.iface.kind {
-                    InterfaceKind::Pod => self.resolve_pod_flow(&key, &model, pod),
+                    InterfaceKind::Pod => self.resolve_pod_flow(&key, &model, pod()),
                     InterfaceKind::Tunnel(e) => self.resolve_tunnel_flow(&key, e, &model),
                     InterfaceKind::Underlay => Vec::new(),
                 };
+                add_to(&series, &delta, new_flow);
                 self.resolved.insert(key, series);
-            }
-            for (counter, what) in &self.resolved[&key] {
-                counter.inc_by(what.of(&delta, new_flow));
             }
             // Rare: worth no cache.
             if iface.iface.kind == InterfaceKind::Pod {
@@ -729,21 +733,22 @@ impl Metrics {
         }
     }
 
-    /// Packets over the tunnel MTU, and ICMP too-big, on a pod interface.
-    fn mtu_and_icmp(
+    /// Packets over the tunnel MTU, and ICMP too-big, on a pod interface
+    /// (its pod looked up only for packets over the MTU).
+    fn mtu_and_icmp<'m>(
         &mut self,
         key: &FlowKey,
         d: &Counters,
-        model: &Model,
-        pod: Option<&crate::model::PodEntry>,
+        model: &'m Model,
+        pod: impl FnOnce() -> Option<&'m crate::model::PodEntry>,
     ) {
         let hook = Hook::from_u8(key.hook).unwrap_or(Hook::Ingress);
         let dir = direction(InterfaceKind::Pod, hook);
         let (src, dst) = key_addrs(key);
         // Over the tunnel's MTU matters only for what goes through it.
-        if let Some(p) = pod
-            && d.oversize_packets > 0
+        if d.oversize_packets > 0
             && dir == Direction::Egress
+            && let Some(p) = pod()
         {
             let encap = model.expected_encap(src, dst);
             if encap != Some(Encap::None) && self.is_remote(model, dst) {
@@ -1089,6 +1094,13 @@ fn kept(keep: bool, value: impl FnOnce() -> String) -> String {
 
 fn has_ports(protocol: u8) -> bool {
     matches!(protocol, 6 | 17 | 132)
+}
+
+/// Adds a flow's growth to its resolved series.
+fn add_to(series: &[(Target, What)], delta: &Counters, new_flow: bool) {
+    for (counter, what) in series {
+        counter.inc_by(what.of(delta, new_flow));
+    }
 }
 
 /// `ipv4`/`ipv6` for ICMP fragmentation-needed (3/4) and ICMPv6
