@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::{Ipv4Addr, UdpSocket},
     path::Path,
     process::Stdio,
     time::{Duration, Instant},
@@ -24,7 +25,7 @@ use super::{
     stats::Summary,
 };
 use crate::{
-    datapath::{Datapath, object},
+    datapath::{Datapath, cpu, object},
     lab::{
         build::{Neighbours, PodVeth, pod_veth},
         netns::within,
@@ -35,8 +36,13 @@ use crate::{
 const POD_A: &str = "10.65.0.2";
 const POD_B: &str = "10.65.0.3";
 const PORT: &str = "5201";
-/// UDP payload: small packets, so that per-packet cost shows.
-const UDP_LEN: &str = "64";
+/// UDP payload bytes: small packets, so that per-packet cost shows.
+const UDP_LEN: usize = 64;
+/// The distinct flows' destination ports at pod B: from here, as many as
+/// the flows over the sockets sending them.
+const FIRST_PORT: u16 = 10_000;
+/// Flows one source socket sends (one per destination port).
+const PORTS_PER_SOCKET: u32 = 50_000;
 
 pub struct Params {
     /// Rounds of the three setups, in rotating order.
@@ -45,8 +51,13 @@ pub struct Params {
     pub seconds: u32,
     /// Seconds per test of the bpf_stats segment.
     pub stats_seconds: u32,
+    /// Rounds of the bpf_stats segment: ours, the empty program, the empty
+    /// program, ours, and so on.
+    pub stats_rounds: usize,
     /// Packet rate of the sustained UDP load.
     pub sustained_pps: u64,
+    /// Flows of the bpf_stats segment's distinct-flow loads.
+    pub distinct_flows: u32,
 }
 
 /// What is attached to the cali veths during a test.
@@ -96,32 +107,105 @@ pub struct ProgStats {
     pub ns_per_run: f64,
 }
 
+/// Adds `more` to the same programs' figures in `into`.
+fn merge(into: &mut Vec<ProgStats>, more: Vec<ProgStats>) {
+    for m in more {
+        match into.iter_mut().find(|p| p.program == m.program) {
+            Some(p) => {
+                p.run_cnt += m.run_cnt;
+                p.run_time_ns += m.run_time_ns;
+                p.ns_per_run = p.run_time_ns as f64 / p.run_cnt.max(1) as f64;
+            }
+            None => into.push(m),
+        }
+    }
+}
+
+/// One load of the statistics segment, over its rounds.
 #[derive(Serialize)]
 pub struct StatsRun {
-    pub load: String,
+    /// `hot_udp`, `hot_tcp`, `distinct_new` or `distinct_known`.
+    pub load: &'static str,
+    /// What the load is.
+    pub about: String,
+    #[serde(skip)]
+    kind: Load,
+    /// Rounds with our programs attached, and their wall time in all.
+    pub rounds: usize,
     pub seconds: f64,
+    /// UDP packets sent per second with ours attached (0 for TCP).
     pub achieved_pps: f64,
     pub programs: Vec<ProgStats>,
     /// Sum of our programs' run time over wall time, percent of one CPU.
     pub classifier_cpu_percent: f64,
     /// The daemon process (user + system), percent of one CPU.
     pub daemon_cpu_percent: f64,
-    /// The empty program on the same hooks under the same load (after the
-    /// daemon is gone): what a run of any program costs here.
-    pub empty: Option<ProgStats>,
+    /// The empty program on the same hooks under the same load (our
+    /// daemon gone), over its rounds: what a run of any program costs here.
+    pub empty: Vec<ProgStats>,
+    #[serde(skip)]
+    sent: f64,
+    #[serde(skip)]
+    daemon_cpu_seconds: f64,
 }
 
 impl StatsRun {
-    /// Our programs' mean ns per run over their hooks, over the empty
-    /// program's.
-    pub fn ratio_vs_empty(&self) -> Option<f64> {
-        let (t, c) = self
-            .programs
-            .iter()
-            .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt));
-        let empty = self.empty.as_ref()?.ns_per_run;
-        (c > 0 && empty > 0.0).then(|| t as f64 / c as f64 / empty)
+    fn of(kind: Load) -> Self {
+        Self {
+            load: kind.key(),
+            about: kind.describe(),
+            kind,
+            rounds: 0,
+            seconds: 0.0,
+            achieved_pps: 0.0,
+            programs: Vec::new(),
+            classifier_cpu_percent: 0.0,
+            daemon_cpu_percent: 0.0,
+            empty: Vec::new(),
+            sent: 0.0,
+            daemon_cpu_seconds: 0.0,
+        }
     }
+
+    /// Adds a round with ours attached: its programs' figures, wall time,
+    /// UDP packets sent and the daemon's CPU seconds.
+    fn add_ours(&mut self, programs: Vec<ProgStats>, wall: f64, sent: f64, cpu: f64) {
+        merge(&mut self.programs, programs);
+        self.rounds += 1;
+        self.seconds += wall;
+        self.sent += sent;
+        self.daemon_cpu_seconds += cpu;
+        let wall = self.seconds.max(f64::MIN_POSITIVE);
+        let ours: u64 = self.programs.iter().map(|p| p.run_time_ns).sum();
+        self.achieved_pps = self.sent / wall;
+        self.classifier_cpu_percent = ours as f64 / 1e9 / wall * 100.0;
+        self.daemon_cpu_percent = self.daemon_cpu_seconds / wall * 100.0;
+    }
+
+    /// Our programs' mean ns per run over their hooks.
+    pub fn ours_ns_per_run(&self) -> Option<f64> {
+        ns_per_run(&self.programs)
+    }
+
+    /// The empty program's mean ns per run.
+    pub fn empty_ns_per_run(&self) -> Option<f64> {
+        ns_per_run(&self.empty)
+    }
+
+    /// [`Self::ours_ns_per_run`] over [`Self::empty_ns_per_run`].
+    pub fn ratio_vs_empty(&self) -> Option<f64> {
+        let empty = self.empty_ns_per_run()?;
+        let ours = self.ours_ns_per_run()?;
+        (empty > 0.0).then(|| ours / empty)
+    }
+}
+
+/// Mean ns per run over the programs' runs.
+fn ns_per_run(programs: &[ProgStats]) -> Option<f64> {
+    let (t, c) = programs
+        .iter()
+        .fold((0, 0), |(t, c), p| (t + p.run_time_ns, c + p.run_cnt));
+    (c > 0).then(|| t as f64 / c as f64)
 }
 
 #[derive(Serialize)]
@@ -153,7 +237,7 @@ pub fn run(p: &Params, exe: &Path) -> Result<ThroughputResult> {
             interrupted()?;
             let setup = SETUPS[(i + round) % SETUPS.len()];
             let _daemon = (setup == Setup::Observer)
-                .then(|| lab.observer(exe))
+                .then(|| lab.observer(exe, &[]))
                 .transpose()?;
             let _empty = (setup == Setup::EmptyProgram)
                 .then(|| lab.attach_empty())
@@ -334,12 +418,12 @@ impl Lab {
     /// UDP packets per second, (sent, received); at full speed unless a
     /// total rate (pps, over `streams`) is given.
     fn udp(&self, seconds: u32, rate: Option<(u64, u32)>) -> Result<(f64, f64)> {
-        let t = seconds.to_string();
-        let mut extra = vec!["-u", "-l", UDP_LEN, "-t", &t];
+        let (t, len) = (seconds.to_string(), UDP_LEN.to_string());
+        let mut extra = vec!["-u", "-l", &len, "-t", &t];
         let (bw, streams);
         match rate {
             Some((pps, n)) => {
-                bw = (pps * 64 * 8 / n as u64).to_string();
+                bw = (pps * UDP_LEN as u64 * 8 / n as u64).to_string();
                 streams = n.to_string();
                 extra.extend(["-b", &bw, "-P", &streams]);
             }
@@ -384,8 +468,8 @@ impl Lab {
     }
 
     /// `observer run` in the node's namespace, attached to both cali veths.
-    fn observer(&self, exe: &Path) -> Result<Daemon> {
-        let d = Daemon::start(exe, &self.node, &[])?;
+    fn observer(&self, exe: &Path, extra: &[&str]) -> Result<Daemon> {
+        let d = Daemon::start(exe, &self.node, extra)?;
         d.wait_for("both cali veths attached", Duration::from_secs(15), |d| {
             let ifs: Vec<serde_json::Value> = d.get("/v1/interfaces")?;
             Ok(ifs.iter().filter(|i| !i["attached_via"].is_null()).count() == 2)
@@ -394,69 +478,205 @@ impl Lab {
     }
 
     /// Our programs' run time per run while traffic flows, with the
-    /// kernel's BPF statistics on for just this segment; then the empty
-    /// program's, attached to the same hooks under the same loads.
+    /// kernel's BPF statistics on for just this segment, and the empty
+    /// program's, attached to the same hooks under the same loads, in
+    /// rounds ordered ours, empty, empty, ours: a drift of the machine over
+    /// the segment weighs on both alike.
     fn bpf_stats(&self, exe: &Path, p: &Params) -> Result<Vec<StatsRun>> {
         // The switch behind kernel.bpf_stats_enabled, held by an fd: it
         // goes off again when the fd closes, even if we die.
         let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time statistics")?;
-        let streams = 4;
         let loads = [
-            (
-                format!(
-                    "UDP, {UDP_LEN}-byte payload, {} pps over {streams} flows",
-                    p.sustained_pps
-                ),
-                Some((p.sustained_pps, streams)),
-            ),
-            ("TCP, one flow, full speed (GSO packets)".to_owned(), None),
+            Load::Udp {
+                pps: p.sustained_pps,
+                streams: 4,
+            },
+            Load::Tcp,
+            Load::NewFlows {
+                flows: p.distinct_flows,
+            },
+            Load::KnownFlows {
+                flows: p.distinct_flows,
+            },
         ];
-        let d = self.observer(exe)?;
-        let mut out = Vec::new();
-        for (load, udp) in &loads {
+        let mut out: Vec<StatsRun> = loads.iter().map(|l| StatsRun::of(*l)).collect();
+        for round in 0..p.stats_rounds {
+            interrupted()?;
+            // Ours, empty, empty, ours, and so on.
+            if matches!(round % 4, 0 | 3) {
+                self.stats_of_ours(exe, p, &mut out)?;
+            } else {
+                self.stats_of_empty(p, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One round of every load with `observer run` attached.
+    fn stats_of_ours(&self, exe: &Path, p: &Params, out: &mut [StatsRun]) -> Result<()> {
+        let mut daemon: Option<(Daemon, bool)> = None;
+        for run in out {
+            // The distinct flows get a daemon with room for all of them
+            // (past half full it gives back flows that did not grow);
+            // the others the daemon as it comes.
+            let roomy = run.kind.distinct();
+            if daemon.as_ref().is_none_or(|(_, r)| *r != roomy) {
+                // One daemon attached at a time.
+                drop(daemon.take());
+                let capacity = (2 * 2 * p.distinct_flows).next_power_of_two().to_string();
+                let extra: &[&str] = if roomy {
+                    &["--flow-capacity", &capacity]
+                } else {
+                    &[]
+                };
+                daemon = Some((self.observer(exe, extra)?, roomy));
+            }
+            let Some((d, _)) = &daemon else {
+                unreachable!("a daemon was just started")
+            };
+            if matches!(run.kind, Load::KnownFlows { .. }) {
+                // Measured once the daemon has taken in the new flows (the
+                // poll after them does the most work), as it runs after.
+                settle(d)?;
+            }
             let before = prog_stats(d.pid())?;
             let (cpu0, t0) = (procfs::cpu_time(d.pid())?, Instant::now());
-            let achieved = self.stats_load(p, *udp)?;
+            let pps = self.stats_load(p, run.kind)?;
             let wall = t0.elapsed().as_secs_f64();
             let cpu = (procfs::cpu_time(d.pid())? - cpu0).as_secs_f64();
             // Only the attached classifiers (not the daemon's clock).
             let programs = grown(&before, &prog_stats(d.pid())?, |name| {
                 name.starts_with("eth_") || name.starts_with("l3_")
             });
-            let ours: u64 = programs.iter().map(|s| s.run_time_ns).sum();
-            out.push(StatsRun {
-                load: load.clone(),
-                seconds: wall,
-                achieved_pps: achieved,
-                classifier_cpu_percent: ours as f64 / 1e9 / wall * 100.0,
-                daemon_cpu_percent: cpu / wall * 100.0,
-                programs,
-                empty: None,
-            });
+            run.add_ours(programs, wall, pps * wall, cpu);
         }
-        drop(d);
-        let _empty = self.attach_empty()?;
-        let me = std::process::id();
-        for (run, (_, udp)) in out.iter_mut().zip(&loads) {
-            let before = prog_stats(me)?;
-            self.stats_load(p, *udp)?;
-            run.empty = grown(&before, &prog_stats(me)?, |name| name == object::EMPTY).pop();
-        }
-        Ok(out)
+        Ok(())
     }
 
-    /// One load of the statistics segment: UDP at a rate over streams
-    /// (returns the pps achieved), or TCP at full speed (returns 0).
-    fn stats_load(&self, p: &Params, udp: Option<(u64, u32)>) -> Result<f64> {
-        Ok(match udp {
-            Some(rate) => self.udp(p.stats_seconds, Some(rate))?.0,
-            None => {
+    /// One round of every load with the empty program attached.
+    fn stats_of_empty(&self, p: &Params, out: &mut [StatsRun]) -> Result<()> {
+        let _empty = self.attach_empty()?;
+        let me = std::process::id();
+        for run in out {
+            let before = prog_stats(me)?;
+            self.stats_load(p, run.kind)?;
+            let empty = grown(&before, &prog_stats(me)?, |name| name == object::EMPTY);
+            merge(&mut run.empty, empty);
+        }
+        Ok(())
+    }
+
+    /// One load of the statistics segment; returns the UDP packets per
+    /// second sent (0 for TCP).
+    fn stats_load(&self, p: &Params, load: Load) -> Result<f64> {
+        Ok(match load {
+            Load::Udp { pps, streams } => self.udp(p.stats_seconds, Some((pps, streams)))?.0,
+            Load::Tcp => {
                 self.tcp(p.stats_seconds)?;
                 0.0
             }
+            Load::NewFlows { flows } => self.each_flow_in_turn(flows, 0.0)?,
+            Load::KnownFlows { flows } => {
+                self.each_flow_in_turn(flows, f64::from(p.stats_seconds))?
+            }
         })
     }
+
+    /// One `UDP_LEN`-byte datagram from pod A to each of `flows` flows to
+    /// pod B in turn (source sockets x destination ports, so that no two
+    /// packets in a row are of one flow), turn after turn until `seconds`
+    /// have passed (one turn at least); returns the packets sent per
+    /// second. The ports are closed: pod B drops the packets (its ICMP
+    /// answers are rate-limited to a few).
+    fn each_flow_in_turn(&self, flows: u32, seconds: f64) -> Result<f64> {
+        within(&self.pod_a.0, || -> Result<f64> {
+            // On the iperf3 client's CPU.
+            let _pin = (cpus() > 1)
+                .then(|| cpu::Pinned::to(0))
+                .transpose()
+                .context("pinning the sender to CPU 0")?;
+            let sockets = flows.div_ceil(PORTS_PER_SOCKET);
+            let sockets: Vec<UdpSocket> = (0..sockets)
+                .map(|_| UdpSocket::bind((POD_A, 0)))
+                .collect::<std::io::Result<_>>()
+                .context("binding pod A's UDP sockets")?;
+            let to: Ipv4Addr = POD_B.parse()?;
+            let payload = [0u8; UDP_LEN];
+            let (t0, mut sent) = (Instant::now(), 0u64);
+            loop {
+                for i in 0..flows {
+                    let socket = &sockets[(i % sockets.len() as u32) as usize];
+                    let port = FIRST_PORT + (i / sockets.len() as u32) as u16;
+                    socket
+                        .send_to(&payload, (to, port))
+                        .context("sending from pod A")?;
+                    sent += 1;
+                }
+                interrupted()?;
+                if t0.elapsed().as_secs_f64() >= seconds {
+                    return Ok(sent as f64 / t0.elapsed().as_secs_f64());
+                }
+            }
+        })?
+    }
+}
+
+/// A load of the statistics segment.
+#[derive(Clone, Copy)]
+enum Load {
+    /// UDP at a total rate over streams (iperf3): a few hot flows.
+    Udp { pps: u64, streams: u32 },
+    /// TCP, one flow, at full speed (GSO packets).
+    Tcp,
+    /// One packet to each of many flows: each the first of its flow.
+    NewFlows { flows: u32 },
+    /// The same flows, known, turn after turn: each packet follows
+    /// another flow's.
+    KnownFlows { flows: u32 },
+}
+
+impl Load {
+    fn distinct(self) -> bool {
+        matches!(self, Self::NewFlows { .. } | Self::KnownFlows { .. })
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Self::Udp { .. } => "hot_udp",
+            Self::Tcp => "hot_tcp",
+            Self::NewFlows { .. } => "distinct_new",
+            Self::KnownFlows { .. } => "distinct_known",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Udp { pps, streams } => {
+                format!("UDP, {UDP_LEN}-byte payload, {pps} pps over {streams} flows")
+            }
+            Self::Tcp => "TCP, one flow, full speed (GSO packets)".to_owned(),
+            Self::NewFlows { flows } => format!(
+                "UDP, {UDP_LEN}-byte payload, {flows} distinct flows, one packet each: every packet a new flow"
+            ),
+            Self::KnownFlows { flows } => format!(
+                "UDP, {UDP_LEN}-byte payload, the same {flows} flows in turn, again and again: every packet a known flow after another flow's"
+            ),
+        }
+    }
+}
+
+/// Waits for two more polls of the daemon: the first may have begun
+/// before the last packets.
+fn settle(d: &Daemon) -> Result<()> {
+    let polls = |d: &Daemon| -> Result<u64> {
+        let s: serde_json::Value = d.get("/v1/status")?;
+        s["polls"].as_u64().context("no poll count in /v1/status")
+    };
+    let from = polls(d)?;
+    d.wait_for("two more polls", Duration::from_secs(30), |d| {
+        Ok(polls(d)? >= from + 2)
+    })
 }
 
 /// What the programs `keep` names ran between two [`prog_stats`] reads

@@ -28,6 +28,8 @@ fn quick_bench_writes_every_headline() {
         "kernel_empty_ns",
         "throughput_ratio",
         "throughput_ratio_vs_empty",
+        "veth_hot_ratio",
+        "veth_distinct_ratio",
         "poll_ms_100k",
         "metrics_render_ms_10k",
         "metrics_bytes_per_series",
