@@ -81,6 +81,19 @@ impl Hook {
     }
 }
 
+/// Where the classifiers stop: all the way, as the daemon loads them, or,
+/// for the benchmark's account of where their time goes, after the parse
+/// or after the interface and encapsulation totals (a constant of the
+/// loaded object, `OBSERVER_STOP_AFTER`: the verifier drops the checks).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StopAfter {
+    #[default]
+    Nothing = 0,
+    Parse = 1,
+    Totals = 2,
+}
+
 /// Encapsulation of a flow: known from the outer headers in the kernel, or
 /// from the device it was seen on (set by userspace for tunnel devices).
 #[repr(u8)]

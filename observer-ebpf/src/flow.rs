@@ -18,7 +18,7 @@ use aya_log_ebpf::{macro_support::Level, warn};
 use observer_common::{
     ClockSample, DEFAULT_FLOW_CAPACITY, DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4,
     FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals,
-    MtuLimit, RingHead, Stat,
+    MtuLimit, RingHead, Stat, StopAfter,
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
@@ -245,6 +245,9 @@ pub fn account(key: &FlowKey, d: &Delta) {
         }
     }
 
+    if crate::stops_after(StopAfter::Totals) {
+        return;
+    }
     let cache_slot = key.cache_slot();
     if add_cached(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
         return;

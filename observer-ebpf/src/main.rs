@@ -23,7 +23,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::{debug, macro_support::Level};
-use observer_common::{FlowKey, Hook, Stat};
+use observer_common::{FlowKey, Hook, Stat, StopAfter};
 
 use crate::{
     flow::{
@@ -41,6 +41,18 @@ use crate::{
 /// levels that are off.
 #[unsafe(no_mangle)]
 static OBSERVER_LOG_LEVEL: Global<u8> = Global::new(0);
+
+/// Where the programs stop ([`StopAfter`] as a number): nowhere unless a
+/// benchmark loads them to see what each part costs. A constant once
+/// loaded, so the verifier drops the checks.
+#[unsafe(no_mangle)]
+static OBSERVER_STOP_AFTER: Global<u8> = Global::new(0);
+
+/// Whether the programs were loaded to stop after `part`.
+#[inline(always)]
+pub fn stops_after(part: StopAfter) -> bool {
+    OBSERVER_STOP_AFTER.load() == part as u8
+}
 
 /// Whether records of `level` are written.
 #[inline(always)]
@@ -126,6 +138,9 @@ fn observe(ctx: &TcContext, link: Link, hook: Hook) {
             }
             return count(Stat::Unparsed);
         }
+    }
+    if stops_after(StopAfter::Parse) {
+        return;
     }
 
     let len = ctx.len() as u64;

@@ -3,7 +3,7 @@
 //! process, interleaved so that drift (frequency, other load) hits both.
 
 use anyhow::{Result, bail, ensure};
-use observer_common::{DEFAULT_FLOW_CAPACITY, Stat};
+use observer_common::{DEFAULT_FLOW_CAPACITY, Stat, StopAfter};
 use serde::Serialize;
 
 use super::{
@@ -16,7 +16,8 @@ use crate::datapath::{Datapath, cpu, object, testrun};
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 pub struct Params {
-    /// Rounds of (empty, ours) per case; the order flips every round.
+    /// Rounds of the empty program, ours, and ours stopping after its
+    /// parts, per case; the order rotates every round.
     pub rounds: usize,
     /// TEST_RUN repetitions per call: the kernel returns the mean.
     pub repeat: u32,
@@ -39,6 +40,11 @@ pub struct CaseResult {
     pub empty_ns: Summary,
     /// ours/empty within each round.
     pub ratio: Summary,
+    /// Ours made to stop after the parse, then after the interface and
+    /// encapsulation totals, over the empty program within each round:
+    /// where the time goes (the rest is the flow's counters).
+    pub parse_only_ratio: Summary,
+    pub totals_only_ratio: Summary,
 }
 
 #[derive(Serialize)]
@@ -84,6 +90,9 @@ pub struct KernelResult {
     pub hot_ratio: f64,
     /// The same for the TCP/IPv4 case alone.
     pub tcp4_ratio: f64,
+    /// The same for ours stopping after the parse, and after the totals.
+    pub parse_only_ratio: f64,
+    pub totals_only_ratio: f64,
     /// The empty program's ns per run beside the hot flow.
     pub empty_ns: f64,
     pub distinct: DistinctResult,
@@ -101,8 +110,13 @@ pub fn run(p: &Params) -> Result<KernelResult> {
         .find(|c| c.name == frames::HOT)
         .expect("the hot case is in the mix");
     let (tcp4_ratio, empty_ns) = (hot.ratio.median, hot.empty_ns.median);
-    let per_case: Vec<f64> = cases.iter().map(|c| c.ratio.median).collect();
-    let hot_ratio = Summary::of(&per_case).median;
+    let over_cases = |f: fn(&CaseResult) -> f64| {
+        let per_case: Vec<f64> = cases.iter().map(f).collect();
+        Summary::of(&per_case).median
+    };
+    let hot_ratio = over_cases(|c| c.ratio.median);
+    let parse_only_ratio = over_cases(|c| c.parse_only_ratio.median);
+    let totals_only_ratio = over_cases(|c| c.totals_only_ratio.median);
     let distinct = distinct(p)?;
     Ok(KernelResult {
         rounds: p.rounds,
@@ -111,6 +125,8 @@ pub fn run(p: &Params) -> Result<KernelResult> {
         cases,
         hot_ratio,
         tcp4_ratio,
+        parse_only_ratio,
+        totals_only_ratio,
         empty_ns,
         distinct,
     })
@@ -119,9 +135,14 @@ pub fn run(p: &Params) -> Result<KernelResult> {
 /// Each case of the mix, `rounds` times, empty and ours interleaved.
 fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let dp = Datapath::load(DEFAULT_FLOW_CAPACITY)?;
+    let parse_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Parse)?;
+    let totals_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Totals)?;
     let mix = frames::mix();
     // Warm up: the flow entries exist before timing (hot flows).
     for c in &mix {
+        for part in [&parse_only, &totals_only] {
+            testrun::run(&part.ebpf, c.prog, &c.frame, None, 1000)?;
+        }
         let r = testrun::run(&dp.ebpf, c.prog, &c.frame, None, 1000)?;
         ensure!(
             r.return_value == TC_ACT_UNSPEC,
@@ -145,23 +166,32 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
     for c in &mix {
         let (mut ours, mut empty, mut ratio) = (vec![], vec![], vec![]);
+        let (mut parse_ratio, mut totals_ratio) = (vec![], vec![]);
+        // The empty program, ours, ours stopping after the parse, after
+        // the totals.
+        let runs = [
+            (&dp, object::EMPTY),
+            (&dp, c.prog),
+            (&parse_only, c.prog),
+            (&totals_only, c.prog),
+        ];
         for round in 0..p.rounds {
             interrupted()?;
-            let time = |prog| -> Result<f64> {
-                Ok(testrun::run(&dp.ebpf, prog, &c.frame, None, p.repeat)?
+            let mut ns = [0.0; 4];
+            for k in 0..runs.len() {
+                let i = (k + round) % runs.len();
+                let (d, prog) = runs[i];
+                ns[i] = testrun::run(&d.ebpf, prog, &c.frame, None, p.repeat)?
                     .duration
-                    .as_nanos() as f64)
-            };
-            let (o, e) = if round % 2 == 0 {
-                let e = time(object::EMPTY)?;
-                (time(c.prog)?, e)
-            } else {
-                let o = time(c.prog)?;
-                (o, time(object::EMPTY)?)
-            };
+                    .as_nanos() as f64;
+            }
+            let [e, o, parse, totals] = ns;
+            let e = e.max(1.0);
             ours.push(o);
             empty.push(e);
-            ratio.push(o / e.max(1.0));
+            ratio.push(o / e);
+            parse_ratio.push(parse / e);
+            totals_ratio.push(totals / e);
         }
         out.push(CaseResult {
             name: c.name,
@@ -171,6 +201,8 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
             ours_ns: Summary::of(&ours),
             empty_ns: Summary::of(&empty),
             ratio: Summary::of(&ratio),
+            parse_only_ratio: Summary::of(&parse_ratio),
+            totals_only_ratio: Summary::of(&totals_ratio),
         });
     }
     Ok(out)

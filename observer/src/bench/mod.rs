@@ -145,12 +145,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 rounds: if q { 1 } else { 4 },
                 seconds: if q { 1 } else { 2 },
                 stats_seconds: if q { 1 } else { 3 },
-                stats_rounds: if q { 2 } else { 4 },
+                stats_rounds: if q { 4 } else { 6 },
                 sustained_pps: 100_000,
                 distinct_flows: if q { 20_000 } else { 200_000 },
             };
             println!(
-                "[throughput] iperf3 pod -> node -> pod over cali veths, UDP pps and TCP, {} round(s) of nothing / the empty program / the observer attached, {} s per test; then BPF run-time stats of ours and the empty program ({} rounds: hot flows, TCP, {} distinct flows)",
+                "[throughput] iperf3 pod -> node -> pod over cali veths, UDP pps and TCP, {} round(s) of nothing / the empty program / the observer attached, {} s per test; then BPF run-time stats of ours, the empty program and ours stopping after its parts ({} rounds: hot flows, TCP, {} distinct flows)",
                 p.rounds, p.seconds, p.stats_rounds, p.distinct_flows
             );
             one.throughput = phase(&mut r.errors, "throughput", || throughput::run(&p, &exe));

@@ -157,8 +157,11 @@ impl Report {
                 .map(|c| format!("{} {:.2}", c.name, c.ratio.median))
                 .collect();
             format!(
-                "median of the mix's cases ({}, last pass); the hot path is parse + the per-CPU cache's check of the flow's 44-byte key + atomic adds to its shared slot + per-CPU interface totals; the empty program takes {:.1} ns per run",
+                "median of the mix's cases ({}, last pass); the hot path is parse + the per-CPU cache's check of the flow's 44-byte key + atomic adds to its shared slot + per-CPU interface totals; ours stopping after the parse {:.2}, after the totals {:.2} (the rest, {:.2}, is the flow's counters); the empty program takes {:.1} ns per run",
                 cases.join(", "),
+                k.parse_only_ratio,
+                k.totals_only_ratio,
+                k.hot_ratio - k.totals_only_ratio,
                 k.empty_ns
             )
         });
@@ -215,10 +218,13 @@ impl Report {
                     .iter()
                     .filter(|s| loads.contains(&s.load))
                     .map(|s| {
+                        let (parse, totals) = s.parts_ns_per_run();
                         format!(
-                            "{}: ours {:.1} ns per run, the empty program {:.1} ns",
+                            "{}: ours {:.1} ns per run (stopping after the parse {:.1}, after the totals {:.1}), the empty program {:.1} ns",
                             s.about,
                             s.ours_ns_per_run().unwrap_or(0.0),
+                            parse.unwrap_or(0.0),
+                            totals.unwrap_or(0.0),
                             s.empty_ns_per_run().unwrap_or(0.0)
                         )
                     })
@@ -567,8 +573,9 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
         "## In-kernel cost (BPF_PROG_TEST_RUN)\n\n\
          **What:** the kernel's mean time per run of our classifier and of an empty SCHED_CLS \
          program (returns TC_ACT_UNSPEC; same object, same process), on the same frame, \
-         {} rounds of one TEST_RUN call each with repeat = {}, the order of the two flipped \
-         every round{}. Each case is one flow hit again and again (the burst case: \
+         {} rounds of one TEST_RUN call each with repeat = {}, beside ours made to stop \
+         after the parse and after the interface and encapsulation totals (where the \
+         time goes), the order of the four rotated every round{}. Each case is one flow hit again and again (the burst case: \
          its slot is found through the CPU's memory of recent flows). Ratio = ours/empty within a \
          round; medians, IQR in parentheses. Headline: the median of the cases' ratios \
          ({:.2}; tcp4 alone {:.2}).\n",
@@ -582,20 +589,22 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
     );
     let _ = writeln!(
         w,
-        "| case | program | frame bytes | ours ns | empty ns | ours/empty |"
+        "| case | program | frame bytes | ours ns | empty ns | ours/empty | parse only/empty | totals only/empty |"
     );
-    let _ = writeln!(w, "| --- | --- | ---: | --- | --- | --- |");
+    let _ = writeln!(w, "| --- | --- | ---: | --- | --- | --- | --- | --- |");
     for c in &k.cases {
         let _ = writeln!(
             w,
-            "| {} — {} | `{}` | {} | {} | {} | {} |",
+            "| {} — {} | `{}` | {} | {} | {} | {} | {} | {} |",
             c.name,
             c.what,
             c.program,
             c.frame_bytes,
             c.ours_ns.show(1),
             c.empty_ns.show(1),
-            c.ratio.show(2)
+            c.ratio.show(2),
+            c.parse_only_ratio.show(2),
+            c.totals_only_ratio.show(2)
         );
     }
     let d = &k.distinct;
@@ -699,9 +708,12 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
          the switch behind `kernel.bpf_stats_enabled`, held by an fd so that it cannot be left \
          on; the sysctl read `{}` afterwards). Each run's time includes part of the \
          statistics' own clock reads. Beside it, the daemon gone, the same of the empty \
-         program attached to the same four hooks under the same loads, in rounds ordered \
-         ours, empty, empty, ours (`--quick`: ours, empty; a drift of the machine weighs \
-         on both alike; figures summed over the rounds): ours over it is the real-veth counterpart of \
+         program attached to the same four hooks under the same loads, and of ours \
+         attached by the bench and made to stop after the parse, then after the interface \
+         and encapsulation totals (where the time goes: what is left is the flow's \
+         counters), in rounds ordered ours, empty, parse, totals, empty, ours (`--quick`: \
+         the first four; a drift of the machine weighs on ours and the empty program \
+         alike; figures summed over the rounds): ours over the empty program is the real-veth counterpart of \
          `kernel_hot_ratio` and `kernel_distinct_ratio` (`veth_hot_ratio`, \
          `veth_distinct_ratio`). The distinct flows are sent by one socket per 50,000 \
          destination ports, to a daemon with room for all of them (`--flow-capacity` 4 \
@@ -721,12 +733,19 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
                 s.about, p.program, p.run_cnt, p.ns_per_run
             );
         }
-        for e in &s.empty {
-            let _ = writeln!(
-                w,
-                "| {} | `{}` (all four hooks) | {} | {:.1} |",
-                s.about, e.program, e.run_cnt, e.ns_per_run
-            );
+        let bench_attached = [
+            ("(all four hooks)", &s.empty),
+            ("stopping after the parse", &s.parse_only),
+            ("stopping after the totals", &s.totals_only),
+        ];
+        for (what, runs) in bench_attached {
+            for e in runs {
+                let _ = writeln!(
+                    w,
+                    "| {} | `{}` {what} | {} | {:.1} |",
+                    s.about, e.program, e.run_cnt, e.ns_per_run
+                );
+            }
         }
     }
     let _ = writeln!(w);

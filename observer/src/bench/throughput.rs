@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::{SchedClassifier, TcAttachType};
+use observer_common::StopAfter;
 use serde::Serialize;
 
 use super::{
@@ -51,8 +52,7 @@ pub struct Params {
     pub seconds: u32,
     /// Seconds per test of the bpf_stats segment.
     pub stats_seconds: u32,
-    /// Rounds of the bpf_stats segment: ours, the empty program, the empty
-    /// program, ours, and so on.
+    /// Rounds of the bpf_stats segment, in the order of [`STATS_ORDER`].
     pub stats_rounds: usize,
     /// Packet rate of the sustained UDP load.
     pub sustained_pps: u64,
@@ -73,6 +73,30 @@ pub enum Setup {
 }
 
 const SETUPS: [Setup; 3] = [Setup::Nothing, Setup::EmptyProgram, Setup::Observer];
+
+/// What runs on the cali veths' hooks in a round of the bpf_stats segment.
+#[derive(Clone, Copy)]
+enum Stats {
+    /// `observer run`'s programs.
+    Ours,
+    /// The empty program, attached by the bench.
+    Empty,
+    /// Our programs, attached by the bench, made to stop after a part
+    /// (no daemon: what they skip needs none).
+    Stopping(StopAfter),
+}
+
+/// The bpf_stats rounds, in order: ours and the empty program first and
+/// last, so that a drift of the machine over the segment weighs on both
+/// alike; the parts of ours between.
+const STATS_ORDER: [Stats; 6] = [
+    Stats::Ours,
+    Stats::Empty,
+    Stats::Stopping(StopAfter::Parse),
+    Stats::Stopping(StopAfter::Totals),
+    Stats::Empty,
+    Stats::Ours,
+];
 
 #[derive(Serialize, Clone)]
 pub struct Sample {
@@ -143,6 +167,10 @@ pub struct StatsRun {
     /// The empty program on the same hooks under the same load (our
     /// daemon gone), over its rounds: what a run of any program costs here.
     pub empty: Vec<ProgStats>,
+    /// Ours made to stop after the parse, and after the interface and
+    /// encapsulation totals: what each part adds.
+    pub parse_only: Vec<ProgStats>,
+    pub totals_only: Vec<ProgStats>,
     #[serde(skip)]
     sent: f64,
     #[serde(skip)]
@@ -162,6 +190,8 @@ impl StatsRun {
             classifier_cpu_percent: 0.0,
             daemon_cpu_percent: 0.0,
             empty: Vec::new(),
+            parse_only: Vec::new(),
+            totals_only: Vec::new(),
             sent: 0.0,
             daemon_cpu_seconds: 0.0,
         }
@@ -190,6 +220,11 @@ impl StatsRun {
     /// The empty program's mean ns per run.
     pub fn empty_ns_per_run(&self) -> Option<f64> {
         ns_per_run(&self.empty)
+    }
+
+    /// Ours stopping after the parse, then after the totals: mean ns per run.
+    pub fn parts_ns_per_run(&self) -> (Option<f64>, Option<f64>) {
+        (ns_per_run(&self.parse_only), ns_per_run(&self.totals_only))
     }
 
     /// [`Self::ours_ns_per_run`] over [`Self::empty_ns_per_run`].
@@ -449,17 +484,37 @@ impl Lab {
     /// where the kernel has it, as the daemon does), from a thread that
     /// entered the node's namespace; detached when the result is dropped.
     fn attach_empty(&self) -> Result<Datapath> {
-        let mut dp = Datapath::load(1024)?;
+        let dp = Datapath::load(1024)?;
+        self.attach_to_calis(dp, |_| object::EMPTY)
+    }
+
+    /// Our programs, made to stop after `part`, attached as the daemon
+    /// attaches them (by the bench: no daemon).
+    fn attach_stopping(&self, part: StopAfter) -> Result<Datapath> {
+        let dp = Datapath::load_stopping_after(1024, part)?;
+        self.attach_to_calis(dp, |hook| match hook {
+            TcAttachType::Ingress => object::ETH_INGRESS,
+            _ => object::ETH_EGRESS,
+        })
+    }
+
+    /// Attaches `dp`'s program `name(hook)` to both hooks of both cali
+    /// veths; detached when the result is dropped.
+    fn attach_to_calis(
+        &self,
+        mut dp: Datapath,
+        name: impl Fn(TcAttachType) -> &'static str + Sync,
+    ) -> Result<Datapath> {
         within(&self.node.0, || -> Result<()> {
-            let prog: &mut SchedClassifier = dp
-                .ebpf
-                .program_mut(object::EMPTY)
-                .context("the empty program")?
-                .try_into()?;
-            for cali in [&self.cali_a, &self.cali_b] {
-                for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+            for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let prog: &mut SchedClassifier = dp
+                    .ebpf
+                    .program_mut(name(hook))
+                    .with_context(|| format!("program {}", name(hook)))?
+                    .try_into()?;
+                for cali in [&self.cali_a, &self.cali_b] {
                     prog.attach(cali, hook)
-                        .with_context(|| format!("attaching the empty program to {cali}"))?;
+                        .with_context(|| format!("attaching {} to {cali}", name(hook)))?;
                 }
             }
             Ok(())
@@ -479,9 +534,8 @@ impl Lab {
 
     /// Our programs' run time per run while traffic flows, with the
     /// kernel's BPF statistics on for just this segment, and the empty
-    /// program's, attached to the same hooks under the same loads, in
-    /// rounds ordered ours, empty, empty, ours: a drift of the machine over
-    /// the segment weighs on both alike.
+    /// program's and our parts', attached to the same hooks under the same
+    /// loads, in rounds ordered as [`STATS_ORDER`].
     fn bpf_stats(&self, exe: &Path, p: &Params) -> Result<Vec<StatsRun>> {
         // The switch behind kernel.bpf_stats_enabled, held by an fd: it
         // goes off again when the fd closes, even if we die.
@@ -503,11 +557,10 @@ impl Lab {
         let mut out: Vec<StatsRun> = loads.iter().map(|l| StatsRun::of(*l)).collect();
         for round in 0..p.stats_rounds {
             interrupted()?;
-            // Ours, empty, empty, ours, and so on.
-            if matches!(round % 4, 0 | 3) {
-                self.stats_of_ours(exe, p, &mut out)?;
-            } else {
-                self.stats_of_empty(p, &mut out)?;
+            match STATS_ORDER[round % STATS_ORDER.len()] {
+                Stats::Ours => self.stats_of_ours(exe, p, &mut out)?,
+                Stats::Empty => self.stats_of_bench(p, &mut out, None)?,
+                Stats::Stopping(part) => self.stats_of_bench(p, &mut out, Some(part))?,
             }
         }
         Ok(out)
@@ -554,15 +607,32 @@ impl Lab {
         Ok(())
     }
 
-    /// One round of every load with the empty program attached.
-    fn stats_of_empty(&self, p: &Params, out: &mut [StatsRun]) -> Result<()> {
-        let _empty = self.attach_empty()?;
+    /// One round of every load with programs the bench attaches: the
+    /// empty program, or ours stopping after `part`.
+    fn stats_of_bench(
+        &self,
+        p: &Params,
+        out: &mut [StatsRun],
+        part: Option<StopAfter>,
+    ) -> Result<()> {
+        let _attached = match part {
+            None => self.attach_empty()?,
+            Some(part) => self.attach_stopping(part)?,
+        };
         let me = std::process::id();
         for run in out {
             let before = prog_stats(me)?;
             self.stats_load(p, run.kind)?;
-            let empty = grown(&before, &prog_stats(me)?, |name| name == object::EMPTY);
-            merge(&mut run.empty, empty);
+            let ran = grown(&before, &prog_stats(me)?, |name| match part {
+                None => name == object::EMPTY,
+                Some(_) => name.starts_with("eth_"),
+            });
+            let into = match part {
+                None => &mut run.empty,
+                Some(StopAfter::Parse) => &mut run.parse_only,
+                Some(_) => &mut run.totals_only,
+            };
+            merge(into, ran);
         }
         Ok(())
     }

@@ -25,7 +25,7 @@ use kernel_log::KernelLogLevel;
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOW_INDEX_MAP,
     FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP,
-    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat,
+    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat, StopAfter,
 };
 
 use self::{
@@ -63,6 +63,12 @@ impl Datapath {
         Self::load_with(capacity, None, KernelLogLevel::Off)
     }
 
+    /// Loads the programs as [`Datapath::load`] does, made to stop after
+    /// `part`: the benchmark's account of what each part costs.
+    pub fn load_stopping_after(capacity: u32, part: StopAfter) -> Result<Self> {
+        Self::load_in(capacity, None, KernelLogLevel::Off, part)
+    }
+
     /// Loads the programs, with the maps pinned under `pins` when given
     /// (reused when an earlier daemon of the same map layout left them
     /// there), writing kernel log records up to `log`.
@@ -72,13 +78,13 @@ impl Datapath {
         log: KernelLogLevel,
     ) -> Result<Self> {
         let Some(pins) = pins else {
-            return Self::load_in(capacity, None, log);
+            return Self::load_in(capacity, None, log, StopAfter::Nothing);
         };
         let layout = pin::layout_id(object::OBJECT, capacity)?;
         let dir = pins.maps_dir(&layout);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the pin directory {}", dir.display()))?;
-        let mut dp = Self::load_in(capacity, Some(&dir), log)?;
+        let mut dp = Self::load_in(capacity, Some(&dir), log, StopAfter::Nothing)?;
         dp.layout = Some(layout);
         Ok(dp)
     }
@@ -87,9 +93,10 @@ impl Datapath {
         capacity: u32,
         maps_dir: Option<&std::path::Path>,
         log: KernelLogLevel,
+        stop: StopAfter,
     ) -> Result<Self> {
         let reused_maps = maps_dir.is_some_and(|d| d.join(SLOTS_MAP).exists());
-        let mut ebpf = object::load(capacity, maps_dir, log)?;
+        let mut ebpf = object::load(capacity, maps_dir, log, stop)?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))

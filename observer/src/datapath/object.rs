@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
-use observer_common::{FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP, index::index_entries};
+use observer_common::{FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP, StopAfter, index::index_entries};
 
 use super::{
     kernel_log::{self, KernelLogLevel},
@@ -27,12 +27,21 @@ pub const CLOCK: &str = "clock";
 pub const EMPTY: &str = "empty";
 pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS, CLOCK, EMPTY];
 
+/// The global in the object that says where the programs stop.
+const STOP_GLOBAL: &str = "OBSERVER_STOP_AFTER";
+
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
 /// With `maps_dir`, the maps that carry counts are pinned there, or taken
 /// from there when an earlier daemon pinned them. The programs write log
-/// records up to `log` (see [`KernelLog`](super::kernel_log::KernelLog)).
-pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) -> Result<Ebpf> {
+/// records up to `log` (see [`KernelLog`](super::kernel_log::KernelLog)),
+/// and stop after `stop` (all the way but for a benchmark).
+pub fn load(
+    flow_capacity: u32,
+    maps_dir: Option<&Path>,
+    log: KernelLogLevel,
+    stop: StopAfter,
+) -> Result<Ebpf> {
     check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
@@ -43,6 +52,8 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     loader.map_max_entries(FLOW_INDEX_MAP, index_entries(flow_capacity));
     let level = log.global_value();
     loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
+    let stop = stop as u8;
+    loader.override_global(STOP_GLOBAL, &stop, true);
     if let Some(dir) = maps_dir {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
