@@ -6,6 +6,7 @@
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
+    mem::MaybeUninit,
 };
 
 use aya_ebpf::{
@@ -429,27 +430,22 @@ struct Probing {
 /// fall-through, "back-edge from insn").
 #[inline(always)]
 fn lookup(key: &FlowKey, hash: u64, mask: u32) -> u64 {
-    let mut p = Probing {
-        key: *key,
-        mask,
-        hash,
-        answer: LOOKUP_FULL,
-        gone: LOOKUP_FULL,
+    let mut p = MaybeUninit::<Probing>::uninit();
+    let q = p.as_mut_ptr();
+    // SAFETY: each field written once; `probe` has the callback's
+    // signature, and `p` outlives the call.
+    let (answer, gone) = unsafe {
+        (&raw mut (*q).key).write(*key);
+        (&raw mut (*q).mask).write(mask);
+        (&raw mut (*q).hash).write(hash);
+        // Two stores: as a struct literal, LLVM merged the two into a call
+        // of a byte-by-byte memset loop, 16 rounds on every lookup.
+        (&raw mut (*q).answer).write_volatile(LOOKUP_FULL);
+        (&raw mut (*q).gone).write_volatile(LOOKUP_FULL);
+        bpf_loop(INDEX_PROBES, probe as *mut c_void, q as *mut c_void, 0);
+        ((*q).answer, (*q).gone)
     };
-    // SAFETY: `probe` has the callback's signature; `p` outlives the call.
-    unsafe {
-        bpf_loop(
-            INDEX_PROBES,
-            probe as *mut c_void,
-            &raw mut p as *mut c_void,
-            0,
-        );
-    }
-    if p.answer == LOOKUP_FULL {
-        p.gone
-    } else {
-        p.answer
-    }
+    if answer == LOOKUP_FULL { gone } else { answer }
 }
 
 /// Probe `i` of a [`lookup`]: 1 (stop) once `p.answer` is set, else 0.
