@@ -7,7 +7,7 @@ use observer::{
     datapath::{Datapath, cpu, object, testrun},
     flows::key_addrs,
 };
-use observer_common::{Encap, FlowKey, FlowStats, Stat};
+use observer_common::{Encap, FlowKey, FlowStats, Stat, StopAfter};
 
 use crate::common::*;
 
@@ -619,4 +619,35 @@ fn a_slot_given_back_is_taken_before_a_new_one() {
         [(3, 2), (2, 1)],
         "flow 3 in flow 1's slot, no third slot"
     );
+}
+
+/// The benchmark's partial programs, loaded to stop after the parse or
+/// after the interface totals, do that much and no more (their shares of
+/// the cost are of that work), and still let every packet through.
+#[test]
+fn programs_loaded_to_stop_early_skip_what_follows() {
+    require_root();
+    let frame = eth(
+        0x0800,
+        &udp4(ip4("10.0.0.1"), ip4("10.0.0.2"), 1000, 53, &[0; 10]),
+    );
+    // TEST_RUN runs the program on the loopback device (ifindex 1).
+    for (part, packets_in_totals) in [(StopAfter::Parse, 0), (StopAfter::Totals, 3)] {
+        let dp = Datapath::load_stopping_after(4096, part).expect("load the eBPF object");
+        for _ in 0..3 {
+            let r = testrun::run(&dp.ebpf, object::ETH_INGRESS, &frame, None, 1).expect("run");
+            assert_eq!(r.return_value, TC_ACT_UNSPEC, "{part:?}");
+        }
+        let mut flows = 0;
+        dp.read_flows(|_, _| flows += 1).expect("read flows");
+        assert_eq!(flows, 0, "stopping after {part:?}: no flow");
+        let st = dp.stats().expect("stats");
+        assert_eq!(st[Stat::Unparsed as usize], 0, "{part:?}: parsed");
+        assert_eq!(st[Stat::FlowInserts as usize], 0, "{part:?}: no insert");
+        let totals = dp.iface_totals(1).expect("interface totals");
+        assert_eq!(
+            totals.hook[0].packets, packets_in_totals,
+            "stopping after {part:?}: interface totals"
+        );
+    }
 }
