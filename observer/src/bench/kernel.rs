@@ -132,7 +132,8 @@ pub fn run(p: &Params) -> Result<KernelResult> {
     })
 }
 
-/// Each case of the mix, `rounds` times, empty and ours interleaved.
+/// Each case of the mix, `rounds` times: the empty program, ours, and ours
+/// stopping after the parse and after the totals, in rotating order.
 fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let dp = Datapath::load(DEFAULT_FLOW_CAPACITY)?;
     let parse_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Parse)?;
