@@ -81,14 +81,13 @@ impl Hook {
     }
 }
 
-/// Where the classifiers stop: all the way, as the daemon loads them, or,
-/// for the benchmark's account of where their time goes, after the parse
-/// or after the interface and encapsulation totals (a constant of the
-/// loaded object, `OBSERVER_STOP_AFTER`: the verifier drops the checks).
+/// Where a classifier entry point stops: all the way (the daemon's), or,
+/// for the benchmark's account of where the time goes, after the parse or
+/// after the interface and encapsulation totals (entry points of their
+/// own, so that the daemon's carry no check).
 #[repr(u8)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopAfter {
-    #[default]
     Nothing = 0,
     Parse = 1,
     Totals = 2,

@@ -220,8 +220,11 @@ fn copy_key(to: *mut FlowKey, from: &FlowKey) {
     }
 }
 
+/// Adds the packet to its interface's and encapsulation's totals and to its
+/// flow, or, when `STOP` is [`StopAfter::Totals`] (a benchmark's entry
+/// point), to the totals only.
 #[inline(always)]
-pub fn account(key: &FlowKey, d: &Delta) {
+pub fn account<const STOP: u8>(key: &FlowKey, d: &Delta) {
     // SAFETY: helper without preconditions (inlined by the verifier to a
     // load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
@@ -246,7 +249,7 @@ pub fn account(key: &FlowKey, d: &Delta) {
         }
     }
 
-    if crate::stops_after(StopAfter::Totals) {
+    if STOP == StopAfter::Totals as u8 {
         return;
     }
     let cache_slot = key.cache_slot();

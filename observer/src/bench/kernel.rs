@@ -2,7 +2,7 @@
 //! SCHED_CLS program, loaded from the same object and run in the same
 //! process, interleaved so that drift (frequency, other load) hits both.
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use observer_common::{DEFAULT_FLOW_CAPACITY, Stat, StopAfter};
 use serde::Serialize;
 
@@ -140,10 +140,15 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let totals_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Totals)?;
     let mix = frames::mix();
     // Warm up: the flow entries exist before timing (hot flows).
+    // Each case's program made to stop after the parse, after the totals.
+    let parts = |prog: &str| -> Result<[&'static str; 2]> {
+        let part = |p| object::stopping_after(prog, p).context("no stopping entry point");
+        Ok([part(StopAfter::Parse)?, part(StopAfter::Totals)?])
+    };
     for c in &mix {
-        for part in [&parse_only, &totals_only] {
-            testrun::run(&part.ebpf, c.prog, &c.frame, None, 1000)?;
-        }
+        let [parse, totals] = parts(c.prog)?;
+        testrun::run(&parse_only.ebpf, parse, &c.frame, None, 1000)?;
+        testrun::run(&totals_only.ebpf, totals, &c.frame, None, 1000)?;
         let r = testrun::run(&dp.ebpf, c.prog, &c.frame, None, 1000)?;
         ensure!(
             r.return_value == TC_ACT_UNSPEC,
@@ -170,11 +175,12 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
         let (mut parse_ratio, mut totals_ratio) = (vec![], vec![]);
         // The empty program, ours, ours stopping after the parse, after
         // the totals.
+        let [parse, totals] = parts(c.prog)?;
         let runs = [
             (&dp, object::EMPTY),
             (&dp, c.prog),
-            (&parse_only, c.prog),
-            (&totals_only, c.prog),
+            (&parse_only, parse),
+            (&totals_only, totals),
         ];
         for round in 0..p.rounds {
             interrupted()?;

@@ -492,9 +492,14 @@ impl Lab {
     /// attaches them (by the bench: no daemon).
     fn attach_stopping(&self, part: StopAfter) -> Result<Datapath> {
         let dp = Datapath::load_stopping_after(1024, part)?;
+        let stopping = |prog| object::stopping_after(prog, part).context("no stopping entry point");
+        let (ingress, egress) = (
+            stopping(object::ETH_INGRESS)?,
+            stopping(object::ETH_EGRESS)?,
+        );
         self.attach_to_calis(dp, |hook| match hook {
-            TcAttachType::Ingress => object::ETH_INGRESS,
-            _ => object::ETH_EGRESS,
+            TcAttachType::Ingress => ingress,
+            _ => egress,
         })
     }
 

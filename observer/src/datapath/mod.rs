@@ -63,10 +63,13 @@ impl Datapath {
         Self::load_with(capacity, None, KernelLogLevel::Off)
     }
 
-    /// Loads the programs as [`Datapath::load`] does, made to stop after
-    /// `part`: the benchmark's account of what each part costs.
+    /// Loads the programs as [`Datapath::load`] does, and the benchmark's
+    /// entry points that stop after `part` (see
+    /// [`object::stopping_after`]): what each part costs.
     pub fn load_stopping_after(capacity: u32, part: StopAfter) -> Result<Self> {
-        Self::load_in(capacity, None, KernelLogLevel::Off, part)
+        let mut dp = Self::load(capacity)?;
+        object::load_parts(&mut dp.ebpf, part)?;
+        Ok(dp)
     }
 
     /// Loads the programs, with the maps pinned under `pins` when given
@@ -78,13 +81,13 @@ impl Datapath {
         log: KernelLogLevel,
     ) -> Result<Self> {
         let Some(pins) = pins else {
-            return Self::load_in(capacity, None, log, StopAfter::Nothing);
+            return Self::load_in(capacity, None, log);
         };
         let layout = pin::layout_id(object::OBJECT, capacity)?;
         let dir = pins.maps_dir(&layout);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating the pin directory {}", dir.display()))?;
-        let mut dp = Self::load_in(capacity, Some(&dir), log, StopAfter::Nothing)?;
+        let mut dp = Self::load_in(capacity, Some(&dir), log)?;
         dp.layout = Some(layout);
         Ok(dp)
     }
@@ -93,10 +96,9 @@ impl Datapath {
         capacity: u32,
         maps_dir: Option<&std::path::Path>,
         log: KernelLogLevel,
-        stop: StopAfter,
     ) -> Result<Self> {
         let reused_maps = maps_dir.is_some_and(|d| d.join(SLOTS_MAP).exists());
-        let mut ebpf = object::load(capacity, maps_dir, log, stop)?;
+        let mut ebpf = object::load(capacity, maps_dir, log)?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .with_context(|| format!("map {name} missing"))

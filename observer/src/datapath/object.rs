@@ -27,21 +27,38 @@ pub const CLOCK: &str = "clock";
 pub const EMPTY: &str = "empty";
 pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS, CLOCK, EMPTY];
 
-/// The global in the object that says where the programs stop.
-const STOP_GLOBAL: &str = "OBSERVER_STOP_AFTER";
+/// The benchmark's entry point that runs `program` (an Ethernet entry
+/// point, or `l3_ingress`) up to `part` and stops: where the time goes.
+/// Never attached by the daemon; see [`load_parts`].
+pub fn stopping_after(program: &str, part: StopAfter) -> Option<&'static str> {
+    Some(match (program, part) {
+        (ETH_INGRESS, StopAfter::Parse) => "eth_in_parse",
+        (ETH_EGRESS, StopAfter::Parse) => "eth_eg_parse",
+        (L3_INGRESS, StopAfter::Parse) => "l3_in_parse",
+        (ETH_INGRESS, StopAfter::Totals) => "eth_in_totals",
+        (ETH_EGRESS, StopAfter::Totals) => "eth_eg_totals",
+        (L3_INGRESS, StopAfter::Totals) => "l3_in_totals",
+        _ => return None,
+    })
+}
+
+/// Loads the benchmark's entry points that stop after `part` into the
+/// kernel (the daemon never loads them), beside the others.
+pub fn load_parts(ebpf: &mut Ebpf, part: StopAfter) -> Result<()> {
+    for program in [ETH_INGRESS, ETH_EGRESS, L3_INGRESS] {
+        if let Some(name) = stopping_after(program, part) {
+            load_program(ebpf, name)?;
+        }
+    }
+    Ok(())
+}
 
 /// Loads the object with a flow map of `flow_capacity` slots and loads every
 /// program into the kernel (verifier included), ready to attach or run.
 /// With `maps_dir`, the maps that carry counts are pinned there, or taken
 /// from there when an earlier daemon pinned them. The programs write log
-/// records up to `log` (see [`KernelLog`](super::kernel_log::KernelLog)),
-/// and stop after `stop` (all the way but for a benchmark).
-pub fn load(
-    flow_capacity: u32,
-    maps_dir: Option<&Path>,
-    log: KernelLogLevel,
-    stop: StopAfter,
-) -> Result<Ebpf> {
+/// records up to `log` (see [`KernelLog`](super::kernel_log::KernelLog)).
+pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) -> Result<Ebpf> {
     check_kernel()?;
     raise_memlock_limit();
     let mut loader = EbpfLoader::new();
@@ -52,8 +69,6 @@ pub fn load(
     loader.map_max_entries(FLOW_INDEX_MAP, index_entries(flow_capacity));
     let level = log.global_value();
     loader.override_global(kernel_log::LEVEL_GLOBAL, &level, true);
-    let stop = stop as u8;
-    loader.override_global(STOP_GLOBAL, &stop, true);
     if let Some(dir) = maps_dir {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -63,20 +78,26 @@ pub fn load(
         .load(OBJECT)
         .context("loading the eBPF object (are we root, with CAP_BPF and CAP_NET_ADMIN?)")?;
     for name in PROGRAMS {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .with_context(|| format!("program {name} missing from the object"))?
-            .try_into()?;
-        if let Err(e) = prog.load() {
-            // The verifier's log can run to thousands of lines; its end says
-            // what it refused.
-            let text = format!("{e:#}");
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            anyhow::bail!("loading program {name}: the kernel refused it:\n{tail}");
-        }
+        load_program(&mut ebpf, name)?;
     }
     Ok(ebpf)
+}
+
+/// Loads one program of the object into the kernel (verifier included).
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?
+        .try_into()?;
+    if let Err(e) = prog.load() {
+        // The verifier's log can run to thousands of lines; its end says
+        // what it refused.
+        let text = format!("{e:#}");
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        bail!("loading program {name}: the kernel refused it:\n{tail}");
+    }
+    Ok(())
 }
 
 /// The oldest kernel the programs work on: `bpf_loop` (the flow index's

@@ -631,11 +631,12 @@ fn programs_loaded_to_stop_early_skip_what_follows() {
         0x0800,
         &udp4(ip4("10.0.0.1"), ip4("10.0.0.2"), 1000, 53, &[0; 10]),
     );
-    // TEST_RUN runs the program on the loopback device (ifindex 1).
+    // TEST_RUN runs the program on the loopback device.
     for (part, packets_in_totals) in [(StopAfter::Parse, 0), (StopAfter::Totals, 3)] {
         let dp = Datapath::load_stopping_after(4096, part).expect("load the eBPF object");
+        let program = object::stopping_after(object::ETH_INGRESS, part).expect("an entry point");
         for _ in 0..3 {
-            let r = testrun::run(&dp.ebpf, object::ETH_INGRESS, &frame, None, 1).expect("run");
+            let r = testrun::run(&dp.ebpf, program, &frame, None, 1).expect("run");
             assert_eq!(r.return_value, TC_ACT_UNSPEC, "{part:?}");
         }
         let mut flows = 0;
@@ -644,7 +645,9 @@ fn programs_loaded_to_stop_early_skip_what_follows() {
         let st = dp.stats().expect("stats");
         assert_eq!(st[Stat::Unparsed as usize], 0, "{part:?}: parsed");
         assert_eq!(st[Stat::FlowInserts as usize], 0, "{part:?}: no insert");
-        let totals = dp.iface_totals(1).expect("interface totals");
+        let totals = dp
+            .iface_totals(observer::fuzz::check::LOOPBACK_IFINDEX)
+            .expect("interface totals");
         assert_eq!(
             totals.hook[0].packets, packets_in_totals,
             "stopping after {part:?}: interface totals"

@@ -82,9 +82,8 @@ fn doctor_is_clean_on_a_healthy_lab_and_finds_injected_faults() {
         "pref",
         "1",
     ]);
-    let mut foreign =
-        observer::datapath::object::load(1024, None, Default::default(), Default::default())
-            .expect("load a foreign copy");
+    let mut foreign = observer::datapath::object::load(1024, None, Default::default())
+        .expect("load a foreign copy");
     observer::lab::netns::within(&node1, || {
         use aya::programs::{
             SchedClassifier, TcAttachType,
