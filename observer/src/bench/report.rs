@@ -862,20 +862,24 @@ fn scale_md(w: &mut String, s: &ScaleResult) {
          polls: its own `last_poll_ms` (API `/v1/status`), its resident memory from /proc \
          (VmRSS with no flows; the largest VmRSS just after each poll; VmHWM, the peak, \
          reached during a poll: the headline `rss_mib_100k`) and its CPU (user + system over \
-         the polls watched, one CPU = 100%).\n"
+         the polls watched, one CPU = 100%). Then \"changing\": the same daemon watched while \
+         a thread of ours sends one more packet to every flow, round after round, through the \
+         daemon's classifier, so that each poll puts up to the rate times its interval changed \
+         flows through the flow table and the metrics (the first poll after the start, which \
+         saw part of a round, is not counted).\n"
     );
     let _ = writeln!(
         w,
-        "| flows | map slots | live entries | poll interval | poll ms | RSS MiB (peak), no flows | RSS MiB after polls | peak RSS MiB | CPU |"
+        "| flows | map slots | live entries | poll interval | poll ms | RSS MiB (peak), no flows | RSS MiB after polls | peak RSS MiB | CPU | changing: flows/s | poll ms | CPU |"
     );
     let _ = writeln!(
         w,
-        "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"
     );
     for d in &s.daemon {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {:.0} ms | {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.2}% |",
+            "| {} | {} | {} | {:.0} ms | {} | {:.1} ({:.1}) | {:.1} | {:.1} | {:.2}% | {:.0} | {} | {:.1}% |",
             d.flows,
             d.flow_capacity,
             d.live_entries,
@@ -885,7 +889,10 @@ fn scale_md(w: &mut String, s: &ScaleResult) {
             d.peak_rss_mib_empty,
             d.rss_mib,
             d.peak_rss_mib,
-            d.cpu_percent
+            d.cpu_percent,
+            d.changing.flows_changed_per_s,
+            d.changing.poll_ms.show(1),
+            d.changing.cpu_percent
         );
     }
     let _ = writeln!(

@@ -9,8 +9,9 @@
 //! its own poll time, resident memory and CPU while it polls.
 
 use std::{
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, OwnedFd},
     path::Path,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -75,6 +76,19 @@ pub struct DaemonScale {
     /// VmHWM: the peak, during a poll (entries read + flow table).
     pub peak_rss_mib: f64,
     /// CPU (user + system) over the polls watched, percent of one CPU.
+    pub cpu_percent: f64,
+    /// The same, while every flow keeps getting packets (see [`Changing`]).
+    pub changing: Changing,
+}
+
+/// The daemon watched while a thread of ours sends one more packet to
+/// every flow, round after round, through the daemon's classifier: each
+/// poll finds up to `flows_changed_per_s` times its interval changed flows,
+/// and puts each through its flow table and metrics.
+#[derive(Serialize)]
+pub struct Changing {
+    pub flows_changed_per_s: f64,
+    pub poll_ms: Summary,
     pub cpu_percent: f64,
 }
 
@@ -220,12 +234,45 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     })?;
     d.wait_polls(1, timeout)?;
 
+    let steady = watch(&d, p.daemon_polls, timeout)?;
+    // Before the flows change: the steady state's peak.
+    let peak = procfs::status_bytes(pid, "VmHWM")?;
+    let changing = watch_changing(&d, n, p.daemon_polls, timeout)?;
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    Ok(DaemonScale {
+        flows: n,
+        flow_capacity: capacity,
+        live_entries: steady.live,
+        poll_interval_ms: ms(p.daemon_interval),
+        poll_ms: Summary::of(&steady.poll_ms),
+        rss_mib_empty: mib(rss_empty),
+        peak_rss_mib_empty: mib(peak_empty),
+        rss_mib: mib(steady.rss),
+        peak_rss_mib: mib(peak),
+        cpu_percent: steady.cpu_percent,
+        changing,
+    })
+}
+
+/// What [`watch`] saw of the daemon.
+struct Watched {
+    /// Its `last_poll_ms` after each poll.
+    poll_ms: Vec<f64>,
+    live: u64,
+    /// The largest VmRSS seen just after a poll.
+    rss: u64,
+    cpu_percent: f64,
+}
+
+/// Watches the daemon over `polls` polls.
+fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
+    let pid = d.pid();
     let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
     let mut seen = polls(&d.status()?);
     let (mut poll_ms, mut live, mut rss) = (Vec::new(), 0, 0);
-    while (poll_ms.len() as u64) < p.daemon_polls {
+    while (poll_ms.len() as u64) < polls_wanted {
         interrupted()?;
-        if t0.elapsed() > timeout * p.daemon_polls as u32 {
+        if t0.elapsed() > timeout * polls_wanted as u32 {
             bail!("the daemon stopped polling");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -238,25 +285,52 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
         }
     }
     let cpu = (procfs::cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
-    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-    Ok(DaemonScale {
-        flows: n,
-        flow_capacity: capacity,
-        live_entries: live,
-        poll_interval_ms: ms(p.daemon_interval),
-        poll_ms: Summary::of(&poll_ms),
-        rss_mib_empty: mib(rss_empty),
-        peak_rss_mib_empty: mib(peak_empty),
-        rss_mib: mib(rss),
-        peak_rss_mib: mib(procfs::status_bytes(pid, "VmHWM")?),
+    Ok(Watched {
+        poll_ms,
+        live,
+        rss,
         cpu_percent: cpu * 100.0,
     })
 }
 
-/// Puts `n` distinct flows, all just seen, into the daemon's flow map:
-/// one packet of each through the daemon's own classifier (its maps are
-/// only reachable through it: a flow is a slot and an index entry).
-fn insert_flows(pid: u32, n: u32) -> Result<()> {
+/// [`watch`] while a thread sends one more packet to each of the `n`
+/// flows, over and over (see [`Changing`]). The first poll after the
+/// thread starts is not counted: it saw part of a round.
+fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> Result<Changing> {
+    let prog = daemon_classifier(d.pid())?;
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let (mut sent, t0) = (0u64, Instant::now());
+            'rounds: loop {
+                for i in 0..n {
+                    if stop.load(Ordering::Relaxed) {
+                        break 'rounds;
+                    }
+                    sys::prog_test_run(prog.as_fd(), &frames::distinct_tcp4(i))?;
+                    sent += 1;
+                }
+            }
+            anyhow::Ok(sent as f64 / t0.elapsed().as_secs_f64())
+        });
+        let watched = watch(d, 1, timeout).and_then(|_| watch(d, polls_wanted, timeout));
+        stop.store(true, Ordering::Relaxed);
+        let per_s = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("the packet sender panicked"))??;
+        let w = watched?;
+        Ok(Changing {
+            flows_changed_per_s: per_s,
+            poll_ms: Summary::of(&w.poll_ms),
+            cpu_percent: w.cpu_percent,
+        })
+    })
+}
+
+/// The daemon's `eth_ingress` program, opened by id from among its fds
+/// (its maps are only reachable through it: a flow is a slot and an index
+/// entry).
+fn daemon_classifier(pid: u32) -> Result<OwnedFd> {
     let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
@@ -266,7 +340,13 @@ fn insert_flows(pid: u32, n: u32) -> Result<()> {
         .map(|i| procfs::num(i, "prog_id") as u32)
         .find(|id| names.get(id).is_some_and(|n| n == object::ETH_INGRESS))
         .context("the daemon's eth_ingress program not found among its fds")?;
-    let prog = sys::prog_fd_by_id(id).context("opening the daemon's program")?;
+    sys::prog_fd_by_id(id).context("opening the daemon's program")
+}
+
+/// Puts `n` distinct flows, all just seen, into the daemon's flow map:
+/// one packet of each through the daemon's own classifier.
+fn insert_flows(pid: u32, n: u32) -> Result<()> {
+    let prog = daemon_classifier(pid)?;
     for i in 0..n {
         if i % 8192 == 0 {
             interrupted()?;
