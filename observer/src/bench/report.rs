@@ -865,8 +865,10 @@ fn scale_md(w: &mut String, s: &ScaleResult) {
          the polls watched, one CPU = 100%). Then \"changing\": the same daemon watched while \
          a thread of ours sends one more packet to every flow, round after round, through the \
          daemon's classifier, so that each poll puts up to the rate times its interval changed \
-         flows through the flow table and the metrics (the first poll after the start, which \
-         saw part of a round, is not counted).\n"
+         flows through its flow table (the first poll after the start, which saw part of a \
+         round, is not counted). Their packets are TEST_RUN's, seen on the loopback, no pod's \
+         or tunnel's interface: they get no metrics series, so this is the flow map's read and \
+         the table's update, not the metrics' share.\n"
     );
     let _ = writeln!(
         w,

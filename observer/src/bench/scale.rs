@@ -84,7 +84,8 @@ pub struct DaemonScale {
 /// The daemon watched while a thread of ours sends one more packet to
 /// every flow, round after round, through the daemon's classifier: each
 /// poll finds up to `flows_changed_per_s` times its interval changed flows,
-/// and puts each through its flow table and metrics.
+/// and puts each through its flow table. (Seen on the loopback, no pod's
+/// interface: the metrics make no series of them.)
 #[derive(Serialize)]
 pub struct Changing {
     pub flows_changed_per_s: f64,
