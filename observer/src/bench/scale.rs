@@ -6,7 +6,8 @@
 //! phase (read of the slots, flow-table update), with no flow changed and
 //! with every flow changed. In a real `observer run`: its flow map filled
 //! the same way (its own classifier run on as many distinct packets), then
-//! its own poll time, resident memory and CPU while it polls.
+//! its own poll time, resident memory and CPU while it polls, with no flow
+//! changing and then with every flow changing between two polls.
 
 use std::{
     os::fd::{AsFd as _, OwnedFd},
@@ -265,7 +266,7 @@ struct Watched {
     cpu_percent: f64,
 }
 
-/// Watches the daemon over `polls` polls.
+/// Watches the daemon over its next `polls_wanted` polls.
 fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
     let pid = d.pid();
     let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
