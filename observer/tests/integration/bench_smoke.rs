@@ -41,6 +41,28 @@ fn quick_bench_writes_every_headline() {
             .unwrap_or_else(|| panic!("{key} is not a number in the report"));
         assert!(v > 0.0, "{key} = {v}");
     }
+    // The real daemon while every flow changes: its polls put each change
+    // through the flow table, which a poll with nothing changed skips.
+    let daemons = report["pass_results"][0]["scale"]["daemon"]
+        .as_array()
+        .expect("the scale part's daemons");
+    let at_100k = daemons
+        .iter()
+        .find(|d| d["flows"] == 100_000)
+        .expect("a daemon with 100k flows");
+    let changing = &at_100k["changing"];
+    let (steady_ms, changing_ms) = (
+        at_100k["poll_ms"]["median"].as_f64().unwrap(),
+        changing["poll_ms"]["median"].as_f64().unwrap(),
+    );
+    assert!(
+        changing["flows_changed_per_s"].as_f64().unwrap() > 0.0,
+        "no packets sent while the daemon was watched: {changing}"
+    );
+    assert!(
+        changing_ms > steady_ms,
+        "polls with every flow changing ({changing_ms} ms) no slower than with none ({steady_ms} ms)"
+    );
     assert!(report["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(report["cpu"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(dir.path().join("report.md").exists());
