@@ -7,6 +7,7 @@
 //! machine's load ([`machine`]); written as `report.json` and `report.md`
 //! ([`report`]).
 
+pub mod churn;
 pub mod daemon;
 pub mod frames;
 pub mod kernel;
@@ -133,10 +134,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 polls: if q { 3 } else { 7 },
                 daemon_interval: Duration::from_millis(if q { 500 } else { 1000 }),
                 daemon_polls: if q { 2 } else { 4 },
+                churn: churn::Params {
+                    rates: if q {
+                        vec![20_000]
+                    } else {
+                        vec![10_000, 40_000]
+                    },
+                    // Quick: fewer slots than the flows sent, so that the
+                    // given-back ones are taken again.
+                    capacity: if q { 65_536 } else { 262_144 },
+                    interval: Duration::from_millis(if q { 500 } else { 1000 }),
+                    idle_timeout: Duration::from_secs(if q { 1 } else { 2 }),
+                    polls: 4,
+                },
             };
             println!(
-                "[scale] poll work at {:?} (flows, map slots): in this process ({} polls), and a real daemon (its poll time, RSS, CPU over {} polls)",
-                p.sizes, p.polls, p.daemon_polls
+                "[scale] poll work at {:?} (flows, map slots): in this process ({} polls), and a real daemon (its poll time, RSS, CPU over {} polls, with no flow changing, then with every flow changing); then churn: {:?} new flows/s, idle timeout {:?}",
+                p.sizes, p.polls, p.daemon_polls, p.churn.rates, p.churn.idle_timeout
             );
             one.scale = phase(&mut r.errors, "scale", || scale::run(&p, &exe));
         }

@@ -906,6 +906,46 @@ fn scale_md(w: &mut String, s: &ScaleResult) {
          time.\n",
         s.poll_us_per_flow, s.rss_bytes_per_flow
     );
+    churn_md(w, &s.churn);
+}
+
+fn churn_md(w: &mut String, churn: &[super::churn::Churn]) {
+    let _ = writeln!(
+        w,
+        "**Churn.** A real daemon while a thread of ours opens new flows at a steady rate \
+         (one packet each, through the daemon's classifier) that then go idle: each takes a \
+         slot (a given-back one first) and is given back after the idle timeout. Watched once \
+         the live flows level off. Every new flow should find a slot: the kernel's inserts \
+         equal the packets sent, with no insert failure.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| new flows/s (sent) | map slots | idle timeout | poll interval | live entries | poll ms | CPU | RSS MiB | sent | inserts | insert failures | vanished |"
+    );
+    let _ = writeln!(
+        w,
+        "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for c in churn {
+        let _ = writeln!(
+            w,
+            "| {} ({:.0}) | {} | {:.0} ms | {:.0} ms | {} | {} | {:.1}% | {:.1} | {} | {} | {} | {} |",
+            c.rate,
+            c.sent_per_s,
+            c.flow_capacity,
+            c.idle_timeout_ms,
+            c.poll_interval_ms,
+            c.live_entries.show(0),
+            c.poll_ms.show(1),
+            c.cpu_percent,
+            c.rss_mib,
+            c.sent,
+            c.flow_inserts,
+            c.flow_insert_failures,
+            c.vanished
+        );
+    }
+    let _ = writeln!(w);
 }
 
 fn render_md(w: &mut String, r: &RenderResult) {

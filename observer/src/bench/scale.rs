@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
+    churn,
     daemon::{Daemon, polls},
     frames,
     netns::{Netns, interrupted},
@@ -39,6 +40,7 @@ pub struct Params {
     /// The real daemon's poll interval, and polls watched per size.
     pub daemon_interval: Duration,
     pub daemon_polls: u64,
+    pub churn: churn::Params,
 }
 
 #[derive(Serialize)]
@@ -101,6 +103,7 @@ pub struct ScaleResult {
     /// Growth between the smallest and the largest size.
     pub poll_us_per_flow: f64,
     pub rss_bytes_per_flow: f64,
+    pub churn: Vec<churn::Churn>,
 }
 
 pub fn run(p: &Params, exe: &Path) -> Result<ScaleResult> {
@@ -112,6 +115,7 @@ pub fn run(p: &Params, exe: &Path) -> Result<ScaleResult> {
     for &(n, cap) in &p.sizes {
         daemon.push(daemon_scale(exe, n, cap, p)?);
     }
+    let churn = churn::run(&p.churn, exe)?;
     let slope = |f: &dyn Fn(&DaemonScale) -> f64| match (daemon.first(), daemon.last()) {
         (Some(a), Some(b)) if b.live_entries > a.live_entries => {
             (f(b) - f(a)) / (b.live_entries - a.live_entries) as f64
@@ -123,6 +127,7 @@ pub fn run(p: &Params, exe: &Path) -> Result<ScaleResult> {
         rss_bytes_per_flow: slope(&|d| d.peak_rss_mib * (1u64 << 20) as f64),
         in_process,
         daemon,
+        churn,
     })
 }
 
@@ -244,9 +249,9 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     Ok(DaemonScale {
         flows: n,
         flow_capacity: capacity,
-        live_entries: steady.live,
+        live_entries: steady.live().last().copied().unwrap_or(0.0) as u64,
         poll_interval_ms: ms(p.daemon_interval),
-        poll_ms: Summary::of(&steady.poll_ms),
+        poll_ms: Summary::of(&steady.poll_ms()),
         rss_mib_empty: mib(rss_empty),
         peak_rss_mib_empty: mib(peak_empty),
         rss_mib: mib(steady.rss),
@@ -257,22 +262,39 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
 }
 
 /// What [`watch`] saw of the daemon.
-struct Watched {
-    /// Its `last_poll_ms` after each poll.
-    poll_ms: Vec<f64>,
-    live: u64,
+pub(super) struct Watched {
+    /// Its status (`/v1/status`) after each poll.
+    pub after_polls: Vec<serde_json::Value>,
     /// The largest VmRSS seen just after a poll.
-    rss: u64,
-    cpu_percent: f64,
+    pub rss: u64,
+    pub cpu_percent: f64,
+}
+
+impl Watched {
+    /// Its `last_poll_ms` after each poll.
+    pub fn poll_ms(&self) -> Vec<f64> {
+        self.after_polls
+            .iter()
+            .map(|st| st["last_poll_ms"].as_f64().unwrap_or(0.0))
+            .collect()
+    }
+
+    /// Its kernel flow entries after each poll.
+    pub fn live(&self) -> Vec<f64> {
+        self.after_polls
+            .iter()
+            .map(|st| st["kernel_flow_entries"].as_f64().unwrap_or(0.0))
+            .collect()
+    }
 }
 
 /// Watches the daemon over its next `polls_wanted` polls.
-fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
+pub(super) fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
     let pid = d.pid();
     let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
     let mut seen = polls(&d.status()?);
-    let (mut poll_ms, mut live, mut rss) = (Vec::new(), 0, 0);
-    while (poll_ms.len() as u64) < polls_wanted {
+    let (mut after_polls, mut rss) = (Vec::new(), 0);
+    while (after_polls.len() as u64) < polls_wanted {
         interrupted()?;
         if t0.elapsed() > timeout * polls_wanted as u32 {
             bail!("the daemon stopped polling");
@@ -281,15 +303,13 @@ fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
         let st = d.status()?;
         if polls(&st) > seen {
             seen = polls(&st);
-            poll_ms.push(st["last_poll_ms"].as_f64().unwrap_or(0.0));
-            live = st["kernel_flow_entries"].as_u64().unwrap_or(0);
             rss = rss.max(procfs::status_bytes(pid, "VmRSS")?);
+            after_polls.push(st);
         }
     }
     let cpu = (procfs::cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
     Ok(Watched {
-        poll_ms,
-        live,
+        after_polls,
         rss,
         cpu_percent: cpu * 100.0,
     })
@@ -323,7 +343,7 @@ fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> R
         let w = watched?;
         Ok(Changing {
             flows_changed_per_s: per_s,
-            poll_ms: Summary::of(&w.poll_ms),
+            poll_ms: Summary::of(&w.poll_ms()),
             cpu_percent: w.cpu_percent,
         })
     })
@@ -332,7 +352,7 @@ fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> R
 /// The daemon's `eth_ingress` program, opened by id from among its fds
 /// (its maps are only reachable through it: a flow is a slot and an index
 /// entry).
-fn daemon_classifier(pid: u32) -> Result<OwnedFd> {
+pub(super) fn daemon_classifier(pid: u32) -> Result<OwnedFd> {
     let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
         .filter_map(|p| p.ok())
         .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))

@@ -63,6 +63,22 @@ fn quick_bench_writes_every_headline() {
         changing_ms > steady_ms,
         "polls with every flow changing ({changing_ms} ms) no slower than with none ({steady_ms} ms)"
     );
+    // Churn: every new flow found a slot, given back ones included (the
+    // quick run sends more new flows than the map has slots).
+    let churn = report["pass_results"][0]["scale"]["churn"]
+        .as_array()
+        .expect("the scale part's churn");
+    assert!(!churn.is_empty());
+    for c in churn {
+        let sent = c["sent"].as_u64().unwrap();
+        assert!(
+            sent > c["flow_capacity"].as_u64().unwrap(),
+            "fewer new flows sent than slots, so none was reused: {c}"
+        );
+        assert_eq!(c["flow_inserts"].as_u64(), Some(sent), "{c}");
+        assert_eq!(c["flow_insert_failures"].as_u64(), Some(0), "{c}");
+        assert_eq!(c["vanished"].as_u64(), Some(0), "{c}");
+    }
     assert!(report["kernel"].as_str().is_some_and(|k| !k.is_empty()));
     assert!(report["cpu"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(dir.path().join("report.md").exists());
