@@ -62,6 +62,13 @@ pub struct RunArgs {
     #[arg(long, env = "OBSERVER_RETAIN", default_value = "10m", value_parser = humantime::parse_duration)]
     pub retain: Duration,
 
+    /// At most this many evicted flows stay visible in the API, whatever
+    /// `--retain` says: past it the least recently seen are forgotten (their
+    /// counts stay in the metrics). Bounds memory under churn, where
+    /// `--retain` alone would keep every flow of its whole window.
+    #[arg(long, env = "OBSERVER_RETAIN_FLOWS", default_value_t = 100_000)]
+    pub retain_flows: usize,
+
     /// Slots in the kernel flow map (preallocated; about 200 bytes each).
     #[arg(long, env = "OBSERVER_FLOW_CAPACITY", default_value_t = DEFAULT_FLOW_CAPACITY)]
     pub flow_capacity: u32,
@@ -316,6 +323,8 @@ impl MetricsSettings {
 pub struct PollSettings {
     pub idle_timeout: Duration,
     pub retain: Duration,
+    /// See `RunArgs::retain_flows`.
+    pub retain_flows: usize,
 }
 
 impl RunArgs {
@@ -362,6 +371,7 @@ impl RunArgs {
         PollSettings {
             idle_timeout: self.idle_timeout,
             retain: self.retain,
+            retain_flows: self.retain_flows,
         }
     }
 

@@ -240,6 +240,10 @@ pub struct StatusView {
     /// Kernel entries that vanished before we read them out (only after a
     /// crash: nothing else deletes flows).
     pub lru_evictions: u64,
+    /// Evicted flows the API stopped showing before `--retain` ran out,
+    /// over `--retain-flows` (since the daemon started).
+    #[serde(default)]
+    pub flows_forgotten_over_limit: u64,
     /// Packets counted without a flow because the flow map was full: in
     /// their interface's and pod's totals, in no flow.
     #[serde(default)]

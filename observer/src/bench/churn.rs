@@ -2,7 +2,8 @@
 //! steady rate, as on a node whose pods make many short connections. Each
 //! new flow takes a slot (a given-back one first), goes idle, and is given
 //! back by the daemon after the idle timeout: the poll's cost and the
-//! memory in that steady state, and whether every new flow found a slot.
+//! memory in that steady state, whether every new flow found a slot, and
+//! how many ended flows the daemon goes on listing (`--retain-flows`).
 
 use std::{
     os::fd::AsFd as _,
@@ -28,6 +29,8 @@ pub struct Params {
     pub capacity: u32,
     pub interval: Duration,
     pub idle_timeout: Duration,
+    /// The daemon's `--retain-flows`: ended flows it goes on listing.
+    pub retain_flows: usize,
     /// Polls watched once the live flows are steady.
     pub polls: u64,
 }
@@ -44,6 +47,12 @@ pub struct Churn {
     /// Kernel flow entries after each poll watched: about the rate times
     /// the idle timeout plus the poll that gives them back.
     pub live_entries: Summary,
+    /// `--retain-flows`, and the flows the daemon listed after each poll
+    /// watched (live and ended): at most the live ones plus that bound.
+    pub retain_flows: usize,
+    pub flows_tracked: Summary,
+    /// Ended flows it stopped listing over that bound, by the end.
+    pub flows_forgotten: u64,
     pub poll_ms: Summary,
     pub cpu_percent: f64,
     /// The largest VmRSS seen just after a poll.
@@ -64,10 +73,11 @@ pub fn run(p: &Params, exe: &std::path::Path) -> Result<Vec<Churn>> {
 
 fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
     let ns = Netns::new("churn")?;
-    let (interval, idle, cap) = (
+    let (interval, idle, cap, retain) = (
         humantime::format_duration(p.interval).to_string(),
         humantime::format_duration(p.idle_timeout).to_string(),
         p.capacity.to_string(),
+        p.retain_flows.to_string(),
     );
     let d = Daemon::start(
         exe,
@@ -79,6 +89,8 @@ fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
             &interval,
             "--idle-timeout",
             &idle,
+            "--retain-flows",
+            &retain,
         ],
     )?;
     let timeout = p.interval * 4 + Duration::from_secs(10);
@@ -111,6 +123,15 @@ fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
         idle_timeout_ms: p.idle_timeout.as_secs_f64() * 1e3,
         poll_interval_ms: p.interval.as_secs_f64() * 1e3,
         live_entries: Summary::of(&watched.live()),
+        retain_flows: p.retain_flows,
+        flows_tracked: Summary::of(
+            &watched
+                .after_polls
+                .iter()
+                .map(|st| st["flows_tracked"].as_f64().unwrap_or(0.0))
+                .collect::<Vec<_>>(),
+        ),
+        flows_forgotten: after["flows_forgotten_over_limit"].as_u64().unwrap_or(0),
         poll_ms: Summary::of(&watched.poll_ms()),
         cpu_percent: watched.cpu_percent,
         rss_mib: watched.rss as f64 / (1u64 << 20) as f64,

@@ -145,6 +145,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                     capacity: if q { 65_536 } else { 262_144 },
                     interval: Duration::from_millis(if q { 500 } else { 1000 }),
                     idle_timeout: Duration::from_secs(if q { 1 } else { 2 }),
+                    // Quick: fewer than the flows that end, so that the
+                    // bound is reached; full: the default.
+                    retain_flows: if q { 16_384 } else { 100_000 },
                     polls: 4,
                 },
             };

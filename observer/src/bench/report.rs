@@ -916,26 +916,31 @@ fn churn_md(w: &mut String, churn: &[super::churn::Churn]) {
          (one packet each, through the daemon's classifier) that then go idle: each takes a \
          slot (a given-back one first) and is given back after the idle timeout. Watched once \
          the live flows level off. Every new flow should find a slot: the kernel's inserts \
-         equal the packets sent, with no insert failure.\n"
+         equal the packets sent, with no insert failure. The flows the daemon lists stay \
+         under the live ones plus its `--retain-flows` (ended flows past it are forgotten, \
+         the least recently seen first), which bounds its memory.\n"
     );
     let _ = writeln!(
         w,
-        "| new flows/s (sent) | map slots | idle timeout | poll interval | live entries | poll ms | CPU | RSS MiB | sent | inserts | insert failures | vanished |"
+        "| new flows/s (sent) | map slots | idle timeout | poll interval | live entries | --retain-flows | flows listed | forgotten | poll ms | CPU | RSS MiB | sent | inserts | insert failures | vanished |"
     );
     let _ = writeln!(
         w,
-        "| ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for c in churn {
         let _ = writeln!(
             w,
-            "| {} ({:.0}) | {} | {:.0} ms | {:.0} ms | {} | {} | {:.1}% | {:.1} | {} | {} | {} | {} |",
+            "| {} ({:.0}) | {} | {:.0} ms | {:.0} ms | {} | {} | {} | {} | {} | {:.1}% | {:.1} | {} | {} | {} | {} |",
             c.rate,
             c.sent_per_s,
             c.flow_capacity,
             c.idle_timeout_ms,
             c.poll_interval_ms,
             c.live_entries.show(0),
+            c.retain_flows,
+            c.flows_tracked.show(0),
+            c.flows_forgotten,
             c.poll_ms.show(1),
             c.cpu_percent,
             c.rss_mib,

@@ -372,6 +372,13 @@ async fn poll(
 
     st.table.lru_evictions += dp.tracker.take_vanished();
     st.table.end_poll(forget_before);
+    let forgotten = st.table.limit_ended(settings.retain_flows);
+    if forgotten > 0 {
+        tracing::debug!(
+            "forgot {forgotten} evicted flows before --retain ran out: over --retain-flows {}",
+            settings.retain_flows
+        );
+    }
     let mut overflow = Vec::new();
     for (ifindex, t) in totals {
         if let Some(s) = st.interfaces.get_mut(&ifindex) {

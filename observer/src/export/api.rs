@@ -242,6 +242,7 @@ async fn status(AxState(state): AxState<Shared>) -> Json<StatusView> {
             .map(|x| (x.name().to_owned(), s.stats[*x as usize]))
             .collect(),
         lru_evictions: st.table.lru_evictions,
+        flows_forgotten_over_limit: st.table.forgotten_over_limit,
         overflow_packets: st
             .interfaces
             .values()

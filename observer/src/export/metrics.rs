@@ -423,6 +423,7 @@ struct SelfMetrics {
     unparsed: Counter,
     non_ip: Counter,
     lru_evictions: Counter,
+    flows_forgotten: Counter,
     polls: Counter,
     poll_duration: Histogram,
     source_synced: Family<OneLabel, Gauge>,
@@ -931,6 +932,7 @@ impl Metrics {
         catch_up(&o.unparsed, s.stats[Stat::Unparsed as usize]);
         catch_up(&o.non_ip, s.stats[Stat::NonIp as usize]);
         catch_up(&o.lru_evictions, st.table.lru_evictions);
+        catch_up(&o.flows_forgotten, st.table.forgotten_over_limit);
         catch_up(&o.polls, s.polls);
         for (source, synced) in sources {
             o.source_synced
@@ -973,6 +975,7 @@ impl SelfMetrics {
             unparsed: Counter::default(),
             non_ip: Counter::default(),
             lru_evictions: Counter::default(),
+            flows_forgotten: Counter::default(),
             polls: Counter::default(),
             // 0.5 ms .. ~4 s.
             poll_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
@@ -1022,6 +1025,11 @@ impl SelfMetrics {
             "lru_evictions",
             "Kernel flow entries that vanished before they were read (only after a crash)",
             m.lru_evictions.clone(),
+        );
+        r.register(
+            "flows_forgotten",
+            "Evicted flows the API stopped showing before --retain ran out, over --retain-flows (their counts stay in the metrics)",
+            m.flows_forgotten.clone(),
         );
         r.register("polls", "Reads of the kernel maps", m.polls.clone());
         r.register_with_unit(

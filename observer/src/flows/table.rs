@@ -69,6 +69,11 @@ pub struct FlowTable {
     /// What flows grew by in this poll (and whether they are new), for the
     /// metrics: only the flows that changed, with no second map to keep.
     growth: Vec<(FlowKey, Counters, bool)>,
+    /// Flows without a kernel slot, as the last `end_poll` counted them.
+    ended: usize,
+    /// Ended flows forgotten before their retention time, over the limit
+    /// of [`FlowTable::limit_ended`] (since this daemon started).
+    pub forgotten_over_limit: u64,
 }
 
 impl FlowTable {
@@ -113,8 +118,39 @@ impl FlowTable {
     /// Ends a poll: forgets flows without a kernel slot idle since
     /// `forget_before` (jiffies).
     pub fn end_poll(&mut self, forget_before: u64) {
-        self.entries
-            .retain(|_, e| e.slots > 0 || e.last_seen >= forget_before);
+        let mut ended = 0;
+        self.entries.retain(|_, e| {
+            let keep = e.slots > 0 || e.last_seen >= forget_before;
+            ended += (keep && e.slots == 0) as usize;
+            keep
+        });
+        self.ended = ended;
+    }
+
+    /// Keeps at most `keep` ended flows (no kernel slot left): past that,
+    /// forgets the least recently seen, down to 7/8 of `keep` so that a
+    /// steady churn trims once every few polls, not at each. Their counts
+    /// are in the metrics already; only the API stops listing them. Without
+    /// a bound, churn would fill the table with every flow of the retention
+    /// time. Returns how many were forgotten.
+    pub fn limit_ended(&mut self, keep: usize) -> usize {
+        if self.ended <= keep {
+            return 0;
+        }
+        let mut ended: Vec<(u64, FlowKey)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.slots == 0)
+            .map(|(k, e)| (e.last_seen, *k))
+            .collect();
+        let forget = ended.len() - (keep - keep / 8);
+        ended.select_nth_unstable_by_key(forget - 1, |(seen, _)| *seen);
+        for (_, key) in &ended[..forget] {
+            self.entries.remove(key);
+        }
+        self.ended -= forget;
+        self.forgotten_over_limit += forget as u64;
+        forget
     }
 
     /// What each flow grew by in this poll, and whether it is new: the
@@ -272,6 +308,35 @@ mod tests {
         );
         t.end_poll(11);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn past_the_limit_the_least_recently_seen_ended_flows_are_forgotten() {
+        let mut t = FlowTable::default();
+        t.begin_poll();
+        // Sixteen flows; the first ten end, last seen at 10..20.
+        for p in 0..16 {
+            let s = stats(1, 100, 10 + p as u64);
+            t.add(&key(p), &s, &s, true, false);
+        }
+        t.end_poll(0);
+        t.begin_poll();
+        for p in 0..10 {
+            let s = stats(1, 100, 10 + p as u64);
+            t.add(&key(p), &FlowStats::default(), &s, false, true);
+        }
+        t.end_poll(0);
+        assert_eq!(t.limit_ended(10), 0, "at the limit: nothing forgotten");
+        // Keep 8: down to 7 (7/8 of it), the three seen least recently go.
+        assert_eq!(t.limit_ended(8), 3);
+        assert_eq!(t.forgotten_over_limit, 3);
+        let mut left: Vec<u16> = t.iter().map(|(k, _)| k.src_port).collect();
+        left.sort();
+        assert_eq!(left, (3..16).collect::<Vec<u16>>(), "live flows all stay");
+        assert_eq!(t.limit_ended(8), 0);
+        // No ended flow kept at all: the live ones still stay.
+        assert_eq!(t.limit_ended(0), 7);
+        assert_eq!(t.len(), 6);
     }
 
     #[test]

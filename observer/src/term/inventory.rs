@@ -293,6 +293,14 @@ pub fn status_text(s: &StatusView) -> String {
             )
         );
     }
+    if s.flows_forgotten_over_limit > 0 {
+        let _ = writeln!(
+            out,
+            "{} evicted flows no longer listed before --retain ran out: more ended than \
+             --retain-flows keeps (their counts stay in the metrics; raise it to list more)",
+            s.flows_forgotten_over_limit
+        );
+    }
     for (k, v) in &s.datapath {
         // Lost or unreadable packets are worth a look.
         let problem = matches!(k.as_str(), "unparsed" | "flow_insert_failures") && *v > 0;
