@@ -235,6 +235,10 @@ pub struct StatusView {
     pub flow_capacity: u32,
     /// Flows the API shows (live and recently evicted).
     pub flows_tracked: usize,
+    /// Of those, the ones evicted from the kernel map: at most
+    /// `--retain-flows`, none older than `--retain`.
+    #[serde(default)]
+    pub evicted_flows_listed: usize,
     /// Datapath counters: unparsed, flow_inserts, flow_insert_failures, non_ip.
     pub datapath: BTreeMap<String, u64>,
     /// Kernel entries that vanished before we read them out (only after a

@@ -47,10 +47,10 @@ pub struct Churn {
     /// Kernel flow entries after each poll watched: about the rate times
     /// the idle timeout plus the poll that gives them back.
     pub live_entries: Summary,
-    /// `--retain-flows`, and the flows the daemon listed after each poll
-    /// watched (live and ended): at most the live ones plus that bound.
+    /// `--retain-flows`, and the evicted flows the daemon listed after each
+    /// poll watched: at most that.
     pub retain_flows: usize,
-    pub flows_tracked: Summary,
+    pub evicted_listed: Summary,
     /// Ended flows it stopped listing over that bound, by the end.
     pub flows_forgotten: u64,
     pub poll_ms: Summary,
@@ -124,11 +124,11 @@ fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
         poll_interval_ms: p.interval.as_secs_f64() * 1e3,
         live_entries: Summary::of(&watched.live()),
         retain_flows: p.retain_flows,
-        flows_tracked: Summary::of(
+        evicted_listed: Summary::of(
             &watched
                 .after_polls
                 .iter()
-                .map(|st| st["flows_tracked"].as_f64().unwrap_or(0.0))
+                .map(|st| st["evicted_flows_listed"].as_f64().unwrap_or(0.0))
                 .collect::<Vec<_>>(),
         ),
         flows_forgotten: after["flows_forgotten_over_limit"].as_u64().unwrap_or(0),

@@ -916,13 +916,13 @@ fn churn_md(w: &mut String, churn: &[super::churn::Churn]) {
          (one packet each, through the daemon's classifier) that then go idle: each takes a \
          slot (a given-back one first) and is given back after the idle timeout. Watched once \
          the live flows level off. Every new flow should find a slot: the kernel's inserts \
-         equal the packets sent, with no insert failure. The flows the daemon lists stay \
-         under the live ones plus its `--retain-flows` (ended flows past it are forgotten, \
-         the least recently seen first), which bounds its memory.\n"
+         equal the packets sent, with no insert failure. The evicted flows the daemon goes on \
+         listing stay under its `--retain-flows` (past it the least recently seen are \
+         forgotten), which bounds its memory.\n"
     );
     let _ = writeln!(
         w,
-        "| new flows/s (sent) | map slots | idle timeout | poll interval | live entries | --retain-flows | flows listed | forgotten | poll ms | CPU | RSS MiB | sent | inserts | insert failures | vanished |"
+        "| new flows/s (sent) | map slots | idle timeout | poll interval | live entries | --retain-flows | evicted flows listed | forgotten | poll ms | CPU | RSS MiB | sent | inserts | insert failures | vanished |"
     );
     let _ = writeln!(
         w,
@@ -939,7 +939,7 @@ fn churn_md(w: &mut String, churn: &[super::churn::Churn]) {
             c.poll_interval_ms,
             c.live_entries.show(0),
             c.retain_flows,
-            c.flows_tracked.show(0),
+            c.evicted_listed.show(0),
             c.flows_forgotten,
             c.poll_ms.show(1),
             c.cpu_percent,

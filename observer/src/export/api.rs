@@ -237,6 +237,7 @@ async fn status(AxState(state): AxState<Shared>) -> Json<StatusView> {
         kernel_flow_entries: s.kernel_flow_entries,
         flow_capacity: s.flow_capacity,
         flows_tracked: st.table.len(),
+        evicted_flows_listed: st.table.ended(),
         datapath: Stat::ALL
             .iter()
             .map(|x| (x.name().to_owned(), s.stats[*x as usize]))

@@ -148,7 +148,7 @@ impl FlowTable {
         for (_, key) in &ended[..forget] {
             self.entries.remove(key);
         }
-        self.ended -= forget;
+        self.ended = ended.len() - forget;
         self.forgotten_over_limit += forget as u64;
         forget
     }
@@ -191,6 +191,12 @@ impl FlowTable {
 
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Flows evicted from the kernel map and still listed, as the last
+    /// poll left them.
+    pub fn ended(&self) -> usize {
+        self.ended
     }
 
     pub fn is_empty(&self) -> bool {
@@ -326,9 +332,11 @@ mod tests {
             t.add(&key(p), &FlowStats::default(), &s, false, true);
         }
         t.end_poll(0);
+        assert_eq!(t.ended(), 10);
         assert_eq!(t.limit_ended(10), 0, "at the limit: nothing forgotten");
         // Keep 8: down to 7 (7/8 of it), the three seen least recently go.
         assert_eq!(t.limit_ended(8), 3);
+        assert_eq!(t.ended(), 7);
         assert_eq!(t.forgotten_over_limit, 3);
         let mut left: Vec<u16> = t.iter().map(|(k, _)| k.src_port).collect();
         left.sort();

@@ -263,8 +263,8 @@ pub fn status_text(s: &StatusView) -> String {
     let _ = writeln!(out, "attached interfaces: {}", s.attached_interfaces);
     let _ = writeln!(
         out,
-        "kernel flow map: {} / {} entries; {} flows shown",
-        s.kernel_flow_entries, s.flow_capacity, s.flows_tracked
+        "kernel flow map: {} / {} entries; {} flows shown ({} of them evicted from it)",
+        s.kernel_flow_entries, s.flow_capacity, s.flows_tracked, s.evicted_flows_listed
     );
     if s.overflow_packets > 0 {
         let _ = writeln!(
