@@ -15,7 +15,7 @@ use anyhow::{Result, anyhow};
 use serde::Serialize;
 
 use super::{
-    daemon::Daemon,
+    daemon::{Daemon, map_and_poll_flags},
     frames,
     netns::Netns,
     scale::{daemon_classifier, watch},
@@ -73,26 +73,9 @@ pub fn run(p: &Params, exe: &std::path::Path) -> Result<Vec<Churn>> {
 
 fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
     let ns = Netns::new("churn")?;
-    let (interval, idle, cap, retain) = (
-        humantime::format_duration(p.interval).to_string(),
-        humantime::format_duration(p.idle_timeout).to_string(),
-        p.capacity.to_string(),
-        p.retain_flows.to_string(),
-    );
-    let d = Daemon::start(
-        exe,
-        &ns,
-        &[
-            "--flow-capacity",
-            &cap,
-            "--poll-interval",
-            &interval,
-            "--idle-timeout",
-            &idle,
-            "--retain-flows",
-            &retain,
-        ],
-    )?;
+    let mut flags = map_and_poll_flags(p.capacity, p.interval, p.idle_timeout);
+    flags.extend(["--retain-flows".into(), p.retain_flows.to_string()]);
+    let d = Daemon::start(exe, &ns, &flags)?;
     let timeout = p.interval * 4 + Duration::from_secs(10);
     d.wait_polls(1, timeout)?;
     let before = d.status()?;

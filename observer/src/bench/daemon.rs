@@ -23,7 +23,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `observer run` in `ns` and waits for its API to answer.
-    pub fn start(exe: &Path, ns: &Netns, extra: &[&str]) -> Result<Self> {
+    pub fn start(exe: &Path, ns: &Netns, extra: &[impl AsRef<std::ffi::OsStr>]) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("{}-daemon", ns.0));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("api.sock");
@@ -119,6 +119,23 @@ impl Daemon {
         let start = polls(&self.status()?);
         self.wait_for("polls", timeout, |d| Ok(polls(&d.status()?) >= start + n))
     }
+}
+
+/// The flags that size a measured daemon's flow map and pace its polls.
+pub fn map_and_poll_flags(
+    capacity: u32,
+    interval: Duration,
+    idle_timeout: Duration,
+) -> Vec<String> {
+    let d = |t: Duration| humantime::format_duration(t).to_string();
+    vec![
+        "--flow-capacity".into(),
+        capacity.to_string(),
+        "--poll-interval".into(),
+        d(interval),
+        "--idle-timeout".into(),
+        d(idle_timeout),
+    ]
 }
 
 pub fn polls(status: &serde_json::Value) -> u64 {

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::{
     churn,
-    daemon::{Daemon, polls},
+    daemon::{Daemon, map_and_poll_flags, polls},
     frames,
     netns::{Netns, interrupted},
     procfs,
@@ -214,20 +214,8 @@ fn ms(d: Duration) -> f64 {
 /// A real daemon with `n` live flows in its map.
 fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonScale> {
     let ns = Netns::new("scale")?;
-    let interval = humantime::format_duration(p.daemon_interval).to_string();
-    let cap = capacity.to_string();
-    let d = Daemon::start(
-        exe,
-        &ns,
-        &[
-            "--flow-capacity",
-            &cap,
-            "--poll-interval",
-            &interval,
-            "--idle-timeout",
-            "1h",
-        ],
-    )?;
+    let flags = map_and_poll_flags(capacity, p.daemon_interval, Duration::from_secs(3600));
+    let d = Daemon::start(exe, &ns, &flags)?;
     let pid = d.pid();
     let timeout = p.daemon_interval * 4 + Duration::from_secs(10);
     d.wait_polls(2, timeout)?;
