@@ -73,6 +73,13 @@ pub struct DistinctResult {
     /// before it (the per-CPU cache misses; the index lookup finds it).
     pub known_ours_ns: Summary,
     pub known_ratio: f64,
+    /// Known flows again, but only [`RESIDENT_FLOWS`] of them: their index
+    /// entries and slots stay in the CPU's caches, so this is what the
+    /// code costs, and the known flows' figure less this one what the
+    /// memory does.
+    pub resident_flows: u32,
+    pub resident_known_ns: Summary,
+    pub resident_ratio: f64,
     pub flow_inserts: u64,
     pub flow_insert_failures: u64,
     /// Entries in the map after the last repetition.
@@ -215,38 +222,35 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     Ok(out)
 }
 
+/// Flows whose index and slots stay in the CPU's caches (the resident
+/// run): a known flow's cost without the memory's.
+const RESIDENT_FLOWS: u32 = 1_000;
+/// Timed passes over the resident flows.
+pub const RESIDENT_PASSES: usize = 5;
+
 /// Distinct flows, one TEST_RUN each (repeat = 1), into a flow map of the
 /// default capacity: the first pass inserts every flow, later ones find
-/// them (through the index: the packet before was another flow's).
+/// them (through the index: the packet before was another flow's), in a
+/// shuffled order. Their slots were handed out in the first pass's order:
+/// visited in that order again, they would be read one after the other,
+/// which the CPU's prefetcher sees coming and real traffic does not.
 fn distinct(p: &Params) -> Result<DistinctResult> {
     let capacity = DEFAULT_FLOW_CAPACITY;
     let frames: Vec<Vec<u8>> = (0..p.distinct_flows).map(frames::distinct_tcp4).collect();
     let (mut ours, mut empty, mut ratios) = (vec![], vec![], vec![]);
     let (mut filling, mut known, mut known_empty) = (vec![], vec![], vec![]);
     let (mut inserts, mut failures, mut entries) = (0, 0, 0u64);
-    for _ in 0..p.distinct_repetitions {
+    for repetition in 0..p.distinct_repetitions {
         let dp = Datapath::load(capacity)?;
         let (mut o1, mut e1) = (vec![], vec![]);
         for pass in 0..p.distinct_passes {
             interrupted()?;
-            for (i, f) in frames.iter().enumerate() {
-                let time = |prog| -> Result<f64> {
-                    Ok(testrun::run(&dp.ebpf, prog, f, None, 1)?
-                        .duration
-                        .as_nanos() as f64)
-                };
-                let (o, e) = if i % 2 == 0 {
-                    let e = time(object::EMPTY)?;
-                    (time(object::ETH_INGRESS)?, e)
-                } else {
-                    let o = time(object::ETH_INGRESS)?;
-                    (o, time(object::EMPTY)?)
-                };
+            let order = visiting_order(frames.len(), pass, repetition);
+            for (n, &i) in order.iter().enumerate() {
+                let (o, e) = ours_and_empty(&dp, &frames[i], n)?;
                 if pass == 0 {
                     o1.push(o);
                     e1.push(e);
-                }
-                if pass == 0 {
                     filling.push(o);
                 } else {
                     known.push(o);
@@ -263,6 +267,7 @@ fn distinct(p: &Params) -> Result<DistinctResult> {
         entries = 0;
         dp.read_flows(|_, _| entries += 1)?;
     }
+    let (resident, resident_empty) = resident_known()?;
     let (o, e) = (Summary::of(&ours), Summary::of(&empty));
     let trimmed_mean_ratio = trimmed_mean(&ours, 0.05) / trimmed_mean(&empty, 0.05).max(1.0);
     let known = Summary::of(&known);
@@ -275,6 +280,9 @@ fn distinct(p: &Params) -> Result<DistinctResult> {
         mean_ratio: o.mean / e.mean.max(1.0),
         trimmed_mean_ratio,
         known_ratio: known.median / Summary::of(&known_empty).median.max(1.0),
+        resident_flows: RESIDENT_FLOWS,
+        resident_ratio: resident.median / resident_empty.median.max(1.0),
+        resident_known_ns: resident,
         ours_ns: o,
         empty_ns: e,
         filling_ours_ns: Summary::of(&filling),
@@ -283,4 +291,61 @@ fn distinct(p: &Params) -> Result<DistinctResult> {
         flow_insert_failures: failures,
         entries_at_end: entries,
     })
+}
+
+/// One single run of ours and one of the empty program on `frame`, the
+/// first of the two alternating with `n`: (ours, empty) ns.
+fn ours_and_empty(dp: &Datapath, frame: &[u8], n: usize) -> Result<(f64, f64)> {
+    let time = |prog| -> Result<f64> {
+        Ok(testrun::run(&dp.ebpf, prog, frame, None, 1)?
+            .duration
+            .as_nanos() as f64)
+    };
+    Ok(if n.is_multiple_of(2) {
+        let e = time(object::EMPTY)?;
+        (time(object::ETH_INGRESS)?, e)
+    } else {
+        let o = time(object::ETH_INGRESS)?;
+        (o, time(object::EMPTY)?)
+    })
+}
+
+/// [`RESIDENT_FLOWS`] flows entered (untimed), then timed over
+/// [`RESIDENT_PASSES`] shuffled passes: (ours, empty) ns per packet.
+fn resident_known() -> Result<(Summary, Summary)> {
+    let frames: Vec<Vec<u8>> = (0..RESIDENT_FLOWS).map(frames::distinct_tcp4).collect();
+    let dp = Datapath::load(DEFAULT_FLOW_CAPACITY)?;
+    let (mut ours, mut empty) = (vec![], vec![]);
+    for pass in 0..=RESIDENT_PASSES {
+        interrupted()?;
+        for (n, &i) in visiting_order(frames.len(), pass as u32, 0)
+            .iter()
+            .enumerate()
+        {
+            let (o, e) = ours_and_empty(&dp, &frames[i], n)?;
+            if pass > 0 {
+                ours.push(o);
+                empty.push(e);
+            }
+        }
+    }
+    Ok((Summary::of(&ours), Summary::of(&empty)))
+}
+
+/// The order a pass visits `n` flows in: in order for the first pass
+/// (slots are handed out in it), then shuffled, differently each pass
+/// (Fisher-Yates with a fixed-seed xorshift: the same in every run).
+fn visiting_order(n: usize, pass: u32, repetition: u32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if pass == 0 {
+        return order;
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ ((pass as u64) << 32 | repetition as u64);
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    order
 }

@@ -41,6 +41,18 @@ fn quick_bench_writes_every_headline() {
             .unwrap_or_else(|| panic!("{key} is not a number in the report"));
         assert!(v > 0.0, "{key} = {v}");
     }
+    // Distinct flows: known flows whose index entries and slots stay in
+    // the caches cost less than 100,000 visited in a shuffled order (the
+    // difference is what the report calls memory's share).
+    let distinct = &report["pass_results"][0]["kernel"]["distinct"];
+    let (resident, known) = (
+        distinct["resident_known_ns"]["median"].as_f64().unwrap(),
+        distinct["known_ours_ns"]["median"].as_f64().unwrap(),
+    );
+    assert!(
+        resident > 0.0 && resident < known,
+        "known flows in the caches {resident} ns, 100k shuffled {known} ns"
+    );
     // The real daemon while every flow changes: its polls put each change
     // through the flow table, which a poll with nothing changed skips.
     let daemons = report["pass_results"][0]["scale"]["daemon"]
