@@ -348,6 +348,44 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_seen_again_after_it_ended_is_forgotten_in_its_new_place() {
+        let mut t = FlowTable::default();
+        let poll = |t: &mut FlowTable, port: u16, seen: u64, opened: bool, closed: bool| {
+            let s = stats(1, 100, seen);
+            t.add(&key(port), &s, &s, opened, closed);
+        };
+        t.begin_poll();
+        for p in 0..4 {
+            poll(&mut t, p, 10 + p as u64, true, false);
+        }
+        t.end_poll(0);
+        t.begin_poll();
+        for p in 0..4 {
+            poll(&mut t, p, 10 + p as u64, false, true);
+        }
+        t.end_poll(0);
+        // Flow 0, ended first, has a slot again.
+        t.begin_poll();
+        poll(&mut t, 0, 30, true, false);
+        t.end_poll(0);
+        assert_eq!(t.ended(), 3);
+        assert_eq!(t.limit_ended(2), 1);
+        let ports = |t: &FlowTable| {
+            let mut p: Vec<u16> = t.iter().map(|(k, _)| k.src_port).collect();
+            p.sort();
+            p
+        };
+        assert_eq!(ports(&t), [0, 2, 3], "the live flow 0 stays, 1 goes");
+        // Flow 0 ends again: last now, so 2 goes before it.
+        t.begin_poll();
+        poll(&mut t, 0, 30, false, true);
+        t.end_poll(0);
+        assert_eq!(t.limit_ended(2), 1);
+        assert_eq!(ports(&t), [0, 3]);
+        assert_eq!(t.forgotten_over_limit, 2);
+    }
+
+    #[test]
     fn a_restored_table_goes_on_counting() {
         let mut t = FlowTable::default();
         t.begin_poll();
