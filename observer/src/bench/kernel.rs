@@ -240,12 +240,12 @@ fn distinct(p: &Params) -> Result<DistinctResult> {
     let (mut ours, mut empty, mut ratios) = (vec![], vec![], vec![]);
     let (mut filling, mut known, mut known_empty) = (vec![], vec![], vec![]);
     let (mut inserts, mut failures, mut entries) = (0, 0, 0u64);
-    for repetition in 0..p.distinct_repetitions {
+    for _ in 0..p.distinct_repetitions {
         let dp = Datapath::load(capacity)?;
         let (mut o1, mut e1) = (vec![], vec![]);
         for pass in 0..p.distinct_passes {
             interrupted()?;
-            let order = visiting_order(frames.len(), pass, repetition);
+            let order = frames::visiting_order(frames.len(), pass);
             for (n, &i) in order.iter().enumerate() {
                 let (o, e) = ours_and_empty(&dp, &frames[i], n)?;
                 if pass == 0 {
@@ -318,7 +318,7 @@ fn resident_known() -> Result<(Summary, Summary)> {
     let (mut ours, mut empty) = (vec![], vec![]);
     for pass in 0..=RESIDENT_PASSES {
         interrupted()?;
-        for (n, &i) in visiting_order(frames.len(), pass as u32, 0)
+        for (n, &i) in frames::visiting_order(frames.len(), pass as u32)
             .iter()
             .enumerate()
         {
@@ -330,22 +330,4 @@ fn resident_known() -> Result<(Summary, Summary)> {
         }
     }
     Ok((Summary::of(&ours), Summary::of(&empty)))
-}
-
-/// The order a pass visits `n` flows in: in order for the first pass
-/// (slots are handed out in it), then shuffled, differently each pass
-/// (Fisher-Yates with a fixed-seed xorshift: the same in every run).
-fn visiting_order(n: usize, pass: u32, repetition: u32) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    if pass == 0 {
-        return order;
-    }
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ ((pass as u64) << 32 | repetition as u64);
-    for i in (1..n).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
-    }
-    order
 }

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use super::{
     daemon::Daemon,
+    frames,
     netns::{Netns, Proc, interrupted},
     procfs,
     stats::Summary,
@@ -651,9 +652,9 @@ impl Lab {
                 self.tcp(p.stats_seconds)?;
                 0.0
             }
-            Load::NewFlows { flows } => self.each_flow_in_turn(flows, 0.0)?,
+            Load::NewFlows { flows } => self.each_flow_in_turn(flows, 0.0, 0)?,
             Load::KnownFlows { flows } => {
-                self.each_flow_in_turn(flows, f64::from(p.stats_seconds))?
+                self.each_flow_in_turn(flows, f64::from(p.stats_seconds), 1)?
             }
         })
     }
@@ -661,10 +662,12 @@ impl Lab {
     /// One `UDP_LEN`-byte datagram from pod A to each of `flows` flows to
     /// pod B in turn (source sockets x destination ports, so that no two
     /// packets in a row are of one flow), turn after turn until `seconds`
-    /// have passed (one turn at least); returns the packets sent per
+    /// have passed (one turn at least), each turn in the order
+    /// [`frames::visiting_order`] gives it (numbered from `first_turn`:
+    /// 0, in order, for new flows); returns the packets sent per
     /// second. The ports are closed: pod B drops the packets (its ICMP
     /// answers are rate-limited to a few).
-    fn each_flow_in_turn(&self, flows: u32, seconds: f64) -> Result<f64> {
+    fn each_flow_in_turn(&self, flows: u32, seconds: f64, first_turn: u32) -> Result<f64> {
         within(&self.pod_a.0, || -> Result<f64> {
             // On the iperf3 client's CPU.
             let _pin = (cpus() > 1)
@@ -679,8 +682,9 @@ impl Lab {
             let to: Ipv4Addr = POD_B.parse()?;
             let payload = [0u8; UDP_LEN];
             let (t0, mut sent) = (Instant::now(), 0u64);
-            loop {
-                for i in 0..flows {
+            for turn in first_turn.. {
+                for i in frames::visiting_order(flows as usize, turn) {
+                    let i = i as u32;
                     let socket = &sockets[(i % sockets.len() as u32) as usize];
                     let port = FIRST_PORT + (i / sockets.len() as u32) as u16;
                     socket
@@ -690,9 +694,10 @@ impl Lab {
                 }
                 interrupted()?;
                 if t0.elapsed().as_secs_f64() >= seconds {
-                    return Ok(sent as f64 / t0.elapsed().as_secs_f64());
+                    break;
                 }
             }
+            Ok(sent as f64 / t0.elapsed().as_secs_f64())
         })?
     }
 }
@@ -735,7 +740,7 @@ impl Load {
                 "UDP, {UDP_LEN}-byte payload, {flows} distinct flows, one packet each: every packet a new flow"
             ),
             Self::KnownFlows { flows } => format!(
-                "UDP, {UDP_LEN}-byte payload, the same {flows} flows in turn, again and again: every packet a known flow after another flow's"
+                "UDP, {UDP_LEN}-byte payload, the same {flows} flows in turn, again and again, in a shuffled order each turn: every packet a known flow after another flow's"
             ),
         }
     }
