@@ -18,7 +18,6 @@ use super::{
     daemon::{Daemon, map_and_poll_flags},
     frames,
     netns::Netns,
-    scale::{daemon_classifier, watch},
     stats::Summary,
 };
 use crate::datapath::sys;
@@ -79,15 +78,16 @@ fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
     let timeout = p.interval * 4 + Duration::from_secs(10);
     d.wait_polls(1, timeout)?;
     let before = d.status()?;
-    let prog = daemon_classifier(d.pid())?;
+    let prog = d.classifier()?;
     let stop = AtomicBool::new(false);
     let (sent, seconds, watched) = std::thread::scope(|s| {
         let sender = s.spawn(|| send_new_flows(prog.as_fd(), rate, &stop));
         // The live flows level off once the first ones are given back: an
         // idle timeout, the poll that retires them, the one that reads them.
         let steady = (p.idle_timeout.as_millis() / p.interval.as_millis().max(1)) as u64 + 3;
-        let watched =
-            watch(&d, steady, timeout * steady as u32).and_then(|_| watch(&d, p.polls, timeout));
+        let watched = d
+            .watch(steady, timeout * steady as u32)
+            .and_then(|_| d.watch(p.polls, timeout));
         stop.store(true, Ordering::Relaxed);
         let (sent, seconds) = sender
             .join()

@@ -2,6 +2,7 @@
 //! stopped with SIGTERM on drop (it then detaches what it attached).
 
 use std::{
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -10,8 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::de::DeserializeOwned;
 
-use super::netns::{Netns, Proc, interrupted};
-use crate::api::Client;
+use super::{
+    netns::{Netns, Proc, interrupted},
+    procfs,
+};
+use crate::{
+    api::Client,
+    datapath::{object, sys},
+};
 
 pub struct Daemon {
     proc: Proc,
@@ -119,6 +126,77 @@ impl Daemon {
         let start = polls(&self.status()?);
         self.wait_for("polls", timeout, |d| Ok(polls(&d.status()?) >= start + n))
     }
+
+    /// Watches the daemon over its next `polls_wanted` polls.
+    pub fn watch(&self, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
+        let pid = self.pid();
+        let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
+        let mut seen = polls(&self.status()?);
+        let (mut after_polls, mut rss) = (Vec::new(), 0);
+        while (after_polls.len() as u64) < polls_wanted {
+            interrupted()?;
+            if t0.elapsed() > timeout * polls_wanted as u32 {
+                bail!("the daemon stopped polling");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            let st = self.status()?;
+            if polls(&st) > seen {
+                seen = polls(&st);
+                rss = rss.max(procfs::status_bytes(pid, "VmRSS")?);
+                after_polls.push(st);
+            }
+        }
+        let cpu = (procfs::cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+        Ok(Watched {
+            after_polls,
+            rss,
+            cpu_percent: cpu * 100.0,
+        })
+    }
+
+    /// The daemon's `eth_ingress` program, opened by id from among its fds
+    /// (its maps are only reachable through it: a flow is a slot and an index
+    /// entry).
+    pub fn classifier(&self) -> Result<OwnedFd> {
+        let pid = self.pid();
+        let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
+            .filter_map(|p| p.ok())
+            .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
+            .collect();
+        let id = procfs::bpf_fds(pid, "run_cnt")?
+            .iter()
+            .map(|i| procfs::num(i, "prog_id") as u32)
+            .find(|id| names.get(id).is_some_and(|n| n == object::ETH_INGRESS))
+            .context("the daemon's eth_ingress program not found among its fds")?;
+        sys::prog_fd_by_id(id).context("opening the daemon's program")
+    }
+}
+
+/// What [`Daemon::watch`] saw of the daemon.
+pub struct Watched {
+    /// Its status (`/v1/status`) after each poll.
+    pub after_polls: Vec<serde_json::Value>,
+    /// The largest VmRSS seen just after a poll.
+    pub rss: u64,
+    pub cpu_percent: f64,
+}
+
+impl Watched {
+    /// Its `last_poll_ms` after each poll.
+    pub fn poll_ms(&self) -> Vec<f64> {
+        self.after_polls
+            .iter()
+            .map(|st| st["last_poll_ms"].as_f64().unwrap_or(0.0))
+            .collect()
+    }
+
+    /// Its kernel flow entries after each poll.
+    pub fn live(&self) -> Vec<f64> {
+        self.after_polls
+            .iter()
+            .map(|st| st["kernel_flow_entries"].as_f64().unwrap_or(0.0))
+            .collect()
+    }
 }
 
 /// The flags that size a measured daemon's flow map and pace its polls.
@@ -138,7 +216,8 @@ pub fn map_and_poll_flags(
     ]
 }
 
-pub fn polls(status: &serde_json::Value) -> u64 {
+/// The polls a `/v1/status` says the daemon has made.
+fn polls(status: &serde_json::Value) -> u64 {
     status["polls"].as_u64().unwrap_or(0)
 }
 

@@ -10,18 +10,18 @@
 //! changing and then with every flow changing between two polls.
 
 use std::{
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use serde::Serialize;
 
 use super::{
     churn,
-    daemon::{Daemon, map_and_poll_flags, polls},
+    daemon::{Daemon, map_and_poll_flags},
     frames,
     netns::{Netns, interrupted},
     procfs,
@@ -222,14 +222,14 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     let rss_empty = procfs::status_bytes(pid, "VmRSS")?;
     let peak_empty = procfs::status_bytes(pid, "VmHWM")?;
 
-    insert_flows(pid, n)?;
+    insert_flows(&d, n)?;
     // The first poll after the fill creates the table entries: let it pass.
     d.wait_for("the flows to be read", timeout, |d| {
         Ok(d.status()?["kernel_flow_entries"].as_u64().unwrap_or(0) > 0)
     })?;
     d.wait_polls(1, timeout)?;
 
-    let steady = watch(&d, p.daemon_polls, timeout)?;
+    let steady = d.watch(p.daemon_polls, timeout)?;
     // Before the flows change: the steady state's peak.
     let peak = procfs::status_bytes(pid, "VmHWM")?;
     let changing = watch_changing(&d, n, p.daemon_polls, timeout)?;
@@ -249,65 +249,11 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     })
 }
 
-/// What [`watch`] saw of the daemon.
-pub(super) struct Watched {
-    /// Its status (`/v1/status`) after each poll.
-    pub after_polls: Vec<serde_json::Value>,
-    /// The largest VmRSS seen just after a poll.
-    pub rss: u64,
-    pub cpu_percent: f64,
-}
-
-impl Watched {
-    /// Its `last_poll_ms` after each poll.
-    pub fn poll_ms(&self) -> Vec<f64> {
-        self.after_polls
-            .iter()
-            .map(|st| st["last_poll_ms"].as_f64().unwrap_or(0.0))
-            .collect()
-    }
-
-    /// Its kernel flow entries after each poll.
-    pub fn live(&self) -> Vec<f64> {
-        self.after_polls
-            .iter()
-            .map(|st| st["kernel_flow_entries"].as_f64().unwrap_or(0.0))
-            .collect()
-    }
-}
-
-/// Watches the daemon over its next `polls_wanted` polls.
-pub(super) fn watch(d: &Daemon, polls_wanted: u64, timeout: Duration) -> Result<Watched> {
-    let pid = d.pid();
-    let (cpu0, t0) = (procfs::cpu_time(pid)?, Instant::now());
-    let mut seen = polls(&d.status()?);
-    let (mut after_polls, mut rss) = (Vec::new(), 0);
-    while (after_polls.len() as u64) < polls_wanted {
-        interrupted()?;
-        if t0.elapsed() > timeout * polls_wanted as u32 {
-            bail!("the daemon stopped polling");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let st = d.status()?;
-        if polls(&st) > seen {
-            seen = polls(&st);
-            rss = rss.max(procfs::status_bytes(pid, "VmRSS")?);
-            after_polls.push(st);
-        }
-    }
-    let cpu = (procfs::cpu_time(pid)? - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
-    Ok(Watched {
-        after_polls,
-        rss,
-        cpu_percent: cpu * 100.0,
-    })
-}
-
 /// [`watch`] while a thread sends one more packet to each of the `n`
 /// flows, over and over (see [`Changing`]). The first poll after the
 /// thread starts is not counted: it saw part of a round.
 fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> Result<Changing> {
-    let prog = daemon_classifier(d.pid())?;
+    let prog = d.classifier()?;
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let sender = s.spawn(|| {
@@ -323,7 +269,9 @@ fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> R
             }
             anyhow::Ok(sent as f64 / t0.elapsed().as_secs_f64())
         });
-        let watched = watch(d, 1, timeout).and_then(|_| watch(d, polls_wanted, timeout));
+        let watched = d
+            .watch(1, timeout)
+            .and_then(|_| d.watch(polls_wanted, timeout));
         stop.store(true, Ordering::Relaxed);
         let per_s = sender
             .join()
@@ -337,26 +285,10 @@ fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> R
     })
 }
 
-/// The daemon's `eth_ingress` program, opened by id from among its fds
-/// (its maps are only reachable through it: a flow is a slot and an index
-/// entry).
-pub(super) fn daemon_classifier(pid: u32) -> Result<OwnedFd> {
-    let names: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
-        .filter_map(|p| p.ok())
-        .map(|p| (p.id(), p.name_as_str().unwrap_or("?").to_owned()))
-        .collect();
-    let id = procfs::bpf_fds(pid, "run_cnt")?
-        .iter()
-        .map(|i| procfs::num(i, "prog_id") as u32)
-        .find(|id| names.get(id).is_some_and(|n| n == object::ETH_INGRESS))
-        .context("the daemon's eth_ingress program not found among its fds")?;
-    sys::prog_fd_by_id(id).context("opening the daemon's program")
-}
-
 /// Puts `n` distinct flows, all just seen, into the daemon's flow map:
 /// one packet of each through the daemon's own classifier.
-fn insert_flows(pid: u32, n: u32) -> Result<()> {
-    let prog = daemon_classifier(pid)?;
+fn insert_flows(d: &Daemon, n: u32) -> Result<()> {
+    let prog = d.classifier()?;
     for i in 0..n {
         if i % 8192 == 0 {
             interrupted()?;

@@ -596,8 +596,10 @@ impl Lab {
             };
             if matches!(run.kind, Load::KnownFlows { .. }) {
                 // Measured once the daemon has taken in the new flows (the
-                // poll after them does the most work), as it runs after.
-                settle(d)?;
+                // poll after them does the most work), as it runs after:
+                // two more polls, as the first may have begun before the
+                // last packets.
+                d.wait_polls(2, Duration::from_secs(30))?;
             }
             let before = prog_stats(d.pid())?;
             let (cpu0, t0) = (procfs::cpu_time(d.pid())?, Instant::now());
@@ -744,19 +746,6 @@ impl Load {
             ),
         }
     }
-}
-
-/// Waits for two more polls of the daemon: the first may have begun
-/// before the last packets.
-fn settle(d: &Daemon) -> Result<()> {
-    let polls = |d: &Daemon| -> Result<u64> {
-        let s: serde_json::Value = d.get("/v1/status")?;
-        s["polls"].as_u64().context("no poll count in /v1/status")
-    };
-    let from = polls(d)?;
-    d.wait_for("two more polls", Duration::from_secs(30), |d| {
-        Ok(polls(d)? >= from + 2)
-    })
 }
 
 /// What the programs `keep` names ran between two [`prog_stats`] reads
