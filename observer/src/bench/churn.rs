@@ -105,17 +105,11 @@ fn one(p: &Params, rate: u32, exe: &std::path::Path) -> Result<Churn> {
         flow_capacity: p.capacity,
         idle_timeout_ms: p.idle_timeout.as_secs_f64() * 1e3,
         poll_interval_ms: p.interval.as_secs_f64() * 1e3,
-        live_entries: Summary::of(&watched.live()),
+        live_entries: Summary::of(&watched.each("kernel_flow_entries")),
         retain_flows: p.retain_flows,
-        evicted_listed: Summary::of(
-            &watched
-                .after_polls
-                .iter()
-                .map(|st| st["evicted_flows_listed"].as_f64().unwrap_or(0.0))
-                .collect::<Vec<_>>(),
-        ),
+        evicted_listed: Summary::of(&watched.each("evicted_flows_listed")),
         flows_forgotten: after["flows_forgotten_over_limit"].as_u64().unwrap_or(0),
-        poll_ms: Summary::of(&watched.poll_ms()),
+        poll_ms: Summary::of(&watched.each("last_poll_ms")),
         cpu_percent: watched.cpu_percent,
         rss_mib: watched.rss as f64 / (1u64 << 20) as f64,
         sent,

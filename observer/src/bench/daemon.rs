@@ -182,19 +182,12 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// Its `last_poll_ms` after each poll.
-    pub fn poll_ms(&self) -> Vec<f64> {
+    /// The number `key` of its status after each poll (`last_poll_ms`,
+    /// `kernel_flow_entries`, ...).
+    pub fn each(&self, key: &str) -> Vec<f64> {
         self.after_polls
             .iter()
-            .map(|st| st["last_poll_ms"].as_f64().unwrap_or(0.0))
-            .collect()
-    }
-
-    /// Its kernel flow entries after each poll.
-    pub fn live(&self) -> Vec<f64> {
-        self.after_polls
-            .iter()
-            .map(|st| st["kernel_flow_entries"].as_f64().unwrap_or(0.0))
+            .map(|st| st[key].as_f64().unwrap_or(0.0))
             .collect()
     }
 }

@@ -237,9 +237,13 @@ fn daemon_scale(exe: &Path, n: u32, capacity: u32, p: &Params) -> Result<DaemonS
     Ok(DaemonScale {
         flows: n,
         flow_capacity: capacity,
-        live_entries: steady.live().last().copied().unwrap_or(0.0) as u64,
+        live_entries: steady
+            .each("kernel_flow_entries")
+            .last()
+            .copied()
+            .unwrap_or(0.0) as u64,
         poll_interval_ms: ms(p.daemon_interval),
-        poll_ms: Summary::of(&steady.poll_ms()),
+        poll_ms: Summary::of(&steady.each("last_poll_ms")),
         rss_mib_empty: mib(rss_empty),
         peak_rss_mib_empty: mib(peak_empty),
         rss_mib: mib(steady.rss),
@@ -279,7 +283,7 @@ fn watch_changing(d: &Daemon, n: u32, polls_wanted: u64, timeout: Duration) -> R
         let w = watched?;
         Ok(Changing {
             flows_changed_per_s: per_s,
-            poll_ms: Summary::of(&w.poll_ms()),
+            poll_ms: Summary::of(&w.each("last_poll_ms")),
             cpu_percent: w.cpu_percent,
         })
     })

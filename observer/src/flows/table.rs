@@ -143,7 +143,10 @@ impl FlowTable {
             .filter(|(_, e)| e.slots == 0)
             .map(|(k, e)| (e.last_seen, *k))
             .collect();
-        let forget = ended.len() - (keep - keep / 8);
+        let forget = ended.len().saturating_sub(keep - keep / 8);
+        if forget == 0 {
+            return 0;
+        }
         ended.select_nth_unstable_by_key(forget - 1, |(seen, _)| *seen);
         for (_, key) in &ended[..forget] {
             self.entries.remove(key);
