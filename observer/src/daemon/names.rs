@@ -231,7 +231,11 @@ impl ObjectsDir {
         if self.error.is_none() && self.stamp == Some(stamp) {
             return false;
         }
-        self.stamp = Some(stamp);
+        // File times are coarse (a clock tick): a write later in the tick of
+        // the newest one would leave the stamp as it is. A stamp that recent
+        // is not kept, so the next poll reads again.
+        let racy = stamp.is_none_or(|t| t.elapsed().is_ok_and(|age| age < RACY_STAMP));
+        self.stamp = (!racy).then_some(stamp);
         match ClusterObjects::load_dir(dir) {
             Ok(objects) => {
                 if self.error.take().is_some() {
@@ -356,6 +360,10 @@ fn follow_bird(
     });
     rx
 }
+
+/// How old the objects directory's newest file time must be to be trusted
+/// as its stamp (see `ObjectsDir::refresh`).
+const RACY_STAMP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The newest modification time in a directory (it and its files).
 fn dir_stamp(dir: &std::path::Path) -> Option<std::time::SystemTime> {
