@@ -22,7 +22,8 @@ pub const FREE_RING_MAP: &str = "FREE_RING";
 /// Name of the mmapable one-element array holding the [`RingHead`].
 pub const RING_HEAD_MAP: &str = "RING_HEAD";
 /// Name of the per-CPU array of [`FlowCacheEntry`]s: the flows last seen
-/// on each CPU, so that a burst of one flow skips the index lookup.
+/// on each CPU, so that a burst of one flow skips the index lookup, and
+/// the counts they wait to flush into the flows' slots.
 pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
 /// Name of the per-CPU array of per-interface totals.
 pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
@@ -384,12 +385,43 @@ pub struct RingHead {
 
 /// A flow a CPU saw lately: its key, and the slot and generation the index
 /// gave. Valid while the slot's `generation` still equals `generation`.
+///
+/// The packets this CPU counts through the entry wait in `pending`, added
+/// with plain instructions (an atomic add on the shared slot costs as much
+/// as the rest of the program), until they are flushed into the slot: when
+/// the entry is given to another flow, or when userspace runs the
+/// `flush_pending` program on this CPU, which it does before every read of
+/// the slots. `busy` says who is at the entry: [`CACHE_IDLE`],
+/// [`CACHE_COUNTING`] (a classifier, which a flush interrupting it leaves
+/// alone) or [`CACHE_FLUSHING`] (a flush, which a classifier interrupting
+/// it leaves alone, counting straight into the slot instead).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCacheEntry {
     pub key: FlowKey,
     pub slot: u32,
     pub generation: u32,
+    pub busy: u32,
+    pub _pad: u32,
+    pub pending: PendingCounts,
+}
+
+/// [`FlowCacheEntry::busy`]: nobody at the entry.
+pub const CACHE_IDLE: u32 = 0;
+/// [`FlowCacheEntry::busy`]: a classifier is counting in or replacing it.
+pub const CACHE_COUNTING: u32 = 1;
+/// [`FlowCacheEntry::busy`]: a flush is moving its counts into the slot.
+pub const CACHE_FLUSHING: u32 = 2;
+
+/// The counts of a [`FlowCacheEntry`] not yet in its slot (as in
+/// [`FlowStats`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PendingCounts {
+    pub skbs: u64,
+    pub extra_segments: u64,
+    pub bytes: u64,
+    pub overhead_bytes: u64,
 }
 
 /// The kernel's jiffies and CLOCK_MONOTONIC read together, so that
@@ -503,7 +535,8 @@ const _: () = assert!(size_of::<FlowSlot>() == 128);
 // A packet found through the per-CPU cache touches the first line only.
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 64);
 const _: () = assert!(size_of::<RingHead>() == 128);
-const _: () = assert!(size_of::<FlowCacheEntry>() == 56);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 96);
+const _: () = assert!(core::mem::offset_of!(FlowCacheEntry, pending) == 64);
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd},
     mem::MaybeUninit,
+    ptr::{read_volatile, write_volatile},
 };
 
 use aya_ebpf::{
@@ -17,9 +18,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{macro_support::Level, warn};
 use observer_common::{
-    ClockSample, DEFAULT_FLOW_CAPACITY, DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4,
-    FLOW_CACHE_SLOTS, FlowCacheEntry, FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals,
-    MtuLimit, RingHead, Stat, StopAfter,
+    CACHE_COUNTING, CACHE_FLUSHING, CACHE_IDLE, ClockSample, DEFAULT_FLOW_CAPACITY,
+    DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS, FlowCacheEntry,
+    FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, PendingCounts, RingHead,
+    Stat, StopAfter,
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
@@ -160,21 +162,45 @@ fn add(field: *mut u64, v: u64) {
     // SAFETY: field points into a map value that lives as long as the map;
     // other CPUs add to it concurrently, hence the atomic add (BPF_XADD;
     // `AtomicU64::fetch_add` is not offered on the BPF target).
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+    unsafe { *field += v };
 }
 
 #[inline(always)]
 fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
+    add_counts(
+        v,
+        &PendingCounts {
+            skbs: 1,
+            extra_segments: d.segs - 1,
+            bytes: d.bytes,
+            overhead_bytes: d.overhead,
+        },
+    );
+    touch(v, d, now);
+}
+
+/// Adds counts to a flow's slot, which other CPUs add to as well.
+#[inline(always)]
+fn add_counts(v: *mut FlowStats, c: &PendingCounts) {
     // SAFETY: v is a live map value; see `add`.
     unsafe {
-        add(&raw mut (*v).skbs, 1);
-        if d.segs > 1 {
-            add(&raw mut (*v).extra_segments, d.segs - 1);
+        add(&raw mut (*v).skbs, c.skbs);
+        if c.extra_segments != 0 {
+            add(&raw mut (*v).extra_segments, c.extra_segments);
         }
-        add(&raw mut (*v).bytes, d.bytes);
-        if d.overhead != 0 {
-            add(&raw mut (*v).overhead_bytes, d.overhead);
+        add(&raw mut (*v).bytes, c.bytes);
+        if c.overhead_bytes != 0 {
+            add(&raw mut (*v).overhead_bytes, c.overhead_bytes);
         }
+    }
+}
+
+/// What a packet changes in its flow's slot besides the counts: the rare
+/// oversize count, the last tick seen, new TCP flags.
+#[inline(always)]
+fn touch(v: *mut FlowStats, d: &Delta, now: u64) {
+    // SAFETY: v is a live map value; see `add`.
+    unsafe {
         if d.oversize != 0 {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
                 &raw mut (*v).oversize_packets,
@@ -182,17 +208,129 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
             );
         }
         // Stored only when it changes (once a tick): an idle flow's line is
-        // not written for nothing.
-        if (*v).last_seen_jiffies != now {
-            (*v).last_seen_jiffies = now;
+        // not written for nothing. Volatile, as the counts under `busy` are
+        // (see `bump`): a slot is given back only after every CPU left it.
+        let seen = &raw mut (*v).last_seen_jiffies;
+        if read_volatile(seen) != now {
+            write_volatile(seen, now);
         }
         // Plain read-modify-write: only when a new flag appears, so the rare
         // race loses at most a flag bit, never a count.
         let flags = d.tcp_flags as u32;
-        if (*v).tcp_flags & flags != flags {
-            (*v).tcp_flags |= flags;
+        let have = &raw mut (*v).tcp_flags;
+        let had = read_volatile(have);
+        if had & flags != flags {
+            write_volatile(have, had | flags);
         }
     }
+}
+
+/// Adds a packet to the counts waiting in this CPU's cache entry (plain
+/// adds: only this CPU writes them, under `busy`).
+#[inline(always)]
+fn add_pending(p: *mut PendingCounts, d: &Delta) {
+    // SAFETY: a per-CPU entry, ours while busy is CACHE_COUNTING.
+    unsafe {
+        bump(&raw mut (*p).skbs, 1);
+        if d.segs > 1 {
+            bump(&raw mut (*p).extra_segments, d.segs - 1);
+        }
+        bump(&raw mut (*p).bytes, d.bytes);
+        if d.overhead != 0 {
+            bump(&raw mut (*p).overhead_bytes, d.overhead);
+        }
+    }
+}
+
+/// A plain add, volatile: what a program does at an entry it holds stays
+/// between its stores to `busy`. (The BPF target has no compiler fence,
+/// and the compiler may move other accesses across volatile ones; only
+/// this CPU runs these, so program order is all that is needed.)
+#[inline(always)]
+fn bump(field: *mut u64, v: u64) {
+    // SAFETY: the caller's field of a per-CPU entry it holds.
+    unsafe { write_volatile(field, read_volatile(field) + v) };
+}
+
+/// Takes `busy` from idle to `to`, or says the entry is someone else's
+/// (a flush or classifier this program interrupted).
+#[inline(always)]
+fn enter_entry(c: *mut FlowCacheEntry, to: u32) -> bool {
+    // SAFETY: a per-CPU entry; volatile: read and written around
+    // interruptions.
+    unsafe {
+        let busy = &raw mut (*c).busy;
+        if read_volatile(busy) != CACHE_IDLE {
+            return false;
+        }
+        write_volatile(busy, to);
+    }
+    true
+}
+
+#[inline(always)]
+fn leave_entry(c: *mut FlowCacheEntry) {
+    // SAFETY: see `enter_entry`.
+    unsafe { write_volatile(&raw mut (*c).busy, CACHE_IDLE) };
+}
+
+/// Moves an entry's pending counts into its slot (the caller holds
+/// `busy`). The slot is still the flow's or being retired: userspace gives
+/// a slot back only after a flush of every CPU that found no entry busy,
+/// and once it is retired no packet adds to its pending counts. Should the
+/// slot be another flow's all the same (a CPU taken offline before that
+/// flush, online again after), the counts go to the interface's overflow
+/// totals, not into another flow.
+#[inline(always)]
+fn flush_entry(c: *mut FlowCacheEntry) {
+    // SAFETY: a per-CPU entry, ours under busy; slots are live map values.
+    unsafe {
+        let p = &raw mut (*c).pending;
+        let fields = [
+            &raw mut (*p).skbs,
+            &raw mut (*p).extra_segments,
+            &raw mut (*p).bytes,
+            &raw mut (*p).overhead_bytes,
+        ];
+        let [skbs, extra_segments, bytes, overhead_bytes] = fields.map(|f| read_volatile(f));
+        if skbs == 0 {
+            return;
+        }
+        for f in fields {
+            write_volatile(f, 0);
+        }
+        let counts = PendingCounts {
+            skbs,
+            extra_segments,
+            bytes,
+            overhead_bytes,
+        };
+        let cached = read_volatile(&raw const (*c).generation);
+        if let Some(s) = SLOTS.get_ptr_mut(read_volatile(&raw const (*c).slot)) {
+            let generation = read_volatile(&raw const (*s).generation) as u32;
+            if generation == cached || generation == cached.wrapping_add(1) {
+                add_counts(&raw mut (*s).stats, &counts);
+                return;
+            }
+        }
+        add_overflow(&(*c).key, counts.skbs + counts.extra_segments, counts.bytes);
+    }
+}
+
+/// Moves the pending counts of this CPU's cache entry `i` into their slots
+/// (the `flush_pending` program); returns 1 when the entry was busy (a
+/// classifier this flush interrupted is counting in it), else 0.
+#[inline(always)]
+pub fn flush_cached(i: u32) -> u32 {
+    let Some(c) = FLOW_CACHE.get_ptr_mut(i) else {
+        return 0;
+    };
+    if !enter_entry(c, CACHE_FLUSHING) {
+        return 1;
+    }
+    flush_entry(c);
+    leave_entry(c);
+    0
 }
 
 /// Word-by-word equality of two keys (a byte-wise compare would be a loop).
@@ -214,9 +352,9 @@ fn copy_key(to: *mut FlowKey, from: &FlowKey) {
     // SAFETY: the key's fields, as `FlowKey::word` and `tail` read them.
     unsafe {
         for i in 0..FlowKey::WORDS {
-            *words.add(i) = from.word(i);
+            write_volatile(words.add(i), from.word(i));
         }
-        *((to as *mut u8).add(FlowKey::TAIL) as *mut u32) = from.tail();
+        write_volatile((to as *mut u8).add(FlowKey::TAIL) as *mut u32, from.tail());
     }
 }
 
@@ -275,35 +413,45 @@ fn overflow(key: &FlowKey, d: &Delta, error: i64) {
             key.ifindex
         );
     }
+    add_overflow(key, d.segs, d.bytes);
+}
+
+/// Counts packets of `key`'s interface and hook that are in no flow.
+#[inline(always)]
+fn add_overflow(key: &FlowKey, packets: u64, bytes: u64) {
     if let Some(slot) = iface_slot(key.ifindex) {
         let hook = (key.hook & 1) as usize;
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {
-            (*slot).overflow[hook].packets += d.segs;
-            (*slot).overflow[hook].bytes += d.bytes;
+            (*slot).overflow[hook].packets += packets;
+            (*slot).overflow[hook].bytes += bytes;
         }
     }
 }
 
-/// The flow this CPU saw last on this interface and hook, if the packet is
-/// of it and its slot is still the flow's.
+/// The flow this CPU saw last of the packet's cache entry, if the packet is
+/// of it and its slot is still the flow's: the packet waits in the entry's
+/// pending counts.
 #[inline(always)]
 fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
     let Some(c) = cached else { return false };
-    // SAFETY: per-CPU entry; slots are live map values.
-    unsafe {
-        if !same_key(&raw const (*c).key, key) {
-            return false;
-        }
-        let Some(s) = SLOTS.get_ptr_mut((*c).slot) else {
-            return false;
-        };
-        if (*s).generation as u32 != (*c).generation {
-            return false;
-        }
-        add_to_flow(&raw mut (*s).stats, d, now);
+    if !enter_entry(c, CACHE_COUNTING) {
+        return false;
     }
-    true
+    // SAFETY: per-CPU entry, ours under busy; slots are live map values.
+    let hit = unsafe {
+        same_key(&raw const (*c).key, key)
+            && match SLOTS.get_ptr_mut((*c).slot) {
+                Some(s) if read_volatile(&raw const (*s).generation) as u32 == (*c).generation => {
+                    add_pending(&raw mut (*c).pending, d);
+                    touch(&raw mut (*s).stats, d, now);
+                    true
+                }
+                _ => false,
+            }
+    };
+    leave_entry(c);
+    hit
 }
 
 /// Where in the index a key's new entry goes: its hash and the entry.
@@ -392,7 +540,7 @@ impl Table {
         // SAFETY: h points into the map; written once by userspace, before
         // any program runs (`capacity` last).
         unsafe {
-            let capacity = core::ptr::read_volatile(&raw const (*h).capacity);
+            let capacity = read_volatile(&raw const (*h).capacity);
             if capacity == 0 {
                 return Self {
                     seed: 0,
@@ -401,8 +549,8 @@ impl Table {
                 };
             }
             Self {
-                seed: core::ptr::read_volatile(&raw const (*h).seed),
-                mask: core::ptr::read_volatile(&raw const (*h).index_mask) as u32,
+                seed: read_volatile(&raw const (*h).seed),
+                mask: read_volatile(&raw const (*h).index_mask) as u32,
                 capacity,
             }
         }
@@ -462,7 +610,7 @@ extern "C" fn probe(i: u32, p: *mut c_void) -> i64 {
             return 1;
         };
         // An aligned u64 of the map, written by compare-and-swap.
-        let entry = core::ptr::read_volatile(e);
+        let entry = read_volatile(e);
         if entry == INDEX_FREE {
             (*p).answer = if (*p).gone == LOOKUP_FULL {
                 pos as u64
@@ -495,16 +643,23 @@ extern "C" fn probe(i: u32, p: *mut c_void) -> i64 {
     }
 }
 
+/// Gives the cache entry to the flow, its pending counts (another flow's)
+/// flushed first. Left as it is while a flush this program interrupted
+/// holds it.
 #[inline(always)]
 fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, generation: u32) {
-    if let Some(c) = cached {
-        // SAFETY: per-CPU entry.
-        unsafe {
-            copy_key(&raw mut (*c).key, key);
-            (*c).slot = slot;
-            (*c).generation = generation;
-        }
+    let Some(c) = cached else { return };
+    if !enter_entry(c, CACHE_COUNTING) {
+        return;
     }
+    flush_entry(c);
+    // SAFETY: per-CPU entry, ours under busy.
+    unsafe {
+        copy_key(&raw mut (*c).key, key);
+        write_volatile(&raw mut (*c).slot, slot);
+        write_volatile(&raw mut (*c).generation, generation);
+    }
+    leave_entry(c);
 }
 
 /// A new flow: a slot never used or given back (of `capacity`), its key
@@ -567,7 +722,7 @@ fn enter(at: Probe, slot: u32) {
     };
     // SAFETY: an aligned u64 of the map; see `lookup`.
     unsafe {
-        let entry = core::ptr::read_volatile(e);
+        let entry = read_volatile(e);
         if entry == INDEX_FREE || entry == INDEX_GONE {
             atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
                 e,
@@ -587,8 +742,8 @@ fn take_free_slot(h: *mut RingHead, capacity: u64) -> Option<u32> {
     for _ in 0..RING_TRIES {
         // SAFETY: h points into the map; the fields are u64-aligned.
         unsafe {
-            let cons = core::ptr::read_volatile(&raw const (*h).cons);
-            let prod = core::ptr::read_volatile(&raw const (*h).prod);
+            let cons = read_volatile(&raw const (*h).cons);
+            let prod = read_volatile(&raw const (*h).prod);
             if cons < prod {
                 // The compare-and-swap orders the read of the index after
                 // the producer's write of it (it wrote the index, then
@@ -598,7 +753,7 @@ fn take_free_slot(h: *mut RingHead, capacity: u64) -> Option<u32> {
                 }
                 continue;
             }
-            let fresh = core::ptr::read_volatile(&raw const (*h).fresh);
+            let fresh = read_volatile(&raw const (*h).fresh);
             if fresh >= capacity {
                 return None;
             }

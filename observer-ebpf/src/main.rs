@@ -13,22 +13,22 @@
 mod flow;
 mod parse;
 
-use core::mem::MaybeUninit;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     Global,
     bindings::{__sk_buff, TC_ACT_UNSPEC},
-    helpers::bpf_skb_pull_data,
+    helpers::{bpf_loop, bpf_skb_pull_data},
     macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::{debug, macro_support::Level};
-use observer_common::{FlowKey, Hook, Stat, StopAfter};
+use observer_common::{FLOW_CACHE_SLOTS, FlowKey, Hook, Stat, StopAfter};
 
 use crate::{
     flow::{
-        Delta, account, count, count_non_ip, last_unparsed, over_mtu, remember_unparsed,
-        sample_clock,
+        Delta, account, count, count_non_ip, flush_cached, last_unparsed, over_mtu,
+        remember_unparsed, sample_clock,
     },
     parse::{Fail, Link, Parsed, Why, parse},
 };
@@ -128,6 +128,37 @@ pub fn l3_in_totals(ctx: TcContext) -> i32 {
 pub fn clock(_ctx: TcContext) -> i32 {
     sample_clock();
     TC_ACT_UNSPEC
+}
+
+/// Not attached: run by userspace with BPF_PROG_TEST_RUN on each CPU in
+/// turn (`BPF_F_TEST_RUN_ON_CPU`), before it reads the flows' slots, to
+/// move the counts waiting in that CPU's flow cache into the slots.
+/// Returns how many entries it found busy and left (a classifier it
+/// interrupted is counting in them): their counts wait for the next run.
+/// (Written out rather than with aya's `raw_tracepoint` macro, whose
+/// programs return 0.)
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "raw_tp")]
+pub fn flush_pending(_ctx: *mut c_void) -> u32 {
+    let mut busy = 0u32;
+    // SAFETY: `flush_one` has the callback's signature; `busy` outlives
+    // the call.
+    unsafe {
+        bpf_loop(
+            FLOW_CACHE_SLOTS,
+            flush_one as *mut c_void,
+            &raw mut busy as *mut c_void,
+            0,
+        )
+    };
+    busy
+}
+
+#[inline(never)]
+extern "C" fn flush_one(i: u32, busy: *mut c_void) -> i64 {
+    // SAFETY: `busy` is `flush_pending`'s counter, on its stack.
+    unsafe { *(busy as *mut u32) += flush_cached(i) };
+    0
 }
 
 /// Does nothing: the baseline the benchmarks compare our cost with.

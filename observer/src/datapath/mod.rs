@@ -18,8 +18,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    Ebpf,
+    Ebpf, TestRun as _,
     maps::{Array, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{RawTracePoint, RawTracePointRunOptions},
 };
 use kernel_log::KernelLogLevel;
 use observer_common::{
@@ -221,8 +222,42 @@ impl Datapath {
         out
     }
 
-    /// Every flow in the kernel now, read from its slot.
+    /// Moves the counts waiting in every online CPU's flow cache into the
+    /// flows' slots (see `FlowCacheEntry`): the flush program run on each
+    /// CPU in turn. True when no entry was left: one is left while a
+    /// classifier counts in it, at the instant the flush interrupts it, so
+    /// each CPU gets a few more runs first. (An offline CPU's entries wait
+    /// until it is online again; no program runs there meanwhile.)
+    pub fn flush_pending(&self) -> Result<bool> {
+        const RUNS: usize = 16;
+        let program: &RawTracePoint = self
+            .ebpf
+            .program(object::FLUSH_PENDING)
+            .context("the flush program is missing")?
+            .try_into()?;
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| anyhow!("reading {path}: {e}"))?;
+        let mut clean = true;
+        for cpu in cpus {
+            let mut left = 0;
+            for _ in 0..RUNS {
+                let mut opts = RawTracePointRunOptions::new();
+                opts.cpu = Some(cpu);
+                left = program
+                    .test_run(opts)
+                    .with_context(|| format!("flushing CPU {cpu}'s flow cache"))?
+                    .return_value;
+                if left == 0 {
+                    break;
+                }
+            }
+            clean &= left == 0;
+        }
+        Ok(clean)
+    }
+
+    /// Every flow in the kernel now, read from its slot (after a flush).
     pub fn read_flows(&self, mut each: impl FnMut(&FlowKey, &FlowStats)) -> Result<()> {
+        self.flush_pending()?;
         for i in 0..self
             .slots
             .in_use_bound()
@@ -243,6 +278,7 @@ impl Datapath {
         self.slots
             .in_use_bound()
             .context("mapping the flow slots")?;
+        self.flush_pending()?;
         let Some(slot) = self.slots.find(key) else {
             return Ok(None);
         };
@@ -256,13 +292,15 @@ impl Datapath {
     /// One poll of the slots: every change since the last (see
     /// [`Tracker::poll`]).
     pub fn poll_flows(&mut self, each: impl FnMut(SlotChange)) -> Result<()> {
+        let flushed = self.flush_pending()?;
         self.tracker
-            .poll(&self.slots, each)
+            .poll(&self.slots, flushed, each)
             .context("mapping the flow slots")
     }
 
     /// Takes every count now in the slots as read (see [`Tracker::adopt`]).
     pub fn adopt_slots(&mut self) -> Result<()> {
+        self.flush_pending()?;
         self.tracker = Tracker::adopt(&self.slots).context("mapping the flow slots")?;
         Ok(())
     }

@@ -3,7 +3,11 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier, util::KernelVersion};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{RawTracePoint, SchedClassifier},
+    util::KernelVersion,
+};
 use observer_common::{FLOW_INDEX_MAP, FREE_RING_MAP, SLOTS_MAP, StopAfter, index::index_entries};
 
 use super::{
@@ -26,6 +30,9 @@ pub const CLOCK: &str = "clock";
 /// An empty classifier, the baseline of the benchmarks; never attached.
 pub const EMPTY: &str = "empty";
 pub const PROGRAMS: [&str; 6] = [ETH_INGRESS, ETH_EGRESS, L3_INGRESS, L3_EGRESS, CLOCK, EMPTY];
+/// Moves the counts waiting in one CPU's flow cache into the flows' slots
+/// (a raw tracepoint program, run on each CPU; never attached).
+pub const FLUSH_PENDING: &str = "flush_pending";
 
 /// The benchmark's entry point that runs `program` (an Ethernet entry
 /// point, or `l3_ingress`) up to `part` and stops: where the time goes.
@@ -80,6 +87,11 @@ pub fn load(flow_capacity: u32, maps_dir: Option<&Path>, log: KernelLogLevel) ->
     for name in PROGRAMS {
         load_program(&mut ebpf, name)?;
     }
+    let flush: &mut RawTracePoint = ebpf
+        .program_mut(FLUSH_PENDING)
+        .with_context(|| format!("program {FLUSH_PENDING} missing from the object"))?
+        .try_into()?;
+    flush.load().map_err(|e| refused(FLUSH_PENDING, &e))?;
     Ok(ebpf)
 }
 
@@ -89,15 +101,16 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         .program_mut(name)
         .with_context(|| format!("program {name} missing from the object"))?
         .try_into()?;
-    if let Err(e) = prog.load() {
-        // The verifier's log can run to thousands of lines; its end says
-        // what it refused.
-        let text = format!("{e:#}");
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        bail!("loading program {name}: the kernel refused it:\n{tail}");
-    }
-    Ok(())
+    prog.load().map_err(|e| refused(name, &e))
+}
+
+/// The kernel's refusal of program `name`, shortened: the verifier's log
+/// can run to thousands of lines, and its end says what it refused.
+fn refused(name: &str, e: &dyn std::fmt::Display) -> anyhow::Error {
+    let text = format!("{e:#}");
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    anyhow::anyhow!("loading program {name}: the kernel refused it:\n{tail}")
 }
 
 /// The oldest kernel the programs work on: `bpf_loop` (the flow index's

@@ -21,15 +21,16 @@ use sha1::{Digest as _, Sha1};
 
 /// Raised by hand when the meaning of a map's bytes changes without its
 /// sizes changing, so that the new version does not reuse the old maps.
-pub const MAP_ABI: u32 = 8;
+pub const MAP_ABI: u32 = 9;
 
-/// The maps that carry counts across restarts. (`CLOCK` is rewritten on
-/// every read and `FLOW_CACHE` only remembers slots: a new one starts empty.)
-pub const PINNED_MAPS: [&str; 8] = [
+/// The maps that carry counts across restarts (`FLOW_CACHE` too: counts wait
+/// there to be flushed into the slots). `CLOCK` is rewritten on every read.
+pub const PINNED_MAPS: [&str; 9] = [
     observer_common::FLOW_INDEX_MAP,
     observer_common::SLOTS_MAP,
     observer_common::FREE_RING_MAP,
     observer_common::RING_HEAD_MAP,
+    observer_common::FLOW_CACHE_MAP,
     observer_common::IFACE_TOTALS_MAP,
     observer_common::ENCAP_TOTALS_MAP,
     observer_common::STATS_MAP,

@@ -120,8 +120,15 @@ impl Tracker {
     }
 
     /// Reads every slot handed out so far; calls `each` for every slot that
-    /// changed, and gives back the slots whose step one is a poll old.
-    pub fn poll(&mut self, slots: &Slots, mut each: impl FnMut(SlotChange)) -> io::Result<()> {
+    /// changed, and gives back the slots whose step one is a poll old if
+    /// `flushed`: the CPUs' pending counts were all flushed into the slots
+    /// just before (else they wait for a poll that was).
+    pub fn poll(
+        &mut self,
+        slots: &Slots,
+        flushed: bool,
+        mut each: impl FnMut(SlotChange),
+    ) -> io::Result<()> {
         self.poll += 1;
         let poll = self.poll;
         // Only as many as the kernel handed out so far.
@@ -175,7 +182,7 @@ impl Tracker {
                 continue;
             }
             match m.phase {
-                Phase::Retiring(at) | Phase::Suspect(at) if at < poll => {
+                Phase::Retiring(at) | Phase::Suspect(at) if at < poll && flushed => {
                     let suspect = matches!(m.phase, Phase::Suspect(_));
                     let before = m.stats;
                     *m = Memo::default();
@@ -365,8 +372,14 @@ mod tests {
 
     /// (port, skbs grown, opened, closed) of each change of one poll.
     fn poll(t: &mut Tracker, s: &Slots) -> Vec<(u16, u64, bool, bool)> {
+        poll_flushed(t, s, true)
+    }
+
+    /// The same, after a flush of the CPUs' pending counts that left some
+    /// (`flushed` false) or none.
+    fn poll_flushed(t: &mut Tracker, s: &Slots, flushed: bool) -> Vec<(u16, u64, bool, bool)> {
         let mut out = Vec::new();
-        t.poll(s, |c| {
+        t.poll(s, flushed, |c| {
             out.push((c.key.src_port, c.grown.skbs, c.opened, c.closed))
         })
         .unwrap();
@@ -421,6 +434,27 @@ mod tests {
         let changes = poll(&mut t, &s);
         assert!(changes.contains(&(port, 1, true, false)), "{changes:?}");
         assert_eq!(changes.len(), 7);
+    }
+
+    #[test]
+    fn a_retired_slot_waits_for_a_poll_after_a_clean_flush() {
+        let k = Kernel::new();
+        let s = k.user();
+        let mut t = Tracker::new();
+        let a = k.open(1, 3, 10);
+        poll(&mut t, &s);
+        t.retire(&s, &[a]);
+        // A CPU's pending counts for the slot were not flushed: the slot
+        // stays, and what is in it is not final yet.
+        k.add(a, 1, 11);
+        assert_eq!(poll_flushed(&mut t, &s, false), []);
+        assert_eq!(s.free(), CAPACITY as u64 - 1);
+        assert_eq!(t.live(), 1);
+        // Flushed at the next poll: its counts in, and the slot back.
+        k.add(a, 2, 12);
+        assert_eq!(poll(&mut t, &s), [(1, 3, false, true)]);
+        assert_eq!(s.free(), CAPACITY as u64);
+        assert_eq!(t.live(), 0);
     }
 
     #[test]
