@@ -296,8 +296,9 @@ pub struct MtuLimit {
     pub ipv6: u16,
 }
 
-/// Counters of one flow. Shared by all CPUs: the kernel adds with atomic
-/// operations, so memory does not multiply by the CPU count.
+/// Counters of one flow. Shared by all CPUs, so memory does not multiply by
+/// the CPU count: the kernel adds with atomic operations, a burst's packets
+/// first gathered in the CPU's [`FlowCacheEntry`] and added at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -366,7 +367,9 @@ pub struct FlowSlot {
 /// other than the daemon: a benchmark harness, `bpftool`), the programs use
 /// the maps' declared sizes ([`DEFAULT_FLOW_CAPACITY`] slots,
 /// [`DEFAULT_INDEX_ENTRIES`] index entries) and seed 0: they count exactly
-/// on their own, as they do under the daemon.
+/// on their own, as they do under the daemon. (A reader of the slots runs
+/// the `flush_pending` program on every CPU first, as the daemon does: see
+/// [`FlowCacheEntry`].)
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RingHead {

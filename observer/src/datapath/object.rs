@@ -17,7 +17,8 @@ use super::{
 
 /// The kernel programs, built from `observer-ebpf` by `build.rs`. Other
 /// loaders may load it as it is (see `RingHead` in observer-common): with
-/// the maps' declared sizes, it counts on its own.
+/// the maps' declared sizes, it counts on its own (read the slots after
+/// running [`FLUSH_PENDING`] on every CPU).
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
 /// Entry points, by link layer and TC hook.
