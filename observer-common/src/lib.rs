@@ -387,17 +387,20 @@ pub struct RingHead {
 }
 
 /// A flow a CPU saw lately: its key, and the slot and generation the index
-/// gave. Valid while the slot's `generation` still equals `generation`.
+/// gave. An entry whose key has ifindex 0 is empty.
 ///
 /// The packets this CPU counts through the entry wait in `pending`, added
-/// with plain instructions (an atomic add on the shared slot costs as much
-/// as the rest of the program), until they are flushed into the slot: when
-/// the entry is given to another flow, or when userspace runs the
-/// `flush_pending` program on this CPU, which it does before every read of
-/// the slots. `busy` says who is at the entry: [`CACHE_IDLE`],
-/// [`CACHE_COUNTING`] (a classifier, which a flush interrupting it leaves
-/// alone) or [`CACHE_FLUSHING`] (a flush, which a classifier interrupting
-/// it leaves alone, counting straight into the slot instead).
+/// with plain instructions and without a look at the shared slot (an atomic
+/// add there costs as much as the parse), until they are flushed into the
+/// slot: when the entry is given to another flow, or when userspace runs
+/// the `flush_pending` program on this CPU, which it does before every read
+/// of the slots. A flush also empties an entry whose slot is no longer its
+/// flow's (retired since), so that the flow's next packet looks it up
+/// again: a slot is given back only after a flush that left no entry.
+/// `busy` says who is at the entry: [`CACHE_IDLE`], [`CACHE_COUNTING`] (a
+/// classifier, which a flush interrupting it leaves alone and says so) or
+/// [`CACHE_FLUSHING`] (a flush, which a classifier interrupting it leaves
+/// alone, counting straight into the slot instead).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowCacheEntry {
@@ -416,8 +419,8 @@ pub const CACHE_COUNTING: u32 = 1;
 /// [`FlowCacheEntry::busy`]: a flush is moving its counts into the slot.
 pub const CACHE_FLUSHING: u32 = 2;
 
-/// The counts of a [`FlowCacheEntry`] not yet in its slot (as in
-/// [`FlowStats`]).
+/// What a [`FlowCacheEntry`]'s packets add to its slot, not there yet (as
+/// in [`FlowStats`]; `skbs` 0: nothing).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PendingCounts {
@@ -425,6 +428,9 @@ pub struct PendingCounts {
     pub extra_segments: u64,
     pub bytes: u64,
     pub overhead_bytes: u64,
+    pub last_seen_jiffies: u64,
+    pub tcp_flags: u32,
+    pub oversize_packets: u32,
 }
 
 /// The kernel's jiffies and CLOCK_MONOTONIC read together, so that
@@ -538,7 +544,7 @@ const _: () = assert!(size_of::<FlowSlot>() == 128);
 // A packet found through the per-CPU cache touches the first line only.
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 64);
 const _: () = assert!(size_of::<RingHead>() == 128);
-const _: () = assert!(size_of::<FlowCacheEntry>() == 96);
+const _: () = assert!(size_of::<FlowCacheEntry>() == 112);
 const _: () = assert!(core::mem::offset_of!(FlowCacheEntry, pending) == 64);
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use observer_common::{
     CACHE_COUNTING, CACHE_FLUSHING, CACHE_IDLE, ClockSample, DEFAULT_FLOW_CAPACITY,
     DEFAULT_INDEX_ENTRIES, Encap, EncapTotals, FAMILY_IPV4, FLOW_CACHE_SLOTS, FlowCacheEntry,
     FlowKey, FlowSlot, FlowStats, IFACE_SLOTS, IfaceTotals, MtuLimit, PendingCounts, RingHead,
-    Stat, StopAfter,
+    SLOT_IN_RING, Stat, StopAfter,
     index::{INDEX_FREE, INDEX_GONE, INDEX_PROBES, entry_slot, flow_hash, index_entry, same_tag},
 };
 
@@ -162,9 +162,11 @@ fn add(field: *mut u64, v: u64) {
     // SAFETY: field points into a map value that lives as long as the map;
     // other CPUs add to it concurrently, hence the atomic add (BPF_XADD;
     // `AtomicU64::fetch_add` is not offered on the BPF target).
-    unsafe { *field += v };
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
 }
 
+/// Adds a packet to its flow's slot: for a packet that found the slot
+/// through the index, not the cache.
 #[inline(always)]
 fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
     add_counts(
@@ -174,15 +176,20 @@ fn add_to_flow(v: *mut FlowStats, d: &Delta, now: u64) {
             extra_segments: d.segs - 1,
             bytes: d.bytes,
             overhead_bytes: d.overhead,
+            last_seen_jiffies: now,
+            tcp_flags: d.tcp_flags as u32,
+            oversize_packets: d.oversize,
         },
     );
-    touch(v, d, now);
 }
 
-/// Adds counts to a flow's slot, which other CPUs add to as well.
+/// Adds counts to a flow's slot, which other CPUs add to as well; the last
+/// tick seen and the flags are stored only when they change (once a tick,
+/// a new flag), so that an idle flow's line is not written for nothing.
 #[inline(always)]
 fn add_counts(v: *mut FlowStats, c: &PendingCounts) {
-    // SAFETY: v is a live map value; see `add`.
+    // SAFETY: v is a live map value; see `add`. Volatile stores: a slot is
+    // given back only after every CPU left it (see `bump`).
     unsafe {
         add(&raw mut (*v).skbs, c.skbs);
         if c.extra_segments != 0 {
@@ -192,35 +199,24 @@ fn add_counts(v: *mut FlowStats, c: &PendingCounts) {
         if c.overhead_bytes != 0 {
             add(&raw mut (*v).overhead_bytes, c.overhead_bytes);
         }
-    }
-}
-
-/// What a packet changes in its flow's slot besides the counts: the rare
-/// oversize count, the last tick seen, new TCP flags.
-#[inline(always)]
-fn touch(v: *mut FlowStats, d: &Delta, now: u64) {
-    // SAFETY: v is a live map value; see `add`.
-    unsafe {
-        if d.oversize != 0 {
+        if c.oversize_packets != 0 {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(
                 &raw mut (*v).oversize_packets,
-                d.oversize,
+                c.oversize_packets,
             );
         }
-        // Stored only when it changes (once a tick): an idle flow's line is
-        // not written for nothing. Volatile, as the counts under `busy` are
-        // (see `bump`): a slot is given back only after every CPU left it.
+        // A later tick from another CPU may be overwritten by an earlier
+        // one here: the flow looks idle a tick sooner, no count changes.
         let seen = &raw mut (*v).last_seen_jiffies;
-        if read_volatile(seen) != now {
-            write_volatile(seen, now);
+        if read_volatile(seen) < c.last_seen_jiffies {
+            write_volatile(seen, c.last_seen_jiffies);
         }
         // Plain read-modify-write: only when a new flag appears, so the rare
         // race loses at most a flag bit, never a count.
-        let flags = d.tcp_flags as u32;
         let have = &raw mut (*v).tcp_flags;
         let had = read_volatile(have);
-        if had & flags != flags {
-            write_volatile(have, had | flags);
+        if had & c.tcp_flags != c.tcp_flags {
+            write_volatile(have, had | c.tcp_flags);
         }
     }
 }
@@ -228,7 +224,7 @@ fn touch(v: *mut FlowStats, d: &Delta, now: u64) {
 /// Adds a packet to the counts waiting in this CPU's cache entry (plain
 /// adds: only this CPU writes them, under `busy`).
 #[inline(always)]
-fn add_pending(p: *mut PendingCounts, d: &Delta) {
+fn add_pending(p: *mut PendingCounts, d: &Delta, now: u64) {
     // SAFETY: a per-CPU entry, ours while busy is CACHE_COUNTING.
     unsafe {
         bump(&raw mut (*p).skbs, 1);
@@ -238,6 +234,20 @@ fn add_pending(p: *mut PendingCounts, d: &Delta) {
         bump(&raw mut (*p).bytes, d.bytes);
         if d.overhead != 0 {
             bump(&raw mut (*p).overhead_bytes, d.overhead);
+        }
+        if d.oversize != 0 {
+            let o = &raw mut (*p).oversize_packets;
+            write_volatile(o, read_volatile(o) + d.oversize);
+        }
+        let seen = &raw mut (*p).last_seen_jiffies;
+        if read_volatile(seen) != now {
+            write_volatile(seen, now);
+        }
+        let flags = d.tcp_flags as u32;
+        let have = &raw mut (*p).tcp_flags;
+        let had = read_volatile(have);
+        if had & flags != flags {
+            write_volatile(have, had | flags);
         }
     }
 }
@@ -274,46 +284,80 @@ fn leave_entry(c: *mut FlowCacheEntry) {
     unsafe { write_volatile(&raw mut (*c).busy, CACHE_IDLE) };
 }
 
-/// Moves an entry's pending counts into its slot (the caller holds
-/// `busy`). The slot is still the flow's or being retired: userspace gives
-/// a slot back only after a flush of every CPU that found no entry busy,
-/// and once it is retired no packet adds to its pending counts. Should the
-/// slot be another flow's all the same (a CPU taken offline before that
-/// flush, online again after), the counts go to the interface's overflow
+/// Moves an entry's pending counts into its slot, and, if `empty_stale`,
+/// empties the entry when the slot is no longer its flow's (the caller
+/// holds `busy`). Without pending counts or `empty_stale`, the slot is not
+/// read: the entry's slot is most likely out of the CPU's caches.
+///
+/// The slot is the flow's, or being retired (generation one past, not in
+/// the free ring): userspace gives a slot back only after a flush of every
+/// CPU that left no entry, and that flush emptied every entry of the slot.
+/// Should the slot be given back or another flow's all the same (a CPU
+/// offline during that flush), the counts go to the interface's overflow
 /// totals, not into another flow.
 #[inline(always)]
-fn flush_entry(c: *mut FlowCacheEntry) {
+fn flush_entry(c: *mut FlowCacheEntry, empty_stale: bool) {
     // SAFETY: a per-CPU entry, ours under busy; slots are live map values.
     unsafe {
+        if read_volatile(&raw const (*c).key.ifindex) == 0 {
+            return;
+        }
         let p = &raw mut (*c).pending;
-        let fields = [
+        let skbs = read_volatile(&raw const (*p).skbs);
+        if skbs == 0 && !empty_stale {
+            return;
+        }
+        let cached = read_volatile(&raw const (*c).generation);
+        let (live, ours) = match SLOTS.get_ptr_mut(read_volatile(&raw const (*c).slot)) {
+            Some(s) => {
+                let generation = read_volatile(&raw const (*s).generation) as u32;
+                let retiring = generation == cached.wrapping_add(1)
+                    && read_volatile(&raw const (*s).key.hook) != SLOT_IN_RING;
+                (
+                    generation == cached,
+                    (generation == cached || retiring).then_some(s),
+                )
+            }
+            None => (false, None),
+        };
+        if skbs != 0 {
+            let counts = PendingCounts {
+                skbs,
+                extra_segments: read_volatile(&raw const (*p).extra_segments),
+                bytes: read_volatile(&raw const (*p).bytes),
+                overhead_bytes: read_volatile(&raw const (*p).overhead_bytes),
+                last_seen_jiffies: read_volatile(&raw const (*p).last_seen_jiffies),
+                tcp_flags: read_volatile(&raw const (*p).tcp_flags),
+                oversize_packets: read_volatile(&raw const (*p).oversize_packets),
+            };
+            clear_pending(p);
+            match ours {
+                Some(s) => add_counts(&raw mut (*s).stats, &counts),
+                None => add_overflow(&(*c).key, skbs + counts.extra_segments, counts.bytes),
+            }
+        }
+        if !live && empty_stale {
+            write_volatile(&raw mut (*c).key.ifindex, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn clear_pending(p: *mut PendingCounts) {
+    // SAFETY: a per-CPU entry's counts, ours under busy; word by word (see
+    // `zero_words` in main.rs).
+    unsafe {
+        for f in [
             &raw mut (*p).skbs,
             &raw mut (*p).extra_segments,
             &raw mut (*p).bytes,
             &raw mut (*p).overhead_bytes,
-        ];
-        let [skbs, extra_segments, bytes, overhead_bytes] = fields.map(|f| read_volatile(f));
-        if skbs == 0 {
-            return;
-        }
-        for f in fields {
+            &raw mut (*p).last_seen_jiffies,
+        ] {
             write_volatile(f, 0);
         }
-        let counts = PendingCounts {
-            skbs,
-            extra_segments,
-            bytes,
-            overhead_bytes,
-        };
-        let cached = read_volatile(&raw const (*c).generation);
-        if let Some(s) = SLOTS.get_ptr_mut(read_volatile(&raw const (*c).slot)) {
-            let generation = read_volatile(&raw const (*s).generation) as u32;
-            if generation == cached || generation == cached.wrapping_add(1) {
-                add_counts(&raw mut (*s).stats, &counts);
-                return;
-            }
-        }
-        add_overflow(&(*c).key, counts.skbs + counts.extra_segments, counts.bytes);
+        write_volatile(&raw mut (*p).tcp_flags, 0);
+        write_volatile(&raw mut (*p).oversize_packets, 0);
     }
 }
 
@@ -328,22 +372,27 @@ pub fn flush_cached(i: u32) -> u32 {
     if !enter_entry(c, CACHE_FLUSHING) {
         return 1;
     }
-    flush_entry(c);
+    flush_entry(c, true);
     leave_entry(c);
     0
 }
 
 /// Word-by-word equality of two keys (a byte-wise compare would be a loop).
+/// `a`'s words are read volatile: in a cache entry, only once `busy` is
+/// taken (see `bump`).
 #[inline(always)]
 fn same_key(a: *const FlowKey, b: &FlowKey) -> bool {
-    // SAFETY: a points to a live key (map value or stack).
-    let a = unsafe { &*a };
-    for i in 0..FlowKey::WORDS {
-        if a.word(i) != b.word(i) {
-            return false;
+    let words = a as *const u64;
+    // SAFETY: a points to a live key (map value or stack), 8-aligned; the
+    // words and tail as `FlowKey::word` and `tail` read them.
+    unsafe {
+        for i in 0..FlowKey::WORDS {
+            if read_volatile(words.add(i)) != b.word(i) {
+                return false;
+            }
         }
+        read_volatile((a as *const u8).add(FlowKey::TAIL) as *const u32) == b.tail()
     }
-    a.tail() == b.tail()
 }
 
 #[inline(always)]
@@ -430,26 +479,21 @@ fn add_overflow(key: &FlowKey, packets: u64, bytes: u64) {
 }
 
 /// The flow this CPU saw last of the packet's cache entry, if the packet is
-/// of it and its slot is still the flow's: the packet waits in the entry's
-/// pending counts.
+/// of it: the packet waits in the entry's pending counts. (No look at the
+/// slot: an entry whose slot was retired is emptied by the flush before
+/// the slot is given back.)
 #[inline(always)]
 fn add_cached(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, d: &Delta, now: u64) -> bool {
     let Some(c) = cached else { return false };
     if !enter_entry(c, CACHE_COUNTING) {
         return false;
     }
-    // SAFETY: per-CPU entry, ours under busy; slots are live map values.
-    let hit = unsafe {
-        same_key(&raw const (*c).key, key)
-            && match SLOTS.get_ptr_mut((*c).slot) {
-                Some(s) if read_volatile(&raw const (*s).generation) as u32 == (*c).generation => {
-                    add_pending(&raw mut (*c).pending, d);
-                    touch(&raw mut (*s).stats, d, now);
-                    true
-                }
-                _ => false,
-            }
-    };
+    // SAFETY: per-CPU entry, ours under busy.
+    let hit = unsafe { same_key(&raw const (*c).key, key) };
+    if hit {
+        // SAFETY: as above.
+        add_pending(unsafe { &raw mut (*c).pending }, d, now);
+    }
     leave_entry(c);
     hit
 }
@@ -652,7 +696,7 @@ fn remember(cached: Option<*mut FlowCacheEntry>, key: &FlowKey, slot: u32, gener
     if !enter_entry(c, CACHE_COUNTING) {
         return;
     }
-    flush_entry(c);
+    flush_entry(c, false);
     // SAFETY: per-CPU entry, ours under busy.
     unsafe {
         copy_key(&raw mut (*c).key, key);

@@ -16,7 +16,7 @@ pub mod tracker;
 
 use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd};
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, TestRun as _,
     maps::{Array, IterableMap as _, Map, MapData, PerCpuArray, PerCpuValues},
@@ -278,13 +278,17 @@ impl Datapath {
         self.slots
             .in_use_bound()
             .context("mapping the flow slots")?;
-        self.flush_pending()?;
         let Some(slot) = self.slots.find(key) else {
             return Ok(None);
         };
-        let stats = self.slots.stats(slot);
         self.slots.unindex(slot);
         self.slots.end_generation(slot);
+        // The flow's pending counts into the slot, and the CPUs' entries of
+        // it emptied: its next packet opens a new slot.
+        if !self.flush_pending()? {
+            bail!("a flush left entries: evict only while no program runs");
+        }
+        let stats = self.slots.stats(slot);
         self.slots.give_back(slot);
         Ok(Some(stats))
     }

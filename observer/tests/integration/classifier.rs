@@ -492,6 +492,37 @@ fn flushes_while_a_cpu_counts_lose_nothing_and_count_nothing_twice() {
     assert!(reads > 10, "only {reads} reads while the other CPU counted");
 }
 
+/// A flow given back while a CPU still has it in its cache (its counts
+/// waiting there): the flush before the give-back moves them into the slot
+/// and empties the entry, so the flow's next packets on that CPU open a
+/// new slot and count there, not in the old one.
+#[test]
+fn a_flow_given_back_while_cached_counts_in_a_new_slot() {
+    let c = Classifier::new();
+    let cpus = cpu::allowed().expect("sched_getaffinity");
+    let _pinned = cpu::Pinned::to(cpus[0]).expect("pinning");
+    let frame = eth(
+        0x0800,
+        &udp4(ip4("10.244.0.1"), ip4("10.244.0.66"), 40000, 53, &[7; 100]),
+    );
+    for _ in 0..3 {
+        c.eth(&frame);
+    }
+    let mut keys = Vec::new();
+    c.dp.read_flows(|k, _| keys.push(*k)).expect("read flows");
+    assert_eq!(keys.len(), 1);
+    let gone = c.dp.evict(&keys[0]).expect("evict").expect("the flow");
+    assert_eq!((gone.skbs, gone.bytes), (3, 3 * 128));
+    for _ in 0..2 {
+        c.eth(&frame);
+    }
+    let f = c.only_flow();
+    assert_eq!((f.skbs, f.bytes), (2, 2 * 128));
+    assert_eq!(c.stat(Stat::FlowInserts), 2);
+    let t = c.dp.iface_totals(1).expect("loopback's totals");
+    assert_eq!(t.overflow[0].packets + t.overflow[1].packets, 0);
+}
+
 #[test]
 fn truncated_and_malformed_frames_are_unparsed() {
     let c = Classifier::new();
