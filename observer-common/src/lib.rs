@@ -337,12 +337,13 @@ pub const SLOT_IN_RING: u8 = 0xfe;
 /// only after seeing an odd `generation`, and counts the slot from then on), then
 /// enters the slot in `FLOW_INDEX`. Userspace retires a slot in two steps a poll
 /// apart: it removes the index entry and then makes `generation` even (so no CPU
-/// finds the slot any more, and cached references to it fail their `generation`
-/// check), then, a poll later, reads the final counts and puts the slot back in
-/// the ring. Two cache lines of its own per slot: no two flows share a line that
-/// CPUs write. The first holds `generation` and `stats`, all that a packet found
-/// through the per-CPU cache reads and writes; the key, which only the index
-/// lookup reads, is in the second.
+/// finds the slot any more, and the next flush of the CPUs' caches empties their
+/// entries of it, see [`FlowCacheEntry`]), then, a poll later, after a flush that
+/// left nothing, reads the final counts and puts the slot back in the ring. Two
+/// cache lines of its own per slot: no two flows share a line that CPUs write.
+/// The first holds `generation` and `stats`, all that a flush of a live flow's
+/// cache entry reads and writes; the key, which only the index lookup reads, is
+/// in the second.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowSlot {
@@ -541,7 +542,7 @@ const _: () = assert!(size_of::<IfaceTotals>() == 80);
 const _: () = assert!(size_of::<MtuLimit>() == 8);
 const _: () = assert!(size_of::<EncapTotals>() == 24);
 const _: () = assert!(size_of::<FlowSlot>() == 128);
-// A packet found through the per-CPU cache touches the first line only.
+// A flush of a cache entry touches the first line only.
 const _: () = assert!(core::mem::offset_of!(FlowSlot, key) == 64);
 const _: () = assert!(size_of::<RingHead>() == 128);
 const _: () = assert!(size_of::<FlowCacheEntry>() == 112);

@@ -314,12 +314,14 @@ impl Datapath {
         self.tracker.live()
     }
 
-    /// Step one of giving slots back: no CPU finds them any more (index
-    /// entries removed, then cached references voided); the next poll reads
-    /// their final counts and frees them. Between the two steps a packet
-    /// of the flow opens a new slot for it, and both slots count. (A
-    /// lookup checks a slot's key and odd generation, so even an entry
-    /// left behind could not count a packet in a slot given back.)
+    /// Step one of giving slots back: the index finds them no more (entries
+    /// removed, generations ended), and the next flush empties the CPUs'
+    /// cache entries of them; the next poll, after a flush that left
+    /// nothing, reads their final counts and frees them. Between the two
+    /// steps a packet of the flow counts in its old slot (through a CPU's
+    /// cache) or opens a new one, and both slots count. (A lookup checks a
+    /// slot's key and odd generation, so even an index entry left behind
+    /// could not count a packet in a slot given back.)
     pub fn retire(&mut self, which: &[u32]) {
         self.tracker.retire(&self.slots, which);
     }

@@ -298,9 +298,9 @@ impl Slots {
         })
     }
 
-    /// Step one, second part: its generation made even, so that no CPU's
-    /// cached reference to it holds. (The caller reads its final counts a
-    /// poll later.)
+    /// Step one, second part: its generation made even, so that the next
+    /// flush empties the CPUs' cache entries of it and no lookup finds it.
+    /// (The caller reads its final counts a poll later.)
     pub fn end_generation(&self, i: u32) {
         let g = self.generation_atomic(i);
         let was = g.load(Ordering::Acquire);
