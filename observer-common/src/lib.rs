@@ -29,6 +29,12 @@ pub const FLOW_CACHE_MAP: &str = "FLOW_CACHE";
 pub const IFACE_TOTALS_MAP: &str = "IFACE_TOTALS";
 /// Name of the per-CPU array of per-encapsulation totals.
 pub const ENCAP_TOTALS_MAP: &str = "ENCAP_TOTALS";
+/// Name of the array of per-interface totals that the `flush_pending`
+/// program adds to (atomically, as an interrupt of a classifier, which
+/// owns `IFACE_TOTALS`).
+pub const FLUSHED_IFACE_TOTALS_MAP: &str = "FLUSHED_IFACE";
+/// Name of the array of per-encapsulation totals `flush_pending` adds to.
+pub const FLUSHED_ENCAP_TOTALS_MAP: &str = "FLUSHED_ENCAP";
 /// Name of the per-CPU array of datapath counters (see [`Stat`]).
 pub const STATS_MAP: &str = "STATS";
 /// Name of the array of [`MtuLimit`]s, by interface slot.
@@ -84,14 +90,15 @@ impl Hook {
 
 /// Where a classifier entry point stops: all the way (the daemon's), or,
 /// for the benchmark's account of where the time goes, after the parse or
-/// after the interface and encapsulation totals (entry points of their
-/// own, so that the daemon's carry no check).
+/// after the packet's sizes (and MTU check), just before its flow is
+/// looked up (entry points of their own, so that the daemon's carry no
+/// check).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopAfter {
     Nothing = 0,
     Parse = 1,
-    Totals = 2,
+    Sizes = 2,
 }
 
 /// Encapsulation of a flow: known from the outer headers in the kernel, or
@@ -455,7 +462,11 @@ pub struct Totals {
 /// Per-interface totals slot: one [`Totals`] per hook, plus the ifindex that
 /// last wrote it (so userspace can notice two interfaces sharing a slot).
 /// Every IP packet is in `hook`, and also either in a flow entry or, when
-/// the flow map had no room for its flow, in `overflow`.
+/// the flow map had no room for its flow, in `overflow`. A packet counted
+/// through a CPU's flow cache is added to `hook` with its flow's counts,
+/// when they are flushed into the slot (in `FLUSHED_IFACE` when the
+/// `flush_pending` program flushes them): the totals are never behind the
+/// flows.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]

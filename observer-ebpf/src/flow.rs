@@ -56,6 +56,16 @@ static IFACE_TOTALS: PerCpuArray<IfaceTotals> = PerCpuArray::with_max_entries(IF
 #[map(name = "ENCAP_TOTALS")]
 static ENCAP_TOTALS: PerCpuArray<EncapTotals> = PerCpuArray::with_max_entries(Encap::COUNT, 0);
 
+/// The totals of the counts the `flush_pending` program moved into slots:
+/// it runs as an interrupt of a classifier, whose plain adds to
+/// `IFACE_TOTALS` it must not race, so it adds here, atomically (shared by
+/// all CPUs: flushes are rare).
+#[map(name = "FLUSHED_IFACE")]
+static FLUSHED_IFACE: Array<IfaceTotals> = Array::with_max_entries(IFACE_SLOTS, 0);
+
+#[map(name = "FLUSHED_ENCAP")]
+static FLUSHED_ENCAP: Array<EncapTotals> = Array::with_max_entries(Encap::COUNT, 0);
+
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
@@ -284,10 +294,12 @@ fn leave_entry(c: *mut FlowCacheEntry) {
     unsafe { write_volatile(&raw mut (*c).busy, CACHE_IDLE) };
 }
 
-/// Moves an entry's pending counts into its slot, and, if `empty_stale`,
-/// empties the entry when the slot is no longer its flow's (the caller
-/// holds `busy`). Without pending counts or `empty_stale`, the slot is not
-/// read: the entry's slot is most likely out of the CPU's caches.
+/// Moves an entry's pending counts into its slot and its interface's and
+/// encapsulation's totals, and, if `by_program` (the `flush_pending`
+/// program, not a classifier), empties the entry when the slot is no
+/// longer its flow's (the caller holds `busy`). Without pending counts or
+/// `by_program`, the slot is not read: the entry's slot is most likely out
+/// of the CPU's caches.
 ///
 /// The slot is the flow's, or being retired (generation one past, not in
 /// the free ring): userspace gives a slot back only after a flush of every
@@ -296,7 +308,7 @@ fn leave_entry(c: *mut FlowCacheEntry) {
 /// offline during that flush), the counts go to the interface's overflow
 /// totals, not into another flow.
 #[inline(always)]
-fn flush_entry(c: *mut FlowCacheEntry, empty_stale: bool) {
+fn flush_entry(c: *mut FlowCacheEntry, by_program: bool) {
     // SAFETY: a per-CPU entry, ours under busy; slots are live map values.
     unsafe {
         if read_volatile(&raw const (*c).key.ifindex) == 0 {
@@ -304,7 +316,7 @@ fn flush_entry(c: *mut FlowCacheEntry, empty_stale: bool) {
         }
         let p = &raw mut (*c).pending;
         let skbs = read_volatile(&raw const (*p).skbs);
-        if skbs == 0 && !empty_stale {
+        if skbs == 0 && !by_program {
             return;
         }
         let cached = read_volatile(&raw const (*c).generation);
@@ -331,12 +343,22 @@ fn flush_entry(c: *mut FlowCacheEntry, empty_stale: bool) {
                 oversize_packets: read_volatile(&raw const (*p).oversize_packets),
             };
             clear_pending(p);
-            match ours {
-                Some(s) => add_counts(&raw mut (*s).stats, &counts),
-                None => add_overflow(&(*c).key, skbs + counts.extra_segments, counts.bytes),
+            if let Some(s) = ours {
+                add_counts(&raw mut (*s).stats, &counts);
+            }
+            let key = &(*c).key;
+            let packets = skbs + counts.extra_segments;
+            let (bytes, overhead) = (counts.bytes, counts.overhead_bytes);
+            if by_program {
+                add_flushed_totals(key, packets, bytes, overhead, ours.is_none());
+            } else {
+                add_totals(key, packets, bytes, overhead);
+                if ours.is_none() {
+                    add_overflow(key, packets, bytes);
+                }
             }
         }
-        if !live && empty_stale {
+        if !live && by_program {
             write_volatile(&raw mut (*c).key.ifindex, 0);
         }
     }
@@ -407,22 +429,37 @@ fn copy_key(to: *mut FlowKey, from: &FlowKey) {
     }
 }
 
-/// Adds the packet to its interface's and encapsulation's totals and to its
-/// flow, or, when `STOP` is [`StopAfter::Totals`] (a benchmark's entry
-/// point), to the totals only.
+/// Adds the packet to its flow and to its interface's and encapsulation's
+/// totals: through the CPU's cache, to the counts waiting there (the
+/// totals get them with the flow's slot, when they are flushed), else at
+/// once. When `STOP` is [`StopAfter::Sizes`] (a benchmark's entry point),
+/// to nothing.
 #[inline(always)]
 pub fn account<const STOP: u8>(key: &FlowKey, d: &Delta) {
     // SAFETY: helper without preconditions (inlined by the verifier to a
     // load of `jiffies`).
     let now = unsafe { bpf_jiffies64() };
-    let hook = (key.hook & 1) as usize;
-    let slot = iface_slot(key.ifindex);
+    if STOP == StopAfter::Sizes as u8 {
+        return;
+    }
+    let cache_slot = key.cache_slot();
+    if add_cached(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
+        return;
+    }
+    add_totals(key, d.segs, d.bytes, d.overhead);
+    add_indexed_apart(cache_slot, key, d, now);
+}
 
-    if let Some(slot) = slot {
+/// Adds to `key`'s interface and encapsulation totals on this CPU (plain
+/// adds: a classifier's, never interrupted by another).
+#[inline(always)]
+fn add_totals(key: &FlowKey, packets: u64, bytes: u64, overhead: u64) {
+    if let Some(slot) = iface_slot(key.ifindex) {
+        let hook = (key.hook & 1) as usize;
         // SAFETY: per-CPU slot; index masked to 0..2.
         unsafe {
-            (*slot).hook[hook].packets += d.segs;
-            (*slot).hook[hook].bytes += d.bytes;
+            (*slot).hook[hook].packets += packets;
+            (*slot).hook[hook].bytes += bytes;
         }
     }
     if key.encap != Encap::None as u8
@@ -430,20 +467,42 @@ pub fn account<const STOP: u8>(key: &FlowKey, d: &Delta) {
     {
         // SAFETY: per-CPU slot.
         unsafe {
-            (*e).packets += d.segs;
-            (*e).bytes += d.bytes;
-            (*e).overhead_bytes += d.overhead;
+            (*e).packets += packets;
+            (*e).bytes += bytes;
+            (*e).overhead_bytes += overhead;
         }
     }
+}
 
-    if STOP == StopAfter::Totals as u8 {
-        return;
+/// [`add_totals`] and [`add_overflow`] for the `flush_pending` program:
+/// to `FLUSHED_IFACE` and `FLUSHED_ENCAP`, atomically.
+#[inline(always)]
+fn add_flushed_totals(key: &FlowKey, packets: u64, bytes: u64, overhead: u64, overflow: bool) {
+    if let Some(slot) = FLUSHED_IFACE.get_ptr_mut(key.ifindex & (IFACE_SLOTS - 1)) {
+        let hook = (key.hook & 1) as usize;
+        // SAFETY: a map value; index masked to 0..2; see `add`.
+        unsafe {
+            if read_volatile(&raw const (*slot).ifindex) != key.ifindex {
+                write_volatile(&raw mut (*slot).ifindex, key.ifindex);
+            }
+            add(&raw mut (*slot).hook[hook].packets, packets);
+            add(&raw mut (*slot).hook[hook].bytes, bytes);
+            if overflow {
+                add(&raw mut (*slot).overflow[hook].packets, packets);
+                add(&raw mut (*slot).overflow[hook].bytes, bytes);
+            }
+        }
     }
-    let cache_slot = key.cache_slot();
-    if add_cached(FLOW_CACHE.get_ptr_mut(cache_slot), key, d, now) {
-        return;
+    if key.encap != Encap::None as u8
+        && let Some(e) = FLUSHED_ENCAP.get_ptr_mut(key.encap as u32)
+    {
+        // SAFETY: a map value; see `add`.
+        unsafe {
+            add(&raw mut (*e).packets, packets);
+            add(&raw mut (*e).bytes, bytes);
+            add(&raw mut (*e).overhead_bytes, overhead);
+        }
     }
-    add_indexed_apart(cache_slot, key, d, now);
 }
 
 /// No room for the flow: the packet still counts, in its interface's

@@ -55,7 +55,7 @@ const PULL_LEN: u32 = 160;
 /// [`StopAfter`] as the const parameter of [`observe`].
 const ALL: u8 = StopAfter::Nothing as u8;
 const PARSE: u8 = StopAfter::Parse as u8;
-const TOTALS: u8 = StopAfter::Totals as u8;
+const SIZES: u8 = StopAfter::Sizes as u8;
 
 #[classifier]
 pub fn eth_ingress(ctx: TcContext) -> i32 {
@@ -81,7 +81,7 @@ pub fn l3_egress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-// The same, made to stop after the parse or after the interface totals:
+// The same, made to stop after the parse or after the packet's sizes:
 // the benchmark's account of where the time goes. Entry points of their
 // own, so that the daemon's programs carry no check for it; never
 // attached by the daemon, loaded only by the benchmark and its test.
@@ -105,20 +105,20 @@ pub fn l3_in_parse(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
-pub fn eth_in_totals(ctx: TcContext) -> i32 {
-    observe::<TOTALS>(&ctx, Link::Ethernet, Hook::Ingress);
+pub fn eth_in_sizes(ctx: TcContext) -> i32 {
+    observe::<SIZES>(&ctx, Link::Ethernet, Hook::Ingress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn eth_eg_totals(ctx: TcContext) -> i32 {
-    observe::<TOTALS>(&ctx, Link::Ethernet, Hook::Egress);
+pub fn eth_eg_sizes(ctx: TcContext) -> i32 {
+    observe::<SIZES>(&ctx, Link::Ethernet, Hook::Egress);
     TC_ACT_UNSPEC
 }
 
 #[classifier]
-pub fn l3_in_totals(ctx: TcContext) -> i32 {
-    observe::<TOTALS>(&ctx, Link::L3, Hook::Ingress);
+pub fn l3_in_sizes(ctx: TcContext) -> i32 {
+    observe::<SIZES>(&ctx, Link::L3, Hook::Ingress);
     TC_ACT_UNSPEC
 }
 

@@ -40,11 +40,11 @@ pub struct CaseResult {
     pub empty_ns: Summary,
     /// ours/empty within each round.
     pub ratio: Summary,
-    /// Ours made to stop after the parse, then after the interface and
-    /// encapsulation totals, over the empty program within each round:
-    /// where the time goes (the rest is the flow's counters).
+    /// Ours made to stop after the parse, then after the packet's sizes
+    /// (just before its flow), over the empty program within each round:
+    /// where the time goes (the rest is the flow's counters and totals).
     pub parse_only_ratio: Summary,
-    pub totals_only_ratio: Summary,
+    pub sizes_only_ratio: Summary,
 }
 
 #[derive(Serialize)]
@@ -97,9 +97,9 @@ pub struct KernelResult {
     pub hot_ratio: f64,
     /// The same for the TCP/IPv4 case alone.
     pub tcp4_ratio: f64,
-    /// The same for ours stopping after the parse, and after the totals.
+    /// The same for ours stopping after the parse, and after the sizes.
     pub parse_only_ratio: f64,
-    pub totals_only_ratio: f64,
+    pub sizes_only_ratio: f64,
     /// The empty program's ns per run beside the hot flow.
     pub empty_ns: f64,
     pub distinct: DistinctResult,
@@ -123,7 +123,7 @@ pub fn run(p: &Params) -> Result<KernelResult> {
     };
     let hot_ratio = over_cases(|c| c.ratio.median);
     let parse_only_ratio = over_cases(|c| c.parse_only_ratio.median);
-    let totals_only_ratio = over_cases(|c| c.totals_only_ratio.median);
+    let sizes_only_ratio = over_cases(|c| c.sizes_only_ratio.median);
     let distinct = distinct(p)?;
     Ok(KernelResult {
         rounds: p.rounds,
@@ -133,29 +133,29 @@ pub fn run(p: &Params) -> Result<KernelResult> {
         hot_ratio,
         tcp4_ratio,
         parse_only_ratio,
-        totals_only_ratio,
+        sizes_only_ratio,
         empty_ns,
         distinct,
     })
 }
 
 /// Each case of the mix, `rounds` times: the empty program, ours, and ours
-/// stopping after the parse and after the totals, in rotating order.
+/// stopping after the parse and after the sizes, in rotating order.
 fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let dp = Datapath::load(DEFAULT_FLOW_CAPACITY)?;
     let parse_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Parse)?;
-    let totals_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Totals)?;
+    let sizes_only = Datapath::load_stopping_after(DEFAULT_FLOW_CAPACITY, StopAfter::Sizes)?;
     let mix = frames::mix();
     // Warm up: the flow entries exist before timing (hot flows).
-    // Each case's program made to stop after the parse, after the totals.
+    // Each case's program made to stop after the parse, after the sizes.
     let parts = |prog: &str| -> Result<[&'static str; 2]> {
         let part = |p| object::stopping_after(prog, p).context("no stopping entry point");
-        Ok([part(StopAfter::Parse)?, part(StopAfter::Totals)?])
+        Ok([part(StopAfter::Parse)?, part(StopAfter::Sizes)?])
     };
     for c in &mix {
-        let [parse, totals] = parts(c.prog)?;
+        let [parse, sizes] = parts(c.prog)?;
         testrun::run(&parse_only.ebpf, parse, &c.frame, None, 1000)?;
-        testrun::run(&totals_only.ebpf, totals, &c.frame, None, 1000)?;
+        testrun::run(&sizes_only.ebpf, sizes, &c.frame, None, 1000)?;
         let r = testrun::run(&dp.ebpf, c.prog, &c.frame, None, 1000)?;
         ensure!(
             r.return_value == TC_ACT_UNSPEC,
@@ -179,15 +179,15 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
     let mut out = Vec::new();
     for c in &mix {
         let (mut ours, mut empty, mut ratio) = (vec![], vec![], vec![]);
-        let (mut parse_ratio, mut totals_ratio) = (vec![], vec![]);
+        let (mut parse_ratio, mut sizes_ratio) = (vec![], vec![]);
         // The empty program, ours, ours stopping after the parse, after
-        // the totals.
-        let [parse, totals] = parts(c.prog)?;
+        // the sizes.
+        let [parse, sizes] = parts(c.prog)?;
         let runs = [
             (&dp, object::EMPTY),
             (&dp, c.prog),
             (&parse_only, parse),
-            (&totals_only, totals),
+            (&sizes_only, sizes),
         ];
         for round in 0..p.rounds {
             interrupted()?;
@@ -199,13 +199,13 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
                     .duration
                     .as_nanos() as f64;
             }
-            let [e, o, parse, totals] = ns;
+            let [e, o, parse, sizes] = ns;
             let e = e.max(1.0);
             ours.push(o);
             empty.push(e);
             ratio.push(o / e);
             parse_ratio.push(parse / e);
-            totals_ratio.push(totals / e);
+            sizes_ratio.push(sizes / e);
         }
         out.push(CaseResult {
             name: c.name,
@@ -216,7 +216,7 @@ fn hot_cases(p: &Params) -> Result<Vec<CaseResult>> {
             empty_ns: Summary::of(&empty),
             ratio: Summary::of(&ratio),
             parse_only_ratio: Summary::of(&parse_ratio),
-            totals_only_ratio: Summary::of(&totals_ratio),
+            sizes_only_ratio: Summary::of(&sizes_ratio),
         });
     }
     Ok(out)

@@ -115,7 +115,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 distinct_passes: 2,
             };
             println!(
-                "[kernel] TEST_RUN: packet mix, {} rounds x {} repetitions, ours, the empty program and ours stopping after the parse and after the totals, rotated; then {} distinct flows, one run each, {} pass(es) x {} fresh map(s)",
+                "[kernel] TEST_RUN: packet mix, {} rounds x {} repetitions, ours, the empty program and ours stopping after the parse and after the packet's sizes, rotated; then {} distinct flows, one run each, {} pass(es) x {} fresh map(s)",
                 p.rounds, p.repeat, p.distinct_flows, p.distinct_passes, p.distinct_repetitions
             );
             one.kernel = phase(&mut r.errors, "kernel", || kernel::run(&p));

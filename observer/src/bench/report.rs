@@ -157,11 +157,11 @@ impl Report {
                 .map(|c| format!("{} {:.2}", c.name, c.ratio.median))
                 .collect();
             format!(
-                "median of the mix's cases ({}, last pass); the hot path is parse + per-CPU interface totals + the per-CPU cache's check of the flow's 44-byte key + plain adds to the counts waiting in that cache entry (flushed into the flow's shared slot before each read); ours stopping after the parse {:.2}, after the totals {:.2} (the rest, {:.2}, is the flow's counters); the empty program takes {:.1} ns per run",
+                "median of the mix's cases ({}, last pass); the hot path is parse + the packet's sizes + the per-CPU cache's check of the flow's 44-byte key + plain adds to the counts waiting in that cache entry (flushed into the flow's shared slot and the interface totals before each read); ours stopping after the parse {:.2}, after the sizes {:.2} (the rest, {:.2}, is the flow's counters); the empty program takes {:.1} ns per run",
                 cases.join(", "),
                 k.parse_only_ratio,
-                k.totals_only_ratio,
-                k.hot_ratio - k.totals_only_ratio,
+                k.sizes_only_ratio,
+                k.hot_ratio - k.sizes_only_ratio,
                 k.empty_ns
             )
         });
@@ -225,13 +225,13 @@ impl Report {
                     .iter()
                     .filter(|s| loads.contains(&s.load))
                     .map(|s| {
-                        let (parse, totals) = s.parts_ns_per_run();
+                        let (parse, sizes) = s.parts_ns_per_run();
                         format!(
-                            "{}: ours {:.1} ns per run (stopping after the parse {:.1}, after the totals {:.1}), the empty program {:.1} ns",
+                            "{}: ours {:.1} ns per run (stopping after the parse {:.1}, after the sizes {:.1}), the empty program {:.1} ns",
                             s.about,
                             s.ours_ns_per_run().unwrap_or(0.0),
                             parse.unwrap_or(0.0),
-                            totals.unwrap_or(0.0),
+                            sizes.unwrap_or(0.0),
                             s.empty_ns_per_run().unwrap_or(0.0)
                         )
                     })
@@ -581,8 +581,8 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
          **What:** the kernel's mean time per run of our classifier and of an empty SCHED_CLS \
          program (returns TC_ACT_UNSPEC; same object, same process), on the same frame, \
          {} rounds of one TEST_RUN call each with repeat = {}, beside ours made to stop \
-         after the parse and after the interface and encapsulation totals (where the \
-         time goes), the order of the four rotated every round{}. Each case is one flow hit again and again (the burst case: \
+         after the parse and after the packet's sizes and MTU check, just before its \
+         flow (where the time goes), the order of the four rotated every round{}. Each case is one flow hit again and again (the burst case: \
          its slot is found through the CPU's memory of recent flows). Ratio = ours/empty within a \
          round; medians, IQR in parentheses. Headline: the median of the cases' ratios \
          ({:.2}; tcp4 alone {:.2}).\n",
@@ -596,7 +596,7 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
     );
     let _ = writeln!(
         w,
-        "| case | program | frame bytes | ours ns | empty ns | ours/empty | parse only/empty | totals only/empty |"
+        "| case | program | frame bytes | ours ns | empty ns | ours/empty | parse only/empty | sizes only/empty |"
     );
     let _ = writeln!(w, "| --- | --- | ---: | --- | --- | --- | --- | --- |");
     for c in &k.cases {
@@ -611,7 +611,7 @@ fn kernel_md(w: &mut String, k: &KernelResult) {
             c.empty_ns.show(1),
             c.ratio.show(2),
             c.parse_only_ratio.show(2),
-            c.totals_only_ratio.show(2)
+            c.sizes_only_ratio.show(2)
         );
     }
     let d = &k.distinct;
@@ -728,9 +728,9 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
          on; the sysctl read `{}` afterwards). Each run's time includes part of the \
          statistics' own clock reads. Beside it, the daemon gone, the same of the empty \
          program attached to the same four hooks under the same loads, and of ours \
-         attached by the bench and made to stop after the parse, then after the interface \
-         and encapsulation totals (where the time goes: what is left is the flow's \
-         counters), in rounds ordered ours, empty, parse, totals, empty, ours (`--quick`: \
+         attached by the bench and made to stop after the parse, then after the packet's \
+         sizes (where the time goes: what is left is the flow's counters and the \
+         totals), in rounds ordered ours, empty, parse, sizes, empty, ours (`--quick`: \
          the first four; a drift of the machine weighs on ours and the empty program \
          alike; figures summed over the rounds): ours over the empty program is the real-veth counterpart of \
          `kernel_hot_ratio` and `kernel_distinct_ratio` (`veth_hot_ratio`, \
@@ -755,7 +755,7 @@ fn throughput_md(w: &mut String, t: &ThroughputResult) {
         let bench_attached = [
             ("(all four hooks)", &s.empty),
             ("stopping after the parse", &s.parse_only),
-            ("stopping after the totals", &s.totals_only),
+            ("stopping after the sizes", &s.sizes_only),
         ];
         for (what, runs) in bench_attached {
             for e in runs {

@@ -94,7 +94,7 @@ const STATS_ORDER: [Stats; 6] = [
     Stats::Ours,
     Stats::Empty,
     Stats::Stopping(StopAfter::Parse),
-    Stats::Stopping(StopAfter::Totals),
+    Stats::Stopping(StopAfter::Sizes),
     Stats::Empty,
     Stats::Ours,
 ];
@@ -171,7 +171,7 @@ pub struct StatsRun {
     /// Ours made to stop after the parse, and after the interface and
     /// encapsulation totals: what each part adds.
     pub parse_only: Vec<ProgStats>,
-    pub totals_only: Vec<ProgStats>,
+    pub sizes_only: Vec<ProgStats>,
     #[serde(skip)]
     sent: f64,
     #[serde(skip)]
@@ -192,7 +192,7 @@ impl StatsRun {
             daemon_cpu_percent: 0.0,
             empty: Vec::new(),
             parse_only: Vec::new(),
-            totals_only: Vec::new(),
+            sizes_only: Vec::new(),
             sent: 0.0,
             daemon_cpu_seconds: 0.0,
         }
@@ -223,9 +223,9 @@ impl StatsRun {
         ns_per_run(&self.empty)
     }
 
-    /// Ours stopping after the parse, then after the totals: mean ns per run.
+    /// Ours stopping after the parse, then after the sizes: mean ns per run.
     pub fn parts_ns_per_run(&self) -> (Option<f64>, Option<f64>) {
-        (ns_per_run(&self.parse_only), ns_per_run(&self.totals_only))
+        (ns_per_run(&self.parse_only), ns_per_run(&self.sizes_only))
     }
 
     /// [`Self::ours_ns_per_run`] over [`Self::empty_ns_per_run`].
@@ -638,7 +638,7 @@ impl Lab {
             let into = match part {
                 None => &mut run.empty,
                 Some(StopAfter::Parse) => &mut run.parse_only,
-                Some(_) => &mut run.totals_only,
+                Some(_) => &mut run.sizes_only,
             };
             merge(into, ran);
         }

@@ -25,8 +25,9 @@ use aya::{
 use kernel_log::KernelLogLevel;
 use observer_common::{
     CLOCK_MAP, ClockSample, ENCAP_TOTALS_MAP, Encap, EncapTotals, FLOW_CACHE_MAP, FLOW_INDEX_MAP,
-    FREE_RING_MAP, FlowKey, FlowStats, IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP,
-    MtuLimit, RING_HEAD_MAP, SLOTS_MAP, STATS_MAP, Stat, StopAfter,
+    FLUSHED_ENCAP_TOTALS_MAP, FLUSHED_IFACE_TOTALS_MAP, FREE_RING_MAP, FlowKey, FlowStats,
+    IFACE_SLOTS, IFACE_TOTALS_MAP, IfaceTotals, MTU_LIMITS_MAP, MtuLimit, RING_HEAD_MAP, SLOTS_MAP,
+    STATS_MAP, Stat, StopAfter,
 };
 
 use self::{
@@ -51,6 +52,9 @@ pub struct Datapath {
     slot_maps: [MapData; 5],
     iface_totals: PerCpuArray<MapData, IfaceTotals>,
     encap_totals: PerCpuArray<MapData, EncapTotals>,
+    /// What the flush program added to the totals (see `FLUSHED_IFACE`).
+    flushed_iface: Array<MapData, IfaceTotals>,
+    flushed_encap: Array<MapData, EncapTotals>,
     stats: PerCpuArray<MapData, u64>,
     clock: Array<MapData, ClockSample>,
     mtu_limits: Array<MapData, MtuLimit>,
@@ -127,6 +131,8 @@ impl Datapath {
         let slots = Slots::map(fds, capacity).context("mapping the flow slots")?;
         let iface_totals = PerCpuArray::try_from(take(IFACE_TOTALS_MAP)?)?;
         let encap_totals = PerCpuArray::try_from(take(ENCAP_TOTALS_MAP)?)?;
+        let flushed_iface = Array::try_from(take(FLUSHED_IFACE_TOTALS_MAP)?)?;
+        let flushed_encap = Array::try_from(take(FLUSHED_ENCAP_TOTALS_MAP)?)?;
         let stats = PerCpuArray::try_from(take(STATS_MAP)?)?;
         let clock = Array::try_from(take(CLOCK_MAP)?)?;
         let mtu_limits = Array::try_from(take(MTU_LIMITS_MAP)?)?;
@@ -142,6 +148,8 @@ impl Datapath {
             slot_maps,
             iface_totals,
             encap_totals,
+            flushed_iface,
+            flushed_encap,
             stats,
             capacity,
         })
@@ -159,6 +167,14 @@ impl Datapath {
             (FLOW_CACHE_MAP, self.slot_maps[4].fd().as_fd()),
             (IFACE_TOTALS_MAP, self.iface_totals.map().fd().as_fd()),
             (ENCAP_TOTALS_MAP, self.encap_totals.map().fd().as_fd()),
+            (
+                FLUSHED_IFACE_TOTALS_MAP,
+                self.flushed_iface.map().fd().as_fd(),
+            ),
+            (
+                FLUSHED_ENCAP_TOTALS_MAP,
+                self.flushed_encap.map().fd().as_fd(),
+            ),
             (STATS_MAP, self.stats.map().fd().as_fd()),
             (CLOCK_MAP, self.clock.map().fd().as_fd()),
             (MTU_LIMITS_MAP, self.mtu_limits.map().fd().as_fd()),
@@ -335,11 +351,18 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Per-encapsulation totals (from outer headers) summed over CPUs.
+    /// Per-encapsulation totals (from outer headers) summed over CPUs, with
+    /// what the flush program added.
     pub fn encap_totals(&self) -> Result<[EncapTotals; Encap::COUNT as usize]> {
         let mut out = [EncapTotals::default(); Encap::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            for v in self.encap_totals.get(&(i as u32), 0)?.iter() {
+            let flushed = self.flushed_encap.get(&(i as u32), 0)?;
+            for v in self
+                .encap_totals
+                .get(&(i as u32), 0)?
+                .iter()
+                .chain([&flushed])
+            {
                 slot.packets += v.packets;
                 slot.bytes += v.bytes;
                 slot.overhead_bytes += v.overhead_bytes;
@@ -354,28 +377,36 @@ impl Datapath {
     /// for this interface (a daemon before us attached) is left alone.
     pub fn claim_iface_totals(&mut self, ifindex: u32) -> Result<()> {
         let slot = ifindex % IFACE_SLOTS;
-        let values = self.iface_totals.get(&slot, 0)?;
-        if values.iter().any(|v| v.ifindex == ifindex) {
-            return Ok(());
-        }
         let fresh = IfaceTotals {
             ifindex,
             ..Default::default()
         };
+        if self.flushed_iface.get(&slot, 0)?.ifindex != ifindex {
+            self.flushed_iface
+                .set(slot, fresh, 0)
+                .context("zeroing an interface's flushed totals")?;
+        }
+        let values = self.iface_totals.get(&slot, 0)?;
+        if values.iter().any(|v| v.ifindex == ifindex) {
+            return Ok(());
+        }
         let cpus = values.iter().count();
         self.iface_totals
             .set(slot, PerCpuValues::try_from(vec![fresh; cpus])?, 0)
             .context("zeroing an interface's totals")
     }
 
-    /// Totals of one interface summed over CPUs. A CPU's slot counts only if
-    /// it was last written for this ifindex (see `IFACE_SLOTS`).
+    /// Totals of one interface summed over CPUs, with what the flush
+    /// program added. A slot counts only if it was last written for this
+    /// ifindex (see `IFACE_SLOTS`).
     pub fn iface_totals(&self, ifindex: u32) -> Result<IfaceTotals> {
         let mut sum = IfaceTotals {
             ifindex,
             ..Default::default()
         };
-        for v in self.iface_totals.get(&(ifindex % IFACE_SLOTS), 0)?.iter() {
+        let slot = ifindex % IFACE_SLOTS;
+        let flushed = self.flushed_iface.get(&slot, 0)?;
+        for v in self.iface_totals.get(&slot, 0)?.iter().chain([&flushed]) {
             if v.ifindex != ifindex {
                 continue;
             }

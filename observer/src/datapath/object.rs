@@ -43,9 +43,9 @@ pub fn stopping_after(program: &str, part: StopAfter) -> Option<&'static str> {
         (ETH_INGRESS, StopAfter::Parse) => "eth_in_parse",
         (ETH_EGRESS, StopAfter::Parse) => "eth_eg_parse",
         (L3_INGRESS, StopAfter::Parse) => "l3_in_parse",
-        (ETH_INGRESS, StopAfter::Totals) => "eth_in_totals",
-        (ETH_EGRESS, StopAfter::Totals) => "eth_eg_totals",
-        (L3_INGRESS, StopAfter::Totals) => "l3_in_totals",
+        (ETH_INGRESS, StopAfter::Sizes) => "eth_in_sizes",
+        (ETH_EGRESS, StopAfter::Sizes) => "eth_eg_sizes",
+        (L3_INGRESS, StopAfter::Sizes) => "l3_in_sizes",
         _ => return None,
     })
 }

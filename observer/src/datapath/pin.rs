@@ -25,7 +25,7 @@ pub const MAP_ABI: u32 = 9;
 
 /// The maps that carry counts across restarts (`FLOW_CACHE` too: counts wait
 /// there to be flushed into the slots). `CLOCK` is rewritten on every read.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 11] = [
     observer_common::FLOW_INDEX_MAP,
     observer_common::SLOTS_MAP,
     observer_common::FREE_RING_MAP,
@@ -33,6 +33,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     observer_common::FLOW_CACHE_MAP,
     observer_common::IFACE_TOTALS_MAP,
     observer_common::ENCAP_TOTALS_MAP,
+    observer_common::FLUSHED_IFACE_TOTALS_MAP,
+    observer_common::FLUSHED_ENCAP_TOTALS_MAP,
     observer_common::STATS_MAP,
     observer_common::MTU_LIMITS_MAP,
 ];

@@ -40,8 +40,11 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// Reads the per-CPU counters; `flow_packets` is carried over.
+    /// Reads the per-CPU counters, after a flush of the CPUs' flow caches
+    /// (the interface totals get a cached flow's packets with its counts);
+    /// `flow_packets` is carried over.
     pub fn read(dp: &Datapath, flow_packets: u64) -> Result<Self> {
+        dp.flush_pending()?;
         Ok(Self {
             stats: dp.stats()?,
             iface: dp.iface_totals(LOOPBACK_IFINDEX)?,
